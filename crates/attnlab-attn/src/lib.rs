@@ -1,0 +1,28 @@
+//! Attention mechanisms ("mixers") for attnlab, as Burn modules.
+//!
+//! Every mechanism implements one contract (see [`Attention`]): a causal training `forward`,
+//! an incremental `step` over a decode [`State`], `state_bytes` and `flops_per_token`.
+//! A config ([`AttentionConfig`]) picks the mechanism at run time.
+
+pub mod attention;
+pub mod config;
+pub mod grouped_query;
+pub mod latent;
+pub mod linear;
+pub mod mask;
+pub mod rope;
+pub mod softmax_attention;
+pub mod state;
+
+pub use attention::Attention;
+pub use burn;
+pub use config::{AttentionConfig, ConfigError};
+pub use grouped_query::GroupedQuery;
+pub use latent::LatentAttention;
+pub use linear::linear;
+pub use rope::Rope;
+pub use softmax_attention::softmax_attention;
+pub use state::{KvCache, LatentCache, State};
+
+/// Bytes of one element of the default float dtype (f32).
+pub const F32_BYTES: usize = 4;

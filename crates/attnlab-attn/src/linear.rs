@@ -1,0 +1,15 @@
+//! The projection every mixer and MLP uses: bias-free, weights ~ N(0, 0.02²) as GPT-2/nanoGPT.
+
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::Device;
+
+/// Std of the initial weights.
+pub const INIT_STD: f64 = 0.02;
+
+/// A bias-free `d_in → d_out` projection. Weight `[d_in, d_out]`.
+pub fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD })
+        .init(device)
+}

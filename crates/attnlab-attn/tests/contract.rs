@@ -1,0 +1,98 @@
+//! The mixer contract for every kind: cached decode equals the full forward at every position,
+//! `state_bytes` equals the bytes of the real state tensors, every parameter gets a gradient.
+
+mod common;
+
+use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
+use attnlab_attn::burn::tensor::Tensor;
+use attnlab_attn::AttentionConfig;
+use common::*;
+
+fn kinds() -> Vec<AttentionConfig> {
+    vec![
+        AttentionConfig::Mha {},
+        AttentionConfig::Mqa {},
+        AttentionConfig::Gqa { kv_heads: 2 },
+        AttentionConfig::Mla { kv_latent: 12, q_latent: None, rope_dim: 4 },
+        AttentionConfig::Mla { kv_latent: 12, q_latent: Some(16), rope_dim: 8 },
+    ]
+}
+
+#[test]
+fn prefill_then_token_by_token_equals_the_full_forward() {
+    let dev = cpu();
+    let (d_model, heads, t) = (32, 4, 13);
+    for config in kinds() {
+        dev.seed(7);
+        let m = config.init(d_model, heads, 32, 10_000.0, &dev);
+        let x = random_input(2, t, d_model, 3, &dev);
+        let full = m.forward(x.clone());
+        for prefill in [1, 5] {
+            let mut state = m.init_state(2, t, &dev);
+            let mut parts = vec![m.step(x.clone().narrow(1, 0, prefill), &mut state)];
+            for p in prefill..t {
+                parts.push(m.step(x.clone().narrow(1, p, 1), &mut state));
+            }
+            assert_eq!(state.len(), t);
+            let err = max_abs_diff(&to_vec(Tensor::cat(parts, 1)), &to_vec(full.clone()));
+            assert!(err < 1e-4, "{config:?} prefill {prefill}: max |decode − forward| = {err}");
+        }
+    }
+}
+
+#[test]
+fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
+    let dev = cpu();
+    let (d_model, heads, head_dim) = (64, 8, 8);
+    for config in kinds() {
+        let m = config.init(d_model, heads, 64, 10_000.0, &dev);
+        let state = m.init_state(2, 50, &dev);
+        assert_eq!(m.state_bytes(50), state.bytes_per_token() * 50, "{config:?}");
+        let floats = match &config {
+            AttentionConfig::Mha {} => 2 * heads * head_dim,
+            AttentionConfig::Mqa {} => 2 * head_dim,
+            AttentionConfig::Gqa { kv_heads } => 2 * kv_heads * head_dim,
+            AttentionConfig::Mla { kv_latent, rope_dim, .. } => kv_latent + rope_dim,
+        };
+        assert_eq!(state.bytes_per_token(), floats * 4, "{config:?}");
+    }
+}
+
+/// Counts parameters whose gradient is missing or all zero.
+struct GradCheck<'a> {
+    grads: &'a attnlab_attn::burn::tensor::Gradients,
+    total: usize,
+    dead: Vec<String>,
+}
+
+impl ModuleVisitor for GradCheck<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.total += 1;
+        let alive = param
+            .val()
+            .grad(self.grads)
+            .map(|g| to_vec(g.abs().max()).into_iter().next().unwrap_or(0.0) > 0.0)
+            .unwrap_or(false);
+        if !alive {
+            self.dead.push(format!("{:?}", param.shape()));
+        }
+    }
+}
+
+#[test]
+fn every_parameter_receives_a_nonzero_gradient() {
+    let dev = cpu().autodiff();
+    for config in kinds() {
+        dev.seed(2);
+        let m = config.init(32, 4, 16, 10_000.0, &dev);
+        let x = random_input(2, 9, 32, 1, &dev).require_grad();
+        let loss = m.forward(x.clone()).powi_scalar(2).mean();
+        let grads = loss.backward();
+        let mut check = GradCheck { grads: &grads, total: 0, dead: vec![] };
+        m.visit(&mut check);
+        assert!(check.total >= 2, "{config:?}: no parameters visited");
+        assert!(check.dead.is_empty(), "{config:?}: parameters without gradient: {:?}", check.dead);
+        let gx = x.grad(&grads).expect("input gradient");
+        assert!(to_vec(gx.abs().sum()).iter().all(|v| *v > 0.0 && v.is_finite()));
+    }
+}

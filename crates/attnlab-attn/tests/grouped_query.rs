@@ -1,0 +1,91 @@
+//! GQA/MHA/MQA against an independent reference, decode against forward, causality, gradients.
+
+mod common;
+
+use attnlab_attn::burn::tensor::{Distribution, Tensor};
+use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
+use common::*;
+
+const BASE: f64 = 10_000.0;
+
+/// Multi-head reference from the module's weights, one sequence at a time:
+/// per head i, group ⌊i / (h/g)⌋ supplies K and V.
+fn reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
+    let (h, g, d) = (m.heads, m.kv_heads, m.head_dim);
+    let w_qkv = to_vec(m.qkv.weight.val());
+    let w_out = to_vec(m.out.weight.val());
+    let width = (h + 2 * g) * d;
+    let mut out = Vec::new();
+    for s in 0..b {
+        let xs = &x[s * t * d_model..(s + 1) * t * d_model];
+        let qkv = matmul(xs, t, d_model, &w_qkv, width);
+        let mut concat = vec![0.0; t * h * d];
+        for head in 0..h {
+            let kv = head / (h / g);
+            let q: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, head * d, d), p, BASE)).collect();
+            let k: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, (h + kv) * d, d), p, BASE)).collect();
+            let v: Vec<Vec<f64>> = (0..t).map(|p| cols(&qkv, width, p, (h + g + kv) * d, d)).collect();
+            for (p, o) in causal_head(&q, &k, &v, 1.0 / (d as f64).sqrt()).into_iter().enumerate() {
+                concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
+            }
+        }
+        out.extend(matmul(&concat, t, h * d, &w_out, d_model));
+    }
+    out
+}
+
+fn gqa(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
+    let dev = cpu();
+    dev.seed(seed);
+    match config.init(d_model, heads, 128, BASE as f32, &dev) {
+        Attention::GroupedQuery(m) => m,
+        other => panic!("expected grouped-query, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_group_count_matches_the_naive_reference() {
+    let (d_model, heads) = (48, 6);
+    for config in [AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 3 }, AttentionConfig::Gqa { kv_heads: 2 }, AttentionConfig::Mqa {}] {
+        for t in [1, 7, 19] {
+            let m = gqa(&config, d_model, heads, 3);
+            let x = random_input(2, t, d_model, 11, &cpu());
+            let got = to_vec(m.forward(x.clone()));
+            let want = reference(&m, &to_vec(x), 2, t, d_model);
+            let err = max_abs_diff(&got, &want);
+            assert!(err < 1e-4, "{config:?} t={t}: max |diff| = {err}");
+        }
+    }
+}
+
+#[test]
+fn mha_is_gqa_with_kv_heads_equal_heads_and_mqa_is_gqa_with_one() {
+    use attnlab_attn::burn::module::Module;
+    let x = random_input(2, 9, 32, 5, &cpu());
+    let pairs = [(AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 4 }), (AttentionConfig::Mqa {}, AttentionConfig::Gqa { kv_heads: 1 })];
+    for (named, general) in pairs {
+        let a = gqa(&named, 32, 4, 8);
+        // Same shapes, so the general module loads the named one's weights.
+        let b = gqa(&general, 32, 4, 9).load_record(a.clone().into_record());
+        assert_eq!((a.kv_heads, a.qkv.weight.dims()), (b.kv_heads, b.qkv.weight.dims()));
+        let err = max_abs_diff(&to_vec(a.forward(x.clone())), &to_vec(b.forward(x.clone())));
+        assert!(err < 1e-6, "{named:?} vs {general:?}: {err}");
+    }
+}
+
+#[test]
+fn changing_a_later_token_leaves_earlier_outputs_unchanged() {
+    let dev = cpu();
+    let m = gqa(&AttentionConfig::Gqa { kv_heads: 2 }, 32, 4, 1);
+    let (t, cut) = (12, 6);
+    let x = random_input(1, t, 32, 2, &dev);
+    let noise = Tensor::<3>::random([1, t - cut - 1, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let x2 = x.clone().slice_assign([0..1, cut + 1..t, 0..32], noise);
+    let full_a = m.forward(x);
+    let full_b = m.forward(x2);
+    let a = to_vec(full_a.clone().narrow(1, 0, cut + 1));
+    let b = to_vec(full_b.clone().narrow(1, 0, cut + 1));
+    assert!(max_abs_diff(&a, &b) < 1e-6, "outputs ≤ t moved when tokens > t changed");
+    let later = max_abs_diff(&to_vec(full_a.narrow(1, cut + 1, 1)), &to_vec(full_b.narrow(1, cut + 1, 1)));
+    assert!(later > 1e-3, "the output at t+1 should change with its own token (diff {later})");
+}

@@ -1,0 +1,93 @@
+//! MLA against an independent reference built from its weights (DeepSeek-V2 equations).
+
+mod common;
+
+use attnlab_attn::{Attention, AttentionConfig, LatentAttention};
+use common::*;
+
+const BASE: f64 = 10_000.0;
+const EPS: f64 = 1e-5;
+
+fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
+    let (h, d, r, dc) = (m.heads, m.head_dim, m.rope_dim, m.kv_latent);
+    let w_dkv = to_vec(m.kv_down.weight.val());
+    let g_kv = to_vec(m.kv_norm.gamma.val());
+    let w_ukv = to_vec(m.kv_up.weight.val());
+    let w_uq = to_vec(m.q_up.weight.val());
+    let w_out = to_vec(m.out.weight.val());
+    let mut out = Vec::new();
+    for s in 0..b {
+        let xs = &x[s * t * d_model..(s + 1) * t * d_model];
+        // Queries: optional latent c_q = RMSNorm(x W_dq).
+        let (cq, q_in) = match &m.q_latent {
+            Some(ql) => {
+                let dq = ql.norm.gamma.dims()[0];
+                let raw = matmul(xs, t, d_model, &to_vec(ql.down.weight.val()), dq);
+                let g = to_vec(ql.norm.gamma.val());
+                ((0..t).flat_map(|p| rms_norm(&cols(&raw, dq, p, 0, dq), &g, EPS)).collect::<Vec<_>>(), dq)
+            }
+            None => (xs.to_vec(), d_model),
+        };
+        let q_all = matmul(&cq, t, q_in, &w_uq, h * (d + r));
+        let kv = matmul(xs, t, d_model, &w_dkv, dc + r);
+        let c_kv: Vec<Vec<f64>> = (0..t).map(|p| rms_norm(&cols(&kv, dc + r, p, 0, dc), &g_kv, EPS)).collect();
+        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&kv, dc + r, p, dc, r), p, BASE)).collect();
+        let up: Vec<Vec<f64>> = c_kv.iter().map(|c| matmul(c, 1, dc, &w_ukv, h * 2 * d)).collect();
+        let mut concat = vec![0.0; t * h * d];
+        for head in 0..h {
+            let q: Vec<Vec<f64>> = (0..t)
+                .map(|p| {
+                    let mut v = cols(&q_all, h * (d + r), p, head * (d + r), d);
+                    v.extend(rope(&cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p, BASE));
+                    v
+                })
+                .collect();
+            let k: Vec<Vec<f64>> = (0..t)
+                .map(|p| {
+                    let mut v = up[p][head * 2 * d..head * 2 * d + d].to_vec();
+                    v.extend(&k_rope[p]);
+                    v
+                })
+                .collect();
+            let v: Vec<Vec<f64>> = (0..t).map(|p| up[p][head * 2 * d + d..(head + 1) * 2 * d].to_vec()).collect();
+            for (p, o) in causal_head(&q, &k, &v, 1.0 / ((d + r) as f64).sqrt()).into_iter().enumerate() {
+                concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
+            }
+        }
+        out.extend(matmul(&concat, t, h * d, &w_out, d_model));
+    }
+    out
+}
+
+#[test]
+fn mla_matches_the_naive_reference_with_and_without_query_latent() {
+    let (d_model, heads) = (48, 4);
+    for q_latent in [None, Some(24)] {
+        for t in [1, 7, 17] {
+            let dev = cpu();
+            dev.seed(4);
+            let config = AttentionConfig::Mla { kv_latent: 16, q_latent, rope_dim: 6 };
+            let Attention::Latent(m) = config.init(d_model, heads, 64, BASE as f32, &dev) else { panic!("expected MLA") };
+            let x = random_input(2, t, d_model, 9, &dev);
+            let got = to_vec(m.forward(x.clone()));
+            let want = reference(&m, &to_vec(x), 2, t, d_model);
+            let err = max_abs_diff(&got, &want);
+            assert!(err < 1e-4, "q_latent={q_latent:?} t={t}: max |diff| = {err}");
+        }
+    }
+}
+
+#[test]
+fn mla_state_holds_only_the_latent_and_the_rope_key() {
+    let dev = cpu();
+    let (kv_latent, rope_dim) = (20, 8);
+    let m = AttentionConfig::Mla { kv_latent, q_latent: None, rope_dim }.init(64, 4, 64, 10_000.0, &dev);
+    let mut state = m.init_state(3, 40, &dev);
+    assert_eq!(state.bytes_per_token(), (kv_latent + rope_dim) * 4);
+    assert_eq!(m.state_bytes(40), state.bytes_per_token() * 40);
+    let attnlab_attn::State::Latent(c) = &state else { panic!("expected a latent cache") };
+    assert_eq!(c.c_kv.dims(), [3, 40, kv_latent]);
+    assert_eq!(c.k_rope.dims(), [3, 40, rope_dim]);
+    m.step(random_input(3, 5, 64, 1, &dev), &mut state);
+    assert_eq!(state.len(), 5);
+}

@@ -1,0 +1,55 @@
+//! Tokenizers: characters (vocabulary from the corpus, saved with the run) or raw bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::DataError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// One token per Unicode scalar value seen in the corpus, sorted (nanoGPT's char level).
+    Char { chars: Vec<char> },
+    /// One token per byte: vocabulary 256, works on any input.
+    Byte,
+}
+
+impl Tokenizer {
+    /// Character vocabulary of `text`, sorted.
+    pub fn char_from_text(text: &str) -> Self {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        Tokenizer::Char { chars }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Char { chars } => chars.len(),
+            Tokenizer::Byte => 256,
+        }
+    }
+
+    /// Token ids of `text`; a character outside the vocabulary is an error naming it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        match self {
+            Tokenizer::Char { chars } => text
+                .chars()
+                .map(|c| {
+                    chars.binary_search(&c).map(|i| i as u32).map_err(|_| DataError::UnknownChar(c))
+                })
+                .collect(),
+            Tokenizer::Byte => Ok(text.bytes().map(u32::from).collect()),
+        }
+    }
+
+    /// Text of token ids (bytes that are not valid UTF-8 are replaced by U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Tokenizer::Char { chars } => ids.iter().map(|&i| chars.get(i as usize).copied().unwrap_or('\u{FFFD}')).collect(),
+            Tokenizer::Byte => {
+                let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Experiments: TOML specs (with `--set` overrides), validation before any compute, the
+//! training loop, metrics and the on-disk run store.
+
+pub mod device;
+pub mod error;
+pub mod memory;
+pub mod overrides;
+pub mod schedule;
+pub mod spec;
+pub mod store;
+pub mod summary;
+pub mod trainer;
+
+pub use device::parse_device;
+pub use error::SpecError;
+pub use spec::{ExperimentSpec, PreparedRun};
+pub use summary::Summary;
+pub use trainer::{train, RunOutcome, TrainOptions};

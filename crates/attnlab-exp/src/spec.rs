@@ -1,0 +1,252 @@
+//! The experiment file: `name`, `[data]`, `[model]` (with `[model.attention]`), `[train]`,
+//! `[eval]`. Unknown keys are errors. [`ExperimentSpec::prepare`] validates every field and
+//! loads the data before any compute.
+
+use std::path::{Path, PathBuf};
+
+use attnlab_data::{Corpus, DataSource, TokenSplits, Tokenizer};
+use attnlab_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::SpecError;
+use crate::overrides::{apply_set, parse_toml};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Experiment name: the folder under the output directory.
+    pub name: String,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorpusKind {
+    /// The generated corpus shipped in the binary.
+    Builtin,
+    /// Tiny Shakespeare from `datasets/` or `../shared/datasets/`.
+    Tinyshakespeare,
+    /// The UTF-8 file at `data.path`.
+    File,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    Char,
+    Byte,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub corpus: CorpusKind,
+    /// Text file for `corpus = "file"`.
+    pub path: Option<PathBuf>,
+    /// With `corpus = "tinyshakespeare"`: use the built-in corpus (with a warning) when the file
+    /// is absent, instead of failing.
+    pub fallback_builtin: bool,
+    pub tokenizer: TokenizerKind,
+    /// Fraction of tokens at the end of the corpus held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, val_fraction: 0.1 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch: usize,
+    /// Tokens per training window (≤ model.max_seq).
+    pub block: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: usize,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this value (0 = off).
+    pub grad_clip: f32,
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Record the training loss every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 500,
+            batch: 12,
+            block: 64,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 50,
+            beta1: 0.9,
+            beta2: 0.99,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            seed: 0,
+            checkpoint_every: 0,
+            log_every: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate every this many steps (and always after the last step).
+    pub every: usize,
+    /// Validation batches per evaluation (the same windows every time, for every run).
+    pub batches: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every: 100, batches: 20 }
+    }
+}
+
+/// A validated run: resolved spec, its data and its id.
+#[derive(Debug, Clone)]
+pub struct PreparedRun {
+    pub spec: ExperimentSpec,
+    pub tokenizer: Tokenizer,
+    pub splits: TokenSplits,
+    /// The corpus actually used (`builtin` when a fallback happened).
+    pub data_source: String,
+    pub run_id: String,
+}
+
+fn err(source: &str, field: &str, value: impl std::fmt::Display, allowed: &str) -> SpecError {
+    SpecError::new(format!("{source}: {field} = {value}: {allowed}"))
+}
+
+impl ExperimentSpec {
+    /// Reads a TOML file and applies `--set key=value` overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::new(format!("{}: cannot read: {e}", path.display())))?;
+        Self::from_toml_str(&text, &path.display().to_string(), sets)
+    }
+
+    /// Parses TOML text (`source` names it in errors) and applies overrides.
+    pub fn from_toml_str(text: &str, source: &str, sets: &[String]) -> Result<Self, SpecError> {
+        let mut value = parse_toml(text).map_err(|e| SpecError::new(format!("{source}: {}", one_line(&e))))?;
+        for set in sets {
+            apply_set(&mut value, set).map_err(|e| SpecError::new(format!("{source}: --set {set}: {e}")))?;
+        }
+        let spec: ExperimentSpec = value
+            .try_into()
+            .map_err(|e: toml::de::Error| SpecError::new(format!("{source}: {}", one_line(&e.to_string()))))?;
+        spec.validate(source)?;
+        Ok(spec)
+    }
+
+    /// Checks every field that needs no data; errors name the field, value and what is allowed.
+    pub fn validate(&self, source: &str) -> Result<(), SpecError> {
+        let t = &self.train;
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(source, "name", format!("{:?}", self.name), "must be non-empty letters, digits, '-', '_' or '.'"));
+        }
+        self.model.validate().map_err(|e| err(source, &e.field, &e.value, &e.allowed))?;
+        for (field, v) in [("train.steps", t.steps), ("train.batch", t.batch), ("train.block", t.block), ("train.log_every", t.log_every), ("eval.every", self.eval.every), ("eval.batches", self.eval.batches)] {
+            if v == 0 {
+                return Err(err(source, field, v, "must be ≥ 1"));
+            }
+        }
+        if t.block > self.model.max_seq {
+            return Err(err(source, "train.block", t.block, &format!("must be ≤ model.max_seq = {} (the model's context)", self.model.max_seq)));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(err(source, "train.lr", t.lr, "must be > 0"));
+        }
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return Err(err(source, "train.min_lr", t.min_lr, &format!("must be in [0, train.lr = {}]", t.lr)));
+        }
+        if t.warmup > t.steps {
+            return Err(err(source, "train.warmup", t.warmup, &format!("must be ≤ train.steps = {}", t.steps)));
+        }
+        for (field, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(err(source, field, v, "must be in [0, 1)"));
+            }
+        }
+        if !(t.weight_decay >= 0.0) {
+            return Err(err(source, "train.weight_decay", t.weight_decay, "must be ≥ 0"));
+        }
+        if !(t.grad_clip >= 0.0) {
+            return Err(err(source, "train.grad_clip", t.grad_clip, "must be ≥ 0 (0 = off)"));
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return Err(err(source, "data.val_fraction", self.data.val_fraction, "must be in (0, 1)"));
+        }
+        match (&self.data.corpus, &self.data.path) {
+            (CorpusKind::File, None) => return Err(err(source, "data.path", "(missing)", "required when data.corpus = \"file\"")),
+            (CorpusKind::Builtin | CorpusKind::Tinyshakespeare, Some(p)) => {
+                return Err(err(source, "data.path", format!("{p:?}"), "only used with data.corpus = \"file\""))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Loads and tokenizes the data, fixes the vocabulary and computes the run id.
+    pub fn prepare(&self, source: &str) -> Result<PreparedRun, SpecError> {
+        let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
+        let wanted = match (&self.data.corpus, &self.data.path) {
+            (CorpusKind::Builtin, _) => DataSource::Builtin,
+            (CorpusKind::Tinyshakespeare, _) => DataSource::TinyShakespeare,
+            (CorpusKind::File, Some(p)) => DataSource::File(p.clone()),
+            (CorpusKind::File, None) => unreachable!("validated"),
+        };
+        let corpus = match Corpus::load(&wanted) {
+            Err(attnlab_data::DataError::ShakespeareMissing { .. }) if self.data.fallback_builtin => {
+                tracing::warn!("Tiny Shakespeare not found (run `just data`); training on the built-in corpus instead");
+                Corpus::load(&DataSource::Builtin).map_err(data_err)?
+            }
+            other => other.map_err(data_err)?,
+        };
+        let tokenizer = match self.data.tokenizer {
+            TokenizerKind::Char => Tokenizer::char_from_text(&corpus.text),
+            TokenizerKind::Byte => Tokenizer::Byte,
+        };
+        let tokens = tokenizer.encode(&corpus.text).map_err(data_err)?;
+        let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
+        let mut spec = self.clone();
+        if spec.model.vocab == 0 {
+            spec.model.vocab = tokenizer.vocab_size();
+        } else if spec.model.vocab < tokenizer.vocab_size() {
+            return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
+        }
+        let run_id = run_id(&spec, &corpus.name);
+        Ok(PreparedRun { spec, tokenizer, splits, data_source: corpus.name, run_id })
+    }
+}
+
+/// Short hash of the fully resolved config (seed included) and the corpus actually used.
+pub fn run_id(spec: &ExperimentSpec, data_source: &str) -> String {
+    let canonical = serde_json::to_string(&(spec, data_source)).expect("spec serialises");
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Folds a multi-line parser message into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^')).collect::<Vec<_>>().join("; ")
+}

@@ -1,0 +1,51 @@
+//! `summary.json` and the lines of `metrics.jsonl`.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl`: a training-loss record or an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricLine {
+    Train { step: usize, loss: f64, lr: f64, tokens_per_sec: f64 },
+    Eval { step: usize, val_loss: f64, train_loss: f64 },
+}
+
+impl MetricLine {
+    pub fn step(&self) -> usize {
+        match self {
+            MetricLine::Train { step, .. } | MetricLine::Eval { step, .. } => *step,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub experiment: String,
+    /// `finished`.
+    pub status: String,
+    pub attention: String,
+    pub steps: usize,
+    pub seed: u64,
+    pub best_val_loss: f64,
+    pub final_val_loss: f64,
+    /// Bits per token of the best validation loss (loss / ln 2); bits per char for `char`.
+    pub best_val_bits_per_token: f64,
+    pub final_train_loss: f64,
+    pub train_tokens_per_sec: f64,
+    pub ms_per_step_median: f64,
+    pub ms_per_step_p90: f64,
+    pub params: usize,
+    pub mixer_params: usize,
+    /// Decode-state bytes per token, all layers, f32 (from the mixers' formulas).
+    pub kv_bytes_per_token: usize,
+    /// The same, measured from real decode-state tensors.
+    pub kv_bytes_per_token_measured: usize,
+    /// Forward FLOPs per token at the training block length.
+    pub flops_per_token: u64,
+    pub peak_rss_bytes: Option<u64>,
+    pub wall_seconds: f64,
+    pub device: String,
+    pub data_source: String,
+    pub vocab: usize,
+}

@@ -1,0 +1,269 @@
+//! The training loop: seeded random-window batches, AdamW with warm-up + cosine LR, evaluation
+//! on fixed validation windows, checkpoints, and the run's metrics and summary.
+//!
+//! Timing is honest: the device is synced before every clock read, the first
+//! [`TIMING_WARMUP_STEPS`] steps of a process and all evaluation time are excluded, and
+//! tokens/s = batch·block·(timed steps) / (their synced wall time).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use attnlab_data::{Batch, Rng, Split};
+use attnlab_model::Gpt;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::memory::peak_rss_bytes;
+use crate::schedule::lr_at;
+use crate::spec::PreparedRun;
+use crate::store::{replace_dir, write_atomic, RunDir};
+use crate::summary::{MetricLine, Summary};
+
+/// Steps at the start of each process left out of throughput (allocator and kernel warm-up).
+pub const TIMING_WARMUP_STEPS: usize = 5;
+/// Seed of the evaluation windows: every run of every experiment is scored on the same ones.
+pub const EVAL_SEED: u64 = 0xE7A1;
+
+pub struct TrainOptions {
+    pub out: PathBuf,
+    /// The backend (not autodiff; the trainer adds it).
+    pub device: Device,
+    /// Its name for summaries (`cpu`, `wgpu`, ...).
+    pub device_name: String,
+    pub progress: bool,
+    /// Stop (with a checkpoint) once this many steps are done, as if interrupted.
+    pub stop_at: Option<usize>,
+}
+
+/// What a call of [`train`] ended with.
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    Finished(Summary),
+    /// The run had finished before; its stored summary.
+    AlreadyFinished(Summary),
+    /// Stopped at `step` by `stop_at`, resumable from its checkpoint.
+    Stopped { step: usize },
+}
+
+/// What a checkpoint holds besides model and optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    /// Steps completed.
+    step: usize,
+    rng: Rng,
+    best_val_loss: f64,
+    last_val_loss: f64,
+    last_train_loss: f64,
+    wall_seconds: f64,
+    step_ms: Vec<f64>,
+}
+
+fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Mean cross-entropy of `model` on a batch. Returns the loss tensor `[1]`.
+pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
+    let (b, t) = (batch.batch, batch.block);
+    let logits = model.forward(tokens_tensor(batch.inputs, [b, t], device));
+    let vocab = logits.dims()[2];
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [b * t]), device);
+    CrossEntropyLoss::new(None, device).forward(logits.reshape([b * t, vocab]), targets)
+}
+
+/// Mean loss over `batches` fixed windows of `split` (no gradients).
+fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> f64 {
+    let t = &run.spec.train;
+    let mut rng = Rng::new(EVAL_SEED);
+    let batches = run.spec.eval.batches;
+    let total: f64 = (0..batches)
+        .map(|_| {
+            let batch = run.splits.sample(split, &mut rng, t.batch, t.block);
+            batch_loss(model, batch, device).into_scalar::<f32>() as f64
+        })
+        .sum();
+    total / batches as f64
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Decode-state bytes per token measured from real state tensors (one sequence, all layers).
+pub fn measured_state_bytes(model: &Gpt, device: &Device) -> usize {
+    model.init_states(1, model.max_seq, device).iter().map(|s| s.bytes_per_token()).sum()
+}
+
+fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState) -> Result<()> {
+    let tmp = dir.root.join("checkpoint.tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    model.clone().save_file(tmp.join("model.bpk")).map_err(|e| anyhow::anyhow!("saving model: {e:?}"))?;
+    optim.save(tmp.join("optim.bpk")).map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+    write_atomic(&tmp.join("state.json"), serde_json::to_string(state)?.as_bytes())?;
+    replace_dir(&tmp, &dir.checkpoint())
+}
+
+/// Keeps the metric lines up to `step` (a resumed run redoes the rest).
+fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let kept: String = fs::read_to_string(path)?
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricLine>(l).map(|m| m.step() <= step).unwrap_or(false))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+/// Trains one prepared run into `opts.out/<experiment>/<run-id>/`. A finished run is not
+/// touched; an interrupted one resumes from its last checkpoint.
+pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
+    let spec = &run.spec;
+    let t = &spec.train;
+    let dir = RunDir::new(&opts.out, &spec.name, &run.run_id);
+    if let Ok(text) = fs::read_to_string(dir.summary()) {
+        let summary: Summary = serde_json::from_str(&text).with_context(|| format!("reading {}", dir.summary().display()))?;
+        return Ok(RunOutcome::AlreadyFinished(summary));
+    }
+    fs::create_dir_all(&dir.root).with_context(|| format!("cannot create the run folder {}", dir.root.display()))?;
+    write_atomic(&dir.config(), toml::to_string(spec)?.as_bytes())?;
+    write_atomic(&dir.tokenizer(), serde_json::to_string(&run.tokenizer)?.as_bytes())?;
+
+    let device = opts.device.clone().autodiff();
+    device.seed(t.seed);
+    let mut model = Gpt::new(&spec.model, &device);
+    let mut adamw = AdamWConfig::new()
+        .with_beta_1(t.beta1)
+        .with_beta_2(t.beta2)
+        .with_epsilon(1e-8)
+        .with_weight_decay(t.weight_decay);
+    if t.grad_clip > 0.0 {
+        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip)));
+    }
+    let mut optim = adamw.init();
+    let mut state = TrainerState {
+        step: 0,
+        rng: Rng::new(t.seed),
+        best_val_loss: f64::INFINITY,
+        last_val_loss: f64::NAN,
+        last_train_loss: f64::NAN,
+        wall_seconds: 0.0,
+        step_ms: Vec::new(),
+    };
+    let ckpt = dir.checkpoint();
+    if ckpt.join("state.json").exists() {
+        state = serde_json::from_str(&fs::read_to_string(ckpt.join("state.json"))?)?;
+        model = model.try_load_file(ckpt.join("model.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint model: {e:?}"))?;
+        optim = optim.load(ckpt.join("optim.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint optimizer: {e:?}"))?;
+        tracing::info!(run = %run.run_id, step = state.step, "resuming from checkpoint");
+    }
+    truncate_metrics(&dir.metrics(), state.step)?;
+    let mut metrics = OpenOptions::new().create(true).append(true).open(dir.metrics())?;
+    let mut log = |line: &MetricLine| -> Result<()> { Ok(writeln!(metrics, "{}", serde_json::to_string(line)?)?) };
+
+    let pb = if opts.progress { ProgressBar::new(t.steps as u64) } else { ProgressBar::hidden() };
+    pb.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")?);
+    pb.set_prefix(format!("{} {}", run.run_id, spec.model.attention.label()));
+    pb.set_position(state.step as u64);
+
+    let tokens_per_step = (t.batch * t.block) as f64;
+    let started = Instant::now();
+    let wall_before = state.wall_seconds;
+    let mut timed_steps = 0usize;
+    device.sync().ok();
+    while state.step < t.steps {
+        if opts.stop_at.is_some_and(|s| state.step >= s) {
+            state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+            save_checkpoint(&dir, &model, &optim, &state)?;
+            pb.finish_and_clear();
+            return Ok(RunOutcome::Stopped { step: state.step });
+        }
+        let step = state.step;
+        let lr = lr_at(step, t.steps, t.warmup, t.lr, t.min_lr);
+        let t0 = Instant::now();
+        let batch = run.splits.sample(Split::Train, &mut state.rng, t.batch, t.block);
+        let loss = batch_loss(&model, batch, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        let log_now = step % t.log_every == 0 || step + 1 == t.steps;
+        let loss_value = if log_now { Some(loss.into_scalar::<f32>() as f64) } else { None };
+        device.sync().ok();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        timed_steps += 1;
+        if timed_steps > TIMING_WARMUP_STEPS {
+            state.step_ms.push(ms);
+        }
+        state.step += 1;
+        if let Some(l) = loss_value {
+            state.last_train_loss = l;
+            log(&MetricLine::Train { step: state.step, loss: l, lr, tokens_per_sec: tokens_per_step / (ms / 1e3) })?;
+            pb.set_message(format!("loss {l:.4} val {:.4} lr {lr:.2e} {:.0} tok/s", state.last_val_loss, tokens_per_step / (ms / 1e3)));
+        }
+        if state.step % spec.eval.every == 0 || state.step == t.steps {
+            let valid = model.valid();
+            let inner = device.clone().inner();
+            let val = evaluate(&valid, run, Split::Val, &inner);
+            let train_loss = evaluate(&valid, run, Split::Train, &inner);
+            state.last_val_loss = val;
+            state.best_val_loss = state.best_val_loss.min(val);
+            log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss })?;
+            pb.println(format!("step {:>6}: train loss {train_loss:.4}, val loss {val:.4}", state.step));
+        }
+        if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < t.steps {
+            state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+            save_checkpoint(&dir, &model, &optim, &state)?;
+        }
+        pb.set_position(state.step as u64);
+    }
+    pb.finish_and_clear();
+    state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+    save_checkpoint(&dir, &model, &optim, &state)?;
+
+    let mut sorted = state.step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let timed_ms: f64 = sorted.iter().sum();
+    let counts = model.param_counts();
+    let inner = device.clone().inner();
+    let summary = Summary {
+        run_id: run.run_id.clone(),
+        experiment: spec.name.clone(),
+        status: "finished".into(),
+        attention: spec.model.attention.label(),
+        steps: t.steps,
+        seed: t.seed,
+        best_val_loss: state.best_val_loss,
+        final_val_loss: state.last_val_loss,
+        best_val_bits_per_token: state.best_val_loss / std::f64::consts::LN_2,
+        final_train_loss: state.last_train_loss,
+        train_tokens_per_sec: if timed_ms > 0.0 { tokens_per_step * sorted.len() as f64 / (timed_ms / 1e3) } else { f64::NAN },
+        ms_per_step_median: percentile(&sorted, 0.5),
+        ms_per_step_p90: percentile(&sorted, 0.9),
+        params: counts.total,
+        mixer_params: counts.mixer,
+        kv_bytes_per_token: model.state_bytes_per_token(),
+        kv_bytes_per_token_measured: measured_state_bytes(&model.valid(), &inner),
+        flops_per_token: model.flops_per_token(t.block),
+        peak_rss_bytes: peak_rss_bytes(),
+        wall_seconds: state.wall_seconds,
+        device: opts.device_name.clone(),
+        data_source: run.data_source.clone(),
+        vocab: spec.model.vocab,
+    };
+    write_atomic(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(RunOutcome::Finished(summary))
+}

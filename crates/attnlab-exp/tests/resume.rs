@@ -1,0 +1,63 @@
+//! A run stopped mid-way and resumed from its checkpoint ends like an uninterrupted one; a
+//! finished run is never retrained or overwritten.
+
+use attnlab_exp::trainer::RunOutcome;
+use attnlab_exp::{train, ExperimentSpec, TrainOptions};
+use burn::tensor::Device;
+
+const SPEC: &str = r#"
+name = "resume"
+[data]
+corpus = "builtin"
+[model]
+d_model = 32
+layers = 2
+heads = 4
+max_seq = 32
+mlp = "swiglu"
+[model.attention]
+kind = "gqa"
+kv_heads = 2
+[train]
+steps = 12
+batch = 4
+block = 16
+warmup = 2
+checkpoint_every = 4
+log_every = 1
+[eval]
+every = 6
+batches = 2
+"#;
+
+fn opts(out: &std::path::Path, stop_at: Option<usize>) -> TrainOptions {
+    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at }
+}
+
+#[test]
+fn stopped_then_resumed_equals_uninterrupted() {
+    let run = ExperimentSpec::from_toml_str(SPEC, "resume.toml", &[]).unwrap().prepare("resume.toml").unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let RunOutcome::Finished(a) = train(&run, &opts(whole.path(), None)).unwrap() else { panic!("should finish") };
+
+    let parts = tempfile::tempdir().unwrap();
+    match train(&run, &opts(parts.path(), Some(7))).unwrap() {
+        RunOutcome::Stopped { step } => assert_eq!(step, 7),
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    let RunOutcome::Finished(b) = train(&run, &opts(parts.path(), None)).unwrap() else { panic!("should finish") };
+    assert!((a.final_train_loss - b.final_train_loss).abs() < 1e-5, "{} vs {}", a.final_train_loss, b.final_train_loss);
+    assert!((a.final_val_loss - b.final_val_loss).abs() < 1e-5, "{} vs {}", a.final_val_loss, b.final_val_loss);
+    assert!(a.final_val_loss.is_finite());
+
+    // The metrics of the resumed run hold each step once.
+    let metrics = std::fs::read_to_string(parts.path().join("resume").join(&run.run_id).join("metrics.jsonl")).unwrap();
+    let train_lines = metrics.lines().filter(|l| l.contains("\"train\"")).count();
+    assert_eq!(train_lines, 12);
+
+    // Finished: a second call changes nothing.
+    let summary_path = whole.path().join("resume").join(&run.run_id).join("summary.json");
+    let before = std::fs::read(&summary_path).unwrap();
+    assert!(matches!(train(&run, &opts(whole.path(), None)).unwrap(), RunOutcome::AlreadyFinished(_)));
+    assert_eq!(before, std::fs::read(&summary_path).unwrap());
+}

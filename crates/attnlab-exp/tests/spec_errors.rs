@@ -1,0 +1,116 @@
+//! Bad input is caught before any compute with one line naming the field, the value and what
+//! is allowed.
+
+use attnlab_exp::{parse_device, ExperimentSpec};
+
+const BASE: &str = r#"
+name = "t"
+[data]
+corpus = "builtin"
+[model]
+d_model = 32
+heads = 4
+max_seq = 32
+[model.attention]
+kind = "mha"
+[train]
+steps = 3
+block = 16
+warmup = 1
+"#;
+
+fn error(sets: &[&str]) -> String {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let spec = ExperimentSpec::from_toml_str(BASE, "exp.toml", &sets);
+    match spec {
+        Err(e) => e.to_string(),
+        Ok(spec) => match spec.prepare("exp.toml") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{sets:?} should be rejected"),
+        },
+    }
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error {msg:?} should mention {p:?}");
+    }
+    assert!(!msg.contains('\n'), "error should be one line: {msg:?}");
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    let spec = ExperimentSpec::from_toml_str(BASE, "exp.toml", &[]).unwrap();
+    let run = spec.prepare("exp.toml").unwrap();
+    assert_eq!(run.data_source, "builtin");
+    assert!(run.spec.model.vocab > 10);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    assert_mentions(&error(&["train.stepz=3"]), &["exp.toml", "stepz"]);
+    assert_mentions(&error(&["model.attention.kv_heads=2"]), &["exp.toml", "kv_heads"]);
+    assert_mentions(&error(&["model.attention.kind=banana"]), &["exp.toml", "banana"]);
+    let msg = ExperimentSpec::from_toml_str("name = \"t\"\nfoo = 1\n", "exp.toml", &[]).unwrap_err().to_string();
+    assert_mentions(&msg, &["foo"]);
+}
+
+#[test]
+fn impossible_shapes_are_named_with_what_is_allowed() {
+    assert_mentions(&error(&["model.attention.kind=gqa", "model.attention.kv_heads=3"]), &["model.attention.kv_heads = 3", "1, 2, 4"]);
+    assert_mentions(&error(&["model.d_model=30"]), &["model.d_model = 30", "multiple of model.heads = 4"]);
+    assert_mentions(&error(&["model.attention.kind=mla", "model.attention.kv_latent=0"]), &["model.attention.kv_latent = 0"]);
+    assert_mentions(&error(&["model.attention.kind=mla", "model.attention.kv_latent=8", "model.attention.rope_dim=3"]), &["model.attention.rope_dim = 3", "even"]);
+    assert_mentions(&error(&["train.block=64"]), &["train.block = 64", "model.max_seq = 32"]);
+    assert_mentions(&error(&["train.steps=0"]), &["train.steps = 0"]);
+    assert_mentions(&error(&["train.batch=0"]), &["train.batch = 0"]);
+    assert_mentions(&error(&["train.lr=-1"]), &["train.lr = -1"]);
+    assert_mentions(&error(&["model.heads=\"four\""]), &["heads"]);
+}
+
+#[test]
+fn missing_empty_and_short_datasets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.txt");
+    let empty = dir.path().join("empty.txt");
+    let short = dir.path().join("short.txt");
+    let binary = dir.path().join("bin.txt");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(&short, "just a few characters").unwrap();
+    std::fs::write(&binary, [0xffu8, 0xfe, 0x00, 0x41].repeat(100)).unwrap();
+    let file = |p: &std::path::Path| vec!["data.corpus=file".to_string(), format!("data.path={:?}", p.display().to_string())];
+    let run = |sets: Vec<String>| ExperimentSpec::from_toml_str(BASE, "exp.toml", &sets).unwrap().prepare("exp.toml").unwrap_err().to_string();
+    assert_mentions(&run(file(&missing)), &["nope.txt", "not found"]);
+    assert_mentions(&run(file(&empty)), &["empty"]);
+    assert_mentions(&run(file(&short)), &["block + 1 = 17"]);
+    assert_mentions(&run(file(&binary)), &["UTF-8"]);
+    assert_mentions(&error(&["data.corpus=file"]), &["data.path"]);
+}
+
+#[test]
+fn non_ascii_text_trains_with_the_char_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("utf8.txt");
+    std::fs::write(&path, "Ünïcödé — 東京 と 大阪 ✓ ".repeat(20)).unwrap();
+    let sets = vec!["data.corpus=file".to_string(), format!("data.path={:?}", path.display().to_string())];
+    let run = ExperimentSpec::from_toml_str(BASE, "exp.toml", &sets).unwrap().prepare("exp.toml").unwrap();
+    assert!(run.tokenizer.vocab_size() < 30);
+    let text = "東京 と 大阪";
+    assert_eq!(run.tokenizer.decode(&run.tokenizer.encode(text).unwrap()), text);
+}
+
+#[test]
+fn unknown_devices_list_the_allowed_ones() {
+    let msg = parse_device("tpu").unwrap_err().to_string();
+    assert_mentions(&msg, &["tpu", "cpu"]);
+}
+
+#[test]
+fn run_ids_are_stable_and_change_with_the_config() {
+    let a = ExperimentSpec::from_toml_str(BASE, "a", &[]).unwrap().prepare("a").unwrap().run_id;
+    let b = ExperimentSpec::from_toml_str(BASE, "b", &[]).unwrap().prepare("b").unwrap().run_id;
+    let c = ExperimentSpec::from_toml_str(BASE, "c", &["train.seed=1".into()]).unwrap().prepare("c").unwrap().run_id;
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.len(), 10);
+}

@@ -1,0 +1,75 @@
+//! One training step of every attention kind on wgpu (Mesa's software Vulkan in CI) against the
+//! same step on CPU, from identical weights: losses and updated weights within 1e-4.
+//! Skipped with a message when no adapter exists, unless ATTNLAB_REQUIRE_WGPU=1 (CI).
+#![cfg(feature = "wgpu")]
+
+use attnlab_attn::AttentionConfig;
+use attnlab_data::{Rng, Split, TokenSplits, Tokenizer};
+use attnlab_exp::trainer::batch_loss;
+use attnlab_model::{Gpt, MlpKind, ModelConfig};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, DeviceKind, Tensor};
+
+fn wgpu_device() -> Option<Device> {
+    let probe = std::panic::catch_unwind(|| {
+        let dev = Device::wgpu(DeviceKind::DefaultDevice);
+        let x = Tensor::<1>::from_floats([1.0, 2.0], &dev);
+        let _ = (x * 2.0).into_data();
+        dev
+    });
+    match probe {
+        Ok(dev) => Some(dev),
+        Err(_) if std::env::var("ATTNLAB_REQUIRE_WGPU").as_deref() == Ok("1") => {
+            panic!("ATTNLAB_REQUIRE_WGPU=1 but no wgpu adapter works (install mesa-vulkan-drivers)")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers, or set ATTNLAB_REQUIRE_WGPU=1 to fail)");
+            None
+        }
+    }
+}
+
+fn flat(model: &Gpt) -> Vec<f32> {
+    model.embed.weight.val().into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// Loss before the step, loss after it, and the embedding after it.
+fn one_step(model: Gpt, splits: &TokenSplits, device: &Device) -> (f64, f64, Vec<f32>) {
+    let batch = splits.sample(Split::Train, &mut Rng::new(1), 4, 16);
+    let loss = batch_loss(&model, batch.clone(), device);
+    let before = loss.clone().into_scalar::<f32>() as f64;
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut optim = AdamWConfig::new().init();
+    let model = optim.step(1e-3, model, grads);
+    let after = batch_loss(&model, batch, device).into_scalar::<f32>() as f64;
+    (before, after, flat(&model))
+}
+
+#[test]
+fn one_training_step_of_every_kind_matches_cpu() {
+    let Some(gpu) = wgpu_device() else { return };
+    let text = attnlab_data::builtin::text();
+    let tokenizer = Tokenizer::char_from_text(&text);
+    let splits = TokenSplits::new("builtin", tokenizer.encode(&text).unwrap(), 0.1, 16).unwrap();
+    let cpu = Device::flex().autodiff();
+    let gpu = gpu.autodiff();
+    for attention in [
+        AttentionConfig::Mha {},
+        AttentionConfig::Mqa {},
+        AttentionConfig::Gqa { kv_heads: 2 },
+        AttentionConfig::Mla { kv_latent: 8, q_latent: Some(16), rope_dim: 4 },
+    ] {
+        let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention: attention.clone(), ..ModelConfig::default() };
+        cpu.seed(5);
+        let model = Gpt::new(&config, &cpu);
+        let on_gpu = model.clone().fork(&gpu);
+        let (b_cpu, a_cpu, w_cpu) = one_step(model, &splits, &cpu);
+        let (b_gpu, a_gpu, w_gpu) = one_step(on_gpu, &splits, &gpu);
+        assert!((b_cpu - b_gpu).abs() < 1e-4, "{attention:?}: loss before step cpu {b_cpu} wgpu {b_gpu}");
+        assert!((a_cpu - a_gpu).abs() < 1e-4, "{attention:?}: loss after step cpu {a_cpu} wgpu {a_gpu}");
+        assert!(a_cpu < b_cpu, "{attention:?}: one AdamW step should lower the batch loss ({b_cpu} → {a_cpu})");
+        let err = w_cpu.iter().zip(&w_gpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{attention:?}: updated weights differ by {err}");
+    }
+}

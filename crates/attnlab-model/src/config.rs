@@ -1,0 +1,71 @@
+//! Model configuration (the `[model]` table).
+
+use attnlab_attn::{AttentionConfig, ConfigError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `W₂(SiLU(x W₁) ⊙ x W₃)` (Shazeer 2020).
+    Swiglu,
+    /// `W₂ GELU(x W₁)` (GPT-2), tanh approximation.
+    Gelu,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Vocabulary size; 0 = taken from the tokenizer.
+    pub vocab: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Longest context the model supports (RoPE tables, decode capacity).
+    pub max_seq: usize,
+    pub mlp: MlpKind,
+    /// MLP hidden width; 0 = 4·d_model for GELU, the 8/3·d_model rounded up to a multiple of
+    /// 8 for SwiGLU (equal parameters).
+    pub mlp_hidden: usize,
+    pub rope_base: f32,
+    pub attention: AttentionConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab: 0,
+            d_model: 128,
+            layers: 4,
+            heads: 4,
+            max_seq: 256,
+            mlp: MlpKind::Gelu,
+            mlp_hidden: 0,
+            rope_base: 10_000.0,
+            attention: AttentionConfig::Mha {},
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The MLP hidden width after defaults.
+    pub fn mlp_hidden(&self) -> usize {
+        match (self.mlp_hidden, self.mlp) {
+            (0, MlpKind::Gelu) => 4 * self.d_model,
+            (0, MlpKind::Swiglu) => (8 * self.d_model / 3).div_ceil(8) * 8,
+            (h, _) => h,
+        }
+    }
+
+    /// Checks every field; errors name the field (as in TOML), the value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [("model.d_model", self.d_model), ("model.layers", self.layers), ("model.heads", self.heads), ("model.max_seq", self.max_seq)] {
+            if value == 0 {
+                return Err(ConfigError::new(field, value, "must be ≥ 1"));
+            }
+        }
+        if !(self.rope_base > 1.0) {
+            return Err(ConfigError::new("model.rope_base", self.rope_base, "must be > 1"));
+        }
+        self.attention.validate(self.d_model, self.heads)
+    }
+}

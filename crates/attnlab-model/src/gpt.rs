@@ -1,0 +1,100 @@
+//! The GPT: tokens `[batch, seq]` → logits `[batch, seq, vocab]`.
+
+use attnlab_attn::linear::INIT_STD;
+use attnlab_attn::State;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::block::Block;
+use crate::config::ModelConfig;
+use crate::mlp::Mlp;
+
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// `[vocab, d_model]`, also the LM head (tied).
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    pub norm: RmsNorm,
+    pub max_seq: usize,
+}
+
+/// Parameter counts (the tied embedding counted once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParamCounts {
+    pub total: usize,
+    /// All attention/mixer parameters of all layers.
+    pub mixer: usize,
+    pub embedding: usize,
+}
+
+impl Gpt {
+    /// A new model; `config.vocab` must be set and `config.validate()` must pass.
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        assert!(config.vocab > 0, "model.vocab must be set before building the model");
+        let d = config.d_model;
+        let blocks = (0..config.layers)
+            .map(|_| Block {
+                attn_norm: RmsNormConfig::new(d).init(device),
+                attn: config.attention.init(d, config.heads, config.max_seq, config.rope_base, device),
+                mlp_norm: RmsNormConfig::new(d).init(device),
+                mlp: Mlp::new(config.mlp, d, config.mlp_hidden(), device),
+            })
+            .collect();
+        Self {
+            embed: EmbeddingConfig::new(config.vocab, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD })
+                .init(device),
+            blocks,
+            norm: RmsNormConfig::new(d).init(device),
+            max_seq: config.max_seq,
+        }
+    }
+
+    /// Final norm and tied LM head: `[b, t, d]` → `[b, t, vocab]`.
+    fn head(&self, h: Tensor<3>) -> Tensor<3> {
+        let w = self.embed.weight.val().transpose().unsqueeze::<3>();
+        self.norm.forward(h).matmul(w)
+    }
+
+    /// Causal forward. tokens: `[batch, seq]` → logits `[batch, seq, vocab]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let seq = tokens.dims()[1];
+        assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
+        let h = self.blocks.iter().fold(self.embed.forward(tokens), |h, b| b.forward(h));
+        self.head(h)
+    }
+
+    /// One empty decode state per layer for `batch` sequences of up to `capacity` tokens.
+    pub fn init_states(&self, batch: usize, capacity: usize, device: &Device) -> Vec<State> {
+        self.blocks.iter().map(|b| b.attn.init_state(batch, capacity, device)).collect()
+    }
+
+    /// Incremental forward: tokens `[batch, new]` → logits `[batch, new, vocab]`.
+    pub fn step(&self, tokens: Tensor<2, Int>, states: &mut [State]) -> Tensor<3> {
+        let h = self.blocks.iter().zip(states.iter_mut()).fold(self.embed.forward(tokens), |h, (b, s)| b.step(h, s));
+        self.head(h)
+    }
+
+    pub fn param_counts(&self) -> ParamCounts {
+        let mixer = self.blocks.iter().map(|b| b.attn.num_params()).sum();
+        ParamCounts { total: self.num_params(), mixer, embedding: self.embed.num_params() }
+    }
+
+    /// Decode-state bytes per token of one sequence, all layers (analytic, f32).
+    pub fn state_bytes_per_token(&self) -> usize {
+        self.blocks.iter().map(|b| b.attn.state_bytes(1)).sum()
+    }
+
+    /// Forward FLOPs per token at `context`: mixers + MLPs (2 per weight) + LM head.
+    /// Training costs ≈ 3× this (forward + backward).
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let [vocab, d] = self.embed.weight.dims();
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .map(|b| b.attn.flops_per_token(context) + 2 * b.mlp.num_params() as u64)
+            .sum();
+        blocks + 2 * (vocab * d) as u64
+    }
+}

@@ -1,0 +1,13 @@
+//! The small GPT: token embedding (tied to the LM head), N pre-norm blocks
+//! `x + Mixer(RMSNorm(x))`, `x + MLP(RMSNorm(x))`, a final RMSNorm, and generation through the
+//! mixers' decode states.
+
+pub mod block;
+pub mod config;
+pub mod generate;
+pub mod gpt;
+pub mod mlp;
+
+pub use config::{MlpKind, ModelConfig};
+pub use generate::{generate, Sampling};
+pub use gpt::{Gpt, ParamCounts};

@@ -1,0 +1,48 @@
+# attnlab recipes. `just --list` shows them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+experiment := "experiments/baby_shakespeare.toml"
+
+# Install what the wgpu path and the tests need (Debian/Ubuntu; uses sudo when not root).
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    if ! dpkg -s mesa-vulkan-drivers >/dev/null 2>&1; then
+        $SUDO apt-get update && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1
+    fi
+
+# Download Tiny Shakespeare into datasets/ and check its sha256.
+data:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    f=datasets/tinyshakespeare/input.txt
+    want=86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed
+    mkdir -p "$(dirname "$f")"
+    if [ ! -f "$f" ]; then
+        curl -fL --retry 3 -o "$f.part" https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+        mv "$f.part" "$f"
+    fi
+    got=$(sha256sum "$f" | cut -d' ' -f1)
+    if [ "$got" != "$want" ]; then echo "checksum mismatch for $f: $got (want $want)"; rm -f "$f"; exit 1; fi
+    echo "$f OK"
+
+# Train one run (extra args go to `attnlab train`, e.g. --set model.attention.kind=mqa).
+train *ARGS:
+    cargo run --release -p attnlab-cli -- train {{experiment}} {{ARGS}}
+
+# The test suite (CPU, plus the wgpu smoke tests where a Vulkan adapter exists).
+test:
+    cargo test --release --workspace
+
+# Benchmarks (see README).
+bench:
+    cargo run --release -p attnlab-cli -- train {{experiment}} --set train.steps=200 --set train.checkpoint_every=0 --out runs/bench
+
+# Sample from a trained run: just generate runs/baby_shakespeare/<run-id>
+generate RUN *ARGS:
+    cargo run --release -p attnlab-cli -- generate {{RUN}} {{ARGS}}
+
+# Reports (tables and plots) arrive with the experiment runner.
+report:
+    @echo "attnlab report: not built yet (see the open issues)"; exit 1
