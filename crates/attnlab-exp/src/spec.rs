@@ -75,11 +75,11 @@ pub struct TrainConfig {
     pub lr: f64,
     pub min_lr: f64,
     pub warmup: usize,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub weight_decay: f32,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
     /// Clip the global gradient norm to this value (0 = off).
-    pub grad_clip: f32,
+    pub grad_clip: f64,
     pub seed: u64,
     /// Save a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: usize,

@@ -148,12 +148,12 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     device.seed(t.seed);
     let mut model = Gpt::new(&spec.model, &device);
     let mut adamw = AdamWConfig::new()
-        .with_beta_1(t.beta1)
-        .with_beta_2(t.beta2)
+        .with_beta_1(t.beta1 as f32)
+        .with_beta_2(t.beta2 as f32)
         .with_epsilon(1e-8)
-        .with_weight_decay(t.weight_decay);
+        .with_weight_decay(t.weight_decay as f32);
     if t.grad_clip > 0.0 {
-        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip)));
+        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)));
     }
     let mut optim = adamw.init();
     let mut state = TrainerState {
