@@ -43,6 +43,10 @@ bench:
 generate RUN *ARGS:
     cargo run --release -p attnlab-cli -- generate {{RUN}} {{ARGS}}
 
-# Reports (tables and plots) arrive with the experiment runner.
-report:
-    @echo "attnlab report: not built yet (see the open issues)"; exit 1
+# Run a sweep (all points and seeds; resumes and skips finished runs), e.g. just sweep experiments/mha_gqa_mla.toml
+sweep FILE *ARGS:
+    cargo run --release -p attnlab-cli -- sweep {{FILE}} {{ARGS}}
+
+# Tables and plots for a run store: just report mha_gqa_mla  → reports/mha_gqa_mla/
+report NAME="mha_gqa_mla":
+    cargo run --release -p attnlab-cli -- report runs/{{NAME}} --out reports/{{NAME}}

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use attnlab_data::Tokenizer;
-use attnlab_exp::trainer::RunOutcome;
+use attnlab_exp::sweep::{in_shard, load_experiment, parse_shard, Experiment};
+use attnlab_exp::trainer::{run_status, RunOutcome};
 use attnlab_exp::{parse_device, train, ExperimentSpec, SpecError, TrainOptions};
 use attnlab_model::{generate, Gpt, Sampling};
 use burn::module::Module;
@@ -39,6 +40,32 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run every point of an experiment's [sweep] (all seeds), skipping finished runs and
+    /// resuming interrupted ones.
+    Sweep {
+        file: PathBuf,
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run only every n-th run, starting at i (i/n), e.g. a Slurm array task.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Print the run table and stop.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Tables and plots from a run store (runs/<experiment>).
+    Report {
+        runs: PathBuf,
+        /// Output folder (default: reports/<experiment>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Sample text from a trained run (its folder or its checkpoint folder).
     Generate {
@@ -77,29 +104,76 @@ fn main() -> ExitCode {
     }
 }
 
+fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
+    let text = std::fs::read_to_string(file).map_err(|e| SpecError::new(format!("{}: cannot read: {e}", file.display())))?;
+    Ok(load_experiment(&text, &file.display().to_string(), sets)?)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { file, out, device, sets, quiet } => {
             let backend = parse_device(&device)?;
-            let spec = ExperimentSpec::load(&file, &sets)?;
-            let prepared = spec.prepare(&file.display().to_string())?;
-            let counts = Gpt::new(&prepared.spec.model, &burn::tensor::Device::flex()).param_counts();
+            let exp = read_experiment(&file, &sets)?;
+            if exp.runs.len() != 1 {
+                return Err(SpecError::new(format!("{}: has a [sweep] of {} runs; use `attnlab sweep`", file.display(), exp.runs.len())).into());
+            }
+            let run = &exp.runs[0];
+            let counts = Gpt::new(&run.spec.model, &burn::tensor::Device::flex()).param_counts();
             tracing::info!(
-                run = %prepared.run_id,
-                attention = %prepared.spec.model.attention.label(),
+                run = %run.run_id,
+                attention = %run.spec.model.attention.label(),
                 params = counts.total,
                 mixer_params = counts.mixer,
-                data = %prepared.data_source,
+                data = %run.data_source,
                 device = %device,
                 "training"
             );
-            let opts = TrainOptions { out, device: backend, device_name: device, progress: !quiet, stop_at: None };
-            match train(&prepared, &opts)? {
-                RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) => {
-                    println!("{}", serde_json::to_string_pretty(&s)?);
-                }
+            let opts = TrainOptions { out, device: backend, device_name: device, progress: !quiet, stop_at: None, multi: None };
+            match train(run, &opts)? {
+                RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) => println!("{}", serde_json::to_string_pretty(&s)?),
                 RunOutcome::Stopped { step } => println!("stopped at step {step}"),
             }
+            Ok(())
+        }
+        Command::Sweep { file, out, device, sets, shard, dry_run, quiet } => {
+            let backend = parse_device(&device)?;
+            let shard = shard.as_deref().map(parse_shard).transpose()?;
+            let exp = read_experiment(&file, &sets)?;
+            println!("{} runs of {} (output {}):", exp.runs.len(), exp.name, out.join(&exp.name).display());
+            println!("{:>4}  {:<10}  {:<12}  {}", "#", "run id", "status", "point");
+            for (point, run) in exp.points.iter().zip(&exp.runs) {
+                let status = if in_shard(point.index, shard) { run_status(&out, run) } else { "other shard".into() };
+                println!("{:>4}  {:<10}  {:<12}  {}", point.index, run.run_id, status, point.describe());
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let mine: Vec<usize> = exp.points.iter().filter(|p| in_shard(p.index, shard)).map(|p| p.index).collect();
+            let multi = indicatif::MultiProgress::new();
+            if quiet {
+                multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let overall = multi.add(indicatif::ProgressBar::new(mine.len() as u64));
+            overall.set_style(indicatif::ProgressStyle::with_template("sweep {bar:30} {pos}/{len} runs [{elapsed_precise}<{eta_precise}]")?);
+            for idx in mine {
+                let run = &exp.runs[idx];
+                let opts = TrainOptions { out: out.clone(), device: backend.clone(), device_name: device.clone(), progress: !quiet, stop_at: None, multi: Some(multi.clone()) };
+                let line = match train(run, &opts)? {
+                    RunOutcome::Finished(s) => format!("run {idx} {}: best val loss {:.4}, {:.0} tok/s", run.run_id, s.best_val_loss, s.train_tokens_per_sec),
+                    RunOutcome::AlreadyFinished(s) => format!("run {idx} {}: already done (best val loss {:.4})", run.run_id, s.best_val_loss),
+                    RunOutcome::Stopped { step } => format!("run {idx} {}: stopped at step {step}", run.run_id),
+                };
+                multi.println(line)?;
+                overall.inc(1);
+            }
+            overall.finish();
+            Ok(())
+        }
+        Command::Report { runs, out } => {
+            let name = runs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
+            let groups = attnlab_report::write_report(&runs, &out)?;
+            println!("{} configs → {}", groups.len(), out.join("README.md").display());
             Ok(())
         }
         Command::Generate { run, prompt, tokens, temperature, top_k, seed, device } => {

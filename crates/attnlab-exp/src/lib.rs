@@ -9,6 +9,7 @@ pub mod schedule;
 pub mod spec;
 pub mod store;
 pub mod summary;
+pub mod sweep;
 pub mod trainer;
 
 pub use device::parse_device;

@@ -21,11 +21,16 @@ fn parse_value(raw: &str) -> Value {
 /// Applies one `key=value` to `root`.
 pub fn apply_set(root: &mut Value, set: &str) -> Result<(), String> {
     let (key, raw) = set.split_once('=').ok_or("expected dotted.key=value")?;
-    let path: Vec<&str> = key.trim().split('.').collect();
+    set_path(root, key.trim(), parse_value(raw.trim()))
+}
+
+/// Sets the dotted `key` of `root` to `value`, creating tables on the way. Setting a `kind`
+/// clears its table first.
+pub fn set_path(root: &mut Value, key: &str, value: Value) -> Result<(), String> {
+    let path: Vec<&str> = key.split('.').collect();
     if path.iter().any(|p| p.is_empty()) {
         return Err(format!("bad key {key:?}"));
     }
-    let value = parse_value(raw.trim());
     let (last, parents) = path.split_last().expect("non-empty");
     let mut table = root.as_table_mut().ok_or("the document is not a table")?;
     for (i, part) in parents.iter().enumerate() {
@@ -37,6 +42,11 @@ pub fn apply_set(root: &mut Value, set: &str) -> Result<(), String> {
     }
     table.insert(last.to_string(), value);
     Ok(())
+}
+
+/// The value at the dotted `key`, if any.
+pub fn get_path<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(root, |v, part| v.get(part))
 }
 
 #[cfg(test)]

@@ -151,11 +151,21 @@ impl ExperimentSpec {
         for set in sets {
             apply_set(&mut value, set).map_err(|e| SpecError::new(format!("{source}: --set {set}: {e}")))?;
         }
+        Self::from_value(value, source)
+    }
+
+    /// Typed spec from a parsed (and overridden) TOML value, validated.
+    pub fn from_value(value: toml::Value, source: &str) -> Result<Self, SpecError> {
         let spec: ExperimentSpec = value
             .try_into()
             .map_err(|e: toml::de::Error| SpecError::new(format!("{source}: {}", one_line(&e.to_string()))))?;
         spec.validate(source)?;
         Ok(spec)
+    }
+
+    /// Every field at its default (name empty): the set of known paths.
+    pub fn defaults() -> Self {
+        Self { name: String::new(), data: DataConfig::default(), model: ModelConfig::default(), train: TrainConfig::default(), eval: EvalConfig::default() }
     }
 
     /// Checks every field that needs no data; errors name the field, value and what is allowed.

@@ -41,6 +41,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop (with a checkpoint) once this many steps are done, as if interrupted.
     pub stop_at: Option<usize>,
+    /// Where to draw the run's progress bar when several bars share the terminal.
+    pub multi: Option<indicatif::MultiProgress>,
 }
 
 /// What a call of [`train`] ended with.
@@ -176,7 +178,11 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let mut metrics = OpenOptions::new().create(true).append(true).open(dir.metrics())?;
     let mut log = |line: &MetricLine| -> Result<()> { Ok(writeln!(metrics, "{}", serde_json::to_string(line)?)?) };
 
-    let pb = if opts.progress { ProgressBar::new(t.steps as u64) } else { ProgressBar::hidden() };
+    let pb = match (&opts.multi, opts.progress) {
+        (_, false) => ProgressBar::hidden(),
+        (Some(multi), true) => multi.add(ProgressBar::new(t.steps as u64)),
+        (None, true) => ProgressBar::new(t.steps as u64),
+    };
     pb.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")?);
     pb.set_prefix(format!("{} {}", run.run_id, spec.model.attention.label()));
     pb.set_position(state.step as u64);
@@ -266,4 +272,16 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     };
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(RunOutcome::Finished(summary))
+}
+
+/// Where a run stands in its store: `done`, `resume@<step>` or `new`.
+pub fn run_status(out: &std::path::Path, run: &PreparedRun) -> String {
+    let dir = RunDir::new(out, &run.spec.name, &run.run_id);
+    if dir.summary().exists() {
+        return "done".into();
+    }
+    match fs::read_to_string(dir.checkpoint().join("state.json")).ok().and_then(|s| serde_json::from_str::<TrainerState>(&s).ok()) {
+        Some(state) => format!("resume@{}", state.step),
+        None => "new".into(),
+    }
 }

@@ -31,7 +31,7 @@ batches = 2
 "#;
 
 fn opts(out: &std::path::Path, stop_at: Option<usize>) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at }
+    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at, multi: None }
 }
 
 #[test]

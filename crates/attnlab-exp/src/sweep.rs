@@ -1,0 +1,216 @@
+//! Sweeps: the `[sweep]` table of an experiment file expands into a run list.
+//!
+//! ```toml
+//! [sweep]
+//! seeds = [0, 1, 2]                                    # → train.seed
+//! "model.heads" = [4, 8]                               # any dotted config path → list
+//! "model.attention" = [{kind = "mha"}, {kind = "gqa", kv_heads = 2}]
+//! [[sweep.include]]                                    # extra hand-picked points
+//! "model.attention" = {kind = "mla", kv_latent = 32}
+//! [[sweep.exclude]]                                    # drop points matching all of these
+//! "model.heads" = 4
+//! "model.attention" = {kind = "gqa", kv_heads = 2}
+//! ```
+//! The run list is the cartesian product of the lists (in file order, seeds innermost), minus
+//! excluded points, plus included points (each crossed with the seeds).
+
+use toml::{Table, Value};
+
+use crate::error::SpecError;
+use crate::overrides::{apply_set, get_path, parse_toml, set_path};
+use crate::spec::{ExperimentSpec, PreparedRun};
+
+/// One point of a sweep: the dotted paths it sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPoint {
+    pub index: usize,
+    pub sets: Vec<(String, Value)>,
+}
+
+impl SweepPoint {
+    /// `path=value, ...` for tables and errors.
+    pub fn describe(&self) -> String {
+        self.sets.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A value as one line of TOML.
+pub fn inline(v: &Value) -> String {
+    match v {
+        Value::Table(t) => {
+            let fields: Vec<String> = t.iter().map(|(k, v)| format!("{k} = {}", inline(v))).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn as_point(v: &Value, what: &str) -> Result<Vec<(String, Value)>, SpecError> {
+    let t = v.as_table().ok_or_else(|| SpecError::new(format!("{what}: must be a table of dotted paths")))?;
+    Ok(t.iter().map(|(k, v)| (if k == "seeds" { "train.seed".to_string() } else { k.clone() }, v.clone())).collect())
+}
+
+/// Expands the `[sweep]` table into points (no sweep = one point).
+pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, SpecError> {
+    let Some(sweep) = sweep else { return Ok(vec![SweepPoint { index: 0, sets: vec![] }]) };
+    let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut seeds: Option<Vec<Value>> = None;
+    let mut include = Vec::new();
+    let mut exclude = Vec::new();
+    for (key, value) in sweep {
+        let list = |v: &Value| -> Result<Vec<Value>, SpecError> {
+            match v.as_array() {
+                Some(a) if !a.is_empty() => Ok(a.clone()),
+                Some(_) => Err(SpecError::new(format!("{source}: sweep.\"{key}\" = []: an empty list gives no runs; give at least one value"))),
+                None => Err(SpecError::new(format!("{source}: sweep.\"{key}\" = {}: must be a list of values", inline(v)))),
+            }
+        };
+        match key.as_str() {
+            "seeds" => seeds = Some(list(value)?),
+            "include" => include = list(value)?,
+            "exclude" => exclude = list(value)?,
+            path => axes.push((path.to_string(), list(value)?)),
+        }
+    }
+    let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
+    for (path, values) in &axes {
+        points = points
+            .into_iter()
+            .flat_map(|p| values.iter().map(move |v| {
+                let mut p = p.clone();
+                p.push((path.clone(), v.clone()));
+                p
+            }))
+            .collect();
+    }
+    let excluded: Vec<Vec<(String, Value)>> = exclude.iter().enumerate().map(|(i, e)| as_point(e, &format!("{source}: sweep.exclude[{i}]"))).collect::<Result<_, _>>()?;
+    points.retain(|p| !excluded.iter().any(|e| e.iter().all(|(k, v)| p.iter().any(|(pk, pv)| pk == k && pv == v))));
+    for (i, inc) in include.iter().enumerate() {
+        points.push(as_point(inc, &format!("{source}: sweep.include[{i}]"))?);
+    }
+    let points: Vec<Vec<(String, Value)>> = match seeds {
+        None => points,
+        Some(seeds) => points
+            .into_iter()
+            .flat_map(|p| seeds.iter().map(move |s| {
+                let mut p = p.clone();
+                p.push(("train.seed".into(), s.clone()));
+                p
+            }))
+            .collect(),
+    };
+    Ok(points.into_iter().enumerate().map(|(index, sets)| SweepPoint { index, sets }).collect())
+}
+
+/// A whole experiment file: its base config and its expanded, validated runs.
+#[derive(Debug)]
+pub struct Experiment {
+    pub name: String,
+    pub points: Vec<SweepPoint>,
+    pub runs: Vec<PreparedRun>,
+}
+
+/// Reads an experiment file, applies `--set` overrides to the base, expands the sweep and
+/// validates and prepares **every** run before returning, so nothing starts on a bad point.
+pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Experiment, SpecError> {
+    let mut base = parse_toml(text).map_err(|e| SpecError::new(format!("{source}: {e}")))?;
+    let sweep = match base.as_table_mut().and_then(|t| t.remove("sweep")) {
+        None => None,
+        Some(Value::Table(t)) => Some(t),
+        Some(other) => return Err(SpecError::new(format!("{source}: sweep = {}: must be a table", inline(&other)))),
+    };
+    for set in sets {
+        apply_set(&mut base, set).map_err(|e| SpecError::new(format!("{source}: --set {set}: {e}")))?;
+    }
+    let points = expand(sweep.as_ref(), source)?;
+    let mut runs = Vec::with_capacity(points.len());
+    for point in &points {
+        let mut value = base.clone();
+        let at = format!("{source}: run {} ({})", point.index, point.describe());
+        for (path, v) in &point.sets {
+            if get_path(&value, path).is_none() && !known_path(path) {
+                return Err(SpecError::new(format!("{at}: sweep path \"{path}\" is not a config field")));
+            }
+            set_path(&mut value, path, v.clone()).map_err(|e| SpecError::new(format!("{at}: {e}")))?;
+        }
+        let spec = ExperimentSpec::from_value(value, &at)?;
+        runs.push(spec.prepare(&at)?);
+    }
+    let name = runs.first().map(|r| r.spec.name.clone()).unwrap_or_default();
+    Ok(Experiment { name, points, runs })
+}
+
+/// Paths that may be absent from a file because they have defaults.
+fn known_path(path: &str) -> bool {
+    let defaults = toml::Value::try_from(ExperimentSpec::defaults()).expect("defaults serialise");
+    get_path(&defaults, path).is_some() || path.starts_with("model.attention.")
+}
+
+/// `i/n`: this shard's runs are those with `index % n == i`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), SpecError> {
+    let bad = || SpecError::new(format!("--shard = {s:?}: expected i/n with 0 ≤ i < n, e.g. 0/4"));
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Whether run `index` belongs to shard `(i, n)`.
+pub fn in_shard(index: usize, shard: Option<(usize, usize)>) -> bool {
+    shard.is_none_or(|(i, n)| index % n == i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(text: &str) -> Vec<SweepPoint> {
+        let v = parse_toml(text).unwrap();
+        expand(v.get("sweep").and_then(|s| s.as_table()), "t").unwrap()
+    }
+
+    #[test]
+    fn product_in_file_order_with_seeds_innermost() {
+        let pts = sweep("[sweep]\nseeds = [0, 1]\n\"model.heads\" = [4, 8]\n\"train.lr\" = [1e-3, 3e-4, 1e-4]\n");
+        assert_eq!(pts.len(), 12);
+        assert_eq!(pts[0].describe(), "model.heads=4, train.lr=0.001, train.seed=0");
+        assert_eq!(pts[1].describe(), "model.heads=4, train.lr=0.001, train.seed=1");
+        assert_eq!(pts[11].describe(), "model.heads=8, train.lr=0.0001, train.seed=1");
+        assert_eq!(pts.iter().map(|p| p.index).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn include_and_exclude() {
+        let pts = sweep(
+            "[sweep]\n\"model.heads\" = [4, 8]\n\"model.attention\" = [{kind = \"mha\"}, {kind = \"mqa\"}]\n\
+             [[sweep.exclude]]\n\"model.heads\" = 8\n\"model.attention\" = {kind = \"mqa\"}\n\
+             [[sweep.include]]\n\"model.attention\" = {kind = \"mla\", kv_latent = 16}\n",
+        );
+        let d: Vec<String> = pts.iter().map(|p| p.describe()).collect();
+        assert_eq!(d, vec![
+            "model.heads=4, model.attention={kind = \"mha\"}",
+            "model.heads=4, model.attention={kind = \"mqa\"}",
+            "model.heads=8, model.attention={kind = \"mha\"}",
+            "model.attention={kind = \"mla\", kv_latent = 16}",
+        ]);
+    }
+
+    #[test]
+    fn shards_cover_every_run_exactly_once() {
+        for n in 1..6 {
+            let mut seen = vec![0; 17];
+            for i in 0..n {
+                for (idx, s) in seen.iter_mut().enumerate() {
+                    if in_shard(idx, Some((i, n))) {
+                        *s += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "n = {n}: {seen:?}");
+        }
+        assert!(parse_shard("2/2").is_err() && parse_shard("x").is_err() && parse_shard("0/0").is_err());
+        assert_eq!(parse_shard("1/3").unwrap(), (1, 3));
+    }
+}

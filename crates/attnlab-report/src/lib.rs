@@ -1,0 +1,38 @@
+//! Reports from a run store `runs/<experiment>/`: runs are grouped by the config fields that
+//! vary (seeds pooled), and written as `README.md` (tables, mean ± std over seeds),
+//! `results.csv` and `results.json` (one row per run), `loss.svg` and `pareto.svg`.
+
+pub mod load;
+pub mod plots;
+pub mod stats;
+pub mod tables;
+
+pub use load::{load_runs, RunRecord};
+pub use tables::{group_runs, Group};
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Writes the whole report for the run store `runs_dir` into `out`. A `notes.md` already in
+/// `out` (a human reading of the results) is kept and included in `README.md`.
+pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Vec<Group>> {
+    let runs = load_runs(runs_dir)?;
+    anyhow::ensure!(!runs.is_empty(), "{}: no finished runs (no */summary.json)", runs_dir.display());
+    let groups = group_runs(&runs);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let notes = std::fs::read_to_string(out.join("notes.md")).ok();
+    write(out, "README.md", &tables::markdown(&runs, &groups, notes.as_deref()))?;
+    write(out, "results.csv", &tables::csv(&runs, &groups))?;
+    write(out, "results.json", &serde_json::to_string_pretty(&tables::json(&runs, &groups))?)?;
+    plots::loss_svg(&groups, &out.join("loss.svg"))?;
+    plots::pareto_svg(&groups, &out.join("pareto.svg"))?;
+    Ok(groups)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}

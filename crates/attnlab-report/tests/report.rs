@@ -1,0 +1,71 @@
+//! A report from a fixture run store: grouping by the varying field, mean ± std over seeds,
+//! CSV/JSON rows for every run, both plots written, human notes kept.
+
+use std::path::Path;
+
+fn fixture_run(store: &Path, id: &str, kind: &str, kv: usize, seed: u64, best: f64) {
+    let dir = store.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let attention = if kind == "gqa" { "{ kind = \"gqa\", kv_heads = 2 }".to_string() } else { format!("{{ kind = \"{kind}\" }}") };
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("name = \"fx\"\n[model]\nd_model = 64\nattention = {attention}\n[train]\nseed = {seed}\nsteps = 100\n"),
+    )
+    .unwrap();
+    let label = if kind == "gqa" { "gqa-2" } else { kind };
+    let summary = serde_json::json!({
+        "run_id": id, "experiment": "fx", "status": "finished", "attention": label, "steps": 100, "seed": seed,
+        "best_val_loss": best, "final_val_loss": best + 0.01, "best_val_bits_per_token": best / std::f64::consts::LN_2,
+        "final_train_loss": best - 0.1, "train_tokens_per_sec": 1000.0, "ms_per_step_median": 10.0, "ms_per_step_p90": 12.0,
+        "params": 1000, "mixer_params": 100, "kv_bytes_per_token": kv, "kv_bytes_per_token_measured": kv,
+        "flops_per_token": 2000, "peak_rss_bytes": 1048576, "wall_seconds": 5.0, "device": "cpu",
+        "data_source": "builtin", "vocab": 40
+    });
+    std::fs::write(dir.join("summary.json"), serde_json::to_string(&summary).unwrap()).unwrap();
+    let metrics: String = (1..=4)
+        .map(|i| format!("{{\"kind\":\"eval\",\"step\":{},\"val_loss\":{},\"train_loss\":1.0}}\n", i * 25, best + 1.0 / i as f64))
+        .collect();
+    std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
+}
+
+#[test]
+fn report_groups_seeds_and_writes_every_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    for (i, best) in [2.0, 2.2, 2.1].iter().enumerate() {
+        fixture_run(&store, &format!("mha{i}"), "mha", 4096, i as u64, *best);
+        fixture_run(&store, &format!("gqa{i}"), "gqa", 2048, i as u64, best + 0.5);
+    }
+    // An unfinished run (no summary) is ignored.
+    std::fs::create_dir_all(store.join("partial")).unwrap();
+    let out = tmp.path().join("report");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.md"), "## Reading\n\nHand-written notes survive.").unwrap();
+
+    let groups = attnlab_report::write_report(&store, &out).unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0].label, "mha");
+    assert_eq!(groups[0].runs.len(), 3);
+    assert!((groups[0].best_mean() - 2.1).abs() < 1e-9);
+    assert!((groups[0].best_std() - 0.1).abs() < 1e-9);
+    assert_eq!(groups[0].curve.len(), 4);
+
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| mha | 3 |"), "{md}");
+    assert!(md.contains("2.1000 ± 0.1000"), "{md}");
+    assert!(md.contains("| gqa-2 | 3 |") && md.contains("0.500×") && md.contains("+0.5000"), "{md}");
+    assert!(md.contains("worse than mha beyond seed noise"), "{md}");
+    assert!(md.contains("Hand-written notes survive."));
+
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(csv.lines().next().unwrap().starts_with("config,model.attention,run_id"), "{csv}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 6);
+    for svg in ["loss.svg", "pareto.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("gqa-2") && text.contains("mha"), "{svg}");
+    }
+    let pareto = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
+    assert!(pareto.contains("KV-cache bytes per token"));
+}
