@@ -22,43 +22,40 @@ struct Cli {
     command: Command,
 }
 
+/// What `train` and `sweep` share: the experiment, where runs go, the backend, overrides.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Experiment TOML file.
+    file: PathBuf,
+    /// Output folder for run stores.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// Backend: cpu (burn-flex), wgpu, cuda (if built with the feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Override a config field, e.g. --set model.attention.kind=gqa --set model.attention.kv_heads=2.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train one run from an experiment file.
-    Train {
-        /// Experiment TOML file.
-        file: PathBuf,
-        /// Output folder for run stores.
-        #[arg(long, default_value = "runs")]
-        out: PathBuf,
-        /// Backend: cpu (burn-flex), wgpu, cuda (if built with the feature).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Override a config field, e.g. --set model.attention.kind=gqa --set model.attention.kv_heads=2.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Train(RunArgs),
     /// Run every point of an experiment's [sweep] (all seeds), skipping finished runs and
     /// resuming interrupted ones.
     Sweep {
-        file: PathBuf,
-        #[arg(long, default_value = "runs")]
-        out: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
         /// Run only every n-th run, starting at i (i/n), e.g. a Slurm array task.
         #[arg(long)]
         shard: Option<String>,
         /// Print the run table and stop.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        quiet: bool,
     },
     /// Tables and plots from a run store (runs/<experiment>).
     Report {
@@ -91,8 +88,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    install_interrupt_handler();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) if e.downcast_ref::<SpecError>().is_some() => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -104,6 +107,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// A run stopped by Ctrl-C / SIGTERM after writing its checkpoint.
+#[derive(Debug)]
+struct Interrupted(String, usize);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted: run {} checkpointed at step {}; run the same command again to resume", self.0, self.1)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// First Ctrl-C or SIGTERM: the trainer finishes its step, checkpoints and stops.
+/// A second one exits at once (the last periodic checkpoint remains).
+extern "C" fn on_signal(_: libc::c_int) {
+    if attnlab_exp::interrupt::requested() {
+        // Only async-signal-safe calls here.
+        unsafe { libc::_exit(130) };
+    }
+    attnlab_exp::interrupt::request();
+}
+
+fn install_interrupt_handler() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only touches an atomic flag and calls `_exit`.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
 fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
     let text = std::fs::read_to_string(file).map_err(|e| SpecError::new(format!("{}: cannot read: {e}", file.display())))?;
     Ok(load_experiment(&text, &file.display().to_string(), sets)?)
@@ -111,7 +145,7 @@ fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { file, out, device, sets, quiet } => {
+        Command::Train(RunArgs { file, out, device, sets, quiet }) => {
             let backend = parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if exp.runs.len() != 1 {
@@ -131,11 +165,11 @@ fn run(cli: Cli) -> Result<()> {
             let opts = TrainOptions { out, device: backend, device_name: device, progress: !quiet, stop_at: None, multi: None };
             match train(run, &opts)? {
                 RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) => println!("{}", serde_json::to_string_pretty(&s)?),
-                RunOutcome::Stopped { step } => println!("stopped at step {step}"),
+                RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
             }
             Ok(())
         }
-        Command::Sweep { file, out, device, sets, shard, dry_run, quiet } => {
+        Command::Sweep { run: RunArgs { file, out, device, sets, quiet }, shard, dry_run } => {
             let backend = parse_device(&device)?;
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
@@ -161,7 +195,7 @@ fn run(cli: Cli) -> Result<()> {
                 let line = match train(run, &opts)? {
                     RunOutcome::Finished(s) => format!("run {idx} {}: best val loss {:.4}, {:.0} tok/s", run.run_id, s.best_val_loss, s.train_tokens_per_sec),
                     RunOutcome::AlreadyFinished(s) => format!("run {idx} {}: already done (best val loss {:.4})", run.run_id, s.best_val_loss),
-                    RunOutcome::Stopped { step } => format!("run {idx} {}: stopped at step {step}", run.run_id),
+                    RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
                 };
                 multi.println(line)?;
                 overall.inc(1);

@@ -73,3 +73,41 @@ fn a_tiny_run_trains_and_generates() {
     let text = String::from_utf8_lossy(&g.stdout);
     assert!(text.starts_with("The ") && text.trim_end().chars().count() >= 4 + 10, "{text:?}");
 }
+
+#[test]
+fn sigint_checkpoints_and_the_next_call_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, TINY.replace("steps = 20", "steps = 1000").replace("every = 10", "every = 1000")).unwrap();
+    let out = dir.path().join("runs");
+    let mut child = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until training is under way (metrics being written), then interrupt it.
+    let started = std::time::Instant::now();
+    let metrics = || -> usize {
+        std::fs::read_dir(out.join("tiny")).ok().and_then(|mut d| d.next()).and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_to_string(e.path().join("metrics.jsonl")).ok()).map(|s| s.lines().count()).unwrap_or(0)
+    };
+    while metrics() < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits with 130");
+    let run_dir = std::fs::read_dir(out.join("tiny")).unwrap().next().unwrap().unwrap().path();
+    assert!(run_dir.join("checkpoint/state.json").exists(), "interrupt must write a checkpoint");
+    assert!(!run_dir.join("summary.json").exists());
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("checkpoint/state.json")).unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!(step > 0 && step < 1000, "checkpoint at step {step}");
+    // The same command resumes and finishes; the metrics hold each logged step once.
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(run_dir.join("summary.json").exists());
+    let logged: Vec<u64> = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap().lines()
+        .filter(|l| l.contains("\"train\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let mut dedup = logged.clone();
+    dedup.dedup();
+    assert_eq!(logged, dedup, "no step logged twice");
+    assert_eq!(logged.len(), 101, "steps 0, 10, …, 990 and the last");
+}

@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod error;
+pub mod interrupt;
 pub mod memory;
 pub mod overrides;
 pub mod schedule;

@@ -49,3 +49,17 @@ pub struct Summary {
     pub data_source: String,
     pub vocab: usize,
 }
+
+/// Serde for an `f64` that may be NaN or infinite: written as `null` (JSON has no NaN) and read
+/// back from `null` as NaN.
+pub mod non_finite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f64(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}

@@ -51,7 +51,7 @@ pub enum RunOutcome {
     Finished(Summary),
     /// The run had finished before; its stored summary.
     AlreadyFinished(Summary),
-    /// Stopped at `step` by `stop_at`, resumable from its checkpoint.
+    /// Stopped at `step` by `stop_at` or an interrupt, resumable from its checkpoint.
     Stopped { step: usize },
 }
 
@@ -61,8 +61,11 @@ struct TrainerState {
     /// Steps completed.
     step: usize,
     rng: Rng,
+    #[serde(with = "crate::summary::non_finite_as_null")]
     best_val_loss: f64,
+    #[serde(with = "crate::summary::non_finite_as_null")]
     last_val_loss: f64,
+    #[serde(with = "crate::summary::non_finite_as_null")]
     last_train_loss: f64,
     wall_seconds: f64,
     step_ms: Vec<f64>,
@@ -193,7 +196,10 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let mut timed_steps = 0usize;
     device.sync().ok();
     while state.step < t.steps {
-        if opts.stop_at.is_some_and(|s| state.step >= s) {
+        if opts.stop_at.is_some_and(|s| state.step >= s) || crate::interrupt::requested() {
+            if crate::interrupt::requested() {
+                pb.println(format!("interrupt: writing a checkpoint at step {} (a second Ctrl-C aborts)", state.step));
+            }
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             save_checkpoint(&dir, &model, &optim, &state)?;
             pb.finish_and_clear();
@@ -226,7 +232,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             let val = evaluate(&valid, run, Split::Val, &inner);
             let train_loss = evaluate(&valid, run, Split::Train, &inner);
             state.last_val_loss = val;
-            state.best_val_loss = state.best_val_loss.min(val);
+            state.best_val_loss = if state.best_val_loss.is_nan() { val } else { state.best_val_loss.min(val) };
             log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss })?;
             pb.println(format!("step {:>6}: train loss {train_loss:.4}, val loss {val:.4}", state.step));
         }
