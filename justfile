@@ -35,9 +35,9 @@ train *ARGS:
 test:
     cargo test --release --workspace
 
-# Benchmarks (see README).
+# Benchmarks: decode tokens/s and state bytes per attention config of the flagship experiment.
 bench:
-    cargo run --release -p attnlab-cli -- train {{experiment}} --set train.steps=200 --set train.checkpoint_every=0 --out runs/bench
+    cargo run --release -p attnlab-cli -- bench decode experiments/mha_gqa_mla.toml --json runs/bench-decode.json
 
 # Sample from a trained run: just generate runs/baby_shakespeare/<run-id>
 generate RUN *ARGS:

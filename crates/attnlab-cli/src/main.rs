@@ -42,6 +42,29 @@ struct RunArgs {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    Decode {
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Context lengths (tokens already in the state).
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024,4096")]
+        contexts: Vec<usize>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batches: Vec<usize>,
+        /// Timed decode steps per point.
+        #[arg(long, default_value_t = 16)]
+        tokens: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Train one run from an experiment file.
     Train(RunArgs),
@@ -56,6 +79,12 @@ enum Command {
         /// Print the run table and stop.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Benchmarks. `decode`: cached decode tokens/s and state bytes for every attention
+    /// config of an experiment file (its sweep points, seeds ignored).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Tables and plots from a run store (runs/<experiment>).
     Report {
@@ -201,6 +230,37 @@ fn run(cli: Cli) -> Result<()> {
                 overall.inc(1);
             }
             overall.finish();
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json } } => {
+            let backend = parse_device(&device)?;
+            let exp = read_experiment(&file, &sets)?;
+            if tokens == 0 || contexts.is_empty() || batches.contains(&0) {
+                return Err(SpecError::new("bench decode: --tokens, --contexts and --batches must be non-empty and ≥ 1").into());
+            }
+            let mut configs: Vec<attnlab_model::ModelConfig> = Vec::new();
+            for run in &exp.runs {
+                let mut c = run.spec.model.clone();
+                c.max_seq = contexts.iter().max().copied().unwrap_or(0) + tokens + 1;
+                if !configs.contains(&c) {
+                    configs.push(c);
+                }
+            }
+            println!("decode benchmark on {device}: {} configs, {tokens} timed steps per point", configs.len());
+            println!("{:<10} {:>7} {:>5} {:>12} {:>10} {:>14} {:>10}", "attention", "context", "batch", "tokens/s", "ms/step", "state bytes", "bytes/tok");
+            let mut results = Vec::new();
+            for c in &configs {
+                for &context in &contexts {
+                    for &batch in &batches {
+                        let p = attnlab_exp::bench::decode_point(c, context, batch, tokens, &backend);
+                        println!("{:<10} {:>7} {:>5} {:>12.1} {:>10.2} {:>14} {:>10}", p.attention, p.context, p.batch, p.decode_tokens_per_sec, p.ms_per_step, p.state_bytes_per_sequence, p.state_bytes_per_token);
+                        results.push(p);
+                    }
+                }
+            }
+            if let Some(path) = json {
+                attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
             Ok(())
         }
         Command::Report { runs, out } => {

@@ -111,3 +111,21 @@ fn sigint_checkpoints_and_the_next_call_resumes() {
     assert_eq!(logged, dedup, "no step logged twice");
     assert_eq!(logged.len(), 101, "steps 0, 10, …, 990 and the last");
 }
+
+#[test]
+fn bench_decode_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, format!("{TINY}\n[sweep]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"mla\", kv_latent = 8, rope_dim = 4}}]\n")).unwrap();
+    let json = dir.path().join("decode.json");
+    let o = attnlab().args(["bench", "decode"]).arg(&file).args(["--contexts", "8,20", "--batches", "1,2", "--tokens", "2", "--json"]).arg(&json).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    // MHA, 1 layer, 4 heads of 8: 2·4·8·4 bytes per token; MLA: (8 + 4)·4.
+    assert_eq!(rows[0]["state_bytes_per_token"], 256);
+    assert_eq!(rows[7]["state_bytes_per_token"], 48);
+    assert_eq!(rows[2]["state_bytes_per_sequence"], 256 * 20);
+    assert!(rows.iter().all(|r| r["decode_tokens_per_sec"].as_f64().unwrap() > 0.0));
+}

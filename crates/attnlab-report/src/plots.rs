@@ -48,7 +48,13 @@ pub fn loss_svg(groups: &[Group], path: &Path) -> Result<()> {
         .y_label_area_size(65)
         .build_cartesian_2d(0f64..x_max, padded(y_lo, y_hi))
         .map_err(err)?;
-    chart.configure_mesh().x_desc("training step").y_desc("validation loss (nats/token)").draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("training step")
+        .y_desc("validation loss (nats/token)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(err)?;
     for (i, g) in groups.iter().enumerate() {
         let c = color(i);
         if g.runs.len() > 1 {
@@ -92,6 +98,7 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
         .configure_mesh()
         .x_desc("KV-cache bytes per token, all layers (f32, log scale)")
         .y_desc("best validation loss (nats/token)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(err)?;
     for (i, g) in groups.iter().enumerate() {

@@ -118,7 +118,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     md.push_str(&base.label);
     md.push_str(" | best val loss | Δ vs ");
     md.push_str(&base.label);
-    md.push_str(" | final val loss | train tokens/s | ms/step | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str(" | final val loss | train tokens/s | ms/step | peak RSS MiB¹ |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for g in groups {
         let n = g.runs.len();
         let finals: Vec<f64> = g.runs.iter().map(|&i| runs[i].num("final_val_loss")).collect();
@@ -139,7 +139,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         ));
     }
     md.push_str("\nKV bytes/token: decode state of all layers for one sequence, f32, measured from the real state tensors \
-                 (it equals the formula: MHA 2·h·d_h·l, GQA 2·g·d_h·l, MQA 2·d_h·l, MLA (d_c + d_R)·l, × 4 bytes).\n\n");
+                 (it equals the formula: MHA 2·h·d_h·l, GQA 2·g·d_h·l, MQA 2·d_h·l, MLA (d_c + d_R)·l, × 4 bytes).\n\n¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
     md.push_str("## Noise check\n\n");
     md.push_str(&format!(
         "A difference from {} counts as resolved when |Δ| > 2·√(s₁²/n₁ + s₂²/n₂) (two standard errors of the difference of means).\n\n",

@@ -1,0 +1,66 @@
+//! Decode benchmark: tokens/s of cached one-token steps and the decode-state size, per
+//! attention kind, context length and batch size.
+//!
+//! For each point: a model with random weights, a state prefilled with `context` tokens (in
+//! chunks of [`PREFILL_CHUNK`] so the prefill's score matrix stays small), one untimed warm-up
+//! step, then `tokens` timed steps of one token per sequence; the device is synced before each
+//! clock read. tokens/s = batch · tokens / seconds.
+
+use std::time::Instant;
+
+use attnlab_model::{Gpt, ModelConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Serialize;
+
+/// Prefill chunk (tokens per `step` call).
+pub const PREFILL_CHUNK: usize = 256;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodePoint {
+    pub attention: String,
+    pub context: usize,
+    pub batch: usize,
+    pub decode_tokens_per_sec: f64,
+    pub ms_per_step: f64,
+    /// Decode-state bytes of one sequence at `context` tokens, all layers, from real tensors.
+    pub state_bytes_per_sequence: usize,
+    pub state_bytes_per_token: usize,
+}
+
+fn ids(batch: usize, len: usize, vocab: usize, offset: usize, device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = (0..batch * len).map(|i| ((i * 31 + offset * 7) % vocab) as i64).collect();
+    Tensor::from_data(TensorData::new(v, [batch, len]), device)
+}
+
+/// Runs one point. `config.max_seq` must cover `context + tokens + 1`.
+pub fn decode_point(config: &ModelConfig, context: usize, batch: usize, tokens: usize, device: &Device) -> DecodePoint {
+    let model = Gpt::new(config, device);
+    let capacity = context + tokens + 1;
+    let mut states = model.init_states(batch, capacity, device);
+    let mut fed = 0;
+    while fed < context {
+        let n = PREFILL_CHUNK.min(context - fed);
+        let _ = model.step(ids(batch, n, config.vocab, fed, device), &mut states);
+        fed += n;
+    }
+    let _ = model.step(ids(batch, 1, config.vocab, fed, device), &mut states).into_data();
+    device.sync().ok();
+    let t0 = Instant::now();
+    for i in 0..tokens {
+        let logits = model.step(ids(batch, 1, config.vocab, fed + 1 + i, device), &mut states);
+        // Read the logits back as generation would (sampling happens on the host).
+        let _ = logits.into_data();
+    }
+    device.sync().ok();
+    let secs = t0.elapsed().as_secs_f64();
+    let per_token: usize = states.iter().map(|s| s.bytes_per_token()).sum();
+    DecodePoint {
+        attention: config.attention.label(),
+        context,
+        batch,
+        decode_tokens_per_sec: (batch * tokens) as f64 / secs,
+        ms_per_step: secs * 1e3 / tokens as f64,
+        state_bytes_per_sequence: per_token * context,
+        state_bytes_per_token: per_token,
+    }
+}
