@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use crate::linear::linear;
 use crate::mask::causal_mask;
 use crate::rope::Rope;
-use crate::softmax_attention::softmax_attention;
+use crate::softmax_attention::{masked_softmax, softmax_attention};
 use crate::state::{write_in_place, LatentCache};
 use crate::F32_BYTES;
 
@@ -113,6 +113,31 @@ impl LatentAttention {
         self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 
+    /// The same attention in the absorbed-weight form (DeepSeek-V2 §2.1.2), used for decode:
+    /// `q_Cᵢ·(W_ukᵢᵀ c_j) = (q_Cᵢ W_ukᵢᵀ)·c_j` and `Σ_j p_ij W_uvᵢ c_j = W_uvᵢ Σ_j p_ij c_j`,
+    /// so scores and values stay in the latent space and K/V are never rebuilt. The latent and
+    /// the rotary key are shared by all heads, so the heads are stacked along the query axis
+    /// (`[b, 1, h·t, ·]`) against one copy of the cache: per step O(s·h·(d_c + d_R)) work and
+    /// no copy of the cache.
+    fn attend_absorbed(&self, q: Tensor<4>, c_kv: Tensor<3>, k_r: Tensor<3>) -> Tensor<3> {
+        let [b, h, t, _] = q.dims();
+        let (d, r, dc) = (self.head_dim, self.rope_dim, self.kv_latent);
+        // W_up [d_c, h·2·d_h] → per head [h, d_c, 2·d_h]: W_uk = [.., ..d_h], W_uv = [.., d_h..].
+        let w = self.kv_up.weight.val().reshape([dc, h, 2 * d]).swap_dims(0, 1);
+        let w_uk = w.clone().narrow(2, 0, d).unsqueeze::<4>();
+        let w_uv = w.narrow(2, d, d).unsqueeze::<4>();
+        let q_lat = q.clone().narrow(3, 0, d).matmul(w_uk.swap_dims(2, 3)).reshape([b, 1, h * t, dc]);
+        let q_r = q.narrow(3, d, r).reshape([b, 1, h * t, r]);
+        let c = c_kv.unsqueeze_dim::<4>(1); // [b, 1, s, d_c]
+        let k_r = k_r.unsqueeze_dim::<4>(1); // [b, 1, s, d_R]
+        let s = c.dims()[2];
+        let scores = (q_lat.matmul(c.clone().swap_dims(2, 3)) + q_r.matmul(k_r.swap_dims(2, 3))) * (1.0 / ((d + r) as f32).sqrt());
+        let mask = causal_mask(t, s, &scores.device()).repeat_dim(0, h);
+        let o_lat = masked_softmax(scores, Some(mask)).matmul(c).reshape([b, h, t, dc]);
+        let o = o_lat.matmul(w_uv); // [b, h, t, d_h]
+        self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
+    }
+
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let q = self.queries(x.clone(), 0);
@@ -129,7 +154,8 @@ impl LatentAttention {
         }
     }
 
-    /// Feeds x: `[batch, new, d_model]`; caches only `c_kv` and `k_R`.
+    /// Feeds x: `[batch, new, d_model]`; caches only `c_kv` and `k_R` and attends in the
+    /// absorbed form (tested equal to `forward`).
     pub fn step(&self, x: Tensor<3>, cache: &mut LatentCache) -> Tensor<3> {
         let [b, new, _] = x.dims();
         let (start, end) = (cache.len, cache.len + new);
@@ -141,7 +167,7 @@ impl LatentAttention {
         cache.len = end;
         let c_kv = cache.c_kv.clone().narrow(1, 0, end);
         let k_r = cache.k_rope.clone().narrow(1, 0, end);
-        self.attend(q, c_kv, k_r)
+        self.attend_absorbed(q, c_kv, k_r)
     }
 
     /// Bytes of the latent cache for one sequence of `context` tokens: `(d_c + d_R) · context · 4`.
@@ -149,7 +175,7 @@ impl LatentAttention {
         (self.kv_latent + self.rope_dim) * context * F32_BYTES
     }
 
-    /// Forward FLOPs per token at `context` (naive, non-absorbed form): projections plus
+    /// Forward FLOPs per token at `context` (training form, K/V rebuilt from the latent): projections plus
     /// `QKᵀ` over `d_h + d_R` and `AV` over `d_h`, per head and key.
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let mut proj = self.q_up.weight.shape().num_elements()

@@ -15,7 +15,12 @@ pub fn softmax_attention(
     mask: Option<Tensor<2, Bool>>,
     scale: f32,
 ) -> Tensor<4> {
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    masked_softmax(q.matmul(k.swap_dims(2, 3)) * scale, mask).matmul(v)
+}
+
+/// Attention weights from scaled scores `[batch, heads, q_len, k_len]`: softmax over keys,
+/// with masked positions (mask `[q_len, k_len]`, true = masked out) at zero weight.
+pub fn masked_softmax(scores: Tensor<4>, mask: Option<Tensor<2, Bool>>) -> Tensor<4> {
     let scores = match mask {
         Some(mask) => {
             let shape = scores.dims();
@@ -23,5 +28,5 @@ pub fn softmax_attention(
         }
         None => scores,
     };
-    softmax(scores, 3).matmul(v)
+    softmax(scores, 3)
 }
