@@ -129,3 +129,28 @@ fn bench_decode_smoke() {
     assert_eq!(rows[2]["state_bytes_per_sequence"], 256 * 20);
     assert!(rows.iter().all(|r| r["decode_tokens_per_sec"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn a_diverging_run_is_stopped_and_marked_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, format!("{TINY}\n[sweep]\n\"train.lr\" = [1e-3, 1e30]\n").replace("[train]\n", "[train]\nmin_lr = 0.0\nlog_every = 1\n")).unwrap();
+    let out = dir.path().join("runs");
+    let o = attnlab().args(["sweep", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success(), "the sweep goes on past a diverged run: {}", String::from_utf8_lossy(&o.stderr));
+    let summaries: Vec<serde_json::Value> = std::fs::read_dir(out.join("tiny")).unwrap()
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.unwrap().path().join("summary.json")).unwrap()).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 2);
+    let diverged: Vec<&serde_json::Value> = summaries.iter().filter(|s| s["status"] == "diverged").collect();
+    assert_eq!(diverged.len(), 1, "{summaries:?}");
+    assert!(diverged[0]["diverged_at_step"].as_u64().unwrap() < 20);
+    // Re-running skips both; the report lists the diverged run instead of dropping it.
+    let again = attnlab().args(["sweep", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let rep = dir.path().join("rep");
+    let r = attnlab().arg("report").arg(out.join("tiny")).arg("--out").arg(&rep).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let md = std::fs::read_to_string(rep.join("README.md")).unwrap();
+    assert!(md.contains("diverged at step"), "{md}");
+}

@@ -22,18 +22,28 @@ impl MetricLine {
 pub struct Summary {
     pub run_id: String,
     pub experiment: String,
-    /// `finished`.
+    /// `finished`, or `diverged` (a non-finite training loss stopped the run).
     pub status: String,
+    /// The step whose loss was NaN or infinite, for `diverged` runs.
+    #[serde(default)]
+    pub diverged_at_step: Option<usize>,
     pub attention: String,
     pub steps: usize,
     pub seed: u64,
+    #[serde(with = "non_finite_as_null")]
     pub best_val_loss: f64,
+    #[serde(with = "non_finite_as_null")]
     pub final_val_loss: f64,
     /// Bits per token of the best validation loss (loss / ln 2); bits per char for `char`.
+    #[serde(with = "non_finite_as_null")]
     pub best_val_bits_per_token: f64,
+    #[serde(with = "non_finite_as_null")]
     pub final_train_loss: f64,
+    #[serde(with = "non_finite_as_null")]
     pub train_tokens_per_sec: f64,
+    #[serde(with = "non_finite_as_null")]
     pub ms_per_step_median: f64,
+    #[serde(with = "non_finite_as_null")]
     pub ms_per_step_p90: f64,
     pub params: usize,
     pub mixer_params: usize,

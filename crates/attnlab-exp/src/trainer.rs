@@ -194,6 +194,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let started = Instant::now();
     let wall_before = state.wall_seconds;
     let mut timed_steps = 0usize;
+    let mut diverged_at = None;
     device.sync().ok();
     while state.step < t.steps {
         if opts.stop_at.is_some_and(|s| state.step >= s) || crate::interrupt::requested() {
@@ -221,6 +222,11 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             state.step_ms.push(ms);
         }
         state.step += 1;
+        if let Some(l) = loss_value.filter(|l| !l.is_finite()) {
+            pb.println(format!("run {}: training loss is {l} at step {}: stopping it as diverged", run.run_id, state.step));
+            diverged_at = Some(state.step);
+            break;
+        }
         if let Some(l) = loss_value {
             state.last_train_loss = l;
             log(&MetricLine::Train { step: state.step, loss: l, lr, tokens_per_sec: tokens_per_step / (ms / 1e3) })?;
@@ -244,7 +250,10 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     }
     pb.finish_and_clear();
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-    save_checkpoint(&dir, &model, &optim, &state)?;
+    if diverged_at.is_none() {
+        // A diverged run keeps its last good checkpoint.
+        save_checkpoint(&dir, &model, &optim, &state)?;
+    }
 
     let mut sorted = state.step_ms.clone();
     sorted.sort_by(f64::total_cmp);
@@ -254,7 +263,8 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let summary = Summary {
         run_id: run.run_id.clone(),
         experiment: spec.name.clone(),
-        status: "finished".into(),
+        status: if diverged_at.is_some() { "diverged".into() } else { "finished".into() },
+        diverged_at_step: diverged_at,
         attention: spec.model.attention.label(),
         steps: t.steps,
         seed: t.seed,

@@ -61,7 +61,8 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
         }
     }
     for g in &mut groups {
-        g.best_val = g.runs.iter().map(|&i| runs[i].num("best_val_loss")).collect();
+        // Diverged runs are listed in the per-run table but left out of the statistics.
+        g.best_val = g.runs.iter().filter(|&&i| runs[i].text("status") != "diverged").map(|&i| runs[i].num("best_val_loss")).collect();
         g.kv_bytes = runs[g.runs[0]].num("kv_bytes_per_token_measured");
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         for &i in &g.runs {
@@ -158,22 +159,29 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         md.push_str(&format!("- **{}**: Δ = {d:+.4} (2·SE = {:.4}): {verdict}; KV cache {:.1}% of {}.\n", g.label, 2.0 * se, 100.0 * g.kv_bytes / base.kv_bytes, base.label));
     }
     md.push_str("\n![validation loss](loss.svg)\n\n![pareto](pareto.svg)\n\n## Runs\n\n");
-    md.push_str("| run | config | seed | best val loss | final val loss | train tokens/s | wall s |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("| run | config | seed | status | best val loss | final val loss | train tokens/s | wall s |\n|---|---|---|---|---|---|---|---|\n");
     for g in groups {
         for &i in &g.runs {
             let r = &runs[i];
             md.push_str(&format!(
-                "| `{}` | {} | {} | {:.4} | {:.4} | {:.0} | {:.0} |\n",
-                r.run_id, g.label, r.num("seed"), r.num("best_val_loss"), r.num("final_val_loss"), r.num("train_tokens_per_sec"), r.num("wall_seconds")
+                "| `{}` | {} | {} | {} | {:.4} | {:.4} | {:.0} | {:.0} |\n",
+                r.run_id, g.label, r.num("seed"), status(r), r.num("best_val_loss"), r.num("final_val_loss"), r.num("train_tokens_per_sec"), r.num("wall_seconds")
             ));
         }
     }
     md
 }
 
+fn status(r: &RunRecord) -> String {
+    match r.summary.get("diverged_at_step").and_then(Json::as_u64) {
+        Some(step) => format!("diverged at step {step}"),
+        None => r.text("status"),
+    }
+}
+
 /// Columns of `results.csv` / fields of `results.json`, from `summary.json`.
 const COLUMNS: &[&str] = &[
-    "run_id", "experiment", "status", "attention", "seed", "steps", "best_val_loss", "final_val_loss",
+    "run_id", "experiment", "status", "diverged_at_step", "attention", "seed", "steps", "best_val_loss", "final_val_loss",
     "best_val_bits_per_token", "final_train_loss", "train_tokens_per_sec", "ms_per_step_median", "ms_per_step_p90",
     "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
     "peak_rss_bytes", "wall_seconds", "device", "data_source", "vocab",
