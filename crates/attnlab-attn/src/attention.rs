@@ -4,32 +4,55 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::AttentionConfig;
-use crate::grouped_query::GroupedQuery;
+use crate::differential::Differential;
+use crate::grouped_query::{GroupedQuery, Kernel, Variant};
 use crate::latent::LatentAttention;
+use crate::mask::Pattern;
 use crate::state::State;
 
 /// A token mixer chosen at run time by [`AttentionConfig`].
 #[derive(Module, Debug)]
 pub enum Attention {
-    /// MHA, MQA and GQA.
+    /// MHA, MQA, GQA and the softmax variants built on them: sliding window, fixed sparse,
+    /// tiled, gated.
     GroupedQuery(GroupedQuery),
     /// MLA.
     Latent(LatentAttention),
+    /// Differential attention.
+    Differential(Differential),
 }
 
 impl AttentionConfig {
     /// Builds the mixer for a model of width `d_model` with `heads` query heads and a context
-    /// of up to `max_seq` tokens. Call [`AttentionConfig::validate`] first.
+    /// of up to `max_seq` tokens, as layer 0. Call [`AttentionConfig::validate`] first.
     pub fn init(&self, d_model: usize, heads: usize, max_seq: usize, rope_base: f32, device: &Device) -> Attention {
-        match self {
-            AttentionConfig::Mla { kv_latent, q_latent, rope_dim } => Attention::Latent(LatentAttention::new(
-                d_model, heads, *kv_latent, *q_latent, *rope_dim, max_seq, rope_base, device,
-            )),
-            other => {
-                let kv_heads = other.kv_heads(heads).expect("grouped-query kind");
-                Attention::GroupedQuery(GroupedQuery::new(d_model, heads, kv_heads, max_seq, rope_base, device))
+        self.init_layer(d_model, heads, max_seq, rope_base, 0, device)
+    }
+
+    /// [`AttentionConfig::init`] for layer `layer` (counted from 0; differential attention's
+    /// λ_init depends on it).
+    pub fn init_layer(&self, d_model: usize, heads: usize, max_seq: usize, rope_base: f32, layer: usize, device: &Device) -> Attention {
+        let variant = match self {
+            AttentionConfig::Mla { kv_latent, q_latent, rope_dim } => {
+                return Attention::Latent(LatentAttention::new(d_model, heads, *kv_latent, *q_latent, *rope_dim, max_seq, rope_base, device))
             }
-        }
+            AttentionConfig::Differential {} => {
+                return Attention::Differential(Differential::new(d_model, heads, max_seq, rope_base, layer, device))
+            }
+            AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
+                Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
+            }
+            AttentionConfig::FixedSparse { block, stride, .. } => {
+                Variant { pattern: Pattern::Strided { block: *block, stride: *stride }, ..Variant::default() }
+            }
+            AttentionConfig::Tiled { block_q, block_k, .. } => {
+                Variant { kernel: Kernel::Tiled { block_q: *block_q, block_k: *block_k }, ..Variant::default() }
+            }
+            AttentionConfig::Gated { .. } => Variant { gated: true, ..Variant::default() },
+            AttentionConfig::Mha {} | AttentionConfig::Mqa {} | AttentionConfig::Gqa { .. } => Variant::default(),
+        };
+        let kv_heads = self.kv_heads(heads).expect("grouped-query kind");
+        Attention::GroupedQuery(GroupedQuery::with_variant(d_model, heads, kv_heads, max_seq, rope_base, variant, device))
     }
 }
 
@@ -39,22 +62,25 @@ impl Attention {
         match self {
             Attention::GroupedQuery(m) => m.forward(x),
             Attention::Latent(m) => m.forward(x),
+            Attention::Differential(m) => m.forward(x),
         }
     }
 
     /// Empty decode state for `batch` sequences of up to `capacity` tokens.
     pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> State {
         match self {
-            Attention::GroupedQuery(m) => State::Kv(m.init_state(batch, capacity, device)),
+            Attention::GroupedQuery(m) => m.init_state(batch, capacity, device),
             Attention::Latent(m) => State::Latent(m.init_state(batch, capacity, device)),
+            Attention::Differential(m) => State::Kv(m.init_state(batch, capacity, device)),
         }
     }
 
     /// Incremental forward of new tokens x: `[batch, new, d_model]` (prefill when new > 1).
     pub fn step(&self, x: Tensor<3>, state: &mut State) -> Tensor<3> {
         match (self, state) {
-            (Attention::GroupedQuery(m), State::Kv(c)) => m.step(x, c),
+            (Attention::GroupedQuery(m), state) => m.step(x, state),
             (Attention::Latent(m), State::Latent(c)) => m.step(x, c),
+            (Attention::Differential(m), State::Kv(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -64,6 +90,7 @@ impl Attention {
         match self {
             Attention::GroupedQuery(m) => m.state_bytes(context),
             Attention::Latent(m) => m.state_bytes(context),
+            Attention::Differential(m) => m.state_bytes(context),
         }
     }
 
@@ -72,6 +99,7 @@ impl Attention {
         match self {
             Attention::GroupedQuery(m) => m.flops_per_token(context),
             Attention::Latent(m) => m.flops_per_token(context),
+            Attention::Differential(m) => m.flops_per_token(context),
         }
     }
 }

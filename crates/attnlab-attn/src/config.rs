@@ -24,14 +24,55 @@ pub enum AttentionConfig {
         #[serde(default = "default_rope_dim")]
         rope_dim: usize,
     },
+    /// Sliding-window attention (Longformer / Mistral): each token sees the last `window`
+    /// tokens (itself included) plus the first `global_tokens` of the sequence (attention
+    /// sinks, Xiao et al. 2023). Decode keeps a ring buffer of `global_tokens + window` tokens.
+    SlidingWindow {
+        window: usize,
+        #[serde(default)]
+        global_tokens: usize,
+        #[serde(default)]
+        kv_heads: Option<usize>,
+    },
+    /// Fixed sparse attention (Child et al. 2019, strided pattern): the first half of the
+    /// heads see the last `block` tokens, the second half every `stride`-th token back.
+    FixedSparse {
+        block: usize,
+        stride: usize,
+        #[serde(default)]
+        kv_heads: Option<usize>,
+    },
+    /// Causal attention computed tile by tile with an online softmax (FlashAttention's
+    /// algorithm, Dao et al. 2022): `block_q × block_k` score tiles, never the `T × T` matrix.
+    Tiled {
+        #[serde(default = "default_block")]
+        block_q: usize,
+        #[serde(default = "default_block")]
+        block_k: usize,
+        #[serde(default)]
+        kv_heads: Option<usize>,
+    },
+    /// Gated attention (Qiu et al. 2025, Qwen3-Next): the SDPA output times an elementwise
+    /// sigmoid gate `σ(x W_θ)` per head.
+    Gated {
+        #[serde(default)]
+        kv_heads: Option<usize>,
+    },
+    /// Differential attention (Ye et al. 2024): `heads / 2` heads, each the difference of two
+    /// softmax maps, `(softmax(Q₁K₁ᵀ) − λ softmax(Q₂K₂ᵀ)) V`.
+    Differential {},
 }
 
 fn default_rope_dim() -> usize {
     16
 }
 
+fn default_block() -> usize {
+    64
+}
+
 /// The kinds a user can write, for error messages.
-pub const KINDS: &[&str] = &["mha", "mqa", "gqa", "mla"];
+pub const KINDS: &[&str] = &["mha", "mqa", "gqa", "mla", "sliding_window", "fixed_sparse", "tiled", "gated", "differential"];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,15 +97,37 @@ impl AttentionConfig {
             Self::Mqa {} => "mqa",
             Self::Gqa { .. } => "gqa",
             Self::Mla { .. } => "mla",
+            Self::SlidingWindow { .. } => "sliding_window",
+            Self::FixedSparse { .. } => "fixed_sparse",
+            Self::Tiled { .. } => "tiled",
+            Self::Gated { .. } => "gated",
+            Self::Differential {} => "differential",
         }
     }
 
-    /// Short label for tables, e.g. `gqa-2`, `mla-32`.
+    /// Short label for tables, e.g. `gqa-2`, `mla-32`, `swa-64`, `gated-kv2`.
     pub fn label(&self) -> String {
-        match self {
-            Self::Gqa { kv_heads } => format!("gqa-{kv_heads}"),
-            Self::Mla { kv_latent, .. } => format!("mla-{kv_latent}"),
+        let base = match self {
+            Self::Gqa { kv_heads } => return format!("gqa-{kv_heads}"),
+            Self::Mla { kv_latent, .. } => return format!("mla-{kv_latent}"),
+            Self::SlidingWindow { window, global_tokens: 0, .. } => format!("swa-{window}"),
+            Self::SlidingWindow { window, global_tokens, .. } => format!("swa-{window}+{global_tokens}"),
+            Self::FixedSparse { block, stride, .. } => format!("sparse-{block}/{stride}"),
+            Self::Tiled { block_q, block_k, .. } => format!("tiled-{block_q}x{block_k}"),
+            Self::Differential {} => "diff".to_string(),
             other => other.kind().to_string(),
+        };
+        match self.explicit_kv_heads() {
+            Some(kv) => format!("{base}-kv{kv}"),
+            None => base,
+        }
+    }
+
+    /// `kv_heads` where the user may set it on a softmax-family kind.
+    fn explicit_kv_heads(&self) -> Option<usize> {
+        match self {
+            Self::SlidingWindow { kv_heads, .. } | Self::FixedSparse { kv_heads, .. } | Self::Tiled { kv_heads, .. } | Self::Gated { kv_heads } => *kv_heads,
+            _ => None,
         }
     }
 
@@ -74,7 +137,8 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } => None,
+            Self::Mla { .. } | Self::Differential {} => None,
+            other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
 
@@ -91,28 +155,31 @@ impl AttentionConfig {
             ));
         }
         let head_dim = d_model / heads;
+        let even_head_dim = || {
+            if head_dim % 2 != 0 {
+                return Err(ConfigError::new("model.d_model", d_model, format!("head_dim = d_model / heads = {head_dim} must be even for RoPE")));
+            }
+            Ok(())
+        };
+        let positive = |field: &str, value: usize| {
+            if value == 0 {
+                return Err(ConfigError::new(&format!("model.attention.{field}"), value, "must be ≥ 1"));
+            }
+            Ok(())
+        };
+        if let Some(kv_heads) = self.kv_heads(heads) {
+            if kv_heads == 0 || heads % kv_heads != 0 {
+                return Err(ConfigError::new(
+                    "model.attention.kv_heads",
+                    kv_heads,
+                    format!("must divide model.heads = {heads} (allowed: {})", divisors(heads)),
+                ));
+            }
+            even_head_dim()?;
+        }
         match self {
-            Self::Mha {} | Self::Mqa {} => {
-                if head_dim % 2 != 0 {
-                    return Err(ConfigError::new("model.d_model", d_model, format!("head_dim = d_model / heads = {head_dim} must be even for RoPE")));
-                }
-            }
-            Self::Gqa { kv_heads } => {
-                if *kv_heads == 0 || heads % kv_heads != 0 {
-                    return Err(ConfigError::new(
-                        "model.attention.kv_heads",
-                        kv_heads,
-                        format!("must divide model.heads = {heads} (allowed: {})", divisors(heads)),
-                    ));
-                }
-                if head_dim % 2 != 0 {
-                    return Err(ConfigError::new("model.d_model", d_model, format!("head_dim = d_model / heads = {head_dim} must be even for RoPE")));
-                }
-            }
             Self::Mla { kv_latent, q_latent, rope_dim } => {
-                if *kv_latent == 0 {
-                    return Err(ConfigError::new("model.attention.kv_latent", kv_latent, "must be ≥ 1"));
-                }
+                positive("kv_latent", *kv_latent)?;
                 if q_latent == &Some(0) {
                     return Err(ConfigError::new("model.attention.q_latent", 0, "must be ≥ 1, or left out for no query compression"));
                 }
@@ -124,6 +191,25 @@ impl AttentionConfig {
                     ));
                 }
             }
+            Self::SlidingWindow { window, .. } => positive("window", *window)?,
+            Self::FixedSparse { block, stride, .. } => {
+                positive("block", *block)?;
+                positive("stride", *stride)?;
+                if heads < 2 {
+                    return Err(ConfigError::new("model.heads", heads, "fixed_sparse needs ≥ 2 heads (half local, half strided)"));
+                }
+            }
+            Self::Tiled { block_q, block_k, .. } => {
+                positive("block_q", *block_q)?;
+                positive("block_k", *block_k)?;
+            }
+            Self::Differential {} => {
+                if heads % 2 != 0 {
+                    return Err(ConfigError::new("model.heads", heads, "differential attention needs an even head count (it uses heads / 2 differential heads)"));
+                }
+                even_head_dim()?;
+            }
+            Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } | Self::Gated { .. } => {}
         }
         Ok(())
     }

@@ -5,105 +5,256 @@
 //! `oᵢ = softmax(rope(qᵢ) rope(k_⌊i/r⌋)ᵀ / √d_h + causal) v_⌊i/r⌋`, `y = [o₁..o_h] W_o`.
 //! K/V heads are never copied: queries of one group are stacked along the sequence axis,
 //! q `[b, g, r·t, d_h]` against k `[b, g, s, d_h]`.
+//!
+//! The same module carries the softmax family's local and modified variants, each composing
+//! with `kv_heads`: a visibility [`Pattern`] (sliding window with a ring-buffer cache, strided
+//! sparse), a [`Kernel`] (naive or tiled online softmax) and an optional sigmoid output gate.
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::linear::linear;
-use crate::mask::causal_mask;
+use crate::mask::{causal_mask, Pattern};
 use crate::rope::Rope;
 use crate::softmax_attention::softmax_attention;
-use crate::state::{write_in_place, KvCache};
+use crate::state::{write_in_place, KvCache, State, WindowCache};
+use crate::tiled_attention::tiled_attention;
 use crate::F32_BYTES;
 
-/// Grouped-query attention with a fused QKV projection (no biases).
+/// How the scores are computed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The full score matrix ([`softmax_attention`]).
+    Naive,
+    /// Blockwise online softmax ([`tiled_attention`]); causal pattern only.
+    Tiled { block_q: usize, block_k: usize },
+}
+
+/// Grouped-query attention with a fused QKV projection (no biases), a visibility [`Pattern`]
+/// (causal, sliding window, strided sparse), a score [`Kernel`] and an optional output gate.
 #[derive(Module, Debug)]
 pub struct GroupedQuery {
     /// `d_model → (heads + 2·kv_heads)·head_dim`.
     pub qkv: Linear,
     /// `heads·head_dim → d_model`.
     pub out: Linear,
+    /// Gated attention (Qiu et al. 2025): `d_model → heads·head_dim`; the SDPA output is
+    /// multiplied elementwise by `σ(x W_θ)` before `out`.
+    pub gate: Option<Linear>,
     pub rope: Rope,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    #[module(skip)]
+    pub pattern: Pattern,
+    #[module(skip)]
+    pub kernel: Kernel,
+}
+
+/// Builder options of [`GroupedQuery`] beyond its shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub pattern: Pattern,
+    pub kernel: Kernel,
+    pub gated: bool,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Self { pattern: Pattern::Causal, kernel: Kernel::Naive, gated: false }
+    }
 }
 
 impl GroupedQuery {
     pub fn new(d_model: usize, heads: usize, kv_heads: usize, max_seq: usize, rope_base: f32, device: &Device) -> Self {
+        Self::with_variant(d_model, heads, kv_heads, max_seq, rope_base, Variant::default(), device)
+    }
+
+    pub fn with_variant(
+        d_model: usize,
+        heads: usize,
+        kv_heads: usize,
+        max_seq: usize,
+        rope_base: f32,
+        variant: Variant,
+        device: &Device,
+    ) -> Self {
         let head_dim = d_model / heads;
         Self {
             qkv: linear(d_model, (heads + 2 * kv_heads) * head_dim, device),
             out: linear(heads * head_dim, d_model, device),
+            gate: variant.gated.then(|| linear(d_model, heads * head_dim, device)),
             rope: Rope::new(head_dim, max_seq, rope_base, device),
             heads,
             kv_heads,
             head_dim,
+            pattern: variant.pattern,
+            kernel: variant.kernel,
         }
     }
 
-    /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]`, rotated for positions `start..`.
-    fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]`, rotated for positions `start..`,
+    /// and the output gate `σ(x W_θ)` `[b, t, heads·d_h]` when gated.
+    fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
         let [b, t, _] = x.dims();
         let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
+        let gate = self.gate.as_ref().map(|w| sigmoid(w.forward(x.clone())));
         let qkv = self.qkv.forward(x);
         let split = |from: usize, n: usize| qkv.clone().narrow(2, from * d, n * d).reshape([b, t, n, d]).swap_dims(1, 2);
         let q = self.rope.apply(split(0, h), start);
         let k = self.rope.apply(split(h, g), start);
         let v = split(h + g, g);
-        (q, k, v)
+        (q, k, v, gate)
     }
 
-    /// Attention of q `[b, h, t, d]` over k, v `[b, g, s, d]` (queries are the last t of s
-    /// positions), then the output projection. Returns `[b, t, d_model]`.
-    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+    /// Attention of q `[b, h, t, d]` (positions `start..start + t`) over k, v `[b, g, s, d]`,
+    /// then the gate and the output projection. `slots[j]` is the position of key j (`None` =
+    /// empty); `None` means keys are positions `0..s`. Returns `[b, t, d_model]`.
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, gate: Option<Tensor<3>>, start: usize, slots: Option<&[Option<usize>]>) -> Tensor<3> {
         let [b, h, t, d] = q.dims();
         let s = k.dims()[2];
         let (g, r) = (self.kv_heads, h / self.kv_heads);
-        let mask = causal_mask(t, s, &q.device()).repeat_dim(0, r);
         let q = q.reshape([b, g, r * t, d]);
-        let o = softmax_attention(q, k, v, Some(mask), 1.0 / (d as f32).sqrt());
+        let scale = 1.0 / (d as f32).sqrt();
+        let o = match (&self.kernel, slots) {
+            (Kernel::Tiled { block_q, block_k }, None) if self.pattern == Pattern::Causal => {
+                // Row ρ of the stacked queries is query ρ mod t.
+                let rows: Vec<usize> = (0..r * t).map(|row| start + row % t).collect();
+                let keys: Vec<usize> = (0..s).collect();
+                tiled_attention(q, k, v, &rows, &keys, scale, *block_q, *block_k)
+            }
+            _ => {
+                let mask = match slots {
+                    None if self.pattern == Pattern::Causal => causal_mask(t, s, &q.device()).unsqueeze(),
+                    _ => {
+                        let keys: Vec<Option<usize>> = match slots {
+                            Some(slots) => slots.to_vec(),
+                            None => (0..s).map(Some).collect(),
+                        };
+                        let queries: Vec<usize> = (start..start + t).collect();
+                        self.pattern.mask(h, &queries, &keys, &q.device())
+                    }
+                };
+                // [1, t, s] → [1, r·t, s]; per-head [h, t, s] → [g, r·t, s] (head = group·r + i).
+                let mask = if mask.dims()[0] == 1 { mask.repeat_dim(1, r) } else { mask.reshape([g, r * t, s]) };
+                softmax_attention(q, k, v, Some(mask), scale)
+            }
+        };
         let o = o.reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
+        let o = match gate {
+            Some(gate) => o * gate,
+            None => o,
+        };
         self.out.forward(o)
     }
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (q, k, v) = self.project(x, 0);
-        self.attend(q, k, v)
+        let (q, k, v, gate) = self.project(x, 0);
+        self.attend(q, k, v, gate, 0, None)
     }
 
-    /// Empty cache for `batch` sequences of up to `capacity` tokens.
-    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> KvCache {
-        let shape = [batch, self.kv_heads, capacity, self.head_dim];
-        KvCache { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device), len: 0 }
+    /// Tokens of K/V a sequence must keep: the window (plus the global tokens) for a sliding
+    /// window, else everything.
+    fn kept_tokens(&self) -> Option<usize> {
+        match self.pattern {
+            Pattern::Window { window, global } => Some(window + global),
+            _ => None,
+        }
     }
 
-    /// Feeds x: `[batch, new, d_model]`, appends its keys/values to the cache.
-    pub fn step(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+    /// Empty state for `batch` sequences of up to `capacity` tokens: a full KV cache, or a ring
+    /// buffer of `global + window` slots for a sliding window.
+    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> State {
+        let slots = self.kept_tokens().map_or(capacity, |kept| kept.min(capacity));
+        let shape = [batch, self.kv_heads, slots, self.head_dim];
+        let (k, v) = (Tensor::zeros(shape, device), Tensor::zeros(shape, device));
+        match self.pattern {
+            Pattern::Window { window, global } => {
+                State::Window(WindowCache { k, v, positions: vec![None; slots], window, global, capacity, len: 0 })
+            }
+            _ => State::Kv(KvCache { k, v, len: 0 }),
+        }
+    }
+
+    /// Feeds x: `[batch, new, d_model]` and stores its keys/values in the state.
+    pub fn step(&self, x: Tensor<3>, state: &mut State) -> Tensor<3> {
+        match state {
+            State::Kv(cache) => self.step_kv(x, cache),
+            State::Window(cache) => self.step_window(x, cache),
+            State::Latent(_) => panic!("a latent state does not belong to grouped-query attention"),
+        }
+    }
+
+    fn step_kv(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
         let [b, new, _] = x.dims();
         let (start, end) = (cache.len, cache.len + new);
         assert!(end <= cache.k.dims()[2], "KV cache full: {end} tokens > capacity {}", cache.k.dims()[2]);
-        let (q, k, v) = self.project(x, start);
+        let (q, k, v, gate) = self.project(x, start);
         let range = [0..b, 0..self.kv_heads, start..end, 0..self.head_dim];
         write_in_place(&mut cache.k, range.clone(), k);
         write_in_place(&mut cache.v, range, v);
         cache.len = end;
         let k = cache.k.clone().narrow(2, 0, end);
         let v = cache.v.clone().narrow(2, 0, end);
-        self.attend(q, k, v)
+        self.attend(q, k, v, gate, start, None)
     }
 
-    /// Bytes of K and V for one sequence of `context` tokens: `2 · g · d_h · context · 4`.
+    /// Attends over the ring buffer plus the new tokens, then keeps in the ring the new tokens a
+    /// later query can still see (the global ones and the last `window`).
+    fn step_window(&self, x: Tensor<3>, cache: &mut WindowCache) -> Tensor<3> {
+        let [b, new, _] = x.dims();
+        let (start, end) = (cache.len, cache.len + new);
+        assert!(end <= cache.capacity, "window cache: {end} tokens > capacity {}", cache.capacity);
+        let (q, k, v, gate) = self.project(x, start);
+        let mut slots = cache.positions.clone();
+        slots.extend((start..end).map(Some));
+        let keys = Tensor::cat(vec![cache.k.clone(), k.clone()], 2);
+        let values = Tensor::cat(vec![cache.v.clone(), v.clone()], 2);
+        let y = self.attend(q, keys, values, gate, start, Some(&slots));
+        // Runs of kept positions that land in consecutive slots: at most three writes.
+        let kept: Vec<usize> = (start..end).filter(|&p| p < cache.global || p + cache.window >= end).collect();
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (first position, first slot, length)
+        for p in kept {
+            let slot = cache.slot(p);
+            match runs.last_mut() {
+                Some((_, s0, n)) if *s0 + *n == slot => *n += 1,
+                _ => runs.push((p, slot, 1)),
+            }
+        }
+        for (p0, s0, n) in runs {
+            let range = [0..b, 0..self.kv_heads, s0..s0 + n, 0..self.head_dim];
+            write_in_place(&mut cache.k, range.clone(), k.clone().narrow(2, p0 - start, n));
+            write_in_place(&mut cache.v, range, v.clone().narrow(2, p0 - start, n));
+            for i in 0..n {
+                cache.positions[s0 + i] = Some(p0 + i);
+            }
+        }
+        cache.len = end;
+        y
+    }
+
+    /// Bytes of K and V for one sequence of `context` tokens: `2 · g · d_h · kept · 4`, where
+    /// kept = context, or min(context, global + window) for a sliding window.
     pub fn state_bytes(&self, context: usize) -> usize {
-        2 * self.kv_heads * self.head_dim * context * F32_BYTES
+        let kept = self.kept_tokens().map_or(context, |kept| kept.min(context));
+        2 * self.kv_heads * self.head_dim * kept * F32_BYTES
     }
 
     /// Forward FLOPs per token at `context`: projections (2 per weight) plus
-    /// `QKᵀ` and `AV` (2·h·d_h each per key).
+    /// `QKᵀ` and `AV` (2·h·d_h each per visible key).
     pub fn flops_per_token(&self, context: usize) -> u64 {
-        let proj = self.qkv.weight.shape().num_elements() + self.out.weight.shape().num_elements();
-        (2 * proj + 4 * self.heads * self.head_dim * context) as u64
+        let proj = self.qkv.weight.shape().num_elements()
+            + self.out.weight.shape().num_elements()
+            + self.gate.as_ref().map_or(0, |g| g.weight.shape().num_elements());
+        let visible = match self.pattern {
+            Pattern::Causal => context,
+            Pattern::Window { window, global } => context.min(window + global),
+            // Half the heads see `block` keys, half see context / stride.
+            Pattern::Strided { block, stride } => (context.min(block) + context.div_ceil(stride)) / 2,
+        };
+        (2 * proj + 4 * self.heads * self.head_dim * visible) as u64
     }
 }

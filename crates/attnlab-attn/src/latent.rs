@@ -109,7 +109,7 @@ impl LatentAttention {
         let k_r = k_r.reshape([b, 1, s, self.rope_dim]).expand([b, h, s, self.rope_dim]);
         let k = Tensor::cat(vec![k_c, k_r], 3);
         let mask = causal_mask(t, s, &q.device());
-        let o = softmax_attention(q, k, v, Some(mask), 1.0 / ((d + self.rope_dim) as f32).sqrt());
+        let o = softmax_attention(q, k, v, Some(mask.unsqueeze()), 1.0 / ((d + self.rope_dim) as f32).sqrt());
         self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 
@@ -132,7 +132,7 @@ impl LatentAttention {
         let k_r = k_r.unsqueeze_dim::<4>(1); // [b, 1, s, d_R]
         let s = c.dims()[2];
         let scores = (q_lat.matmul(c.clone().swap_dims(2, 3)) + q_r.matmul(k_r.swap_dims(2, 3))) * (1.0 / ((d + r) as f32).sqrt());
-        let mask = causal_mask(t, s, &scores.device()).repeat_dim(0, h);
+        let mask = causal_mask(t, s, &scores.device()).repeat_dim(0, h).unsqueeze();
         let o_lat = masked_softmax(scores, Some(mask)).matmul(c).reshape([b, h, t, dc]);
         let o = o_lat.matmul(w_uv); // [b, h, t, d_h]
         self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod differential;
 pub mod grouped_query;
 pub mod latent;
 pub mod linear;
@@ -13,16 +14,20 @@ pub mod mask;
 pub mod rope;
 pub mod softmax_attention;
 pub mod state;
+pub mod tiled_attention;
 
 pub use attention::Attention;
 pub use burn;
 pub use config::{AttentionConfig, ConfigError};
-pub use grouped_query::GroupedQuery;
+pub use differential::Differential;
+pub use grouped_query::{GroupedQuery, Kernel, Variant};
 pub use latent::LatentAttention;
 pub use linear::linear;
 pub use rope::Rope;
+pub use mask::Pattern;
 pub use softmax_attention::softmax_attention;
-pub use state::{KvCache, LatentCache, State};
+pub use tiled_attention::tiled_attention;
+pub use state::{KvCache, LatentCache, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).
 pub const F32_BYTES: usize = 4;

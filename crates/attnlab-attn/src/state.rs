@@ -26,10 +26,37 @@ pub struct LatentCache {
     pub len: usize,
 }
 
+/// Ring-buffer key/value cache of sliding-window attention: the first `global` positions, then
+/// the last `window` positions in slots `global + (p − global) mod window`.
+/// k, v: `[batch, kv_heads, slots, head_dim]` with `slots = min(capacity, global + window)`;
+/// `positions[slot]` is the position held by a slot (`None` while empty).
+#[derive(Debug, Clone)]
+pub struct WindowCache {
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    pub positions: Vec<Option<usize>>,
+    pub window: usize,
+    pub global: usize,
+    pub capacity: usize,
+    pub len: usize,
+}
+
+impl WindowCache {
+    /// The slot of position `p`.
+    pub fn slot(&self, p: usize) -> usize {
+        if p < self.global {
+            p
+        } else {
+            self.global + (p - self.global) % self.window
+        }
+    }
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
     Kv(KvCache),
+    Window(WindowCache),
     Latent(LatentCache),
 }
 
@@ -38,6 +65,7 @@ impl State {
     pub fn len(&self) -> usize {
         match self {
             State::Kv(c) => c.len,
+            State::Window(c) => c.len,
             State::Latent(c) => c.len,
         }
     }
@@ -51,24 +79,20 @@ impl State {
     pub fn capacity(&self) -> usize {
         match self {
             State::Kv(c) => c.k.dims()[2],
+            State::Window(c) => c.capacity,
             State::Latent(c) => c.c_kv.dims()[1],
         }
     }
 
-    /// Bytes per sequence per token, measured from the real state tensors
-    /// (elements of every state tensor / (batch · capacity) · bytes per element).
-    pub fn bytes_per_token(&self) -> usize {
-        let (tensors, batch, capacity): (Vec<usize>, usize, usize) = match self {
-            State::Kv(c) => {
-                let [b, _, cap, _] = c.k.dims();
-                (vec![c.k.shape().num_elements(), c.v.shape().num_elements()], b, cap)
-            }
-            State::Latent(c) => {
-                let [b, cap, _] = c.c_kv.dims();
-                (vec![c.c_kv.shape().num_elements(), c.k_rope.shape().num_elements()], b, cap)
-            }
+    /// Bytes the state holds for one sequence, measured from its real tensors
+    /// (elements of every state tensor / batch · bytes per element).
+    pub fn bytes(&self) -> usize {
+        let (elements, batch) = match self {
+            State::Kv(c) => (c.k.shape().num_elements() + c.v.shape().num_elements(), c.k.dims()[0]),
+            State::Window(c) => (c.k.shape().num_elements() + c.v.shape().num_elements(), c.k.dims()[0]),
+            State::Latent(c) => (c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements(), c.c_kv.dims()[0]),
         };
-        tensors.iter().sum::<usize>() * F32_BYTES / (batch * capacity)
+        elements * F32_BYTES / batch
     }
 }
 

@@ -15,6 +15,13 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Gqa { kv_heads: 2 },
         AttentionConfig::Mla { kv_latent: 12, q_latent: None, rope_dim: 4 },
         AttentionConfig::Mla { kv_latent: 12, q_latent: Some(16), rope_dim: 8 },
+        AttentionConfig::SlidingWindow { window: 4, global_tokens: 0, kv_heads: None },
+        AttentionConfig::SlidingWindow { window: 3, global_tokens: 2, kv_heads: Some(2) },
+        AttentionConfig::FixedSparse { block: 3, stride: 4, kv_heads: None },
+        AttentionConfig::Tiled { block_q: 4, block_k: 5, kv_heads: Some(2) },
+        AttentionConfig::Gated { kv_heads: None },
+        AttentionConfig::Gated { kv_heads: Some(1) },
+        AttentionConfig::Differential {},
     ]
 }
 
@@ -47,14 +54,20 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
     for config in kinds() {
         let m = config.init(d_model, heads, 64, 10_000.0, &dev);
         let state = m.init_state(2, 50, &dev);
-        assert_eq!(m.state_bytes(50), state.bytes_per_token() * 50, "{config:?}");
-        let floats = match &config {
-            AttentionConfig::Mha {} => 2 * heads * head_dim,
-            AttentionConfig::Mqa {} => 2 * head_dim,
-            AttentionConfig::Gqa { kv_heads } => 2 * kv_heads * head_dim,
-            AttentionConfig::Mla { kv_latent, rope_dim, .. } => kv_latent + rope_dim,
+        assert_eq!(m.state_bytes(50), state.bytes(), "{config:?}");
+        let kv_floats = |kv_heads: Option<usize>| 2 * kv_heads.unwrap_or(heads) * head_dim;
+        let (floats_per_token, tokens) = match &config {
+            AttentionConfig::Mha {} | AttentionConfig::Differential {} => (2 * heads * head_dim, 50),
+            AttentionConfig::Mqa {} => (2 * head_dim, 50),
+            AttentionConfig::Gqa { kv_heads } => (2 * kv_heads * head_dim, 50),
+            AttentionConfig::Mla { kv_latent, rope_dim, .. } => (kv_latent + rope_dim, 50),
+            // The ring buffer holds the window and the global tokens, whatever the context.
+            AttentionConfig::SlidingWindow { window, global_tokens, kv_heads } => (kv_floats(*kv_heads), window + global_tokens),
+            AttentionConfig::FixedSparse { kv_heads, .. } | AttentionConfig::Tiled { kv_heads, .. } | AttentionConfig::Gated { kv_heads } => {
+                (kv_floats(*kv_heads), 50)
+            }
         };
-        assert_eq!(state.bytes_per_token(), floats * 4, "{config:?}");
+        assert_eq!(state.bytes(), floats_per_token * tokens * 4, "{config:?}");
     }
 }
 

@@ -6,38 +6,17 @@ use attnlab_attn::burn::tensor::{Distribution, Tensor};
 use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
 use common::*;
 
-const BASE: f64 = 10_000.0;
 
-/// Multi-head reference from the module's weights, one sequence at a time:
-/// per head i, group ⌊i / (h/g)⌋ supplies K and V.
+
+/// Causal multi-head reference from the module's weights.
 fn reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
-    let (h, g, d) = (m.heads, m.kv_heads, m.head_dim);
-    let w_qkv = to_vec(m.qkv.weight.val());
-    let w_out = to_vec(m.out.weight.val());
-    let width = (h + 2 * g) * d;
-    let mut out = Vec::new();
-    for s in 0..b {
-        let xs = &x[s * t * d_model..(s + 1) * t * d_model];
-        let qkv = matmul(xs, t, d_model, &w_qkv, width);
-        let mut concat = vec![0.0; t * h * d];
-        for head in 0..h {
-            let kv = head / (h / g);
-            let q: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, head * d, d), p, BASE)).collect();
-            let k: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, (h + kv) * d, d), p, BASE)).collect();
-            let v: Vec<Vec<f64>> = (0..t).map(|p| cols(&qkv, width, p, (h + g + kv) * d, d)).collect();
-            for (p, o) in causal_head(&q, &k, &v, 1.0 / (d as f64).sqrt()).into_iter().enumerate() {
-                concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
-            }
-        }
-        out.extend(matmul(&concat, t, h * d, &w_out, d_model));
-    }
-    out
+    gqa_reference(m, x, b, t, d_model, &|_, q, k| k <= q)
 }
 
 fn gqa(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
     let dev = cpu();
     dev.seed(seed);
-    match config.init(d_model, heads, 128, BASE as f32, &dev) {
+    match config.init(d_model, heads, 128, ROPE_BASE as f32, &dev) {
         Attention::GroupedQuery(m) => m,
         other => panic!("expected grouped-query, got {other:?}"),
     }

@@ -5,7 +5,7 @@ mod common;
 use attnlab_attn::{Attention, AttentionConfig, LatentAttention};
 use common::*;
 
-const BASE: f64 = 10_000.0;
+
 const EPS: f64 = 1e-5;
 
 fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
@@ -31,14 +31,14 @@ fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize)
         let q_all = matmul(&cq, t, q_in, &w_uq, h * (d + r));
         let kv = matmul(xs, t, d_model, &w_dkv, dc + r);
         let c_kv: Vec<Vec<f64>> = (0..t).map(|p| rms_norm(&cols(&kv, dc + r, p, 0, dc), &g_kv, EPS)).collect();
-        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&kv, dc + r, p, dc, r), p, BASE)).collect();
+        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&kv, dc + r, p, dc, r), p, ROPE_BASE)).collect();
         let up: Vec<Vec<f64>> = c_kv.iter().map(|c| matmul(c, 1, dc, &w_ukv, h * 2 * d)).collect();
         let mut concat = vec![0.0; t * h * d];
         for head in 0..h {
             let q: Vec<Vec<f64>> = (0..t)
                 .map(|p| {
                     let mut v = cols(&q_all, h * (d + r), p, head * (d + r), d);
-                    v.extend(rope(&cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p, BASE));
+                    v.extend(rope(&cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p, ROPE_BASE));
                     v
                 })
                 .collect();
@@ -67,7 +67,7 @@ fn mla_matches_the_naive_reference_with_and_without_query_latent() {
             let dev = cpu();
             dev.seed(4);
             let config = AttentionConfig::Mla { kv_latent: 16, q_latent, rope_dim: 6 };
-            let Attention::Latent(m) = config.init(d_model, heads, 64, BASE as f32, &dev) else { panic!("expected MLA") };
+            let Attention::Latent(m) = config.init(d_model, heads, 64, ROPE_BASE as f32, &dev) else { panic!("expected MLA") };
             let x = random_input(2, t, d_model, 9, &dev);
             let got = to_vec(m.forward(x.clone()));
             let want = reference(&m, &to_vec(x), 2, t, d_model);
@@ -83,8 +83,8 @@ fn mla_state_holds_only_the_latent_and_the_rope_key() {
     let (kv_latent, rope_dim) = (20, 8);
     let m = AttentionConfig::Mla { kv_latent, q_latent: None, rope_dim }.init(64, 4, 64, 10_000.0, &dev);
     let mut state = m.init_state(3, 40, &dev);
-    assert_eq!(state.bytes_per_token(), (kv_latent + rope_dim) * 4);
-    assert_eq!(m.state_bytes(40), state.bytes_per_token() * 40);
+    assert_eq!(state.bytes(), (kv_latent + rope_dim) * 4 * 40);
+    assert_eq!(m.state_bytes(40), state.bytes());
     let attnlab_attn::State::Latent(c) = &state else { panic!("expected a latent cache") };
     assert_eq!(c.c_kv.dims(), [3, 40, kv_latent]);
     assert_eq!(c.k_rope.dims(), [3, 40, rope_dim]);

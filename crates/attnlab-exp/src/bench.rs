@@ -22,8 +22,9 @@ pub struct DecodePoint {
     pub batch: usize,
     pub decode_tokens_per_sec: f64,
     pub ms_per_step: f64,
-    /// Decode-state bytes of one sequence at `context` tokens, all layers, from real tensors.
+    /// Decode-state bytes of one sequence at `context` tokens, all layers.
     pub state_bytes_per_sequence: usize,
+    /// `state_bytes_per_sequence / context`.
     pub state_bytes_per_token: usize,
 }
 
@@ -53,14 +54,16 @@ pub fn decode_point(config: &ModelConfig, context: usize, batch: usize, tokens: 
     }
     device.sync().ok();
     let secs = t0.elapsed().as_secs_f64();
-    let per_token: usize = states.iter().map(|s| s.bytes_per_token()).sum();
+    // Analytic bytes at exactly `context` tokens (the contract tests prove them equal to the
+    // real state tensors' bytes); the state itself was allocated for `capacity`.
+    let per_sequence = model.state_bytes(context);
     DecodePoint {
         attention: config.attention.label(),
         context,
         batch,
         decode_tokens_per_sec: (batch * tokens) as f64 / secs,
         ms_per_step: secs * 1e3 / tokens as f64,
-        state_bytes_per_sequence: per_token * context,
-        state_bytes_per_token: per_token,
+        state_bytes_per_sequence: per_sequence,
+        state_bytes_per_token: per_sequence / context.max(1),
     }
 }

@@ -47,7 +47,9 @@ pub struct Summary {
     pub ms_per_step_p90: f64,
     pub params: usize,
     pub mixer_params: usize,
-    /// Decode-state bytes per token, all layers, f32 (from the mixers' formulas).
+    /// Decode-state bytes per token of context, all layers, f32, averaged over a full
+    /// `model.max_seq` context (a sliding window's state stops growing at the window), from the
+    /// mixers' formulas.
     pub kv_bytes_per_token: usize,
     /// The same, measured from real decode-state tensors.
     pub kv_bytes_per_token_measured: usize,

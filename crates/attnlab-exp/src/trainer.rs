@@ -105,9 +105,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Decode-state bytes per token measured from real state tensors (one sequence, all layers).
+/// Decode-state bytes per token of context at a full `max_seq` context, measured from real
+/// state tensors (one sequence, all layers).
 pub fn measured_state_bytes(model: &Gpt, device: &Device) -> usize {
-    model.init_states(1, model.max_seq, device).iter().map(|s| s.bytes_per_token()).sum()
+    model.init_states(1, model.max_seq, device).iter().map(|s| s.bytes()).sum::<usize>() / model.max_seq
 }
 
 fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState) -> Result<()> {
@@ -277,7 +278,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         ms_per_step_p90: percentile(&sorted, 0.9),
         params: counts.total,
         mixer_params: counts.mixer,
-        kv_bytes_per_token: model.state_bytes_per_token(),
+        kv_bytes_per_token: model.state_bytes(model.max_seq) / model.max_seq,
         kv_bytes_per_token_measured: measured_state_bytes(&model.valid(), &inner),
         flops_per_token: model.flops_per_token(t.block),
         peak_rss_bytes: peak_rss_bytes(),

@@ -34,9 +34,9 @@ impl Gpt {
         assert!(config.vocab > 0, "model.vocab must be set before building the model");
         let d = config.d_model;
         let blocks = (0..config.layers)
-            .map(|_| Block {
+            .map(|layer| Block {
                 attn_norm: RmsNormConfig::new(d).init(device),
-                attn: config.attention.init(d, config.heads, config.max_seq, config.rope_base, device),
+                attn: config.attention.init_layer(d, config.heads, config.max_seq, config.rope_base, layer, device),
                 mlp_norm: RmsNormConfig::new(d).init(device),
                 mlp: Mlp::new(config.mlp, d, config.mlp_hidden(), device),
             })
@@ -81,9 +81,9 @@ impl Gpt {
         ParamCounts { total: self.num_params(), mixer, embedding: self.embed.num_params() }
     }
 
-    /// Decode-state bytes per token of one sequence, all layers (analytic, f32).
-    pub fn state_bytes_per_token(&self) -> usize {
-        self.blocks.iter().map(|b| b.attn.state_bytes(1)).sum()
+    /// Decode-state bytes of one sequence at `context` tokens, all layers (analytic, f32).
+    pub fn state_bytes(&self, context: usize) -> usize {
+        self.blocks.iter().map(|b| b.attn.state_bytes(context)).sum()
     }
 
     /// Forward FLOPs per token at `context`: mixers + MLPs (2 per weight) + LM head.

@@ -91,7 +91,7 @@ fn parameter_counts_and_state_bytes_follow_the_shapes() {
     assert_eq!(c.mixer, 2 * mixer);
     assert_eq!(c.embedding, 29 * 32);
     assert_eq!(c.total, 29 * 32 + 32 + 2 * (mixer + 2 * 32 * 128 + 2 * 32));
-    assert_eq!(model.state_bytes_per_token(), 2 * (2 * 32) * 4);
+    assert_eq!(model.state_bytes(10), 2 * (2 * 32) * 4 * 10);
     let gqa = Gpt::new(&config(AttentionConfig::Gqa { kv_heads: 2 }, MlpKind::Gelu), &dev);
-    assert_eq!(gqa.state_bytes_per_token(), 2 * (2 * 2 * 8) * 4);
+    assert_eq!(gqa.state_bytes(10), 2 * (2 * 2 * 8) * 4 * 10);
 }

@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 use attnlab_attn::burn::tensor::{Device, Distribution, Tensor};
+use attnlab_attn::GroupedQuery;
+
+/// RoPE base every test module uses.
+pub const ROPE_BASE: f64 = 10_000.0;
 
 pub fn cpu() -> Device {
     Device::flex()
@@ -59,22 +63,67 @@ pub fn rms_norm(v: &[f64], gamma: &[f64], eps: f64) -> Vec<f64> {
 
 /// Causal softmax attention of one head: q `[t][dq]`, k `[t][dq]`, v `[t][dv]`.
 pub fn causal_head(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], scale: f64) -> Vec<Vec<f64>> {
-    let dv = v[0].len();
-    (0..q.len())
-        .map(|i| {
-            let scores: Vec<f64> = (0..=i).map(|j| q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let z: f64 = w.iter().sum();
-            let mut o = vec![0.0; dv];
-            for (j, wj) in w.iter().enumerate() {
-                for c in 0..dv {
-                    o[c] += wj / z * v[j][c];
-                }
+    masked_head(q, k, v, scale, &|i, j| j <= i)
+}
+
+/// Softmax attention of one head where query i sees key j iff `allows(i, j)`.
+pub fn masked_head(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], scale: f64, allows: &dyn Fn(usize, usize) -> bool) -> Vec<Vec<f64>> {
+    (0..q.len()).map(|i| weights(q, k, i, scale, allows)).map(|w| weighted_sum(&w, v)).collect()
+}
+
+/// Softmax weights of query i over all keys (0 where not allowed).
+pub fn weights(q: &[Vec<f64>], k: &[Vec<f64>], i: usize, scale: f64, allows: &dyn Fn(usize, usize) -> bool) -> Vec<f64> {
+    let scores: Vec<Option<f64>> =
+        (0..k.len()).map(|j| allows(i, j).then(|| q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>() * scale)).collect();
+    let max = scores.iter().flatten().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - max).exp())).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|x| x / z).collect()
+}
+
+/// `Σ_j w_j v_j`.
+pub fn weighted_sum(w: &[f64], v: &[Vec<f64>]) -> Vec<f64> {
+    let mut o = vec![0.0; v[0].len()];
+    for (wj, vj) in w.iter().zip(v) {
+        for (oc, vc) in o.iter_mut().zip(vj) {
+            *oc += wj * vc;
+        }
+    }
+    o
+}
+
+/// Grouped-query attention of a [`GroupedQuery`] module's weights, one sequence at a time, with
+/// its own visibility rule `allows(head, q, k)` and, when the module has one, the sigmoid gate:
+/// per head i, group ⌊i / (h/g)⌋ supplies K and V.
+pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: usize, allows: &dyn Fn(usize, usize, usize) -> bool) -> Vec<f64> {
+    let (h, g, d) = (m.heads, m.kv_heads, m.head_dim);
+    let w_qkv = to_vec(m.qkv.weight.val());
+    let w_out = to_vec(m.out.weight.val());
+    let w_gate = m.gate.as_ref().map(|l| to_vec(l.weight.val()));
+    let width = (h + 2 * g) * d;
+    let mut out = Vec::new();
+    for s in 0..b {
+        let xs = &x[s * t * d_model..(s + 1) * t * d_model];
+        let qkv = matmul(xs, t, d_model, &w_qkv, width);
+        let mut concat = vec![0.0; t * h * d];
+        for head in 0..h {
+            let kv = head / (h / g);
+            let q: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, head * d, d), p, ROPE_BASE)).collect();
+            let k: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, (h + kv) * d, d), p, ROPE_BASE)).collect();
+            let v: Vec<Vec<f64>> = (0..t).map(|p| cols(&qkv, width, p, (h + g + kv) * d, d)).collect();
+            for (p, o) in masked_head(&q, &k, &v, 1.0 / (d as f64).sqrt(), &|i, j| allows(head, i, j)).into_iter().enumerate() {
+                concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
             }
-            o
-        })
-        .collect()
+        }
+        if let Some(w_gate) = &w_gate {
+            let gate = matmul(xs, t, d_model, w_gate, h * d);
+            for (c, z) in concat.iter_mut().zip(gate) {
+                *c *= 1.0 / (1.0 + (-z).exp());
+            }
+        }
+        out.extend(matmul(&concat, t, h * d, &w_out, d_model));
+    }
+    out
 }
 
 /// Slices columns `from..from+len` of row `r` of a row-major matrix with `cols` columns.
