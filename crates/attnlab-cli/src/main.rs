@@ -62,6 +62,42 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Time and peak memory of one attention layer vs sequence length, for every attention
+    /// config of an experiment file; each point runs in a fresh child process.
+    Scaling {
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Sequence lengths.
+        #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024,2048")]
+        lengths: Vec<usize>,
+        /// infer (forward), train (forward + backward), train-ckpt (with gradient checkpointing).
+        #[arg(long, value_delimiter = ',', default_value = "infer,train")]
+        modes: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed passes per point (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One scaling point (the child process of `bench scaling`); prints it as JSON.
+    #[command(hide = true)]
+    ScalingPoint {
+        /// The attention config as JSON.
+        attention: String,
+        d_model: usize,
+        heads: usize,
+        seq: usize,
+        batch: usize,
+        mode: String,
+        reps: usize,
+        device: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +171,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Modes of `bench scaling`.
+const SCALING_MODES: &[&str] = &["infer", "train", "train-ckpt"];
 
 /// A run stopped by Ctrl-C / SIGTERM after writing its checkpoint.
 #[derive(Debug)]
@@ -261,6 +300,64 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(path) = json {
                 attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
             }
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Scaling { file, device, sets, lengths, modes, batch, reps, json } } => {
+            parse_device(&device)?;
+            let exp = read_experiment(&file, &sets)?;
+            if let Some(bad) = modes.iter().find(|m| !SCALING_MODES.contains(&m.as_str())) {
+                return Err(SpecError::new(format!("bench scaling: --modes: unknown mode {bad:?} (allowed: {})", SCALING_MODES.join(", "))).into());
+            }
+            if lengths.is_empty() || lengths.contains(&0) || batch == 0 || reps == 0 {
+                return Err(SpecError::new("bench scaling: --lengths, --batch and --reps must be ≥ 1").into());
+            }
+            let mut models: Vec<attnlab_model::ModelConfig> = Vec::new();
+            for run in &exp.runs {
+                if !models.iter().any(|m| m.attention == run.spec.model.attention) {
+                    models.push(run.spec.model.clone());
+                }
+            }
+            println!("scaling benchmark on {device}: one attention layer, batch {batch}, median of {reps} passes");
+            println!("{:<14} {:<10} {:>6} {:>10} {:>12}", "attention", "mode", "seq", "ms", "peak MiB");
+            let exe = std::env::current_exe()?;
+            let mut results = Vec::new();
+            for m in &models {
+                for mode in &modes {
+                    for &seq in &lengths {
+                        let out = std::process::Command::new(&exe)
+                            .args(["bench", "scaling-point", &serde_json::to_string(&m.attention)?])
+                            .args([m.d_model, m.heads, seq, batch].map(|v| v.to_string()))
+                            .args([mode.as_str(), &reps.to_string(), &device])
+                            .stderr(std::process::Stdio::inherit())
+                            .output()?;
+                        if !out.status.success() {
+                            return Err(anyhow::anyhow!("scaling point {} {mode} seq {seq} failed ({})", m.attention.label(), out.status));
+                        }
+                        let p: attnlab_exp::scaling::ScalingPoint = serde_json::from_slice(&out.stdout)?;
+                        let mib = p.peak_bytes.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64));
+                        println!("{:<14} {:<10} {:>6} {:>10.2} {:>12}", p.attention, mode, p.seq, p.ms_median, mib);
+                        results.push(p);
+                    }
+                }
+            }
+            if let Some(path) = json {
+                attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::ScalingPoint { attention, d_model, heads, seq, batch, mode, reps, device } } => {
+            let backend = parse_device(&device)?;
+            let case = attnlab_exp::scaling::ScalingCase {
+                attention: serde_json::from_str(&attention)?,
+                d_model,
+                heads,
+                seq,
+                batch,
+                train: mode != "infer",
+                checkpointing: mode == "train-ckpt",
+                reps,
+            };
+            println!("{}", serde_json::to_string(&attnlab_exp::scaling::scaling_point(&case, &backend))?);
             Ok(())
         }
         Command::Report { runs, out } => {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod interrupt;
 pub mod memory;
 pub mod overrides;
+pub mod scaling;
 pub mod schedule;
 pub mod spec;
 pub mod store;

@@ -1,9 +1,23 @@
-//! Peak memory of this process (CPU: VmHWM from /proc/self/status).
+//! Resident memory of this process on Linux (`/proc/self/status`); `None` elsewhere.
 
-/// Peak resident set size in bytes, if the platform reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
+fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident set size in bytes (VmHWM).
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// Current resident set size in bytes (VmRSS).
+pub fn current_rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:")
+}
+
+/// Resets the peak (VmHWM) to the current resident set (Linux ≥ 4.0); no-op elsewhere.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
