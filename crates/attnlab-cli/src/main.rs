@@ -85,6 +85,43 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Training tokens/s, ms/step, MFU and peak memory for every sweep point of an experiment
+    /// (seeds ignored); each point runs in a fresh child process.
+    Train {
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Timed steps per point.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The device's f32 matmul peak (the denominator of MFU).
+    Peak {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Matmul side n (2·n³ FLOPs per product).
+        #[arg(long, default_value_t = attnlab_exp::peak::PEAK_SIZE)]
+        size: usize,
+    },
+    /// One training point (the child process of `bench train`); prints it as JSON.
+    #[command(hide = true)]
+    TrainPoint {
+        file: PathBuf,
+        index: usize,
+        steps: usize,
+        warmup: usize,
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
     /// One scaling point (the child process of `bench scaling`); prints it as JSON.
     #[command(hide = true)]
     ScalingPoint {
@@ -234,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             match train(run, &opts)? {
                 RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) => println!("{}", serde_json::to_string_pretty(&s)?),
                 RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
+                RunOutcome::Busy(holder) => return Err(anyhow::anyhow!("run {} is being trained by another process: {holder}", run.run_id)),
             }
             Ok(())
         }
@@ -264,8 +302,13 @@ fn run(cli: Cli) -> Result<()> {
                     RunOutcome::Finished(s) => format!("run {idx} {}: best val loss {:.4}, {:.0} tok/s", run.run_id, s.best_val_loss, s.train_tokens_per_sec),
                     RunOutcome::AlreadyFinished(s) => format!("run {idx} {}: already done (best val loss {:.4})", run.run_id, s.best_val_loss),
                     RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
+                    RunOutcome::Busy(holder) => format!("run {idx} {}: skipped, {holder}", run.run_id),
                 };
-                multi.println(line)?;
+                if quiet {
+                    println!("{line}");
+                } else {
+                    multi.println(line)?;
+                }
                 overall.inc(1);
             }
             overall.finish();
@@ -358,6 +401,66 @@ fn run(cli: Cli) -> Result<()> {
                 reps,
             };
             println!("{}", serde_json::to_string(&attnlab_exp::scaling::scaling_point(&case, &backend))?);
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Train { file, device, sets, steps, warmup, json } } => {
+            parse_device(&device)?;
+            let exp = read_experiment(&file, &sets)?;
+            if steps == 0 {
+                return Err(SpecError::new("bench train: --steps must be ≥ 1").into());
+            }
+            // One point per distinct config: seeds are ignored.
+            let mut picked: Vec<(usize, String)> = Vec::new();
+            for (point, run) in exp.points.iter().zip(&exp.runs) {
+                let mut spec = run.spec.clone();
+                spec.train.seed = 0;
+                let key = serde_json::to_string(&spec)?;
+                if !picked.iter().any(|(_, k)| *k == key) {
+                    picked.push((point.index, key));
+                }
+            }
+            println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each", picked.len());
+            println!("{:<34} {:>10} {:>10} {:>9} {:>7} {:>10}", "point", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB");
+            let exe = std::env::current_exe()?;
+            let mut results = Vec::new();
+            for (index, _) in picked {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device);
+                for set in &sets {
+                    cmd.args(["--set", set]);
+                }
+                let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+                if !out.status.success() {
+                    return Err(anyhow::anyhow!("training point {index} failed ({})", out.status));
+                }
+                let p: attnlab_exp::bench::TrainPoint = serde_json::from_slice(&out.stdout)?;
+                let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
+                println!("{:<34} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}", p.point, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
+                results.push(p);
+            }
+            if let Some(p) = results.first() {
+                println!("peak (f32 matmul {n}³): {:.1} GFLOP/s", p.peak_flops / 1e9, n = attnlab_exp::peak::PEAK_SIZE);
+            }
+            if let Some(path) = json {
+                attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::TrainPoint { file, index, steps, warmup, device, sets } } => {
+            let backend = parse_device(&device)?;
+            let exp = read_experiment(&file, &sets)?;
+            let run = exp.runs.get(index).ok_or_else(|| anyhow::anyhow!("no run {index}"))?;
+            let p = attnlab_exp::bench::train_point(run, &exp.points[index].describe(), warmup, steps, &backend, &device);
+            println!("{}", serde_json::to_string(&p)?);
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Peak { device, size } } => {
+            let backend = parse_device(&device)?;
+            if size == 0 {
+                return Err(SpecError::new("bench peak: --size must be ≥ 1").into());
+            }
+            let flops = attnlab_exp::peak::measure_peak_flops(&backend, size, 5);
+            println!("{device}: f32 matmul {size}×{size}·{size}×{size}: {:.1} GFLOP/s (best of 5)", flops / 1e9);
             Ok(())
         }
         Command::Report { runs, out } => {

@@ -17,13 +17,15 @@ pub struct TokenSplits {
 }
 
 /// A batch of `batch` windows of `block` tokens; targets are inputs shifted by one.
-/// Both are row-major `[batch, block]`.
+/// All row-major `[batch, block]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub inputs: Vec<i64>,
     pub targets: Vec<i64>,
     pub batch: usize,
     pub block: usize,
+    /// 1 where the loss counts, 0 elsewhere; `None` = every position (language modelling).
+    pub loss_mask: Option<Vec<f32>>,
 }
 
 impl TokenSplits {
@@ -60,6 +62,6 @@ impl TokenSplits {
             inputs.extend(data[s..s + block].iter().map(|&t| t as i64));
             targets.extend(data[s + 1..s + block + 1].iter().map(|&t| t as i64));
         }
-        Batch { inputs, targets, batch, block }
+        Batch { inputs, targets, batch, block, loss_mask: None }
     }
 }

@@ -4,10 +4,14 @@
 pub mod batcher;
 pub mod builtin;
 pub mod corpus;
+pub mod dataset;
 pub mod rng;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use batcher::{Batch, Split, TokenSplits};
 pub use corpus::{Corpus, DataError, DataSource};
+pub use dataset::{Dataset, EvalBatch};
 pub use rng::Rng;
+pub use tasks::{TaskConfig, TaskData};
 pub use tokenizer::Tokenizer;

@@ -11,6 +11,8 @@ pub enum Tokenizer {
     Char { chars: Vec<char> },
     /// One token per byte: vocabulary 256, works on any input.
     Byte,
+    /// Bare token ids `0..vocab` of a synthetic task, written as space-separated numbers.
+    Ids { vocab: usize },
 }
 
 impl Tokenizer {
@@ -26,6 +28,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Char { chars } => chars.len(),
             Tokenizer::Byte => 256,
+            Tokenizer::Ids { vocab } => *vocab,
         }
     }
 
@@ -39,6 +42,13 @@ impl Tokenizer {
                 })
                 .collect(),
             Tokenizer::Byte => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Ids { vocab } => text
+                .split_whitespace()
+                .map(|w| match w.parse::<u32>() {
+                    Ok(id) if (id as usize) < *vocab => Ok(id),
+                    _ => Err(DataError::BadId { word: w.to_string(), vocab: *vocab }),
+                })
+                .collect(),
         }
     }
 
@@ -50,6 +60,7 @@ impl Tokenizer {
                 let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
                 String::from_utf8_lossy(&bytes).into_owned()
             }
+            Tokenizer::Ids { .. } => ids.iter().map(|i| format!(" {i}")).collect(),
         }
     }
 }

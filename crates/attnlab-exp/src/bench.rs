@@ -1,3 +1,5 @@
+//! Training benchmark: tokens/s, ms/step, MFU and peak memory of training steps, per sweep point.
+//!
 //! Decode benchmark: tokens/s of cached one-token steps and the decode-state size, per
 //! attention kind, context length and batch size.
 //!
@@ -9,8 +11,11 @@
 use std::time::Instant;
 
 use attnlab_model::{Gpt, ModelConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::PreparedRun;
 
 /// Prefill chunk (tokens per `step` call).
 pub const PREFILL_CHUNK: usize = 256;
@@ -65,5 +70,61 @@ pub fn decode_point(config: &ModelConfig, context: usize, batch: usize, tokens: 
         ms_per_step: secs * 1e3 / tokens as f64,
         state_bytes_per_sequence: per_sequence,
         state_bytes_per_token: per_sequence / context.max(1),
+    }
+}
+
+/// Training throughput of one sweep point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainPoint {
+    pub point: String,
+    pub attention: String,
+    pub params: usize,
+    pub steps: usize,
+    pub tokens_per_sec: f64,
+    pub ms_per_step_median: f64,
+    pub ms_per_step_p90: f64,
+    pub mfu: f64,
+    pub peak_flops: f64,
+    /// Peak resident memory of the process (run it in a fresh process for a per-point figure).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Times `warmup + steps` training steps of `run` (AdamW at the run's peak LR, its batches);
+/// the first `warmup` are left out. tokens/s = batch·block·steps / synced time of the steps.
+pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, device: &Device, device_name: &str) -> TrainPoint {
+    let t = &run.spec.train;
+    let ad = device.clone().autodiff();
+    ad.seed(t.seed);
+    let mut model = Gpt::new(&run.spec.model, &ad);
+    let mut optim = crate::trainer::adamw(t).init();
+    let mut rng = attnlab_data::Rng::new(t.seed);
+    let mut ms = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        ad.sync().ok();
+        let t0 = Instant::now();
+        let batch = run.data.train_batch(&mut rng, t.batch, t.block);
+        let loss = crate::trainer::batch_loss(&model, batch, &ad);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(t.lr, model, grads);
+        ad.sync().ok();
+        if i >= warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let tokens_per_sec = (t.batch * t.block * steps) as f64 / (ms.iter().sum::<f64>() / 1e3);
+    let peak = crate::peak::peak_flops(device, device_name);
+    let flops = model.flops_per_token(t.block);
+    TrainPoint {
+        point: point.to_string(),
+        attention: run.spec.model.attention.label(),
+        params: model.param_counts().total,
+        steps,
+        tokens_per_sec,
+        ms_per_step_median: ms[ms.len() / 2],
+        ms_per_step_p90: ms[((ms.len() - 1) as f64 * 0.9).round() as usize],
+        mfu: crate::peak::mfu(flops, tokens_per_sec, peak),
+        peak_flops: peak,
+        peak_rss_bytes: crate::memory::peak_rss_bytes(),
     }
 }

@@ -2,11 +2,14 @@
 //! training loop, metrics and the on-disk run store.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod interrupt;
+pub mod lock;
 pub mod memory;
 pub mod overrides;
+pub mod peak;
 pub mod scaling;
 pub mod schedule;
 pub mod spec;

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use attnlab_data::{Corpus, DataSource, TokenSplits, Tokenizer};
+use attnlab_data::tasks::TASKS;
+use attnlab_data::{Corpus, DataSource, Dataset, TaskConfig, TaskData, TokenSplits, Tokenizer};
 use attnlab_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,11 +58,16 @@ pub struct DataConfig {
     pub tokenizer: TokenizerKind,
     /// Fraction of tokens at the end of the corpus held out for validation.
     pub val_fraction: f64,
+    /// A synthetic task instead of language modelling (`[data.task]`, `kind = "mqar"`,
+    /// `"selective_copy"` or `"needle"`); the needle task reads the corpus as its haystack.
+    /// With a task, `train.block` is the task's sequence length and evaluation uses its test set
+    /// of `eval.batches × train.batch` examples.
+    pub task: Option<TaskConfig>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, val_fraction: 0.1 }
+        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, val_fraction: 0.1, task: None }
     }
 }
 
@@ -127,8 +133,8 @@ impl Default for EvalConfig {
 pub struct PreparedRun {
     pub spec: ExperimentSpec,
     pub tokenizer: Tokenizer,
-    pub splits: TokenSplits,
-    /// The corpus actually used (`builtin` when a fallback happened).
+    pub data: Dataset,
+    /// The corpus actually used (`builtin` when a fallback happened), or `task:<kind>`.
     pub data_source: String,
     pub run_id: String,
 }
@@ -156,9 +162,17 @@ impl ExperimentSpec {
 
     /// Typed spec from a parsed (and overridden) TOML value, validated.
     pub fn from_value(value: toml::Value, source: &str) -> Result<Self, SpecError> {
-        let spec: ExperimentSpec = value
-            .try_into()
-            .map_err(|e: toml::de::Error| SpecError::new(format!("{source}: {}", one_line(&e.to_string()))))?;
+        let mut spec: ExperimentSpec = value.try_into().map_err(|e: toml::de::Error| {
+            let msg = one_line(&e.to_string());
+            if msg.contains("unknown variant") && msg.contains("data.task") {
+                SpecError::new(format!("{source}: {msg} (tasks: {})", TASKS.join(", ")))
+            } else {
+                SpecError::new(format!("{source}: {msg}"))
+            }
+        })?;
+        if let Some(task) = &spec.data.task {
+            spec.train.block = task.generator().len();
+        }
         spec.validate(source)?;
         Ok(spec)
     }
@@ -178,6 +192,12 @@ impl ExperimentSpec {
         for (field, v) in [("train.steps", t.steps), ("train.batch", t.batch), ("train.block", t.block), ("train.log_every", t.log_every), ("eval.every", self.eval.every), ("eval.batches", self.eval.batches)] {
             if v == 0 {
                 return Err(err(source, field, v, "must be ≥ 1"));
+            }
+        }
+        if let Some(task) = &self.data.task {
+            task.generator().validate().map_err(|e| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed))?;
+            if task.generator().len() > self.model.max_seq {
+                return Err(err(source, "data.task", task.kind(), &format!("its sequences have {} tokens; must be ≤ model.max_seq = {}", task.generator().len(), self.model.max_seq)));
             }
         }
         if t.block > self.model.max_seq {
@@ -216,8 +236,44 @@ impl ExperimentSpec {
         Ok(())
     }
 
-    /// Loads and tokenizes the data, fixes the vocabulary and computes the run id.
+    /// Loads and tokenizes the data (or generates the task's test set), fixes the vocabulary
+    /// and computes the run id.
     pub fn prepare(&self, source: &str) -> Result<PreparedRun, SpecError> {
+        let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
+        let task_err = |e: attnlab_data::tasks::TaskError| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed);
+        let test_examples = self.eval.batches * self.train.batch;
+        let (tokenizer, data, data_source) = match &self.data.task {
+            Some(TaskConfig::Needle(needle)) => {
+                let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                let mut needle = needle.clone();
+                needle.text_vocab = tokenizer.vocab_size();
+                needle.text = tokens;
+                let config = TaskConfig::Needle(needle);
+                let vocab = config.generator().vocab();
+                (Tokenizer::Ids { vocab }, Dataset::Task(TaskData::new(config, test_examples).map_err(task_err)?), format!("task:needle:{}", corpus.name))
+            }
+            Some(task) => {
+                let vocab = task.generator().vocab();
+                (Tokenizer::Ids { vocab }, Dataset::Task(TaskData::new(task.clone(), test_examples).map_err(task_err)?), format!("task:{}", task.kind()))
+            }
+            None => {
+                let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
+                (tokenizer, Dataset::Text(splits), corpus.name)
+            }
+        };
+        let mut spec = self.clone();
+        if spec.model.vocab == 0 {
+            spec.model.vocab = tokenizer.vocab_size();
+        } else if spec.model.vocab < tokenizer.vocab_size() {
+            return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
+        }
+        let run_id = run_id(&spec, &data_source);
+        Ok(PreparedRun { spec, tokenizer, data, data_source, run_id })
+    }
+
+    /// The corpus (with the built-in fallback), its tokenizer and its token ids.
+    fn load_text(&self, source: &str) -> Result<(Corpus, Tokenizer, Vec<u32>), SpecError> {
         let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
         let wanted = match (&self.data.corpus, &self.data.path) {
             (CorpusKind::Builtin, _) => DataSource::Builtin,
@@ -237,15 +293,7 @@ impl ExperimentSpec {
             TokenizerKind::Byte => Tokenizer::Byte,
         };
         let tokens = tokenizer.encode(&corpus.text).map_err(data_err)?;
-        let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
-        let mut spec = self.clone();
-        if spec.model.vocab == 0 {
-            spec.model.vocab = tokenizer.vocab_size();
-        } else if spec.model.vocab < tokenizer.vocab_size() {
-            return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
-        }
-        let run_id = run_id(&spec, &corpus.name);
-        Ok(PreparedRun { spec, tokenizer, splits, data_source: corpus.name, run_id })
+        Ok((corpus, tokenizer, tokens))
     }
 }
 
@@ -257,6 +305,6 @@ pub fn run_id(spec: &ExperimentSpec, data_source: &str) -> String {
 }
 
 /// Folds a multi-line parser message into one line.
-fn one_line(msg: &str) -> String {
+pub(crate) fn one_line(msg: &str) -> String {
     msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^')).collect::<Vec<_>>().join("; ")
 }

@@ -7,7 +7,17 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricLine {
     Train { step: usize, loss: f64, lr: f64, tokens_per_sec: f64 },
-    Eval { step: usize, val_loss: f64, train_loss: f64 },
+    Eval {
+        step: usize,
+        val_loss: f64,
+        train_loss: f64,
+        /// Exact-match accuracy on the test set's answers (synthetic tasks only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_accuracy: Option<f64>,
+        /// The same per reporting bucket (the needle's depth).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_accuracy_by_bucket: Option<Vec<f64>>,
+    },
 }
 
 impl MetricLine {
@@ -37,6 +47,14 @@ pub struct Summary {
     /// Bits per token of the best validation loss (loss / ln 2); bits per char for `char`.
     #[serde(with = "non_finite_as_null")]
     pub best_val_bits_per_token: f64,
+    /// Synthetic tasks: best and final exact-match accuracy on the test set's answers, and the
+    /// final one per bucket (needle depth, shallow to deep).
+    #[serde(default)]
+    pub best_val_accuracy: Option<f64>,
+    #[serde(default)]
+    pub final_val_accuracy: Option<f64>,
+    #[serde(default)]
+    pub final_val_accuracy_by_bucket: Option<Vec<f64>>,
     #[serde(with = "non_finite_as_null")]
     pub final_train_loss: f64,
     #[serde(with = "non_finite_as_null")]
@@ -55,6 +73,12 @@ pub struct Summary {
     pub kv_bytes_per_token_measured: usize,
     /// Forward FLOPs per token at the training block length.
     pub flops_per_token: u64,
+    /// Model FLOPs utilisation: 3 · flops_per_token · train_tokens_per_sec / peak_flops.
+    #[serde(default)]
+    pub mfu: Option<f64>,
+    /// The device's measured f32 matmul peak (FLOP/s), see `attnlab bench peak`.
+    #[serde(default)]
+    pub peak_flops: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
     pub wall_seconds: f64,
     pub device: String,

@@ -113,7 +113,7 @@ pub struct Experiment {
 /// Reads an experiment file, applies `--set` overrides to the base, expands the sweep and
 /// validates and prepares **every** run before returning, so nothing starts on a bad point.
 pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Experiment, SpecError> {
-    let mut base = parse_toml(text).map_err(|e| SpecError::new(format!("{source}: {e}")))?;
+    let mut base = parse_toml(text).map_err(|e| SpecError::new(format!("{source}: {}", crate::spec::one_line(&e))))?;
     let sweep = match base.as_table_mut().and_then(|t| t.remove("sweep")) {
         None => None,
         Some(Value::Table(t)) => Some(t),

@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::memory::peak_rss_bytes;
 use crate::schedule::lr_at;
 use crate::spec::PreparedRun;
-use crate::store::{replace_dir, write_atomic, RunDir};
+use crate::checkpoint;
+use crate::lock::RunLock;
+use crate::store::{write_atomic, RunDir};
 use crate::summary::{MetricLine, Summary};
 
 /// Steps at the start of each process left out of throughput (allocator and kernel warm-up).
@@ -53,6 +56,8 @@ pub enum RunOutcome {
     AlreadyFinished(Summary),
     /// Stopped at `step` by `stop_at` or an interrupt, resumable from its checkpoint.
     Stopped { step: usize },
+    /// Another live process holds the run's lock; nothing was done.
+    Busy(String),
 }
 
 /// What a checkpoint holds besides model and optimizer.
@@ -69,33 +74,102 @@ struct TrainerState {
     last_train_loss: f64,
     wall_seconds: f64,
     step_ms: Vec<f64>,
+    /// Stopped by Ctrl-C / SIGTERM (or `stop_at`) rather than by a periodic checkpoint.
+    #[serde(default)]
+    interrupted: bool,
+    #[serde(default)]
+    best_val_accuracy: Option<f64>,
+    #[serde(default)]
+    last_val_accuracy: Option<f64>,
+    #[serde(default)]
+    last_val_accuracy_by_bucket: Option<Vec<f64>>,
 }
 
 fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Mean cross-entropy of `model` on a batch. Returns the loss tensor `[1]`.
+/// AdamW with the run's betas, weight decay and gradient clipping.
+pub fn adamw(t: &crate::spec::TrainConfig) -> AdamWConfig {
+    let config = AdamWConfig::new()
+        .with_beta_1(t.beta1 as f32)
+        .with_beta_2(t.beta2 as f32)
+        .with_epsilon(1e-8)
+        .with_weight_decay(t.weight_decay as f32);
+    if t.grad_clip > 0.0 {
+        config.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)))
+    } else {
+        config
+    }
+}
+
+/// Mean cross-entropy of `model` on a batch (over the positions of its loss mask, if any).
+/// Returns the loss tensor `[1]`.
 pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
+    batch_logits_loss(model, batch, device).1
+}
+
+/// Logits `[batch, block, vocab]` and the mean cross-entropy `[1]`:
+/// `−Σ mask·log p(target) / Σ mask`, or the plain mean without a mask.
+fn batch_logits_loss(model: &Gpt, batch: Batch, device: &Device) -> (Tensor<3>, Tensor<1>) {
     let (b, t) = (batch.batch, batch.block);
     let logits = model.forward(tokens_tensor(batch.inputs, [b, t], device));
     let vocab = logits.dims()[2];
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [b * t]), device);
-    CrossEntropyLoss::new(None, device).forward(logits.reshape([b * t, vocab]), targets)
+    let flat = logits.clone().reshape([b * t, vocab]);
+    let loss = match batch.loss_mask {
+        None => {
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [b * t]), device);
+            CrossEntropyLoss::new(None, device).forward(flat, targets)
+        }
+        Some(mask) => {
+            let counted: f32 = mask.iter().sum();
+            let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets, [b * t, 1]), device);
+            let mask = Tensor::<1>::from_data(TensorData::new(mask, [b * t]), device);
+            let picked = log_softmax(flat, 1).gather(1, targets).reshape([b * t]);
+            (picked * mask).sum().neg() / counted.max(1.0)
+        }
+    };
+    (logits, loss)
 }
 
-/// Mean loss over `batches` fixed windows of `split` (no gradients).
-fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> f64 {
+/// Loss and, for a task, exact-match accuracy on its answer positions (overall and per bucket).
+#[derive(Debug, Clone)]
+struct Evaluation {
+    loss: f64,
+    accuracy: Option<f64>,
+    by_bucket: Option<Vec<f64>>,
+}
+
+/// Mean loss over the fixed evaluation batches of `split` (no gradients); for a task also the
+/// fraction of answers whose argmax prediction is right.
+fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
     let t = &run.spec.train;
-    let mut rng = Rng::new(EVAL_SEED);
-    let batches = run.spec.eval.batches;
-    let total: f64 = (0..batches)
-        .map(|_| {
-            let batch = run.splits.sample(split, &mut rng, t.batch, t.block);
-            batch_loss(model, batch, device).into_scalar::<f32>() as f64
-        })
-        .sum();
-    total / batches as f64
+    let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
+    let buckets = run.data.buckets();
+    let (mut loss_sum, mut right, mut total) = (0.0, 0usize, 0usize);
+    let (mut bucket_right, mut bucket_total) = (vec![0usize; buckets], vec![0usize; buckets]);
+    for eb in &batches {
+        let (logits, loss) = batch_logits_loss(model, eb.batch.clone(), device);
+        loss_sum += loss.into_scalar::<f32>() as f64;
+        let Some(mask) = &eb.batch.loss_mask else { continue };
+        let predicted: Vec<i64> = logits.argmax(2).into_data().convert::<i64>().try_into_vec::<i64>().expect("argmax ids");
+        for (i, (&m, (&p, &y))) in mask.iter().zip(predicted.iter().zip(&eb.batch.targets)).enumerate() {
+            if m > 0.0 {
+                total += 1;
+                right += usize::from(p == y);
+                if let Some(bucket) = eb.buckets[i / eb.batch.block] {
+                    bucket_total[bucket] += 1;
+                    bucket_right[bucket] += usize::from(p == y);
+                }
+            }
+        }
+    }
+    let ratio = |r: usize, n: usize| if n == 0 { f64::NAN } else { r as f64 / n as f64 };
+    Evaluation {
+        loss: loss_sum / batches.len().max(1) as f64,
+        accuracy: (total > 0).then(|| ratio(right, total)),
+        by_bucket: (buckets > 0).then(|| bucket_right.iter().zip(&bucket_total).map(|(&r, &n)| ratio(r, n)).collect()),
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -120,7 +194,8 @@ fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &T
     model.clone().save_file(tmp.join("model.bpk")).map_err(|e| anyhow::anyhow!("saving model: {e:?}"))?;
     optim.save(tmp.join("optim.bpk")).map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
     write_atomic(&tmp.join("state.json"), serde_json::to_string(state)?.as_bytes())?;
-    replace_dir(&tmp, &dir.checkpoint())
+    checkpoint::seal(&tmp)?;
+    checkpoint::install(&tmp, &dir.checkpoint())
 }
 
 /// Keeps the metric lines up to `step` (a resumed run redoes the rest).
@@ -147,21 +222,36 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         return Ok(RunOutcome::AlreadyFinished(summary));
     }
     fs::create_dir_all(&dir.root).with_context(|| format!("cannot create the run folder {}", dir.root.display()))?;
+    let _lock = match RunLock::acquire(&dir.root)? {
+        Ok(lock) => lock,
+        Err(holder) => return Ok(RunOutcome::Busy(holder)),
+    };
+    if let Ok(text) = fs::read_to_string(dir.summary()) {
+        // Finished by another process while we waited for the lock.
+        return Ok(RunOutcome::AlreadyFinished(serde_json::from_str(&text)?));
+    }
+    if let Ok(stored) = fs::read_to_string(dir.tokenizer()) {
+        let stored: attnlab_data::Tokenizer = serde_json::from_str(&stored).with_context(|| format!("reading {}", dir.tokenizer().display()))?;
+        if stored != run.tokenizer {
+            return Err(crate::SpecError::new(format!(
+                "run {}: the data's tokenizer ({} tokens) differs from the one this run started with ({} tokens, {}): \
+                 the dataset changed; restore it, or move {} away to start over",
+                run.run_id,
+                run.tokenizer.vocab_size(),
+                stored.vocab_size(),
+                dir.tokenizer().display(),
+                dir.root.display()
+            ))
+            .into());
+        }
+    }
     write_atomic(&dir.config(), toml::to_string(spec)?.as_bytes())?;
     write_atomic(&dir.tokenizer(), serde_json::to_string(&run.tokenizer)?.as_bytes())?;
 
     let device = opts.device.clone().autodiff();
     device.seed(t.seed);
     let mut model = Gpt::new(&spec.model, &device);
-    let mut adamw = AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(1e-8)
-        .with_weight_decay(t.weight_decay as f32);
-    if t.grad_clip > 0.0 {
-        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)));
-    }
-    let mut optim = adamw.init();
+    let mut optim = adamw(t).init();
     let mut state = TrainerState {
         step: 0,
         rng: Rng::new(t.seed),
@@ -170,13 +260,19 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         last_train_loss: f64::NAN,
         wall_seconds: 0.0,
         step_ms: Vec::new(),
+        interrupted: false,
+        best_val_accuracy: None,
+        last_val_accuracy: None,
+        last_val_accuracy_by_bucket: None,
     };
-    let ckpt = dir.checkpoint();
-    if ckpt.join("state.json").exists() {
+    if let Some(ckpt) = checkpoint::newest_valid(&dir.checkpoint()) {
         state = serde_json::from_str(&fs::read_to_string(ckpt.join("state.json"))?)?;
         model = model.try_load_file(ckpt.join("model.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint model: {e:?}"))?;
         optim = optim.load(ckpt.join("optim.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint optimizer: {e:?}"))?;
-        tracing::info!(run = %run.run_id, step = state.step, "resuming from checkpoint");
+        state.interrupted = false;
+        tracing::info!(run = %run.run_id, step = state.step, from = %ckpt.display(), "resuming from checkpoint");
+    } else if dir.checkpoint().exists() || checkpoint::previous(&dir.checkpoint()).exists() {
+        tracing::warn!(run = %run.run_id, "no usable checkpoint: training from scratch");
     }
     truncate_metrics(&dir.metrics(), state.step)?;
     let mut metrics = OpenOptions::new().create(true).append(true).open(dir.metrics())?;
@@ -203,6 +299,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
                 pb.println(format!("interrupt: writing a checkpoint at step {} (a second Ctrl-C aborts)", state.step));
             }
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+            state.interrupted = true;
             save_checkpoint(&dir, &model, &optim, &state)?;
             pb.finish_and_clear();
             return Ok(RunOutcome::Stopped { step: state.step });
@@ -210,7 +307,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         let step = state.step;
         let lr = lr_at(step, t.steps, t.warmup, t.lr, t.min_lr);
         let t0 = Instant::now();
-        let batch = run.splits.sample(Split::Train, &mut state.rng, t.batch, t.block);
+        let batch = run.data.train_batch(&mut state.rng, t.batch, t.block);
         let loss = batch_loss(&model, batch, &device);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
@@ -236,12 +333,19 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         if state.step % spec.eval.every == 0 || state.step == t.steps {
             let valid = model.valid();
             let inner = device.clone().inner();
-            let val = evaluate(&valid, run, Split::Val, &inner);
-            let train_loss = evaluate(&valid, run, Split::Train, &inner);
+            let eval = evaluate(&valid, run, Split::Val, &inner);
+            let train_loss = evaluate(&valid, run, Split::Train, &inner).loss;
+            let val = eval.loss;
             state.last_val_loss = val;
             state.best_val_loss = if state.best_val_loss.is_nan() { val } else { state.best_val_loss.min(val) };
-            log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss })?;
-            pb.println(format!("step {:>6}: train loss {train_loss:.4}, val loss {val:.4}", state.step));
+            if let Some(acc) = eval.accuracy {
+                state.last_val_accuracy = Some(acc);
+                state.best_val_accuracy = Some(state.best_val_accuracy.map_or(acc, |b| b.max(acc)));
+                state.last_val_accuracy_by_bucket = eval.by_bucket.clone();
+            }
+            log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss, val_accuracy: eval.accuracy, val_accuracy_by_bucket: eval.by_bucket })?;
+            let acc = eval.accuracy.map_or(String::new(), |a| format!(", val accuracy {:.1}%", 100.0 * a));
+            pb.println(format!("step {:>6}: train loss {train_loss:.4}, val loss {val:.4}{acc}", state.step));
         }
         if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < t.steps {
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
@@ -261,6 +365,9 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let timed_ms: f64 = sorted.iter().sum();
     let counts = model.param_counts();
     let inner = device.clone().inner();
+    let tokens_per_sec = if timed_ms > 0.0 { tokens_per_step * sorted.len() as f64 / (timed_ms / 1e3) } else { f64::NAN };
+    let flops_per_token = model.flops_per_token(t.block);
+    let peak = crate::peak::peak_flops(&inner, &opts.device_name);
     let summary = Summary {
         run_id: run.run_id.clone(),
         experiment: spec.name.clone(),
@@ -272,15 +379,20 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         best_val_loss: state.best_val_loss,
         final_val_loss: state.last_val_loss,
         best_val_bits_per_token: state.best_val_loss / std::f64::consts::LN_2,
+        best_val_accuracy: state.best_val_accuracy,
+        final_val_accuracy: state.last_val_accuracy,
+        final_val_accuracy_by_bucket: state.last_val_accuracy_by_bucket.clone(),
         final_train_loss: state.last_train_loss,
-        train_tokens_per_sec: if timed_ms > 0.0 { tokens_per_step * sorted.len() as f64 / (timed_ms / 1e3) } else { f64::NAN },
+        train_tokens_per_sec: tokens_per_sec,
         ms_per_step_median: percentile(&sorted, 0.5),
         ms_per_step_p90: percentile(&sorted, 0.9),
         params: counts.total,
         mixer_params: counts.mixer,
         kv_bytes_per_token: model.state_bytes(model.max_seq) / model.max_seq,
         kv_bytes_per_token_measured: measured_state_bytes(&model.valid(), &inner),
-        flops_per_token: model.flops_per_token(t.block),
+        flops_per_token,
+        mfu: tokens_per_sec.is_finite().then(|| crate::peak::mfu(flops_per_token, tokens_per_sec, peak)),
+        peak_flops: Some(peak),
         peak_rss_bytes: peak_rss_bytes(),
         wall_seconds: state.wall_seconds,
         device: opts.device_name.clone(),
@@ -291,13 +403,21 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     Ok(RunOutcome::Finished(summary))
 }
 
-/// Where a run stands in its store: `done`, `resume@<step>` or `new`.
+/// Where a run stands in its store: `done`, `running` (locked by a live process),
+/// `interrupted@<step>` (stopped by a signal), `resume@<step>` (killed after a periodic
+/// checkpoint) or `new`.
 pub fn run_status(out: &std::path::Path, run: &PreparedRun) -> String {
     let dir = RunDir::new(out, &run.spec.name, &run.run_id);
     if dir.summary().exists() {
         return "done".into();
     }
+    if dir.root.join("lock").exists() {
+        if let Ok(Err(_)) = RunLock::acquire(&dir.root).map(|r| r.map(drop)) {
+            return "running".into();
+        }
+    }
     match fs::read_to_string(dir.checkpoint().join("state.json")).ok().and_then(|s| serde_json::from_str::<TrainerState>(&s).ok()) {
+        Some(state) if state.interrupted => format!("interrupted@{}", state.step),
         Some(state) => format!("resume@{}", state.step),
         None => "new".into(),
     }

@@ -27,6 +27,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Vec<Group>> {
     write(out, "results.json", &serde_json::to_string_pretty(&tables::json(&runs, &groups))?)?;
     plots::loss_svg(&groups, &out.join("loss.svg"))?;
     plots::pareto_svg(&groups, &out.join("pareto.svg"))?;
+    for field in plots::accuracy_axes(&groups) {
+        plots::accuracy_svg(&groups, &field, &out.join(plots::accuracy_file(&field)))?;
+    }
     Ok(groups)
 }
 

@@ -116,3 +116,77 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Numeric config fields (other than the attention) that vary across groups of a task with
+/// accuracy: each gets an accuracy plot.
+pub fn accuracy_axes(groups: &[Group]) -> Vec<String> {
+    if !crate::tables::has_accuracy(groups) {
+        return Vec::new();
+    }
+    let Some(first) = groups.first() else { return Vec::new() };
+    first
+        .fields
+        .keys()
+        .filter(|k| k.as_str() != "model.attention" && groups.iter().all(|g| g.fields[*k].parse::<f64>().is_ok()))
+        .cloned()
+        .collect()
+}
+
+/// File name of the accuracy plot against `field`.
+pub fn accuracy_file(field: &str) -> String {
+    format!("accuracy_vs_{}.svg", field.rsplit('.').next().unwrap_or(field))
+}
+
+/// Mean test accuracy against the numeric field `field`, one line per combination of the other
+/// varying fields (typically one per attention kind).
+pub fn accuracy_svg(groups: &[Group], field: &str, path: &Path) -> Result<()> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for g in groups.iter().filter(|g| !g.accuracy.is_empty()) {
+        let x: f64 = g.fields[field].parse().unwrap_or(f64::NAN);
+        let name: Vec<String> = g
+            .fields
+            .iter()
+            .filter(|(k, _)| k.as_str() != field)
+            .map(|(k, v)| if k == "model.attention" { attention_name(g) } else { format!("{}={v}", k.rsplit('.').next().unwrap_or(k)) })
+            .collect();
+        let name = name.join(" ");
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, pts)) => pts.push((x, 100.0 * g.accuracy_mean())),
+            None => series.push((name, vec![(x, 100.0 * g.accuracy_mean())])),
+        }
+    }
+    let xs: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+    let (x_lo, x_hi) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+    if !(x_lo.is_finite() && x_hi > x_lo) {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let short = field.rsplit('.').next().unwrap_or(field);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Test accuracy vs {short} (mean over seeds)"), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d((x_lo / 1.2..x_hi * 1.2).log_scale(), 0f64..105f64)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc(format!("{field} (log scale)")).y_desc("test accuracy (%)").x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
+    for (i, (name, mut pts)) in series.into_iter().enumerate() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let c = color(i);
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The attention part of a group's label (before any ` field=value`).
+fn attention_name(g: &Group) -> String {
+    g.label.split(' ').next().unwrap_or(&g.label).to_string()
+}

@@ -20,6 +20,8 @@ pub struct Group {
     /// Indices into the run list.
     pub runs: Vec<usize>,
     pub best_val: Vec<f64>,
+    /// Synthetic tasks: final test accuracy of each (non-diverged) run; empty otherwise.
+    pub accuracy: Vec<f64>,
     pub kv_bytes: f64,
     /// Mean val-loss curve over seeds: (step, mean, min, max).
     pub curve: Vec<(usize, f64, f64, f64)>,
@@ -32,6 +34,14 @@ impl Group {
     pub fn best_std(&self) -> f64 {
         std(&self.best_val)
     }
+    pub fn accuracy_mean(&self) -> f64 {
+        mean(&self.accuracy)
+    }
+}
+
+/// True when the runs are a synthetic task (they report accuracy).
+pub fn has_accuracy(groups: &[Group]) -> bool {
+    groups.iter().any(|g| !g.accuracy.is_empty())
 }
 
 /// Groups runs by the config fields (other than the seed) whose values differ between runs.
@@ -56,13 +66,15 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
                         label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
                     }
                 }
-                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], kv_bytes: 0.0, curve: vec![] });
+                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], kv_bytes: 0.0, curve: vec![] });
             }
         }
     }
     for g in &mut groups {
         // Diverged runs are listed in the per-run table but left out of the statistics.
-        g.best_val = g.runs.iter().filter(|&&i| runs[i].text("status") != "diverged").map(|&i| runs[i].num("best_val_loss")).collect();
+        let kept: Vec<usize> = g.runs.iter().copied().filter(|&i| runs[i].text("status") != "diverged").collect();
+        g.best_val = kept.iter().map(|&i| runs[i].num("best_val_loss")).collect();
+        g.accuracy = kept.iter().map(|&i| runs[i].num("final_val_accuracy")).filter(|a| a.is_finite()).collect();
         g.kv_bytes = runs[g.runs[0]].num("kv_bytes_per_token_measured");
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         for &i in &g.runs {
@@ -86,6 +98,19 @@ pub fn baseline(groups: &[Group]) -> &Group {
 
 fn group_mean(runs: &[RunRecord], g: &Group, key: &str) -> f64 {
     mean(&g.runs.iter().map(|&i| runs[i].num(key)).collect::<Vec<_>>())
+}
+
+/// Accuracy in percent, ± std over seeds.
+fn pct(m: f64, s: f64, n: usize) -> String {
+    match n {
+        0 => "–".into(),
+        1 => format!("{:.1}%", 100.0 * m),
+        _ => format!("{:.1} ± {:.1}%", 100.0 * m, 100.0 * s),
+    }
+}
+
+fn mfu(v: f64) -> String {
+    if v.is_finite() { format!("{:.1}%", 100.0 * v) } else { "–".into() }
 }
 
 fn pm(m: f64, s: f64, n: usize) -> String {
@@ -119,12 +144,19 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     md.push_str(&base.label);
     md.push_str(" | best val loss | Δ vs ");
     md.push_str(&base.label);
-    md.push_str(" | final val loss | train tokens/s | ms/step | peak RSS MiB¹ |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let accuracy = has_accuracy(groups);
+    md.push_str(" | final val loss |");
+    if accuracy {
+        md.push_str(" test accuracy |");
+    }
+    md.push_str(" train tokens/s | ms/step | MFU | peak RSS MiB¹ |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    md.push_str(if accuracy { "---|\n" } else { "\n" });
     for g in groups {
         let n = g.runs.len();
         let finals: Vec<f64> = g.runs.iter().map(|&i| runs[i].num("final_val_loss")).collect();
+        let acc = if accuracy { format!(" {} |", pct(g.accuracy_mean(), std(&g.accuracy), g.accuracy.len())) } else { String::new() };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {:+.4} | {} | {:.0} | {:.1} | {:.0} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {:+.4} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
             g.label,
             n,
             group_mean(runs, g, "params"),
@@ -136,6 +168,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             pm(mean(&finals), std(&finals), n),
             group_mean(runs, g, "train_tokens_per_sec"),
             group_mean(runs, g, "ms_per_step_median"),
+            mfu(group_mean(runs, g, "mfu")),
             group_mean(runs, g, "peak_rss_bytes") / (1024.0 * 1024.0),
         ));
     }
@@ -158,14 +191,21 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         };
         md.push_str(&format!("- **{}**: Δ = {d:+.4} (2·SE = {:.4}): {verdict}; KV cache {:.1}% of {}.\n", g.label, 2.0 * se, 100.0 * g.kv_bytes / base.kv_bytes, base.label));
     }
-    md.push_str("\n![validation loss](loss.svg)\n\n![pareto](pareto.svg)\n\n## Runs\n\n");
-    md.push_str("| run | config | seed | status | best val loss | final val loss | train tokens/s | wall s |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n![validation loss](loss.svg)\n\n![pareto](pareto.svg)\n\n");
+    for field in crate::plots::accuracy_axes(groups) {
+        md.push_str(&format!("![accuracy vs {field}]({})\n\n", crate::plots::accuracy_file(&field)));
+    }
+    md.push_str("## Runs\n\n");
+    md.push_str("| run | config | seed | status | best val loss | final val loss | test accuracy | train tokens/s | wall s |\n|---|---|---|---|---|---|---|---|---|\n");
     for g in groups {
         for &i in &g.runs {
             let r = &runs[i];
+            let acc = r.num("final_val_accuracy");
             md.push_str(&format!(
-                "| `{}` | {} | {} | {} | {:.4} | {:.4} | {:.0} | {:.0} |\n",
-                r.run_id, g.label, r.num("seed"), status(r), r.num("best_val_loss"), r.num("final_val_loss"), r.num("train_tokens_per_sec"), r.num("wall_seconds")
+                "| `{}` | {} | {} | {} | {:.4} | {:.4} | {} | {:.0} | {:.0} |\n",
+                r.run_id, g.label, r.num("seed"), status(r), r.num("best_val_loss"), r.num("final_val_loss"),
+                if acc.is_finite() { format!("{:.1}%", 100.0 * acc) } else { "–".into() },
+                r.num("train_tokens_per_sec"), r.num("wall_seconds")
             ));
         }
     }
@@ -182,7 +222,8 @@ fn status(r: &RunRecord) -> String {
 /// Columns of `results.csv` / fields of `results.json`, from `summary.json`.
 const COLUMNS: &[&str] = &[
     "run_id", "experiment", "status", "diverged_at_step", "attention", "seed", "steps", "best_val_loss", "final_val_loss",
-    "best_val_bits_per_token", "final_train_loss", "train_tokens_per_sec", "ms_per_step_median", "ms_per_step_p90",
+    "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_train_loss", "train_tokens_per_sec",
+    "ms_per_step_median", "ms_per_step_p90", "mfu",
     "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
     "peak_rss_bytes", "wall_seconds", "device", "data_source", "vocab",
 ];
@@ -236,6 +277,7 @@ pub fn json(runs: &[RunRecord], groups: &[Group]) -> Json {
             "config": g.label, "fields": g.fields, "seeds": g.runs.len(),
             "best_val_loss_mean": g.best_mean(), "best_val_loss_std": g.best_std(),
             "kv_bytes_per_token": g.kv_bytes,
+            "final_val_accuracy_mean": if g.accuracy.is_empty() { Json::Null } else { json!(g.accuracy_mean()) },
         }))
         .collect();
     json!({"runs": rows, "groups": summary})

@@ -1,0 +1,57 @@
+//! What a run trains on: windows of a tokenized text, or a synthetic task's examples.
+
+use crate::batcher::{Batch, Split, TokenSplits};
+use crate::rng::Rng;
+use crate::tasks::{to_batch, TaskData};
+
+#[derive(Debug, Clone)]
+pub enum Dataset {
+    Text(TokenSplits),
+    Task(TaskData),
+}
+
+/// A fixed evaluation batch; for a task, each example's reporting bucket.
+#[derive(Debug, Clone)]
+pub struct EvalBatch {
+    pub batch: Batch,
+    pub buckets: Vec<Option<usize>>,
+}
+
+impl Dataset {
+    /// A training batch drawn from `rng`.
+    pub fn train_batch(&self, rng: &mut Rng, batch: usize, block: usize) -> Batch {
+        match self {
+            Dataset::Text(splits) => splits.sample(Split::Train, rng, batch, block),
+            Dataset::Task(task) => task.train_batch(rng, batch).0,
+        }
+    }
+
+    /// `batches` evaluation batches, the same for every call with the same `seed`: text windows
+    /// of `split`; for a task, the test set (`Val`) or training examples (`Train`).
+    pub fn eval_batches(&self, split: Split, seed: u64, batches: usize, batch: usize, block: usize) -> Vec<EvalBatch> {
+        let mut rng = Rng::new(seed);
+        match self {
+            Dataset::Text(splits) => (0..batches)
+                .map(|_| EvalBatch { batch: splits.sample(split, &mut rng, batch, block), buckets: vec![None; batch] })
+                .collect(),
+            Dataset::Task(task) => {
+                let examples = match split {
+                    Split::Val => task.test.clone(),
+                    Split::Train => (0..batches * batch).map(|_| task.train_example(&mut rng)).collect(),
+                };
+                examples
+                    .chunks(batch)
+                    .map(|chunk| EvalBatch { batch: to_batch(chunk), buckets: chunk.iter().map(|e| e.bucket).collect() })
+                    .collect()
+            }
+        }
+    }
+
+    /// Reporting buckets of the task (0 for text or a task without buckets).
+    pub fn buckets(&self) -> usize {
+        match self {
+            Dataset::Text(_) => 0,
+            Dataset::Task(task) => task.config.generator().buckets(),
+        }
+    }
+}

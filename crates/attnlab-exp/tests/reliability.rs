@@ -1,0 +1,141 @@
+//! Reliability of the run store: determinism, corrupt checkpoints, run locks, a changed
+//! dataset, an unwritable output folder.
+
+use std::fs;
+use std::path::Path;
+
+use attnlab_exp::trainer::RunOutcome;
+use attnlab_exp::{train, ExperimentSpec, PreparedRun, TrainOptions};
+use burn::tensor::Device;
+
+const SPEC: &str = r#"
+name = "reliability"
+[data]
+corpus = "builtin"
+[model]
+d_model = 32
+layers = 2
+heads = 4
+max_seq = 32
+[train]
+steps = 12
+batch = 4
+block = 16
+warmup = 2
+checkpoint_every = 4
+log_every = 1
+[eval]
+every = 6
+batches = 2
+"#;
+
+fn run() -> PreparedRun {
+    ExperimentSpec::from_toml_str(SPEC, "reliability.toml", &[]).unwrap().prepare("reliability.toml").unwrap()
+}
+
+fn opts(out: &Path, stop_at: Option<usize>) -> TrainOptions {
+    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at, multi: None }
+}
+
+fn run_dir(out: &Path, run: &PreparedRun) -> std::path::PathBuf {
+    out.join("reliability").join(&run.run_id)
+}
+
+/// The loss values of `metrics.jsonl` (training and evaluation), as written.
+fn losses(out: &Path, run: &PreparedRun) -> Vec<String> {
+    fs::read_to_string(run_dir(out, run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {}", v["step"], v["loss"], v["val_loss"])
+        })
+        .collect()
+}
+
+fn finish(out: &Path, run: &PreparedRun) -> attnlab_exp::Summary {
+    match train(run, &opts(out, None)).unwrap() {
+        RunOutcome::Finished(s) => s,
+        other => panic!("expected a finished run, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_a_bitwise_identical_loss_curve_on_cpu() {
+    let run = run();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    finish(a.path(), &run);
+    finish(b.path(), &run);
+    let (la, lb) = (losses(a.path(), &run), losses(b.path(), &run));
+    assert_eq!(la.len(), 14, "12 training lines and 2 evaluations");
+    assert_eq!(la, lb, "same seed, same machine: every logged loss must be equal to the last bit");
+}
+
+#[test]
+fn a_corrupt_checkpoint_falls_back_to_the_previous_one_then_to_a_fresh_start() {
+    let run = run();
+    let reference = tempfile::tempdir().unwrap();
+    let want = finish(reference.path(), &run);
+    for corrupt_both in [false, true] {
+        let out = tempfile::tempdir().unwrap();
+        assert!(matches!(train(&run, &opts(out.path(), Some(10))).unwrap(), RunOutcome::Stopped { step: 10 }));
+        let dir = run_dir(out.path(), &run);
+        // checkpoint/ is step 10 (the stop), checkpoint.prev/ step 8 (periodic).
+        let mut bytes = fs::read(dir.join("checkpoint/model.bpk")).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        fs::write(dir.join("checkpoint/model.bpk"), &bytes).unwrap();
+        if corrupt_both {
+            fs::write(dir.join("checkpoint.prev/state.json"), b"{}").unwrap();
+        }
+        let got = finish(out.path(), &run);
+        // Resuming from step 8 or from scratch replays the same batches: same result.
+        assert_eq!(got.final_val_loss, want.final_val_loss, "corrupt_both = {corrupt_both}");
+        assert_eq!(losses(out.path(), &run), losses(reference.path(), &run));
+    }
+}
+
+#[test]
+fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
+    let run = run();
+    let out = tempfile::tempdir().unwrap();
+    let dir = run_dir(out.path(), &run);
+    fs::create_dir_all(&dir).unwrap();
+    let host = attnlab_exp::lock::host();
+    // This test process is alive: the run is busy, nothing is written.
+    fs::write(dir.join("lock"), format!("{} {host}\n", std::process::id())).unwrap();
+    match train(&run, &opts(out.path(), None)).unwrap() {
+        RunOutcome::Busy(holder) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert!(!dir.join("metrics.jsonl").exists() && !dir.join("config.toml").exists());
+    // A pid that cannot exist (above the kernel's pid_max): stale, taken over, removed at the end.
+    fs::write(dir.join("lock"), format!("4294967295 {host}\n")).unwrap();
+    finish(out.path(), &run);
+    assert!(!dir.join("lock").exists(), "the lock is released when the run ends");
+}
+
+#[test]
+fn resuming_with_a_different_vocabulary_is_refused_and_changes_nothing() {
+    let run = run();
+    let out = tempfile::tempdir().unwrap();
+    assert!(matches!(train(&run, &opts(out.path(), Some(4))).unwrap(), RunOutcome::Stopped { step: 4 }));
+    let dir = run_dir(out.path(), &run);
+    let other = attnlab_data::Tokenizer::char_from_text("abc");
+    fs::write(dir.join("tokenizer.json"), serde_json::to_string(&other).unwrap()).unwrap();
+    let before: Vec<_> = ["metrics.jsonl", "checkpoint/state.json", "tokenizer.json"].iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
+    let err = train(&run, &opts(out.path(), None)).unwrap_err().to_string();
+    assert!(err.contains("tokenizer") && err.contains("3 tokens"), "{err}");
+    let after: Vec<_> = ["metrics.jsonl", "checkpoint/state.json", "tokenizer.json"].iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_created_is_a_clear_error() {
+    let run = run();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-folder");
+    fs::write(&file, "x").unwrap();
+    let err = format!("{:#}", train(&run, &opts(&file, None)).unwrap_err());
+    assert!(err.contains("cannot create the run folder"), "{err}");
+}
