@@ -35,9 +35,33 @@ train *ARGS:
 test:
     cargo test --release --workspace
 
-# Benchmarks: decode tokens/s and state bytes per attention config of the flagship experiment.
+# The benchmark set: device peak, training throughput/MFU/memory, decode, scaling (CPU).
 bench:
+    cargo run --release -p attnlab-cli -- bench peak
+    cargo run --release -p attnlab-cli -- bench train experiments/mha_gqa_mla.toml --json runs/bench-train.json
     cargo run --release -p attnlab-cli -- bench decode experiments/mha_gqa_mla.toml --json runs/bench-decode.json
+    cargo run --release -p attnlab-cli -- bench scaling experiments/softmax_family.toml --json runs/bench-scaling.json
+
+# attnlab vs the PyTorch eager reference (bench/pytorch_reference.py) on the baby config, back to back (installs torch into .venv-bench/ once).
+bench-compare STEPS="50":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import torch" 2>/dev/null; then
+        python3 -m venv .venv-bench && .venv-bench/bin/pip install --quiet torch
+    fi
+    data=""
+    for f in datasets/tinyshakespeare/input.txt ../shared/datasets/tinyshakespeare/input.txt; do
+        if [ -f "$f" ]; then data="--data $f"; break; fi
+    done
+    mkdir -p runs
+    cargo run --release -p attnlab-cli -- bench train experiments/baby_shakespeare.toml --steps {{STEPS}} --json runs/bench-compare-attnlab.json
+    .venv-bench/bin/python bench/pytorch_reference.py --steps {{STEPS}} $data --json | tee runs/bench-compare-pytorch.json
+    .venv-bench/bin/python - <<'PY'
+    import json
+    ours = json.load(open("runs/bench-compare-attnlab.json"))[0]["tokens_per_sec"]
+    ref = json.loads(open("runs/bench-compare-pytorch.json").read())["tokens_per_sec"]
+    print(f"attnlab {ours:.0f} tokens/s, PyTorch eager {ref:.0f} tokens/s: ratio {ours / ref:.2f}x")
+    PY
 
 # Sample from a trained run: just generate runs/baby_shakespeare/<run-id>
 generate RUN *ARGS:

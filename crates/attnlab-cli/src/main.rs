@@ -152,6 +152,10 @@ enum Command {
         /// Print the run table and stop.
         #[arg(long)]
         dry_run: bool,
+        /// When every run is done, write the report (tables and plots) to
+        /// `<out>/<experiment>/report/` and print its table.
+        #[arg(long)]
+        report: bool,
     },
     /// Benchmarks. `decode`: cached decode tokens/s and state bytes for every attention
     /// config of an experiment file (its sweep points, seeds ignored).
@@ -275,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sweep { run: RunArgs { file, out, device, sets, quiet }, shard, dry_run } => {
+        Command::Sweep { run: RunArgs { file, out, device, sets, quiet }, shard, dry_run, report } => {
             let backend = parse_device(&device)?;
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
@@ -312,6 +316,15 @@ fn run(cli: Cli) -> Result<()> {
                 overall.inc(1);
             }
             overall.finish();
+            if report {
+                let runs = out.join(&exp.name);
+                let dest = runs.join("report");
+                attnlab_report::write_report(&runs, &dest)?;
+                let text = std::fs::read_to_string(dest.join("README.md"))?;
+                // The results table: from its heading to the next blank line after it.
+                let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("## Results")).skip(2).take_while(|l| !l.is_empty()).collect();
+                println!("\n{}\n\nreport: {}", table.join("\n"), dest.join("README.md").display());
+            }
             Ok(())
         }
         Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json } } => {

@@ -100,6 +100,9 @@ fn sigint_checkpoints_and_the_next_call_resumes() {
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("checkpoint/state.json")).unwrap()).unwrap();
     let step = state["step"].as_u64().unwrap();
     assert!(step > 0 && step < 1000, "checkpoint at step {step}");
+    assert_eq!(state["interrupted"], true, "the run is marked interrupted");
+    let dry = attnlab().args(["sweep", "--dry-run", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(String::from_utf8_lossy(&dry.stdout).contains(&format!("interrupted@{step}")), "{}", String::from_utf8_lossy(&dry.stdout));
     // The same command resumes and finishes; the metrics hold each logged step once.
     let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -153,4 +156,60 @@ fn a_diverging_run_is_stopped_and_marked_and_reported() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let md = std::fs::read_to_string(rep.join("README.md")).unwrap();
     assert!(md.contains("diverged at step"), "{md}");
+}
+
+#[test]
+fn sigkill_leaves_a_stale_lock_and_the_next_call_resumes_from_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    let spec = TINY.replace("steps = 20", "steps = 400").replace("every = 10", "every = 400").replace("warmup = 2", "warmup = 2\ncheckpoint_every = 5");
+    std::fs::write(&file, spec).unwrap();
+    let out = dir.path().join("runs");
+    let mut child = attnlab().args(["sweep", "--quiet", "--out"]).arg(&out).arg(&file).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let run_dir = || std::fs::read_dir(out.join("tiny")).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path());
+    let checkpointed = || run_dir().is_some_and(|d| d.join("checkpoint.prev/state.json").exists());
+    while !checkpointed() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    let run_dir = run_dir().unwrap();
+    assert!(run_dir.join("lock").exists(), "a killed process leaves its lock behind");
+    assert!(!run_dir.join("summary.json").exists());
+    let o = attnlab().args(["sweep", "--out"]).arg(&out).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stale lock") && err.contains("resuming from checkpoint"), "{err}");
+    assert!(run_dir.join("summary.json").exists() && !run_dir.join("lock").exists());
+}
+
+#[test]
+fn bench_train_scaling_and_peak_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, format!("{TINY}\n[sweep]\nseeds = [0, 1]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"tiled\", block_q = 8, block_k = 8}}]\n")).unwrap();
+    let json = dir.path().join("train.json");
+    let o = attnlab().args(["bench", "train"]).arg(&file).args(["--steps", "2", "--warmup", "1", "--json"]).arg(&json).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one point per config, seeds ignored");
+    for r in rows {
+        let mfu = r["mfu"].as_f64().unwrap();
+        assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0 && mfu > 0.0 && mfu < 1.0, "{r}");
+    }
+
+    let json = dir.path().join("scaling.json");
+    let o = attnlab().args(["bench", "scaling"]).arg(&file).args(["--lengths", "8,24", "--modes", "infer,train", "--reps", "1", "--json"]).arg(&json).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2 * 2 * 2);
+    let bad = attnlab().args(["bench", "scaling"]).arg(&file).args(["--modes", "fast"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: infer, train, train-ckpt"));
+
+    let o = attnlab().args(["bench", "peak", "--size", "64"]).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GFLOP/s"));
 }

@@ -1,0 +1,145 @@
+"""PyTorch eager reference for `attnlab bench train`: the baby GPT of
+experiments/baby_shakespeare.toml written out in PyTorch, trained on CPU with the same batch,
+block and optimizer, printing tokens/s.
+
+Same model as attnlab's: tied token embedding (no positional embedding), pre-norm blocks with
+RMSNorm (eps 1e-5, gain), fused bias-free QKV, rotate-half RoPE (base 10000) on q and k, causal
+softmax attention, bias-free output projection, GELU (tanh) MLP of 4·d_model (or SwiGLU),
+final RMSNorm, weights ~ N(0, 0.02). AdamW (β 0.9/0.99, ε 1e-8, weight decay 0.1 on every
+parameter, as burn's AdamW), global-norm clipping 1.0, constant LR (the schedule does not change
+the cost). Timing: warm-up steps excluded; tokens/s = batch·block·steps / wall time of the steps.
+
+    python bench/pytorch_reference.py [--steps 50] [--threads 2] [--data datasets/tinyshakespeare/input.txt]
+"""
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Rope(nn.Module):
+    def __init__(self, dim, max_seq, base=10000.0):
+        super().__init__()
+        inv = base ** (-torch.arange(0, dim // 2, dtype=torch.float32) * 2.0 / dim)
+        angles = torch.arange(max_seq, dtype=torch.float32)[:, None] * inv[None, :]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x):  # x: [b, h, t, d]
+        t, half = x.shape[2], x.shape[3] // 2
+        cos, sin = self.cos[:t], self.sin[:t]
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, max_seq, mlp):
+        super().__init__()
+        self.heads, self.hd = heads, d // heads
+        self.attn_norm = nn.RMSNorm(d, eps=1e-5)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.rope = Rope(self.hd, max_seq)
+        self.mlp_norm = nn.RMSNorm(d, eps=1e-5)
+        self.swiglu = mlp == "swiglu"
+        hidden = (8 * d // 3) if self.swiglu else 4 * d
+        self.up = nn.Linear(d, 2 * hidden if self.swiglu else hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, self.hd).transpose(1, 2) for z in (q, k, v))
+        q, k = self.rope(q), self.rope(k)
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hd)
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.out(y)
+        h = self.up(self.mlp_norm(x))
+        if self.swiglu:
+            a, g = h.chunk(2, dim=-1)
+            h = F.silu(a) * g
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return x + self.down(h)
+
+
+class Gpt(nn.Module):
+    def __init__(self, vocab, d, layers, heads, max_seq, mlp):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList([Block(d, heads, max_seq, mlp) for _ in range(layers)])
+        self.norm = nn.RMSNorm(d, eps=1e-5)
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.norm(x) @ self.embed.weight.t()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--mlp", default="gelu", choices=["gelu", "swiglu"])
+    ap.add_argument("--data", default=None, help="text file (char-level); random tokens when absent")
+    ap.add_argument("--json", action="store_true", help="print one JSON line")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    if a.data:
+        text = open(a.data, encoding="utf-8").read()
+        chars = sorted(set(text))
+        lookup = {c: i for i, c in enumerate(chars)}
+        data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
+        vocab = len(chars)
+    else:
+        vocab = 65
+        data = torch.randint(0, vocab, (200_000,))
+    model = Gpt(vocab, a.d_model, a.layers, a.heads, a.block, a.mlp)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+    def step():
+        ix = torch.randint(len(data) - a.block - 1, (a.batch,))
+        x = torch.stack([data[i : i + a.block] for i in ix])
+        y = torch.stack([data[i + 1 : i + 1 + a.block] for i in ix])
+        loss = F.cross_entropy(model(x).view(-1, vocab), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    tokens_per_sec = a.batch * a.block * a.steps / sum(times)
+    ms = sorted(times)[len(times) // 2] * 1e3
+    params = sum(p.numel() for p in model.parameters())
+    if a.json:
+        print(json.dumps({"tokens_per_sec": tokens_per_sec, "ms_per_step_median": ms, "params": params, "torch": torch.__version__, "threads": a.threads}))
+    else:
+        print(f"pytorch {torch.__version__} eager, {a.threads} threads: {tokens_per_sec:.0f} tokens/s, {ms:.1f} ms/step (median), {params} params")
+
+
+if __name__ == "__main__":
+    main()
