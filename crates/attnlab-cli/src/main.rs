@@ -84,6 +84,10 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also plot peak memory and time vs length (log-log) into this folder
+        /// (scaling_memory.svg, scaling_time.svg).
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
     /// Training tokens/s, ms/step, MFU and peak memory for every sweep point of an experiment
     /// (seeds ignored); each point runs in a fresh child process.
@@ -169,6 +173,10 @@ enum Command {
         /// Output folder (default: reports/<experiment>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Device peak in GFLOP/s (from `attnlab bench peak`) for the MFU of runs whose
+        /// summaries predate it.
+        #[arg(long)]
+        peak_gflops: Option<f64>,
     },
     /// Sample text from a trained run (its folder or its checkpoint folder).
     Generate {
@@ -211,6 +219,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Peak memory and time against sequence length, one line per attention config and mode.
+fn scaling_plots(points: &[attnlab_exp::scaling::ScalingPoint], batch: usize, dir: &Path) -> Result<()> {
+    use attnlab_report::plots::{lines_svg, Axes};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let series = |value: &dyn Fn(&attnlab_exp::scaling::ScalingPoint) -> Option<f64>| {
+        let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for p in points {
+            let Some(v) = value(p).filter(|v| *v > 0.0) else { continue };
+            let name = format!("{} {}", p.attention, p.mode);
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, pts)) => pts.push((p.seq as f64, v)),
+                None => out.push((name, vec![(p.seq as f64, v)])),
+            }
+        }
+        out
+    };
+    let axes = |title: &str, y: &str| Axes { title: format!("{title} of one attention layer (batch {batch})"), x: "sequence length (log scale)".into(), y: y.into(), log_y: true };
+    lines_svg(&axes("Peak memory", "peak resident memory added, MiB (log scale)"), series(&|p| p.peak_bytes.map(|b| b as f64 / (1u64 << 20) as f64)), &dir.join("scaling_memory.svg"))?;
+    lines_svg(&axes("Time per pass", "ms (log scale)"), series(&|p| Some(p.ms_median)), &dir.join("scaling_time.svg"))
 }
 
 /// Modes of `bench scaling`.
@@ -319,7 +348,7 @@ fn run(cli: Cli) -> Result<()> {
             if report {
                 let runs = out.join(&exp.name);
                 let dest = runs.join("report");
-                attnlab_report::write_report(&runs, &dest)?;
+                attnlab_report::write_report(&runs, &dest, None)?;
                 let text = std::fs::read_to_string(dest.join("README.md"))?;
                 // The results table: from its heading to the next blank line after it.
                 let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("## Results")).skip(2).take_while(|l| !l.is_empty()).collect();
@@ -358,7 +387,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Scaling { file, device, sets, lengths, modes, batch, reps, json } } => {
+        Command::Bench { what: BenchCommand::Scaling { file, device, sets, lengths, modes, batch, reps, json, plots } } => {
             parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if let Some(bad) = modes.iter().find(|m| !SCALING_MODES.contains(&m.as_str())) {
@@ -398,6 +427,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(path) = json {
                 attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
+            if let Some(dir) = plots {
+                scaling_plots(&results, batch, &dir)?;
             }
             Ok(())
         }
@@ -476,10 +508,10 @@ fn run(cli: Cli) -> Result<()> {
             println!("{device}: f32 matmul {size}×{size}·{size}×{size}: {:.1} GFLOP/s (best of 5)", flops / 1e9);
             Ok(())
         }
-        Command::Report { runs, out } => {
+        Command::Report { runs, out, peak_gflops } => {
             let name = runs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
             let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
-            let groups = attnlab_report::write_report(&runs, &out)?;
+            let groups = attnlab_report::write_report(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
             println!("{} configs → {}", groups.len(), out.join("README.md").display());
             Ok(())
         }

@@ -16,8 +16,14 @@ use anyhow::{Context, Result};
 
 /// Writes the whole report for the run store `runs_dir` into `out`. A `notes.md` already in
 /// `out` (a human reading of the results) is kept and included in `README.md`.
-pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Vec<Group>> {
-    let runs = load_runs(runs_dir)?;
+/// `peak_flops` fills in MFU for runs recorded before summaries carried it (older runs).
+pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Result<Vec<Group>> {
+    let mut runs = load_runs(runs_dir)?;
+    if let Some(peak) = peak_flops {
+        for r in &mut runs {
+            load::fill_mfu(r, peak);
+        }
+    }
     anyhow::ensure!(!runs.is_empty(), "{}: no finished runs (no */summary.json)", runs_dir.display());
     let groups = group_runs(&runs);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -72,3 +72,17 @@ pub fn load_runs(dir: &Path) -> Result<Vec<RunRecord>> {
     runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     Ok(runs)
 }
+
+/// Sets `mfu = 3 · flops_per_token · train_tokens_per_sec / peak` (and `peak_flops`) on a run
+/// whose summary has no MFU, marking it `"mfu_source": "report"`.
+pub fn fill_mfu(r: &mut RunRecord, peak: f64) {
+    if r.summary.get("mfu").is_some_and(|v| !v.is_null()) {
+        return;
+    }
+    let mfu = 3.0 * r.num("flops_per_token") * r.num("train_tokens_per_sec") / peak;
+    if let (Some(obj), true) = (r.summary.as_object_mut(), mfu.is_finite()) {
+        obj.insert("mfu".into(), serde_json::json!(mfu));
+        obj.insert("peak_flops".into(), serde_json::json!(peak));
+        obj.insert("mfu_source".into(), serde_json::json!("report"));
+    }
+}

@@ -155,33 +155,56 @@ pub fn accuracy_svg(groups: &[Group], field: &str, path: &Path) -> Result<()> {
             None => series.push((name, vec![(x, 100.0 * g.accuracy_mean())])),
         }
     }
-    let xs: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
-    let (x_lo, x_hi) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
-    if !(x_lo.is_finite() && x_hi > x_lo) {
+    let short = field.rsplit('.').next().unwrap_or(field);
+    let axes = Axes { title: format!("Test accuracy vs {short} (mean over seeds)"), x: format!("{field} (log scale)"), y: "test accuracy (%)".into(), log_y: false };
+    lines_svg(&axes, series, path)
+}
+
+/// Titles and scales of a [`lines_svg`] plot (x is always log scale).
+pub struct Axes {
+    pub title: String,
+    pub x: String,
+    pub y: String,
+    pub log_y: bool,
+}
+
+/// Named series of (x, y) points as lines with markers; x log scale, y linear or log.
+pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: &Path) -> Result<()> {
+    let pts = || series.iter().flat_map(|(_, p)| p.iter().copied());
+    let (x_lo, x_hi) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (x, _)| (lo.min(x), hi.max(x)));
+    let (y_lo, y_hi) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, y)| (lo.min(y), hi.max(y)));
+    if !(x_lo > 0.0 && x_hi > x_lo && y_lo.is_finite() && (!axes.log_y || y_lo > 0.0)) {
         return Ok(());
     }
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let short = field.rsplit('.').next().unwrap_or(field);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Test accuracy vs {short} (mean over seeds)"), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d((x_lo / 1.2..x_hi * 1.2).log_scale(), 0f64..105f64)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc(format!("{field} (log scale)")).y_desc("test accuracy (%)").x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
-    for (i, (name, mut pts)) in series.into_iter().enumerate() {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let c = color(i);
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(&axes.title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(65);
+    let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale();
+    for s in &mut series {
+        s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart.configure_mesh().x_desc(axes.x.as_str()).y_desc(axes.y.as_str()).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
+            for (i, (name, pts)) in series.into_iter().enumerate() {
+                let c = color(i);
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
+                chart
+                    .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                    .map_err(err)?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+        }};
+    }
+    if axes.log_y {
+        draw!(builder.build_cartesian_2d(x_range, (y_lo / 1.5..y_hi * 1.5).log_scale()).map_err(err)?);
+    } else {
+        draw!(builder.build_cartesian_2d(x_range, 0f64..(y_hi * 1.05).max(1.0)).map_err(err)?);
+    }
     root.present().map_err(err)?;
     Ok(())
 }

@@ -42,7 +42,7 @@ fn report_groups_seeds_and_writes_every_output() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.md"), "## Reading\n\nHand-written notes survive.").unwrap();
 
-    let groups = attnlab_report::write_report(&store, &out).unwrap();
+    let groups = attnlab_report::write_report(&store, &out, None).unwrap();
     assert_eq!(groups.len(), 2);
     assert_eq!(groups[0].label, "mha");
     assert_eq!(groups[0].runs.len(), 3);
@@ -68,4 +68,29 @@ fn report_groups_seeds_and_writes_every_output() {
     }
     let pareto = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
     assert!(pareto.contains("KV-cache bytes per token"));
+}
+
+#[test]
+fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_peak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    for (i, (kind, d_model, acc)) in [("mha", 32, 0.5), ("mha", 64, 0.99), ("mqa", 32, 0.4), ("mqa", 64, 0.9)].iter().enumerate() {
+        let id = format!("r{i}");
+        fixture_run(&store, &id, kind, 1024, 0, 1.0);
+        let dir = store.join(&id);
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap().replace("d_model = 64", &format!("d_model = {d_model}"));
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        s["final_val_accuracy"] = serde_json::json!(acc);
+        std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+    }
+    let out = tmp.path().join("report");
+    attnlab_report::write_report(&store, &out, Some(1e9)).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("test accuracy") && md.contains("99.0%") && md.contains("40.0%"), "{md}");
+    // 3 · 2000 FLOPs/token · 1000 tokens/s / 1 GFLOP/s = 0.6%.
+    assert!(md.contains("| 0.6% |") && md.contains("--peak-gflops 1.0"), "{md}");
+    let svg = std::fs::read_to_string(out.join("accuracy_vs_d_model.svg")).unwrap();
+    assert!(svg.contains("mha") && svg.contains("mqa"), "{svg}");
+    assert!(md.contains("accuracy_vs_d_model.svg"));
 }
