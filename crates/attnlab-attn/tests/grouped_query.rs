@@ -3,7 +3,7 @@
 mod common;
 
 use attnlab_attn::burn::tensor::{Distribution, Tensor};
-use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
+use attnlab_attn::{AttentionConfig, GroupedQuery};
 use common::*;
 
 
@@ -13,21 +13,12 @@ fn reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: usize) ->
     gqa_reference(m, x, b, t, d_model, &|_, q, k| k <= q)
 }
 
-fn gqa(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
-    let dev = cpu();
-    dev.seed(seed);
-    match config.init(d_model, heads, 128, ROPE_BASE as f32, &dev) {
-        Attention::GroupedQuery(m) => m,
-        other => panic!("expected grouped-query, got {other:?}"),
-    }
-}
-
 #[test]
 fn every_group_count_matches_the_naive_reference() {
     let (d_model, heads) = (48, 6);
     for config in [AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 3 }, AttentionConfig::Gqa { kv_heads: 2 }, AttentionConfig::Mqa {}] {
         for t in [1, 7, 19] {
-            let m = gqa(&config, d_model, heads, 3);
+            let m = grouped(&config, d_model, heads, 3);
             let x = random_input(2, t, d_model, 11, &cpu());
             let got = to_vec(m.forward(x.clone()));
             let want = reference(&m, &to_vec(x), 2, t, d_model);
@@ -43,9 +34,9 @@ fn mha_is_gqa_with_kv_heads_equal_heads_and_mqa_is_gqa_with_one() {
     let x = random_input(2, 9, 32, 5, &cpu());
     let pairs = [(AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 4 }), (AttentionConfig::Mqa {}, AttentionConfig::Gqa { kv_heads: 1 })];
     for (named, general) in pairs {
-        let a = gqa(&named, 32, 4, 8);
+        let a = grouped(&named, 32, 4, 8);
         // Same shapes, so the general module loads the named one's weights.
-        let b = gqa(&general, 32, 4, 9).load_record(a.clone().into_record());
+        let b = grouped(&general, 32, 4, 9).load_record(a.clone().into_record());
         assert_eq!((a.kv_heads, a.qkv.weight.dims()), (b.kv_heads, b.qkv.weight.dims()));
         let err = max_abs_diff(&to_vec(a.forward(x.clone())), &to_vec(b.forward(x.clone())));
         assert!(err < 1e-6, "{named:?} vs {general:?}: {err}");
@@ -55,7 +46,7 @@ fn mha_is_gqa_with_kv_heads_equal_heads_and_mqa_is_gqa_with_one() {
 #[test]
 fn changing_a_later_token_leaves_earlier_outputs_unchanged() {
     let dev = cpu();
-    let m = gqa(&AttentionConfig::Gqa { kv_heads: 2 }, 32, 4, 1);
+    let m = grouped(&AttentionConfig::Gqa { kv_heads: 2 }, 32, 4, 1);
     let (t, cut) = (12, 6);
     let x = random_input(1, t, 32, 2, &dev);
     let noise = Tensor::<3>::random([1, t - cut - 1, 32], Distribution::Normal(0.0, 1.0), &dev);

@@ -6,19 +6,10 @@ mod common;
 use attnlab_attn::burn::module::{Module, Param};
 use attnlab_attn::burn::tensor::{Distribution, Tensor};
 use attnlab_attn::differential::lambda_init;
-use attnlab_attn::{softmax_attention, tiled_attention, Attention, AttentionConfig, Differential, GroupedQuery};
+use attnlab_attn::{softmax_attention, tiled_attention, Attention, AttentionConfig, Differential};
 use common::*;
 
 const LENGTHS: [usize; 3] = [1, 7, 65];
-
-fn grouped(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
-    let dev = cpu();
-    dev.seed(seed);
-    match config.init(d_model, heads, 128, ROPE_BASE as f32, &dev) {
-        Attention::GroupedQuery(m) => m,
-        other => panic!("expected a grouped-query module, got {other:?}"),
-    }
-}
 
 /// Checks a grouped-query variant against [`gqa_reference`] with the rule `allows(head, q, k)`.
 fn check(config: AttentionConfig, heads: usize, allows: &dyn Fn(usize, usize, usize) -> bool) {

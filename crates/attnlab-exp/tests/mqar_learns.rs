@@ -5,8 +5,10 @@
 //! elimination) and then jumps to ~100% when the circuit forms, around step 600 for this seed.
 
 use attnlab_exp::trainer::RunOutcome;
-use attnlab_exp::{train, ExperimentSpec, TrainOptions};
-use burn::tensor::Device;
+mod common;
+
+use attnlab_exp::{train, ExperimentSpec};
+use common::cpu_opts;
 
 const SPEC: &str = r#"
 name = "mqar_learns"
@@ -41,8 +43,7 @@ batches = 4
 fn mha_reaches_90_percent_on_a_tiny_mqar() {
     let run = ExperimentSpec::from_toml_str(SPEC, "mqar.toml", &[]).unwrap().prepare("mqar.toml").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let opts = TrainOptions { out: out.path().to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at: None, multi: None };
-    let RunOutcome::Finished(s) = train(&run, &opts).unwrap() else { panic!("should finish") };
+    let RunOutcome::Finished(s) = train(&run, &cpu_opts(out.path(), None)).unwrap() else { panic!("should finish") };
     let acc = s.final_val_accuracy.expect("a task run reports accuracy");
     assert!(acc >= 0.9, "test accuracy {acc:.3} < 0.9 (val loss {:.3})", s.final_val_loss);
 }

@@ -1,12 +1,14 @@
 //! Reliability of the run store: determinism, corrupt checkpoints, run locks, a changed
 //! dataset, an unwritable output folder.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
 use attnlab_exp::trainer::RunOutcome;
-use attnlab_exp::{train, ExperimentSpec, PreparedRun, TrainOptions};
-use burn::tensor::Device;
+use attnlab_exp::{train, ExperimentSpec, PreparedRun};
+use common::cpu_opts;
 
 const SPEC: &str = r#"
 name = "reliability"
@@ -33,10 +35,6 @@ fn run() -> PreparedRun {
     ExperimentSpec::from_toml_str(SPEC, "reliability.toml", &[]).unwrap().prepare("reliability.toml").unwrap()
 }
 
-fn opts(out: &Path, stop_at: Option<usize>) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at, multi: None }
-}
-
 fn run_dir(out: &Path, run: &PreparedRun) -> std::path::PathBuf {
     out.join("reliability").join(&run.run_id)
 }
@@ -54,7 +52,7 @@ fn losses(out: &Path, run: &PreparedRun) -> Vec<String> {
 }
 
 fn finish(out: &Path, run: &PreparedRun) -> attnlab_exp::Summary {
-    match train(run, &opts(out, None)).unwrap() {
+    match train(run, &cpu_opts(out, None)).unwrap() {
         RunOutcome::Finished(s) => s,
         other => panic!("expected a finished run, got {other:?}"),
     }
@@ -78,7 +76,7 @@ fn a_corrupt_checkpoint_falls_back_to_the_previous_one_then_to_a_fresh_start() {
     let want = finish(reference.path(), &run);
     for corrupt_both in [false, true] {
         let out = tempfile::tempdir().unwrap();
-        assert!(matches!(train(&run, &opts(out.path(), Some(10))).unwrap(), RunOutcome::Stopped { step: 10 }));
+        assert!(matches!(train(&run, &cpu_opts(out.path(), Some(10))).unwrap(), RunOutcome::Stopped { step: 10 }));
         let dir = run_dir(out.path(), &run);
         // checkpoint/ is step 10 (the stop), checkpoint.prev/ step 8 (periodic).
         let mut bytes = fs::read(dir.join("checkpoint/model.bpk")).unwrap();
@@ -104,7 +102,7 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     let host = attnlab_exp::lock::host();
     // This test process is alive: the run is busy, nothing is written.
     fs::write(dir.join("lock"), format!("{} {host}\n", std::process::id())).unwrap();
-    match train(&run, &opts(out.path(), None)).unwrap() {
+    match train(&run, &cpu_opts(out.path(), None)).unwrap() {
         RunOutcome::Busy(holder) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
         other => panic!("expected busy, got {other:?}"),
     }
@@ -119,12 +117,12 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
 fn resuming_with_a_different_vocabulary_is_refused_and_changes_nothing() {
     let run = run();
     let out = tempfile::tempdir().unwrap();
-    assert!(matches!(train(&run, &opts(out.path(), Some(4))).unwrap(), RunOutcome::Stopped { step: 4 }));
+    assert!(matches!(train(&run, &cpu_opts(out.path(), Some(4))).unwrap(), RunOutcome::Stopped { step: 4 }));
     let dir = run_dir(out.path(), &run);
     let other = attnlab_data::Tokenizer::char_from_text("abc");
     fs::write(dir.join("tokenizer.json"), serde_json::to_string(&other).unwrap()).unwrap();
     let before: Vec<_> = ["metrics.jsonl", "checkpoint/state.json", "tokenizer.json"].iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
-    let err = train(&run, &opts(out.path(), None)).unwrap_err().to_string();
+    let err = train(&run, &cpu_opts(out.path(), None)).unwrap_err().to_string();
     assert!(err.contains("tokenizer") && err.contains("3 tokens"), "{err}");
     let after: Vec<_> = ["metrics.jsonl", "checkpoint/state.json", "tokenizer.json"].iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
     assert_eq!(before, after);
@@ -136,6 +134,6 @@ fn an_output_folder_that_cannot_be_created_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not-a-folder");
     fs::write(&file, "x").unwrap();
-    let err = format!("{:#}", train(&run, &opts(&file, None)).unwrap_err());
+    let err = format!("{:#}", train(&run, &cpu_opts(&file, None)).unwrap_err());
     assert!(err.contains("cannot create the run folder"), "{err}");
 }

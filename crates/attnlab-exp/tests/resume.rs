@@ -1,9 +1,11 @@
 //! A run stopped mid-way and resumed from its checkpoint ends like an uninterrupted one; a
 //! finished run is never retrained or overwritten.
 
+mod common;
+
 use attnlab_exp::trainer::RunOutcome;
-use attnlab_exp::{train, ExperimentSpec, TrainOptions};
-use burn::tensor::Device;
+use attnlab_exp::{train, ExperimentSpec};
+use common::cpu_opts;
 
 const SPEC: &str = r#"
 name = "resume"
@@ -30,22 +32,18 @@ every = 6
 batches = 2
 "#;
 
-fn opts(out: &std::path::Path, stop_at: Option<usize>) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), device: Device::flex(), device_name: "cpu".into(), progress: false, stop_at, multi: None }
-}
-
 #[test]
 fn stopped_then_resumed_equals_uninterrupted() {
     let run = ExperimentSpec::from_toml_str(SPEC, "resume.toml", &[]).unwrap().prepare("resume.toml").unwrap();
     let whole = tempfile::tempdir().unwrap();
-    let RunOutcome::Finished(a) = train(&run, &opts(whole.path(), None)).unwrap() else { panic!("should finish") };
+    let RunOutcome::Finished(a) = train(&run, &cpu_opts(whole.path(), None)).unwrap() else { panic!("should finish") };
 
     let parts = tempfile::tempdir().unwrap();
-    match train(&run, &opts(parts.path(), Some(7))).unwrap() {
+    match train(&run, &cpu_opts(parts.path(), Some(7))).unwrap() {
         RunOutcome::Stopped { step } => assert_eq!(step, 7),
         other => panic!("expected a stop, got {other:?}"),
     }
-    let RunOutcome::Finished(b) = train(&run, &opts(parts.path(), None)).unwrap() else { panic!("should finish") };
+    let RunOutcome::Finished(b) = train(&run, &cpu_opts(parts.path(), None)).unwrap() else { panic!("should finish") };
     assert!((a.final_train_loss - b.final_train_loss).abs() < 1e-5, "{} vs {}", a.final_train_loss, b.final_train_loss);
     assert!((a.final_val_loss - b.final_val_loss).abs() < 1e-5, "{} vs {}", a.final_val_loss, b.final_val_loss);
     assert!(a.final_val_loss.is_finite());
@@ -58,6 +56,6 @@ fn stopped_then_resumed_equals_uninterrupted() {
     // Finished: a second call changes nothing.
     let summary_path = whole.path().join("resume").join(&run.run_id).join("summary.json");
     let before = std::fs::read(&summary_path).unwrap();
-    assert!(matches!(train(&run, &opts(whole.path(), None)).unwrap(), RunOutcome::AlreadyFinished(_)));
+    assert!(matches!(train(&run, &cpu_opts(whole.path(), None)).unwrap(), RunOutcome::AlreadyFinished(_)));
     assert_eq!(before, std::fs::read(&summary_path).unwrap());
 }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use attnlab_attn::burn::tensor::{Device, Distribution, Tensor};
-use attnlab_attn::GroupedQuery;
+use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
 
 /// RoPE base every test module uses.
 pub const ROPE_BASE: f64 = 10_000.0;
@@ -129,4 +129,14 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
 /// Slices columns `from..from+len` of row `r` of a row-major matrix with `cols` columns.
 pub fn cols(m: &[f64], cols: usize, r: usize, from: usize, len: usize) -> Vec<f64> {
     m[r * cols + from..r * cols + from + len].to_vec()
+}
+
+/// A grouped-query-family mixer (128 positions) with seeded weights.
+pub fn grouped(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
+    let dev = cpu();
+    dev.seed(seed);
+    match config.init(d_model, heads, 128, ROPE_BASE as f32, &dev) {
+        Attention::GroupedQuery(m) => m,
+        other => panic!("expected a grouped-query module, got {other:?}"),
+    }
 }
