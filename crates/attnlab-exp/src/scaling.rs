@@ -20,7 +20,8 @@ pub struct ScalingPoint {
     pub attention: String,
     pub seq: usize,
     pub batch: usize,
-    /// `infer` (forward) or `train` (forward + backward).
+    /// `infer` (forward), `train` (forward + backward) or `train-ckpt` (with gradient
+    /// checkpointing).
     pub mode: String,
     pub checkpointing: bool,
     pub ms_median: f64,
@@ -81,7 +82,12 @@ pub fn scaling_point(case: &ScalingCase, device: &Device) -> ScalingPoint {
         attention: case.attention.label(),
         seq: case.seq,
         batch: case.batch,
-        mode: if case.train { "train" } else { "infer" }.into(),
+        mode: match (case.train, case.checkpointing) {
+            (false, _) => "infer",
+            (true, false) => "train",
+            (true, true) => "train-ckpt",
+        }
+        .into(),
         checkpointing: case.checkpointing,
         ms_median: times[times.len() / 2],
         peak_bytes: peak,

@@ -1,0 +1,54 @@
+//! Micro-benchmarks of every attention kind on CPU (burn-flex): one mixer at the baby width
+//! (d_model 128, 4 heads), batch 4, T ∈ {64, 256}; `forward` is inference, `train` is forward
+//! plus the backward of mean(y²). Whole-model and sweep-level numbers come from
+//! `attnlab bench train|decode|scaling`.
+//!
+//!     cargo bench -p attnlab-attn [-- FILTER]
+
+use attnlab_attn::burn::tensor::{Device, Distribution, Tensor};
+use attnlab_attn::{Attention, AttentionConfig};
+
+fn main() {
+    divan::main();
+}
+
+const KINDS: &[&str] = &["mha", "gqa-2", "mqa", "mla-32", "swa-16", "sparse-16/8", "tiled-64", "gated", "diff"];
+
+fn config(kind: &str) -> AttentionConfig {
+    match kind {
+        "mha" => AttentionConfig::Mha {},
+        "gqa-2" => AttentionConfig::Gqa { kv_heads: 2 },
+        "mqa" => AttentionConfig::Mqa {},
+        "mla-32" => AttentionConfig::Mla { kv_latent: 32, q_latent: None, rope_dim: 8 },
+        "swa-16" => AttentionConfig::SlidingWindow { window: 16, global_tokens: 0, kv_heads: None },
+        "sparse-16/8" => AttentionConfig::FixedSparse { block: 16, stride: 8, kv_heads: None },
+        "tiled-64" => AttentionConfig::Tiled { block_q: 64, block_k: 64, kv_heads: None },
+        "gated" => AttentionConfig::Gated { kv_heads: None },
+        "diff" => AttentionConfig::Differential {},
+        other => panic!("unknown kind {other}"),
+    }
+}
+
+fn setup(kind: &str, t: usize, device: &Device) -> (Attention, Tensor<3>) {
+    let m = config(kind).init(128, 4, 256, 10_000.0, device);
+    let x = Tensor::random([4, t, 128], Distribution::Normal(0.0, 1.0), device);
+    (m, x)
+}
+
+#[divan::bench(args = KINDS, consts = [64, 256])]
+fn forward<const T: usize>(bencher: divan::Bencher, kind: &str) {
+    let device = Device::flex();
+    let (m, x) = setup(kind, T, &device);
+    bencher.bench_local(|| m.forward(x.clone()).into_data());
+}
+
+#[divan::bench(args = KINDS, consts = [64, 256])]
+fn train<const T: usize>(bencher: divan::Bencher, kind: &str) {
+    let device = Device::flex().autodiff();
+    let (m, x) = setup(kind, T, &device);
+    bencher.bench_local(|| {
+        let x = x.clone().require_grad();
+        let grads = m.forward(x.clone()).powi_scalar(2).mean().backward();
+        x.grad(&grads).map(|g| g.into_data())
+    });
+}
