@@ -21,3 +21,9 @@ pub fn current_rss_bytes() -> Option<u64> {
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
+
+/// Bytes the device's allocator holds now (reserved pools, CubeCL backends such as wgpu and
+/// CUDA); `None` where the backend does not report it (CPU).
+pub fn device_reserved_bytes(device: &burn::tensor::Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved.max(u.bytes_in_use))
+}

@@ -80,6 +80,10 @@ pub struct Summary {
     #[serde(default)]
     pub peak_flops: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// GPU backends: the device allocator's reserved bytes, highest value seen at a step's end
+    /// (`memory_pool_usage`); `None` on CPU.
+    #[serde(default)]
+    pub device_memory_peak_bytes: Option<u64>,
     pub wall_seconds: f64,
     pub device: String,
     pub data_source: String,

@@ -292,6 +292,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let wall_before = state.wall_seconds;
     let mut timed_steps = 0usize;
     let mut diverged_at = None;
+    let mut device_peak: Option<u64> = None;
     device.sync().ok();
     while state.step < t.steps {
         if opts.stop_at.is_some_and(|s| state.step >= s) || crate::interrupt::requested() {
@@ -315,6 +316,9 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         let loss_value = if log_now { Some(loss.into_scalar::<f32>() as f64) } else { None };
         device.sync().ok();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if let Some(bytes) = crate::memory::device_reserved_bytes(&device) {
+            device_peak = Some(device_peak.map_or(bytes, |p: u64| p.max(bytes)));
+        }
         timed_steps += 1;
         if timed_steps > TIMING_WARMUP_STEPS {
             state.step_ms.push(ms);
@@ -394,6 +398,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         mfu: tokens_per_sec.is_finite().then(|| crate::peak::mfu(flops_per_token, tokens_per_sec, peak)),
         peak_flops: Some(peak),
         peak_rss_bytes: peak_rss_bytes(),
+        device_memory_peak_bytes: device_peak,
         wall_seconds: state.wall_seconds,
         device: opts.device_name.clone(),
         data_source: run.data_source.clone(),

@@ -78,3 +78,33 @@ fn one_training_step_of_every_kind_matches_cpu() {
         assert!(err < 1e-4, "{attention:?}: updated weights differ by {err}");
     }
 }
+
+#[test]
+fn a_short_run_on_wgpu_records_device_memory_and_mfu() {
+    let Some(gpu) = wgpu_device() else { return };
+    let spec = r#"
+name = "wgpu_run"
+[data]
+corpus = "builtin"
+[model]
+d_model = 32
+layers = 1
+heads = 4
+max_seq = 16
+[train]
+steps = 8
+batch = 2
+block = 16
+warmup = 1
+[eval]
+every = 8
+batches = 1
+"#;
+    let run = attnlab_exp::ExperimentSpec::from_toml_str(spec, "wgpu.toml", &[]).unwrap().prepare("wgpu.toml").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = attnlab_exp::TrainOptions { out: out.path().to_path_buf(), device: gpu, device_name: "wgpu".into(), progress: false, stop_at: None, multi: None };
+    let attnlab_exp::RunOutcome::Finished(s) = attnlab_exp::train(&run, &opts).unwrap() else { panic!("should finish") };
+    assert!(s.final_val_loss.is_finite());
+    assert!(s.device_memory_peak_bytes.is_some_and(|b| b > 0), "wgpu reports its allocator: {:?}", s.device_memory_peak_bytes);
+    assert!(s.mfu.is_some_and(|m| m > 0.0 && m.is_finite()), "{:?}", s.mfu);
+}

@@ -234,7 +234,7 @@ const COLUMNS: &[&str] = &[
     "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_train_loss", "train_tokens_per_sec",
     "ms_per_step_median", "ms_per_step_p90", "mfu",
     "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
-    "peak_rss_bytes", "wall_seconds", "device", "data_source", "vocab",
+    "peak_rss_bytes", "device_memory_peak_bytes", "wall_seconds", "device", "data_source", "vocab",
 ];
 
 fn cell(v: Option<&Json>) -> String {
