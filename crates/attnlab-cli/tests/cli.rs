@@ -72,6 +72,12 @@ fn a_tiny_run_trains_and_generates() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     let text = String::from_utf8_lossy(&g.stdout);
     assert!(text.starts_with("The ") && text.trim_end().chars().count() >= 4 + 10, "{text:?}");
+    // A tokenizer that does not match the checkpoint's vocabulary is refused, naming both.
+    std::fs::write(run_dir.join("tokenizer.json"), r#"{"kind":"char","chars":["a","b","c"]}"#).unwrap();
+    let g = attnlab().arg("generate").arg(&run_dir).args(["--prompt", "a"]).output().unwrap();
+    let err = String::from_utf8_lossy(&g.stderr);
+    assert_eq!(g.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.vocab") && err.contains("3 tokens"), "{err}");
 }
 
 #[test]
