@@ -94,8 +94,7 @@ pub struct TrainPoint {
 pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, device: &Device, device_name: &str) -> TrainPoint {
     let t = &run.spec.train;
     let ad = device.clone().autodiff();
-    ad.seed(t.seed);
-    let mut model = Gpt::new(&run.spec.model, &ad);
+    let mut model = crate::trainer::seeded_model(&run.spec.model, t.seed, &ad);
     let mut optim = crate::trainer::adamw(t).init();
     let mut rng = attnlab_data::Rng::new(t.seed);
     let mut ms = Vec::with_capacity(steps);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// Matmul side used for the peak.
 pub const PEAK_SIZE: usize = 1024;
@@ -18,8 +18,11 @@ static CACHE: Mutex<Option<HashMap<String, f64>>> = Mutex::new(None);
 
 /// FLOP/s of the best of `reps` `n³` matmuls on `device`.
 pub fn measure_peak_flops(device: &Device, n: usize, reps: usize) -> f64 {
-    let a = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let b = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    // Host-made values: drawing from Burn's RNG would shift the global random stream under
+    // another thread that just seeded it to initialise a model.
+    let values: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) / 48.0).collect();
+    let a = Tensor::<2>::from_data(TensorData::new(values.clone(), [n, n]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(values, [n, n]), device);
     let _ = a.clone().matmul(b.clone()).sum().into_data();
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(1) {

@@ -89,6 +89,27 @@ fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
+/// Burn's seeded RNG is global to the process: seeding and initialising under one lock keeps
+/// a model's initial weights a function of its seed even when several runs (or tests) build
+/// models on parallel threads.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A new model whose initial weights depend only on `seed`. Burn initialises parameters
+/// lazily (on first use), so every parameter is touched while the lock is held.
+pub fn seeded_model(config: &attnlab_model::ModelConfig, seed: u64, device: &Device) -> Gpt {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let model = Gpt::new(config, device);
+    model.visit(&mut Touch);
+    model
+}
+
 /// AdamW with the run's betas, weight decay and gradient clipping.
 pub fn adamw(t: &crate::spec::TrainConfig) -> AdamWConfig {
     let config = AdamWConfig::new()
@@ -249,8 +270,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     write_atomic(&dir.tokenizer(), serde_json::to_string(&run.tokenizer)?.as_bytes())?;
 
     let device = opts.device.clone().autodiff();
-    device.seed(t.seed);
-    let mut model = Gpt::new(&spec.model, &device);
+    let mut model = seeded_model(&spec.model, t.seed, &device);
     let mut optim = adamw(t).init();
     let mut state = TrainerState {
         step: 0,

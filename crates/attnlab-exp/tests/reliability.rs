@@ -7,32 +7,12 @@ use std::fs;
 use std::path::Path;
 
 use attnlab_exp::trainer::RunOutcome;
-use attnlab_exp::{train, ExperimentSpec, PreparedRun};
-use common::cpu_opts;
+use attnlab_exp::{train, PreparedRun};
+use common::{cpu_opts, tiny_run};
 
-const SPEC: &str = r#"
-name = "reliability"
-[data]
-corpus = "builtin"
-[model]
-d_model = 32
-layers = 2
-heads = 4
-max_seq = 32
-[train]
-steps = 12
-batch = 4
-block = 16
-warmup = 2
-checkpoint_every = 4
-log_every = 1
-[eval]
-every = 6
-batches = 2
-"#;
 
 fn run() -> PreparedRun {
-    ExperimentSpec::from_toml_str(SPEC, "reliability.toml", &[]).unwrap().prepare("reliability.toml").unwrap()
+    tiny_run("reliability", &[])
 }
 
 fn run_dir(out: &Path, run: &PreparedRun) -> std::path::PathBuf {

@@ -4,37 +4,13 @@
 mod common;
 
 use attnlab_exp::trainer::RunOutcome;
-use attnlab_exp::{train, ExperimentSpec};
-use common::cpu_opts;
+use attnlab_exp::train;
+use common::{cpu_opts, tiny_run};
 
-const SPEC: &str = r#"
-name = "resume"
-[data]
-corpus = "builtin"
-[model]
-d_model = 32
-layers = 2
-heads = 4
-max_seq = 32
-mlp = "swiglu"
-[model.attention]
-kind = "gqa"
-kv_heads = 2
-[train]
-steps = 12
-batch = 4
-block = 16
-warmup = 2
-checkpoint_every = 4
-log_every = 1
-[eval]
-every = 6
-batches = 2
-"#;
 
 #[test]
 fn stopped_then_resumed_equals_uninterrupted() {
-    let run = ExperimentSpec::from_toml_str(SPEC, "resume.toml", &[]).unwrap().prepare("resume.toml").unwrap();
+    let run = tiny_run("resume", &["model.attention.kind=gqa", "model.attention.kv_heads=2", "model.mlp=swiglu"]);
     let whole = tempfile::tempdir().unwrap();
     let RunOutcome::Finished(a) = train(&run, &cpu_opts(whole.path(), None)).unwrap() else { panic!("should finish") };
 
