@@ -123,6 +123,8 @@ enum BenchCommand {
         steps: usize,
         warmup: usize,
         device: String,
+        /// The device peak (FLOP/s) the parent measured once, so every point shares it.
+        peak_flops: f64,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -337,7 +339,7 @@ fn run(cli: Cli) -> Result<()> {
                     RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
                     RunOutcome::Busy(holder) => format!("run {idx} {}: skipped, {holder}", run.run_id),
                 };
-                if quiet {
+                if quiet || multi.is_hidden() {
                     println!("{line}");
                 } else {
                     multi.println(line)?;
@@ -465,12 +467,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each", picked.len());
-            println!("{:<34} {:>10} {:>10} {:>9} {:>7} {:>10}", "point", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB");
+            let backend = parse_device(&device)?;
+            let peak = attnlab_exp::peak::peak_flops(&backend, &device);
+            drop(backend);
+            println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB");
             let exe = std::env::current_exe()?;
             let mut results = Vec::new();
             for (index, _) in picked {
                 let mut cmd = std::process::Command::new(&exe);
-                cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device);
+                cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
                 for set in &sets {
                     cmd.args(["--set", set]);
                 }
@@ -480,7 +485,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let p: attnlab_exp::bench::TrainPoint = serde_json::from_slice(&out.stdout)?;
                 let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
-                println!("{:<34} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}", p.point, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
+                println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
                 results.push(p);
             }
             if let Some(p) = results.first() {
@@ -491,11 +496,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::TrainPoint { file, index, steps, warmup, device, sets } } => {
+        Command::Bench { what: BenchCommand::TrainPoint { file, index, steps, warmup, device, peak_flops, sets } } => {
             let backend = parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
             let run = exp.runs.get(index).ok_or_else(|| anyhow::anyhow!("no run {index}"))?;
-            let p = attnlab_exp::bench::train_point(run, &exp.points[index].describe(), warmup, steps, &backend, &device);
+            let p = attnlab_exp::bench::train_point(run, &exp.points[index].describe(), warmup, steps, &backend, peak_flops);
             println!("{}", serde_json::to_string(&p)?);
             Ok(())
         }

@@ -89,9 +89,10 @@ pub struct TrainPoint {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// `peak` is the device's f32 matmul peak (FLOP/s) for MFU.
 /// Times `warmup + steps` training steps of `run` (AdamW at the run's peak LR, its batches);
 /// the first `warmup` are left out. tokens/s = batch·block·steps / synced time of the steps.
-pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, device: &Device, device_name: &str) -> TrainPoint {
+pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, device: &Device, peak: f64) -> TrainPoint {
     let t = &run.spec.train;
     let ad = device.clone().autodiff();
     let mut model = crate::trainer::seeded_model(&run.spec.model, t.seed, &ad);
@@ -112,7 +113,6 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     }
     ms.sort_by(f64::total_cmp);
     let tokens_per_sec = (t.batch * t.block * steps) as f64 / (ms.iter().sum::<f64>() / 1e3);
-    let peak = crate::peak::peak_flops(device, device_name);
     let flops = model.flops_per_token(t.block);
     TrainPoint {
         point: point.to_string(),

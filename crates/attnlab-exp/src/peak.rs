@@ -1,7 +1,7 @@
 //! The device's measured peak: f32 matmul throughput, the denominator of MFU.
 //!
 //! `peak_flops` times an `n × n · n × n` f32 matmul (2·n³ FLOPs) after one warm-up, synced,
-//! and keeps the best of `reps`. It is measured once per process and device name and cached.
+//! and keeps the best of `reps` (10 for the cached value). It is measured once per process and device name and cached.
 //! MFU = 3 · forward FLOPs per token · tokens/s / peak (forward + backward ≈ 3× forward, as
 //! nanoGPT's `estimate_mfu`).
 
@@ -39,7 +39,7 @@ pub fn measure_peak_flops(device: &Device, n: usize, reps: usize) -> f64 {
 /// The peak of `device` (named `name`), measured on first use in this process.
 pub fn peak_flops(device: &Device, name: &str) -> f64 {
     let mut cache = CACHE.lock().expect("peak cache");
-    *cache.get_or_insert_with(HashMap::new).entry(name.to_string()).or_insert_with(|| measure_peak_flops(device, PEAK_SIZE, 5))
+    *cache.get_or_insert_with(HashMap::new).entry(name.to_string()).or_insert_with(|| measure_peak_flops(device, PEAK_SIZE, 10))
 }
 
 /// Model FLOPs utilisation of training at `tokens_per_sec` with `forward_flops_per_token`.

@@ -52,7 +52,11 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
             values.entry(k).or_default().insert(v);
         }
     }
-    let varying: Vec<&str> = values.iter().filter(|(k, v)| v.len() > 1 && !IGNORED.contains(k)).map(|(k, _)| *k).collect();
+    let mut varying: Vec<&str> = values.iter().filter(|(k, v)| v.len() > 1 && !IGNORED.contains(k)).map(|(k, _)| *k).collect();
+    if varying.iter().any(|k| k.starts_with("data.task.")) {
+        // With a task, train.block is the task's sequence length: not a separate axis.
+        varying.retain(|k| *k != "train.block");
+    }
     let mut groups: Vec<Group> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let fields: BTreeMap<String, String> =
@@ -183,6 +187,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             r.num("peak_flops") / 1e9
         ));
     }
+    if let Some(pivot) = accuracy_pivot(groups) {
+        md.push_str(&pivot);
+    }
     md.push_str("## Noise check\n\n");
     md.push_str(&format!(
         "A difference from {} counts as resolved when |Δ| > 2·√(s₁²/n₁ + s₂²/n₂) (two standard errors of the difference of means).\n\n",
@@ -219,6 +226,47 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         }
     }
     md
+}
+
+/// With accuracy and more than one varying field: test accuracy (mean over seeds) with one row
+/// per attention config and one column per combination of the other varying fields.
+fn accuracy_pivot(groups: &[Group]) -> Option<String> {
+    if !has_accuracy(groups) || groups[0].fields.len() < 2 || !groups[0].fields.contains_key("model.attention") {
+        return None;
+    }
+    let column = |g: &Group| -> String {
+        g.fields.iter().filter(|(k, _)| k.as_str() != "model.attention").map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k))).collect::<Vec<_>>().join(" ")
+    };
+    let row = |g: &Group| g.label.split(' ').next().unwrap_or(&g.label).to_string();
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<String> = Vec::new();
+    for g in groups {
+        if !columns.contains(&column(g)) {
+            columns.push(column(g));
+        }
+        if !rows.contains(&row(g)) {
+            rows.push(row(g));
+        }
+    }
+    columns.sort();
+    let mut md = String::from("## Test accuracy by config\n\nMean exact-match accuracy on the test set's answers; one row per attention config, one column per value of the other varying fields.\n\n| attention |");
+    for c in &columns {
+        md.push_str(&format!(" {c} |"));
+    }
+    md.push_str(&format!("\n|---|{}\n", "---|".repeat(columns.len())));
+    for r in &rows {
+        md.push_str(&format!("| {r} |"));
+        for c in &columns {
+            let cell = groups.iter().find(|g| row(g) == *r && column(g) == *c).filter(|g| !g.accuracy.is_empty());
+            md.push_str(&match cell {
+                Some(g) => format!(" {:.1}% |", 100.0 * g.accuracy_mean()),
+                None => " – |".into(),
+            });
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Some(md)
 }
 
 fn status(r: &RunRecord) -> String {

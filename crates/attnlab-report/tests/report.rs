@@ -93,4 +93,5 @@ fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_p
     let svg = std::fs::read_to_string(out.join("accuracy_vs_d_model.svg")).unwrap();
     assert!(svg.contains("mha") && svg.contains("mqa"), "{svg}");
     assert!(md.contains("accuracy_vs_d_model.svg"));
+    assert!(md.contains("## Test accuracy by config") && md.contains("| mha | 50.0% | 99.0% |"), "{md}");
 }
