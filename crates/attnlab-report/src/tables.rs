@@ -190,6 +190,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     if let Some(pivot) = accuracy_pivot(groups) {
         md.push_str(&pivot);
     }
+    if let Some(depths) = accuracy_by_depth(runs, groups) {
+        md.push_str(&depths);
+    }
     md.push_str("## Noise check\n\n");
     md.push_str(&format!(
         "A difference from {} counts as resolved when |Δ| > 2·√(s₁²/n₁ + s₂²/n₂) (two standard errors of the difference of means).\n\n",
@@ -269,6 +272,32 @@ fn accuracy_pivot(groups: &[Group]) -> Option<String> {
     Some(md)
 }
 
+/// Needle runs: final test accuracy per depth bucket (mean over seeds), shallow to deep.
+fn accuracy_by_depth(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
+    let buckets = |i: usize| -> Option<Vec<f64>> {
+        runs[i].summary.get("final_val_accuracy_by_bucket")?.as_array()?.iter().map(|v| v.as_f64()).collect()
+    };
+    let n = groups.iter().flat_map(|g| g.runs.iter()).find_map(|&i| buckets(i))?.len();
+    let mut md = String::from("## Needle accuracy by depth\n\nFinal test accuracy by the needle's depth in the window (0 = start, 1 = just before the query), mean over seeds.\n\n| config |");
+    for b in 0..n {
+        md.push_str(&format!(" depth {:.2}–{:.2} |", b as f64 / n as f64, (b + 1) as f64 / n as f64));
+    }
+    md.push_str(&format!("\n|---|{}\n", "---|".repeat(n)));
+    for g in groups {
+        let rows: Vec<Vec<f64>> = g.runs.iter().filter_map(|&i| buckets(i)).filter(|b| b.len() == n).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        md.push_str(&format!("| {} |", g.label));
+        for b in 0..n {
+            md.push_str(&format!(" {:.1}% |", 100.0 * mean(&rows.iter().map(|r| r[b]).collect::<Vec<_>>())));
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Some(md)
+}
+
 fn status(r: &RunRecord) -> String {
     match r.summary.get("diverged_at_step").and_then(Json::as_u64) {
         Some(step) => format!("diverged at step {step}"),
@@ -279,7 +308,7 @@ fn status(r: &RunRecord) -> String {
 /// Columns of `results.csv` / fields of `results.json`, from `summary.json`.
 const COLUMNS: &[&str] = &[
     "run_id", "experiment", "status", "diverged_at_step", "attention", "seed", "steps", "best_val_loss", "final_val_loss",
-    "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_train_loss", "train_tokens_per_sec",
+    "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_val_accuracy_by_bucket", "final_train_loss", "train_tokens_per_sec",
     "ms_per_step_median", "ms_per_step_p90", "mfu",
     "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
     "peak_rss_bytes", "device_memory_peak_bytes", "wall_seconds", "device", "data_source", "vocab",

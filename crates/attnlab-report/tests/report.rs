@@ -82,6 +82,7 @@ fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_p
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
         s["final_val_accuracy"] = serde_json::json!(acc);
+        s["final_val_accuracy_by_bucket"] = serde_json::json!([acc, acc / 2.0]);
         std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
     }
     let out = tmp.path().join("report");
@@ -94,4 +95,5 @@ fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_p
     assert!(svg.contains("mha") && svg.contains("mqa"), "{svg}");
     assert!(md.contains("accuracy_vs_d_model.svg"));
     assert!(md.contains("## Test accuracy by config") && md.contains("| mha | 50.0% | 99.0% |"), "{md}");
+    assert!(md.contains("## Needle accuracy by depth") && md.contains("depth 0.50–1.00") && md.contains("| 99.0% | 49.5% |"), "{md}");
 }
