@@ -22,7 +22,7 @@ impl Dataset {
     pub fn train_batch(&self, rng: &mut Rng, batch: usize, block: usize) -> Batch {
         match self {
             Dataset::Text(splits) => splits.sample(Split::Train, rng, batch, block),
-            Dataset::Task(task) => task.train_batch(rng, batch).0,
+            Dataset::Task(task) => task.train_batch(rng, batch),
         }
     }
 

@@ -129,9 +129,9 @@ impl TaskData {
     }
 
     /// `batch` training examples as a [`Batch`].
-    pub fn train_batch(&self, rng: &mut Rng, batch: usize) -> (Batch, Vec<Example>) {
+    pub fn train_batch(&self, rng: &mut Rng, batch: usize) -> Batch {
         let examples: Vec<Example> = (0..batch).map(|_| self.train_example(rng)).collect();
-        (to_batch(&examples), examples)
+        to_batch(&examples)
     }
 }
 
