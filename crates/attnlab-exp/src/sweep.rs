@@ -83,22 +83,32 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
             }))
             .collect();
     }
-    let excluded: Vec<Vec<(String, Value)>> = exclude.iter().enumerate().map(|(i, e)| as_point(e, &format!("{source}: sweep.exclude[{i}]"))).collect::<Result<_, _>>()?;
-    points.retain(|p| !excluded.iter().any(|e| e.iter().all(|(k, v)| p.iter().any(|(pk, pv)| pk == k && pv == v))));
-    for (i, inc) in include.iter().enumerate() {
-        points.push(as_point(inc, &format!("{source}: sweep.include[{i}]"))?);
-    }
-    let points: Vec<Vec<(String, Value)>> = match seeds {
-        None => points,
-        Some(seeds) => points
-            .into_iter()
-            .flat_map(|p| seeds.iter().map(move |s| {
-                let mut p = p.clone();
-                p.push(("train.seed".into(), s.clone()));
-                p
-            }))
-            .collect(),
+    let with_seeds = |points: Vec<Vec<(String, Value)>>| -> Vec<Vec<(String, Value)>> {
+        match &seeds {
+            None => points,
+            Some(seeds) => points
+                .into_iter()
+                .flat_map(|p| seeds.iter().map(move |s| {
+                    let mut p = p.clone();
+                    p.push(("train.seed".into(), s.clone()));
+                    p
+                }))
+                .collect(),
+        }
     };
+    let mut points = with_seeds(points);
+    // Exclusions apply after the seeds, so a rule may name `train.seed`; every path a rule
+    // names must be swept, or the rule could never match.
+    let swept: Vec<&str> = axes.iter().map(|(k, _)| k.as_str()).chain(seeds.as_ref().map(|_| "train.seed")).collect();
+    let excluded: Vec<Vec<(String, Value)>> = exclude.iter().enumerate().map(|(i, e)| as_point(e, &format!("{source}: sweep.exclude[{i}]"))).collect::<Result<_, _>>()?;
+    for (i, rule) in excluded.iter().enumerate() {
+        if let Some((k, _)) = rule.iter().find(|(k, _)| !swept.contains(&k.as_str())) {
+            return Err(SpecError::new(format!("{source}: sweep.exclude[{i}]: \"{k}\" is not swept (swept: {}), so this rule never matches", swept.join(", "))));
+        }
+    }
+    points.retain(|p| !excluded.iter().any(|e| e.iter().all(|(k, v)| p.iter().any(|(pk, pv)| pk == k && pv == v))));
+    let included: Vec<Vec<(String, Value)>> = include.iter().enumerate().map(|(i, inc)| as_point(inc, &format!("{source}: sweep.include[{i}]"))).collect::<Result<_, _>>()?;
+    points.extend(with_seeds(included));
     Ok(points.into_iter().enumerate().map(|(index, sets)| SweepPoint { index, sets }).collect())
 }
 
@@ -195,6 +205,19 @@ mod tests {
             "model.heads=8, model.attention={kind = \"mha\"}",
             "model.attention={kind = \"mla\", kv_latent = 16}",
         ]);
+    }
+
+    #[test]
+    fn exclusions_may_name_a_seed_and_must_name_swept_paths() {
+        let pts = sweep(
+            "[sweep]\nseeds = [0, 1]\n\"model.heads\" = [4, 8]\n\
+             [[sweep.exclude]]\n\"model.heads\" = 8\n\"train.seed\" = 1\n",
+        );
+        let d: Vec<String> = pts.iter().map(|p| p.describe()).collect();
+        assert_eq!(d, vec!["model.heads=4, train.seed=0", "model.heads=4, train.seed=1", "model.heads=8, train.seed=0"]);
+        let v = parse_toml("[sweep]\n\"model.heads\" = [4, 8]\n[[sweep.exclude]]\n\"train.seed\" = 1\n").unwrap();
+        let err = expand(v.get("sweep").and_then(|s| s.as_table()), "t").unwrap_err().to_string();
+        assert!(err.contains("sweep.exclude[0]") && err.contains("train.seed") && err.contains("not swept"), "{err}");
     }
 
     #[test]
