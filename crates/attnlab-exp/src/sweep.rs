@@ -12,7 +12,8 @@
 //! "model.attention" = {kind = "gqa", kv_heads = 2}
 //! ```
 //! The run list is the cartesian product of the lists (in file order, seeds innermost), minus
-//! excluded points, plus included points (each crossed with the seeds).
+//! excluded points (rules may name `train.seed`; every path they name must be swept), plus
+//! included points (each crossed with the seeds).
 
 use toml::{Table, Value};
 
