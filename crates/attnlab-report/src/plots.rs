@@ -22,6 +22,13 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 
+/// The chart frame every plot shares: title, margins, axis label areas.
+fn styled<'a, DB: DrawingBackend>(root: &'a DrawingArea<DB, plotters::coord::Shift>, title: &str) -> ChartBuilder<'a, 'static, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(65);
+    builder
+}
+
 fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     let pad = ((hi - lo) * 0.08).max(1e-3);
     (lo - pad)..(hi + pad)
@@ -41,11 +48,7 @@ pub fn loss_svg(groups: &[Group], path: &Path) -> Result<()> {
     }
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Validation loss (mean over seeds; band = min–max)", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
+    let mut chart = styled(&root, "Validation loss (mean over seeds; band = min–max)")
         .build_cartesian_2d(0f64..x_max, padded(y_lo, y_hi))
         .map_err(err)?;
     chart
@@ -87,11 +90,7 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
     }
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Best validation loss vs KV cache (mean ± std over seeds)", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
+    let mut chart = styled(&root, "Best validation loss vs KV cache (mean ± std over seeds)")
         .build_cartesian_2d((x_lo / 1.5..x_hi * 1.5).log_scale(), padded(y_lo, y_hi))
         .map_err(err)?;
     chart
@@ -178,8 +177,7 @@ pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: 
     }
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.caption(&axes.title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(65);
+    let mut builder = styled(&root, &axes.title);
     let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale();
     for s in &mut series {
         s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
