@@ -5,7 +5,7 @@
 use attnlab_attn::linear;
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::MlpKind;
@@ -38,31 +38,5 @@ impl Mlp {
     }
 }
 
-/// GELU with the tanh approximation (GPT-2), written as `x·σ(2·√(2/π)·(x + 0.044715·x³))`
-/// (since `0.5·(1 + tanh z) = σ(2z)`): the same function as Burn's `gelu_approximate`, without
-/// its per-element `tanhf` and `powf` calls, which took ~28% of a CPU training step's profile.
-pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
-    let cube = x.clone() * x.clone() * x.clone();
-    let z = (x.clone() + cube * 0.044715) * TWO_SQRT_2_OVER_PI;
-    x * sigmoid(z)
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::tensor::activation::gelu_approximate;
-    use burn::tensor::{Device, Distribution, Tensor};
-
-    #[test]
-    fn gelu_tanh_equals_burns_gelu_approximate_with_its_gradient() {
-        let dev = Device::flex().autodiff();
-        let x = Tensor::<2>::random([64, 33], Distribution::Normal(0.0, 3.0), &dev).require_grad();
-        let (a, b) = (super::gelu_tanh(x.clone()), gelu_approximate(x.clone()));
-        let diff = (a.clone() - b.clone()).abs().max().into_scalar::<f32>();
-        assert!(diff < 1e-5, "values differ by {diff}");
-        let ga = x.grad(&a.sum().backward()).unwrap();
-        let gb = x.grad(&b.sum().backward()).unwrap();
-        let gdiff = (ga - gb).abs().max().into_scalar::<f32>();
-        assert!(gdiff < 1e-5, "gradients differ by {gdiff}");
-    }
-}
+/// GELU with the tanh approximation (GPT-2): one fused kernel (and backward) on the CPU backend.
+pub use attnlab_kernels::gelu_tanh;

@@ -1,0 +1,26 @@
+//! Fused kernels for the CPU backend (burn-flex), as Burn backend extensions.
+//!
+//! Burn's CPU backend runs each tensor op as its own pass over memory with a fresh output
+//! allocation, and evaluates transcendental functions with scalar libm calls. For the small
+//! models attnlab trains on a CPU that overhead is a large part of a step. Each op here is one
+//! extension trait with
+//! - a default body composed of ordinary backend ops (the reference, and what autodiff uses for
+//!   second-order terms),
+//! - a Flex implementation: one vectorised, multi-threaded pass,
+//! - an `Autodiff` implementation with its own backward.
+//!
+//! The public functions (`gelu_tanh`, …) take `Tensor`s and use the fused path only on the Flex
+//! device with f32 data; anywhere else they run the composed ops, so results never depend on
+//! which path ran beyond float rounding.
+
+pub mod gelu;
+pub mod vector_math;
+
+pub use gelu::gelu_tanh;
+
+use burn::tensor::{DType, Device, Tensor};
+
+/// Whether `x` can take a fused CPU kernel: burn-flex device, f32 data.
+pub(crate) fn on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && x.device() == Device::flex()
+}
