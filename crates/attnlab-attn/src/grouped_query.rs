@@ -16,9 +16,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::linear::linear;
-use crate::mask::{causal_mask, Pattern};
+use crate::mask::Pattern;
 use crate::rope::Rope;
-use crate::softmax_attention::softmax_attention;
+use crate::softmax_attention::{causal_softmax_attention, softmax_attention};
 use crate::state::{write_in_place, KvCache, State, WindowCache};
 use crate::tiled_attention::tiled_attention;
 use crate::F32_BYTES;
@@ -125,18 +125,14 @@ impl GroupedQuery {
                 let keys: Vec<usize> = (0..s).collect();
                 tiled_attention(q, k, v, &rows, &keys, scale, *block_q, *block_k)
             }
+            (_, None) if self.pattern == Pattern::Causal => causal_softmax_attention(q, k, v, t, start, scale),
             _ => {
-                let mask = match slots {
-                    None if self.pattern == Pattern::Causal => causal_mask(t, s, &q.device()).unsqueeze(),
-                    _ => {
-                        let keys: Vec<Option<usize>> = match slots {
-                            Some(slots) => slots.to_vec(),
-                            None => (0..s).map(Some).collect(),
-                        };
-                        let queries: Vec<usize> = (start..start + t).collect();
-                        self.pattern.mask(h, &queries, &keys, &q.device())
-                    }
+                let keys: Vec<Option<usize>> = match slots {
+                    Some(slots) => slots.to_vec(),
+                    None => (0..s).map(Some).collect(),
                 };
+                let queries: Vec<usize> = (start..start + t).collect();
+                let mask = self.pattern.mask(h, &queries, &keys, &q.device());
                 // [1, t, s] → [1, r·t, s]; per-head [h, t, s] → [g, r·t, s] (head = group·r + i).
                 let mask = if mask.dims()[0] == 1 { mask.repeat_dim(1, r) } else { mask.reshape([g, r * t, s]) };
                 softmax_attention(q, k, v, Some(mask), scale)

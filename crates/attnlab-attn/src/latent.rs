@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use crate::linear::linear;
 use crate::mask::causal_mask;
 use crate::rope::Rope;
-use crate::softmax_attention::{masked_softmax, softmax_attention};
+use crate::softmax_attention::{causal_softmax_attention, masked_softmax};
 use crate::state::{write_in_place, LatentCache};
 use crate::F32_BYTES;
 
@@ -108,8 +108,7 @@ impl LatentAttention {
         let v = kv.narrow(3, d, d);
         let k_r = k_r.reshape([b, 1, s, self.rope_dim]).expand([b, h, s, self.rope_dim]);
         let k = Tensor::cat(vec![k_c, k_r], 3);
-        let mask = causal_mask(t, s, &q.device());
-        let o = softmax_attention(q, k, v, Some(mask.unsqueeze()), 1.0 / ((d + self.rope_dim) as f32).sqrt());
+        let o = causal_softmax_attention(q, k, v, t, s - t, 1.0 / ((d + self.rope_dim) as f32).sqrt());
         self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 

@@ -25,7 +25,7 @@ pub use latent::LatentAttention;
 pub use linear::linear;
 pub use rope::Rope;
 pub use mask::Pattern;
-pub use softmax_attention::softmax_attention;
+pub use softmax_attention::{causal_softmax_attention, softmax_attention};
 pub use tiled_attention::tiled_attention;
 pub use state::{KvCache, LatentCache, State, WindowCache};
 

@@ -5,6 +5,22 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
+/// Causal attention where query row ρ sits at position `start + ρ mod t` and key j at position
+/// j (grouped-query attention stacks a group's `rows / t` heads along the rows); row ρ sees keys
+/// `j ≤ start + ρ mod t`. q: `[batch, groups, rows, d_qk]`, k: `[batch, groups, keys, d_qk]`,
+/// v: `[batch, groups, keys, d_v]` → `[batch, groups, rows, d_v]`.
+/// On the CPU backend this is one fused kernel ([`attnlab_kernels::causal_attention`], O(T) saved
+/// memory for the backward); elsewhere [`softmax_attention`] with the mask.
+pub fn causal_softmax_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, start: usize, scale: f32) -> Tensor<4> {
+    if attnlab_kernels::fused(&q) {
+        return attnlab_kernels::causal_attention(q, k, v, t, start, scale);
+    }
+    let (rows, keys) = (q.dims()[2], k.dims()[2]);
+    // Query i (position start + i) may not see keys j > start + i.
+    let mask = Tensor::<2, Bool>::tril_mask([t, keys], start as i64, &q.device());
+    softmax_attention(q, k, v, Some(mask.unsqueeze::<3>().repeat_dim(1, rows / t)), scale)
+}
+
 /// q: `[batch, heads, q_len, d_qk]`, k: `[batch, heads, k_len, d_qk]`,
 /// v: `[batch, heads, k_len, d_v]`, mask: `[heads or 1, q_len, k_len]` (true = masked out).
 /// Returns `[batch, heads, q_len, d_v]`. Materialises the full `q_len × k_len` score matrix.

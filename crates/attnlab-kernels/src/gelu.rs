@@ -9,11 +9,11 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
-use burn::tensor::{Bytes, DType, Tensor};
+use burn::tensor::Tensor;
 
+use crate::tensor::{contiguous, from_vec, slice};
 use crate::vector_math::{map1, map2, sigmoid};
 
 const C: f32 = 0.797_884_6; // √(2/π)
@@ -59,18 +59,12 @@ fn gelu_grad_scalar(x: f32, g: f32) -> f32 {
 impl GeluBackend for Flex {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = contiguous(x);
-        let out = map1(x.as_slice::<f32>().expect("contiguous f32"), gelu_scalar);
-        from_vec(out, &x)
+        from_vec(map1(slice(&x), gelu_scalar), x.shape())
     }
 
     fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, grad) = (contiguous(x), contiguous(grad));
-        let out = map2(
-            x.as_slice::<f32>().expect("contiguous f32"),
-            grad.as_slice::<f32>().expect("contiguous f32"),
-            gelu_grad_scalar,
-        );
-        from_vec(out, &x)
+        from_vec(map2(slice(&x), slice(&grad), gelu_grad_scalar), x.shape())
     }
 }
 
@@ -99,24 +93,10 @@ impl<B: GeluBackend, C: CheckpointStrategy> GeluBackend for Autodiff<B, C> {
     }
 }
 
-/// `x` with a contiguous, zero-offset layout (a no-op when it already has one).
-fn contiguous(x: FlexTensor) -> FlexTensor {
-    if x.as_slice::<f32>().is_some() {
-        x
-    } else {
-        x.to_contiguous()
-    }
-}
-
-/// A contiguous tensor shaped like `like`, holding `data` (no copy).
-fn from_vec(data: Vec<f32>, like: &FlexTensor) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(like.shape()), DType::F32)
-}
-
 /// GELU (tanh approximation), `y = x·σ(2·√(2/π)·(x + 0.044715·x³))`, any shape. One fused pass
 /// (and one for the backward) on the CPU backend, composed ops elsewhere.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if crate::on_flex_f32(&x) {
+    if crate::fused(&x) {
         Tensor::from_dispatch(Dispatch::gelu_tanh(x.into_dispatch()))
     } else {
         let two_z = (x.clone() * x.clone() * A + 1.0) * x.clone() * (2.0 * C);

@@ -13,14 +13,21 @@
 //! device with f32 data; anywhere else they run the composed ops, so results never depend on
 //! which path ran beyond float rounding.
 
+pub mod causal_attention;
 pub mod gelu;
+pub mod matmul;
+mod tensor;
 pub mod vector_math;
 
+pub use causal_attention::causal_attention;
 pub use gelu::gelu_tanh;
 
 use burn::tensor::{DType, Device, Tensor};
 
-/// Whether `x` can take a fused CPU kernel: burn-flex device, f32 data.
-pub(crate) fn on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && x.device() == Device::flex()
+/// Whether `x` takes the fused CPU kernels: f32 data on the burn-flex device, unless the
+/// environment sets `ATTNLAB_FUSED=0` (to measure or debug against the composed ops).
+pub fn fused<const D: usize>(x: &Tensor<D>) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var("ATTNLAB_FUSED").map_or(true, |v| v != "0"));
+    enabled && x.dtype() == DType::F32 && x.device() == Device::flex()
 }
