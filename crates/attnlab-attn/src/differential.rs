@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::linear::linear;
+use crate::linear::{apply, linear};
 use crate::mask::causal_mask;
 use crate::rope::Rope;
 use crate::softmax_attention::masked_softmax;
@@ -78,7 +78,7 @@ impl Differential {
     fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, t, d_model] = x.dims();
         let (h, d) = (self.heads, self.head_dim);
-        let qkv = self.qkv.forward(x);
+        let qkv = apply(&self.qkv, x);
         let q = qkv.clone().narrow(2, 0, d_model).reshape([b, t, 2 * h, d]).swap_dims(1, 2);
         let k = qkv.clone().narrow(2, d_model, d_model).reshape([b, t, 2 * h, d]).swap_dims(1, 2);
         let v = qkv.narrow(2, 2 * d_model, d_model).reshape([b, t, h, 2 * d]).swap_dims(1, 2);
@@ -98,7 +98,7 @@ impl Differential {
         let lambda = self.lambda().reshape([1, 1, 1, 1]);
         let o = (w1 - w2 * lambda).matmul(v); // [b, h', t, 2d]
         let o = self.head_norm.forward(o) * (1.0 - self.lambda_init);
-        self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * 2 * d]))
+        apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * 2 * d]))
     }
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.

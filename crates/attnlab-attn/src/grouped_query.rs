@@ -15,7 +15,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::linear::linear;
+use crate::linear::{apply, linear};
 use crate::mask::Pattern;
 use crate::rope::Rope;
 use crate::softmax_attention::{causal_softmax_attention, softmax_attention};
@@ -100,8 +100,8 @@ impl GroupedQuery {
     fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
         let [b, t, _] = x.dims();
         let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
-        let gate = self.gate.as_ref().map(|w| sigmoid(w.forward(x.clone())));
-        let qkv = self.qkv.forward(x);
+        let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
+        let qkv = apply(&self.qkv, x);
         let split = |from: usize, n: usize| qkv.clone().narrow(2, from * d, n * d).reshape([b, t, n, d]).swap_dims(1, 2);
         let q = self.rope.apply(split(0, h), start);
         let k = self.rope.apply(split(h, g), start);
@@ -143,7 +143,7 @@ impl GroupedQuery {
             Some(gate) => o * gate,
             None => o,
         };
-        self.out.forward(o)
+        apply(&self.out, o)
     }
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.

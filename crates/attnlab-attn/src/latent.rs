@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::linear::linear;
+use crate::linear::{apply, linear};
 use crate::mask::causal_mask;
 use crate::rope::Rope;
 use crate::softmax_attention::{causal_softmax_attention, masked_softmax};
@@ -79,10 +79,10 @@ impl LatentAttention {
         let [b, t, _] = x.dims();
         let (h, d, r) = (self.heads, self.head_dim, self.rope_dim);
         let c_q = match &self.q_latent {
-            Some(ql) => ql.norm.forward(ql.down.forward(x)),
+            Some(ql) => ql.norm.forward(apply(&ql.down, x)),
             None => x,
         };
-        let q = self.q_up.forward(c_q).reshape([b, t, h, d + r]).swap_dims(1, 2);
+        let q = apply(&self.q_up, c_q).reshape([b, t, h, d + r]).swap_dims(1, 2);
         let q_c = q.clone().narrow(3, 0, d);
         let q_r = self.rope.apply(q.narrow(3, d, r), start);
         Tensor::cat(vec![q_c, q_r], 3)
@@ -91,7 +91,7 @@ impl LatentAttention {
     /// The cached part for new tokens: `c_kv [b, t, d_c]` and rotated `k_R [b, t, d_R]`.
     fn latents(&self, x: Tensor<3>, start: usize) -> (Tensor<3>, Tensor<3>) {
         let [b, t, _] = x.dims();
-        let kv = self.kv_down.forward(x);
+        let kv = apply(&self.kv_down, x);
         let c_kv = self.kv_norm.forward(kv.clone().narrow(2, 0, self.kv_latent));
         let k_r = kv.narrow(2, self.kv_latent, self.rope_dim).reshape([b, 1, t, self.rope_dim]);
         let k_r = self.rope.apply(k_r, start).reshape([b, t, self.rope_dim]);
@@ -103,13 +103,13 @@ impl LatentAttention {
         let [b, h, t, _] = q.dims();
         let s = c_kv.dims()[1];
         let d = self.head_dim;
-        let kv = self.kv_up.forward(c_kv).reshape([b, s, h, 2 * d]).swap_dims(1, 2);
+        let kv = apply(&self.kv_up, c_kv).reshape([b, s, h, 2 * d]).swap_dims(1, 2);
         let k_c = kv.clone().narrow(3, 0, d);
         let v = kv.narrow(3, d, d);
         let k_r = k_r.reshape([b, 1, s, self.rope_dim]).expand([b, h, s, self.rope_dim]);
         let k = Tensor::cat(vec![k_c, k_r], 3);
         let o = causal_softmax_attention(q, k, v, t, s - t, 1.0 / ((d + self.rope_dim) as f32).sqrt());
-        self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
+        apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 
     /// The same attention in the absorbed-weight form (DeepSeek-V2 §2.1.2), used for decode:
@@ -134,7 +134,7 @@ impl LatentAttention {
         let mask = causal_mask(t, s, &scores.device()).repeat_dim(0, h).unsqueeze();
         let o_lat = masked_softmax(scores, Some(mask)).matmul(c).reshape([b, h, t, dc]);
         let o = o_lat.matmul(w_uv); // [b, h, t, d_h]
-        self.out.forward(o.swap_dims(1, 2).reshape([b, t, h * d]))
+        apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.

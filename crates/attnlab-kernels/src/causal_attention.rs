@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::matmul::{matmul, View};
 use crate::tensor::{contiguous, from_vec, slice};
-use crate::vector_math::exp;
+use crate::vector_math::{exp_shifted_sum, scaled_max, with_avx2};
 
 /// Query rows handled together: the score scratch is `BLOCK_ROWS × keys`.
 const BLOCK_ROWS: usize = 64;
@@ -65,29 +65,26 @@ impl Dims {
 /// (`scores`: `n × keys`), or `exp(S − L)` with the saved log-sum-exp when `lse` is given.
 /// Writes each row's log-sum-exp into `lse_out` when that is given.
 fn probabilities(scores: &mut [f32], dims: &Dims, r0: usize, n: usize, lse: Option<&[f32]>, mut lse_out: Option<&mut [f32]>) {
-    let keys = dims.keys;
-    for i in 0..n {
+    let (keys, scale) = (dims.keys, dims.scale);
+    with_avx2!(for i in 0..n {
         let row = &mut scores[i * keys..(i + 1) * keys];
         let visible = dims.pos(r0 + i) + 1;
         let (seen, hidden) = row.split_at_mut(visible);
         hidden.fill(0.0);
-        let shift = match lse {
-            Some(lse) => lse[i],
-            None => seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * dims.scale)),
-        };
-        let mut sum = 0.0;
-        for x in seen.iter_mut() {
-            *x = exp(*x * dims.scale - shift);
-            sum += *x;
-        }
-        if lse.is_none() {
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|x| *x *= inv);
-            if let Some(out) = lse_out.as_deref_mut() {
-                out[i] = shift + sum.ln();
+        match lse {
+            Some(lse) => {
+                exp_shifted_sum(seen, scale, lse[i]);
+            }
+            None => {
+                let max = scaled_max(seen, scale);
+                let inv = 1.0 / exp_shifted_sum(seen, scale, max);
+                seen.iter_mut().for_each(|x| *x *= inv);
+                if let Some(out) = lse_out.as_deref_mut() {
+                    out[i] = max - inv.ln();
+                }
             }
         }
-    }
+    })
 }
 
 /// Forward on contiguous slices: returns O `[heads, rows, dv]` and L `[heads, rows]`.

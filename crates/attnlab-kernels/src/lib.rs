@@ -15,12 +15,14 @@
 
 pub mod causal_attention;
 pub mod gelu;
+pub mod linear;
 pub mod matmul;
 mod tensor;
 pub mod vector_math;
 
 pub use causal_attention::causal_attention;
 pub use gelu::gelu_tanh;
+pub use linear::linear;
 
 use burn::tensor::{DType, Device, Tensor};
 

@@ -25,27 +25,55 @@ impl<'a> View<'a> {
     }
 }
 
+/// Products at least this large (m·n·k) use both cores; below, threading costs more than it
+/// saves (the threshold burn-flex uses).
+const PARALLEL_WORK: usize = 192 * 192 * 192;
+
 /// `dst[m × n] (row-major, contiguous) = A[m × k] · B[k × n]`, or `+=` when `accumulate`.
-/// Single-threaded: callers parallelise over heads.
+/// Single-threaded: for the small per-head products that callers parallelise themselves.
 pub fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: View, b: View, accumulate: bool) {
-    assert!(dst.len() >= m * n && a.fits(m, k) && b.fits(k, n), "matmul: operand too small for {m}×{k}·{k}×{n}");
-    if m == 0 || n == 0 {
-        return;
-    }
+    assert!(dst.len() >= m * n, "matmul: destination too small for {m}×{n}");
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
         }
         return;
     }
-    // SAFETY: the assert above keeps every index gemm touches inside the three slices; `dst` is
-    // exclusively borrowed and cannot alias the shared operands.
+    // SAFETY: `dst` holds m·n initialised elements and is exclusively borrowed.
+    unsafe { gemm_raw(dst.as_mut_ptr(), m, n, k, a, b, accumulate, gemm::Parallelism::None) }
+}
+
+/// `A[m × k] · B[k × n]` as a new row-major vector, threaded when the product is big enough to
+/// pay for it. The output is not zero-filled first: gemm writes every element.
+pub fn product(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let parallelism = if m * n * k >= PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the buffer has room for m·n elements; gemm with `accumulate = false` only writes it.
+    unsafe {
+        gemm_raw(out.spare_capacity_mut().as_mut_ptr().cast::<f32>(), m, n, k, a, b, false, parallelism);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// # Safety
+/// `dst` must be valid for m·n writes (and reads when `accumulate`), and not alias a or b.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(dst: *mut f32, m: usize, n: usize, k: usize, a: View, b: View, accumulate: bool, parallelism: gemm::Parallelism) {
+    assert!(a.fits(m, k) && b.fits(k, n), "matmul: operand too small for {m}×{k}·{k}×{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the assert keeps every operand index inside its slice; the caller vouches for dst.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -60,7 +88,7 @@ pub fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: View, b: View, a
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

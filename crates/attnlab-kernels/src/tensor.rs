@@ -22,3 +22,4 @@ pub(crate) fn from_vec(data: Vec<f32>, shape: Shape) -> FlexTensor {
     assert_eq!(data.len(), shape.num_elements(), "from_vec: {} values for shape {shape:?}", data.len());
     FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
 }
+

@@ -37,49 +37,89 @@ pub fn sigmoid(x: f32) -> f32 {
 /// both cores get work on the MLP's activations (`batch·seq·hidden` ≈ 4·10⁵).
 const CHUNK: usize = 1 << 14;
 
-/// `out[i] = f(a[i])`, in parallel chunks, with AVX2+FMA code where the CPU has them.
-pub fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) -> Vec<f32> {
-    map_n(a.len(), |start, out| {
-        let a = &a[start..start + out.len()];
-        for (o, &x) in out.iter_mut().zip(a) {
-            *o = f(x);
+/// Whether this CPU runs the AVX2+FMA versions (checked once by std, then cached).
+#[inline(always)]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Runs `$body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
+/// `$body` is inlined into each version (closures inherit the enclosing target features).
+macro_rules! with_avx2 {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fast<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
-    })
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $crate::vector_math::has_avx2() {
+                // SAFETY: the CPU supports the features `fast` is compiled for.
+                unsafe { fast(#[inline(always)] || $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+pub(crate) use with_avx2;
+
+/// `out[i] = f(a[i])`, in parallel chunks, vectorised.
+pub fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) -> Vec<f32> {
+    let mut out = vec![0.0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(out, a)| {
+        with_avx2!(out.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x)))
+    });
+    out
 }
 
 /// `out[i] = f(a[i], b[i])`, as [`map1`].
 pub fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "map2: operands differ in length");
-    map_n(a.len(), |start, out| {
-        let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
-    })
-}
-
-/// Runs `fill(start, chunk)` over chunks of a new `len`-element vector.
-fn map_n(len: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send + Copy) -> Vec<f32> {
-    let mut out = vec![0.0f32; len];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| fill_fast(fill, i * CHUNK, chunk));
+    let mut out = vec![0.0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(out, (a, b))| {
+        with_avx2!(out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y)))
+    });
     out
 }
 
-/// Calls `fill` compiled for AVX2+FMA when the CPU has them (checked once, cached by std).
+/// `max(x)·scale` over a row, in 8 independent lanes so that it vectorises.
 #[inline(always)]
-fn fill_fast(fill: impl Fn(usize, &mut [f32]) + Copy, start: usize, chunk: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features this function is compiled for.
-            return unsafe { fill_avx2(fill, start, chunk) };
+pub fn scaled_max(x: &[f32], scale: f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l] * scale);
         }
     }
-    fill(start, chunk)
+    tail.iter().fold(lanes.iter().cloned().fold(f32::NEG_INFINITY, f32::max), |m, &v| m.max(v * scale))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fill_avx2(fill: impl Fn(usize, &mut [f32]), start: usize, chunk: &mut [f32]) {
-    fill(start, chunk)
+/// `x ← exp(x·scale − shift)` in place; returns the sum of the new values (8 lanes).
+#[inline(always)]
+pub fn exp_shifted_sum(x: &mut [f32], scale: f32, shift: f32) -> f32 {
+    x.iter_mut().for_each(|v| *v = exp(*v * scale - shift));
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }

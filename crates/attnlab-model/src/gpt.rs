@@ -53,8 +53,7 @@ impl Gpt {
 
     /// Final norm and tied LM head: `[b, t, d]` → `[b, t, vocab]`.
     fn head(&self, h: Tensor<3>) -> Tensor<3> {
-        let w = self.embed.weight.val().transpose().unsqueeze::<3>();
-        self.norm.forward(h).matmul(w)
+        attnlab_kernels::linear(self.norm.forward(h), self.embed.weight.val().transpose())
     }
 
     /// Causal forward. tokens: `[batch, seq]` → logits `[batch, seq, vocab]`.

@@ -2,7 +2,7 @@
 //! SwiGLU: `W₂(SiLU(x W₁) ⊙ x W₃)` (Shazeer 2020), `up` holds `[W₁ | W₃]` fused.
 //! GELU: `W₂ GELU_tanh(x W₁)` (GPT-2).
 
-use attnlab_attn::linear;
+use attnlab_attn::linear::{apply, linear};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
@@ -27,13 +27,13 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.up.forward(x);
+        let h = apply(&self.up, x);
         if self.gated {
             let hidden = h.dims()[2] / 2;
             let gate = silu(h.clone().narrow(2, 0, hidden));
-            self.down.forward(gate * h.narrow(2, hidden, hidden))
+            apply(&self.down, gate * h.narrow(2, hidden, hidden))
         } else {
-            self.down.forward(gelu_tanh(h))
+            apply(&self.down, gelu_tanh(h))
         }
     }
 }
