@@ -12,6 +12,7 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::linear::{apply, linear};
+use attnlab_kernels::rms_norm;
 use crate::mask::causal_mask;
 use crate::rope::Rope;
 use crate::softmax_attention::masked_softmax;
@@ -97,7 +98,7 @@ impl Differential {
         let w2 = w.narrow(2, 1, 1).reshape([b, h, t, s]);
         let lambda = self.lambda().reshape([1, 1, 1, 1]);
         let o = (w1 - w2 * lambda).matmul(v); // [b, h', t, 2d]
-        let o = self.head_norm.forward(o) * (1.0 - self.lambda_init);
+        let o = rms_norm(&self.head_norm, o) * (1.0 - self.lambda_init);
         apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * 2 * d]))
     }
 

@@ -12,6 +12,7 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::linear::{apply, linear};
+use attnlab_kernels::rms_norm;
 use crate::mask::causal_mask;
 use crate::rope::Rope;
 use crate::softmax_attention::{causal_softmax_attention, masked_softmax};
@@ -79,7 +80,7 @@ impl LatentAttention {
         let [b, t, _] = x.dims();
         let (h, d, r) = (self.heads, self.head_dim, self.rope_dim);
         let c_q = match &self.q_latent {
-            Some(ql) => ql.norm.forward(apply(&ql.down, x)),
+            Some(ql) => rms_norm(&ql.norm, apply(&ql.down, x)),
             None => x,
         };
         let q = apply(&self.q_up, c_q).reshape([b, t, h, d + r]).swap_dims(1, 2);
@@ -92,7 +93,7 @@ impl LatentAttention {
     fn latents(&self, x: Tensor<3>, start: usize) -> (Tensor<3>, Tensor<3>) {
         let [b, t, _] = x.dims();
         let kv = apply(&self.kv_down, x);
-        let c_kv = self.kv_norm.forward(kv.clone().narrow(2, 0, self.kv_latent));
+        let c_kv = rms_norm(&self.kv_norm, kv.clone().narrow(2, 0, self.kv_latent));
         let k_r = kv.narrow(2, self.kv_latent, self.rope_dim).reshape([b, 1, t, self.rope_dim]);
         let k_r = self.rope.apply(k_r, start).reshape([b, t, self.rope_dim]);
         (c_kv, k_r)

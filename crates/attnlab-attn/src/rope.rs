@@ -52,6 +52,9 @@ impl Rope {
         let [_, _, seq, dim] = x.dims();
         assert_eq!(dim, self.dim, "rope: expected last dim {}, got {dim}", self.dim);
         assert!(start + seq <= self.max_seq(), "rope: positions up to {} exceed the table ({})", start + seq, self.max_seq());
+        if attnlab_kernels::fused(&x) {
+            return attnlab_kernels::rope(x, self.cos.clone(), self.sin.clone(), start);
+        }
         let half = dim / 2;
         let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
         let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();

@@ -17,12 +17,16 @@ pub mod causal_attention;
 pub mod gelu;
 pub mod linear;
 pub mod matmul;
+pub mod rms_norm;
+pub mod rope;
 mod tensor;
 pub mod vector_math;
 
 pub use causal_attention::causal_attention;
 pub use gelu::gelu_tanh;
 pub use linear::linear;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
 
 use burn::tensor::{DType, Device, Tensor};
 

@@ -5,6 +5,8 @@ use burn::module::Module;
 use burn::nn::RmsNorm;
 use burn::tensor::Tensor;
 
+use attnlab_kernels::rms_norm;
+
 use crate::mlp::Mlp;
 
 #[derive(Module, Debug)]
@@ -18,13 +20,13 @@ pub struct Block {
 impl Block {
     /// x: `[batch, seq, d_model]`, causal.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x));
-        x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+        let x = x.clone() + self.attn.forward(rms_norm(&self.attn_norm, x));
+        x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x))
     }
 
     /// Incremental forward of new tokens x: `[batch, new, d_model]` with this block's state.
     pub fn step(&self, x: Tensor<3>, state: &mut State) -> Tensor<3> {
-        let x = x.clone() + self.attn.step(self.attn_norm.forward(x), state);
-        x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+        let x = x.clone() + self.attn.step(rms_norm(&self.attn_norm, x), state);
+        x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x))
     }
 }

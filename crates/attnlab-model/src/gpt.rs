@@ -53,7 +53,7 @@ impl Gpt {
 
     /// Final norm and tied LM head: `[b, t, d]` → `[b, t, vocab]`.
     fn head(&self, h: Tensor<3>) -> Tensor<3> {
-        attnlab_kernels::linear(self.norm.forward(h), self.embed.weight.val().transpose())
+        attnlab_kernels::linear(attnlab_kernels::rms_norm(&self.norm, h), self.embed.weight.val().transpose())
     }
 
     /// Causal forward. tokens: `[batch, seq]` → logits `[batch, seq, vocab]`.
