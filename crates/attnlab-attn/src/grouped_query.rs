@@ -101,8 +101,10 @@ impl GroupedQuery {
         let [b, t, _] = x.dims();
         let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
         let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
-        let qkv = apply(&self.qkv, x);
-        let split = |from: usize, n: usize| qkv.clone().narrow(2, from * d, n * d).reshape([b, t, n, d]).swap_dims(1, 2);
+        // [b, t, (h + 2g)·d] → [b, t, h + 2g, d] is free (contiguous); narrowing heads after it
+        // keeps q, k, v as views until their first real use.
+        let qkv = apply(&self.qkv, x).reshape([b, t, h + 2 * g, d]);
+        let split = |from: usize, n: usize| qkv.clone().narrow(2, from, n).swap_dims(1, 2);
         let q = self.rope.apply(split(0, h), start);
         let k = self.rope.apply(split(h, g), start);
         let v = split(h + g, g);
