@@ -58,9 +58,12 @@ bench-compare STEPS="50":
     .venv-bench/bin/python bench/pytorch_reference.py --steps {{STEPS}} $data --json | tee runs/bench-compare-pytorch.json
     .venv-bench/bin/python - <<'PY'
     import json
-    ours = json.load(open("runs/bench-compare-attnlab.json"))[0]["tokens_per_sec"]
-    ref = json.loads(open("runs/bench-compare-pytorch.json").read())["tokens_per_sec"]
-    print(f"attnlab {ours:.0f} tokens/s, PyTorch eager {ref:.0f} tokens/s: ratio {ours / ref:.2f}x")
+    ours = json.load(open("runs/bench-compare-attnlab.json"))[0]
+    ref = json.loads(open("runs/bench-compare-pytorch.json").read())
+    ratio, median_ratio = ours["tokens_per_sec"] / ref["tokens_per_sec"], ref["ms_per_step_median"] / ours["ms_per_step_median"]
+    print(f"attnlab {ours['tokens_per_sec']:.0f} tokens/s ({ours['ms_per_step_median']:.1f} ms/step median), "
+          f"PyTorch eager {ref['tokens_per_sec']:.0f} tokens/s ({ref['ms_per_step_median']:.1f} ms/step median): "
+          f"ratio {ratio:.2f}x (by median step {median_ratio:.2f}x)")
     PY
 
 # Sample from a trained run: just generate runs/baby_shakespeare/<run-id>
