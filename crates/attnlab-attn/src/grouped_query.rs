@@ -150,8 +150,24 @@ impl GroupedQuery {
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.pattern == Pattern::Causal && self.kernel == Kernel::Naive && attnlab_kernels::fused(&x) {
+            return self.forward_fused(x);
+        }
         let (q, k, v, gate) = self.project(x, 0);
         self.attend(q, k, v, gate, 0, None)
+    }
+
+    /// [`Self::forward`] on the CPU backend: RoPE, head split, causal attention and head merge
+    /// as one fused op on the QKV projection ([`attnlab_kernels::qkv_attention`]).
+    fn forward_fused(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
+        let (cos, sin) = self.rope.tables();
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let o = attnlab_kernels::qkv_attention(apply(&self.qkv, x), cos, sin, self.heads, self.kv_heads, scale);
+        apply(&self.out, match gate {
+            Some(gate) => o * gate,
+            None => o,
+        })
     }
 
     /// Tokens of K/V a sequence must keep: the window (plus the global tokens) for a sliding

@@ -37,6 +37,11 @@ impl Rope {
         }
     }
 
+    /// The cos and sin tables, each `[max_seq, dim / 2]`.
+    pub fn tables(&self) -> (Tensor<2>, Tensor<2>) {
+        (self.cos.clone(), self.sin.clone())
+    }
+
     /// Rotary dimension.
     pub fn dim(&self) -> usize {
         self.dim

@@ -17,6 +17,7 @@ pub mod causal_attention;
 pub mod gelu;
 pub mod linear;
 pub mod matmul;
+pub mod qkv_attention;
 pub mod rms_norm;
 pub mod rope;
 mod tensor;
@@ -25,6 +26,7 @@ pub mod vector_math;
 pub use causal_attention::causal_attention;
 pub use gelu::gelu_tanh;
 pub use linear::linear;
+pub use qkv_attention::qkv_attention;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 

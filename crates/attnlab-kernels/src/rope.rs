@@ -22,6 +22,19 @@ use crate::vector_math::with_avx2;
 /// Vectors per parallel task.
 const ROWS: usize = 256;
 
+/// `y = x` rotated by `sign·θ` (tables `c`, `s` hold cos θ, sin θ of each of the d/2 pairs).
+#[inline(always)]
+pub(crate) fn rotate_vector(y: &mut [f32], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    for j in 0..half {
+        let sn = sign * s[j];
+        y1[j] = x1[j] * c[j] - x2[j] * sn;
+        y2[j] = x2[j] * c[j] + x1[j] * sn;
+    }
+}
+
 /// Rotates every d-vector of `x` (row r at position `start + r mod seq`) by `sign·θ`.
 fn rotate(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, start: usize, sign: f32) -> FlexTensor {
     let shape = x.shape();
@@ -37,14 +50,7 @@ fn rotate(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, start: usize, sign: f
     y.par_chunks_mut(ROWS * d).zip(xs.par_chunks(ROWS * d)).enumerate().for_each(|(task, (y, x))| {
         with_avx2!(for (i, (y, x)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
             let pos = start + (task * ROWS + i) % seq;
-            let (c, s) = (&cs[pos * half..(pos + 1) * half], &ss[pos * half..(pos + 1) * half]);
-            let (x1, x2) = x.split_at(half);
-            let (y1, y2) = y.split_at_mut(half);
-            for j in 0..half {
-                let sn = sign * s[j];
-                y1[j] = x1[j] * c[j] - x2[j] * sn;
-                y2[j] = x2[j] * c[j] + x1[j] * sn;
-            }
+            rotate_vector(y, x, &cs[pos * half..(pos + 1) * half], &ss[pos * half..(pos + 1) * half], sign);
         })
     });
     from_vec(y, shape)
