@@ -128,6 +128,9 @@ impl GroupedQuery {
                 tiled_attention(q, k, v, &rows, &keys, scale, *block_q, *block_k)
             }
             (_, None) if self.pattern == Pattern::Causal => causal_softmax_attention(q, k, v, t, start, scale),
+            (_, None) if matches!(self.pattern, Pattern::Window { .. }) && attnlab_kernels::fused(&q) => {
+                attnlab_kernels::causal_attention(q, k, v, t, start, scale, self.fused_window().flatten())
+            }
             _ => {
                 let keys: Vec<Option<usize>> = match slots {
                     Some(slots) => slots.to_vec(),
@@ -150,7 +153,7 @@ impl GroupedQuery {
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if self.pattern == Pattern::Causal && self.kernel == Kernel::Naive && attnlab_kernels::fused(&x) {
+        if self.kernel == Kernel::Naive && self.fused_window().is_some() && attnlab_kernels::fused(&x) {
             return self.forward_fused(x);
         }
         let (q, k, v, gate) = self.project(x, 0);
@@ -163,11 +166,22 @@ impl GroupedQuery {
         let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
         let (cos, sin) = self.rope.tables();
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let o = attnlab_kernels::qkv_attention(apply(&self.qkv, x), cos, sin, self.heads, self.kv_heads, scale);
+        let window = self.fused_window().expect("a pattern the fused kernel covers");
+        let o = attnlab_kernels::qkv_attention(apply(&self.qkv, x), cos, sin, self.heads, self.kv_heads, scale, window);
         apply(&self.out, match gate {
             Some(gate) => o * gate,
             None => o,
         })
+    }
+
+    /// The fused CPU kernel's visibility for this pattern: `Some(None)` causal,
+    /// `Some(Some((window, global)))` a sliding window with sinks, `None` not covered (strided).
+    fn fused_window(&self) -> Option<Option<(usize, usize)>> {
+        match self.pattern {
+            Pattern::Causal => Some(None),
+            Pattern::Window { window, global } => Some(Some((window, global))),
+            Pattern::Strided { .. } => None,
+        }
     }
 
     /// Tokens of K/V a sequence must keep: the window (plus the global tokens) for a sliding

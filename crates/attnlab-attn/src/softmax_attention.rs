@@ -13,7 +13,7 @@ use burn::tensor::{Bool, Tensor};
 /// memory for the backward); elsewhere [`softmax_attention`] with the mask.
 pub fn causal_softmax_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, start: usize, scale: f32) -> Tensor<4> {
     if attnlab_kernels::fused(&q) {
-        return attnlab_kernels::causal_attention(q, k, v, t, start, scale);
+        return attnlab_kernels::causal_attention(q, k, v, t, start, scale, None);
     }
     let (rows, keys) = (q.dims()[2], k.dims()[2]);
     // Query i (position start + i) may not see keys j > start + i.

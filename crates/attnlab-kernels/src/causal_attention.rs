@@ -2,7 +2,8 @@
 //!
 //! Shapes: q `[batch, groups, rows, d]`, k `[batch, groups, keys, d]`, v `[batch, groups, keys, d_v]`.
 //! Query row ρ sits at position `offset + ρ mod t` (grouped-query attention stacks the `rows / t`
-//! query heads of a group along the rows) and key j at position j; row ρ sees keys `j ≤ pos(ρ)`.
+//! query heads of a group along the rows) and key j at position j; row ρ sees keys `j ≤ pos(ρ)`
+//! (with a sliding window only `pos(ρ) − window < j`, plus the first `sinks` positions).
 //!
 //! Forward, per (batch, group) and block of `BLOCK_ROWS` rows: `S = Q Kᵀ·scale`, `P = softmax(S)`
 //! over the visible keys, `O = P V`, and the row's log-sum-exp `L = max S + ln Σ exp(S − max S)`.
@@ -44,6 +45,10 @@ pub struct Dims {
     /// Position of query 0.
     pub offset: usize,
     pub scale: f32,
+    /// Sliding window: a query at p also sees only keys `j > p − window`, plus the first
+    /// `sinks` positions (attention sinks). `usize::MAX` and 0 for plain causal attention.
+    pub window: usize,
+    pub sinks: usize,
 }
 
 impl Dims {
@@ -53,11 +58,23 @@ impl Dims {
         assert!(q[..2] == k[..2] && k[..3] == v[..3] && q[3] == k[3], "causal_attention: q {q:?}, k {k:?}, v {v:?} do not match");
         assert!(t > 0 && q[2] % t == 0, "causal_attention: {} rows are not a multiple of t = {t}", q[2]);
         assert!(offset + t <= k[2], "causal_attention: queries at {offset}..{} need that many keys, got {}", offset + t, k[2]);
-        Self { heads: q[0] * q[1], rows: q[2], keys: k[2], d: q[3], dv: v[3], t, offset, scale }
+        Self { heads: q[0] * q[1], rows: q[2], keys: k[2], d: q[3], dv: v[3], t, offset, scale, window: usize::MAX, sinks: 0 }
+    }
+
+    /// The same layout with a sliding window of `window` keys (≥ 1) and `sinks` sink positions.
+    pub fn windowed(self, window: usize, sinks: usize) -> Self {
+        assert!(window > 0, "causal_attention: the window must hold at least the query's own key");
+        Self { window, sinks, ..self }
     }
 
     fn pos(&self, row: usize) -> usize {
         self.offset + row % self.t
+    }
+
+    /// Keys visible from position p: `0..sinks_end` and `lo..=p`.
+    fn visible(&self, p: usize) -> (usize, usize) {
+        let lo = (p + 1).saturating_sub(self.window);
+        (self.sinks.min(lo), lo)
     }
 }
 
@@ -68,17 +85,23 @@ fn probabilities(scores: &mut [f32], dims: &Dims, r0: usize, n: usize, lse: Opti
     let (keys, scale) = (dims.keys, dims.scale);
     with_avx2!(for i in 0..n {
         let row = &mut scores[i * keys..(i + 1) * keys];
-        let visible = dims.pos(r0 + i) + 1;
-        let (seen, hidden) = row.split_at_mut(visible);
-        hidden.fill(0.0);
+        let p = dims.pos(r0 + i);
+        let (sinks_end, lo) = dims.visible(p);
+        // Visible: `sinks` = row[..sinks_end] and `local` = row[lo..=p]; the rest is zero weight.
+        let (sinks, rest) = row.split_at_mut(sinks_end);
+        let (gap, rest) = rest.split_at_mut(lo - sinks_end);
+        let (local, future) = rest.split_at_mut(p + 1 - lo);
+        gap.fill(0.0);
+        future.fill(0.0);
         match lse {
             Some(lse) => {
-                exp_shifted_sum(seen, scale, lse[i]);
+                exp_shifted_sum(sinks, scale, lse[i]);
+                exp_shifted_sum(local, scale, lse[i]);
             }
             None => {
-                let max = scaled_max(seen, scale);
-                let inv = 1.0 / exp_shifted_sum(seen, scale, max);
-                seen.iter_mut().for_each(|x| *x *= inv);
+                let max = scaled_max(sinks, scale).max(scaled_max(local, scale));
+                let inv = 1.0 / (exp_shifted_sum(sinks, scale, max) + exp_shifted_sum(local, scale, max));
+                sinks.iter_mut().chain(local.iter_mut()).for_each(|x| *x *= inv);
                 if let Some(out) = lse_out.as_deref_mut() {
                     out[i] = max - inv.ln();
                 }
@@ -151,12 +174,15 @@ pub fn backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[
 #[backend_extension(Flex, Autodiff)]
 pub trait AttentionBackend: Backend {
     /// `softmax(Q Kᵀ·scale + causal mask) V`; see the module docs for shapes and positions.
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, t: usize, offset: usize, scale: f32) -> FloatTensor<Self>;
+    /// `window`/`sinks` as in [`Dims`] (`usize::MAX`, 0: plain causal).
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, t: usize, offset: usize, scale: f32, window: usize, sinks: usize) -> FloatTensor<Self>;
 }
 
 /// Forward on Flex tensors, keeping L.
-fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, t: usize, offset: usize, scale: f32) -> (FlexTensor, Vec<f32>) {
-    let dims = Dims::of(&q.shape(), &k.shape(), &v.shape(), t, offset, scale);
+#[allow(clippy::too_many_arguments)]
+fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, t: usize, offset: usize, scale: f32, window: usize, sinks: usize) -> (FlexTensor, Vec<f32>) {
+    let dims = Dims::of(&q.shape(), &k.shape(), &v.shape(), t, offset, scale).windowed(window, sinks);
     let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
     let (o, lse) = forward(slice(&q), slice(&k), slice(&v), dims);
     let mut shape = q.shape();
@@ -165,8 +191,8 @@ fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, t: usize, offset: u
 }
 
 impl AttentionBackend for Flex {
-    fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, t: usize, offset: usize, scale: f32) -> FlexTensor {
-        forward_flex(q, k, v, t, offset, scale).0
+    fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, t: usize, offset: usize, scale: f32, window: usize, sinks: usize) -> FlexTensor {
+        forward_flex(q, k, v, t, offset, scale, window, sinks).0
     }
 }
 
@@ -179,6 +205,8 @@ struct Saved {
     t: usize,
     offset: usize,
     scale: f32,
+    window: usize,
+    sinks: usize,
 }
 
 #[derive(Debug)]
@@ -188,10 +216,10 @@ impl Backward<Flex, 3> for CausalAttentionBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let Saved { nodes, o, lse, t, offset, scale } = ops.state;
+        let Saved { nodes, o, lse, t, offset, scale, window, sinks } = ops.state;
         let [q, k, v]: [FlexTensor; 3] = nodes.map(|id| contiguous(checkpointer.retrieve_node_output(id)));
         let d_o = contiguous(grads.consume::<Flex>(&ops.node));
-        let dims = Dims::of(&q.shape(), &k.shape(), &v.shape(), t, offset, scale);
+        let dims = Dims::of(&q.shape(), &k.shape(), &v.shape(), t, offset, scale).windowed(window, sinks);
         let (dq, dk, dv) = backward(slice(&q), slice(&k), slice(&v), slice(&o), &lse, slice(&d_o), dims);
         for ((parent, grad), like) in ops.parents.into_iter().zip([dq, dk, dv]).zip([&q, &k, &v]) {
             if let Some(node) = parent {
@@ -202,15 +230,15 @@ impl Backward<Flex, 3> for CausalAttentionBackward {
 }
 
 impl<C: CheckpointStrategy> AttentionBackend for Autodiff<Flex, C> {
-    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, t: usize, offset: usize, scale: f32) -> FloatTensor<Self> {
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, t: usize, offset: usize, scale: f32, window: usize, sinks: usize) -> FloatTensor<Self> {
         match CausalAttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let nodes = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v)];
-                let (o, lse) = forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), t, offset, scale);
-                prep.finish(Saved { nodes, o: o.clone(), lse, t, offset, scale }, o)
+                let (o, lse) = forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), t, offset, scale, window, sinks);
+                prep.finish(Saved { nodes, o: o.clone(), lse, t, offset, scale, window, sinks }, o)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::causal_attention(q.into_primitive(), k.into_primitive(), v.into_primitive(), t, offset, scale))
+                prep.finish(Flex::causal_attention(q.into_primitive(), k.into_primitive(), v.into_primitive(), t, offset, scale, window, sinks))
             }
         }
     }
@@ -218,8 +246,10 @@ impl<C: CheckpointStrategy> AttentionBackend for Autodiff<Flex, C> {
 
 /// Fused causal attention (see the module docs). q: `[batch, groups, rows, d]`,
 /// k: `[batch, groups, keys, d]`, v: `[batch, groups, keys, d_v]` → `[batch, groups, rows, d_v]`.
+/// `window = Some((w, sinks))` limits each query to its last w keys plus the first `sinks`.
 /// Only for tensors where [`crate::fused`] is true; other devices use the composed ops.
-pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, offset: usize, scale: f32) -> Tensor<4> {
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, offset: usize, scale: f32, window: Option<(usize, usize)>) -> Tensor<4> {
     assert!(crate::fused(&q), "causal_attention: the fused kernel needs f32 tensors on the CPU (flex) device");
-    Tensor::from_dispatch(Dispatch::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), t, offset, scale))
+    let (window, sinks) = window.unwrap_or((usize::MAX, 0));
+    Tensor::from_dispatch(Dispatch::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), t, offset, scale, window, sinks))
 }

@@ -49,7 +49,7 @@ impl Heads {
     /// The kernel's view: per (batch, group), the group's r query heads stacked along the rows.
     fn dims(&self, scale: f32) -> Dims {
         let Heads { b, t, h, g, d } = *self;
-        Dims { heads: b * g, rows: (h / g) * t, keys: t, d, dv: d, t, offset: 0, scale }
+        Dims { heads: b * g, rows: (h / g) * t, keys: t, d, dv: d, t, offset: 0, scale, window: usize::MAX, sinks: 0 }
     }
 
     /// For kernel row `row` of a `[b, g, rows, d]` tensor holding query heads: (qkv row, head slot).
@@ -144,7 +144,8 @@ fn join(dq: &[f32], dk: &[f32], dv: &[f32], cos: &[f32], sin: &[f32], hd: Heads)
 #[backend_extension(Flex, Autodiff)]
 pub trait QkvAttentionBackend: Backend {
     /// See the module docs; cos/sin are constants.
-    fn qkv_attention(qkv: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, heads: usize, kv_heads: usize, scale: f32) -> FloatTensor<Self>;
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_attention(qkv: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, heads: usize, kv_heads: usize, scale: f32, window: usize, sinks: usize) -> FloatTensor<Self>;
 }
 
 /// What the backward keeps: the kernel-layout q, k, v, O, the log-sum-exp, the tables.
@@ -158,22 +159,24 @@ struct Saved {
     cos: FlexTensor,
     sin: FlexTensor,
     heads: Heads,
-    scale: f32,
+    dims: Dims,
 }
 
-fn run(qkv: FlexTensor, cos: FlexTensor, sin: FlexTensor, h: usize, g: usize, scale: f32) -> (FlexTensor, Saved) {
+#[allow(clippy::too_many_arguments)]
+fn run(qkv: FlexTensor, cos: FlexTensor, sin: FlexTensor, h: usize, g: usize, scale: f32, window: usize, sinks: usize) -> (FlexTensor, Saved) {
     let hd = Heads::of(&qkv.shape(), h, g);
     let (qkv, cos, sin) = (contiguous(qkv), contiguous(cos), contiguous(sin));
     assert!(cos.shape().num_elements() >= hd.t * hd.d / 2, "qkv_attention: RoPE tables shorter than {} positions", hd.t);
     let [q, k, v] = split(slice(&qkv), slice(&cos), slice(&sin), hd);
-    let (o, lse) = forward(&q, &k, &v, hd.dims(scale));
+    let dims = hd.dims(scale).windowed(window, sinks);
+    let (o, lse) = forward(&q, &k, &v, dims);
     let out = from_vec(merge(&o, hd), Shape::new([hd.b, hd.t, hd.h * hd.d]));
-    (out, Saved { q, k, v, o, lse, cos, sin, heads: hd, scale })
+    (out, Saved { q, k, v, o, lse, cos, sin, heads: hd, dims })
 }
 
 impl QkvAttentionBackend for Flex {
-    fn qkv_attention(qkv: FlexTensor, cos: FlexTensor, sin: FlexTensor, heads: usize, kv_heads: usize, scale: f32) -> FlexTensor {
-        run(qkv, cos, sin, heads, kv_heads, scale).0
+    fn qkv_attention(qkv: FlexTensor, cos: FlexTensor, sin: FlexTensor, heads: usize, kv_heads: usize, scale: f32, window: usize, sinks: usize) -> FlexTensor {
+        run(qkv, cos, sin, heads, kv_heads, scale, window, sinks).0
     }
 }
 
@@ -184,12 +187,12 @@ impl Backward<Flex, 1> for QkvAttentionBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Saved { q, k, v, o, lse, cos, sin, heads: hd, scale } = ops.state;
+        let Saved { q, k, v, o, lse, cos, sin, heads: hd, dims } = ops.state;
         let d_out = contiguous(grads.consume::<Flex>(&ops.node));
         let [parent] = ops.parents;
         if let Some(node) = parent {
             let d_o = unmerge(slice(&d_out), hd);
-            let (dq, dk, dv) = backward(&q, &k, &v, &o, &lse, &d_o, hd.dims(scale));
+            let (dq, dk, dv) = backward(&q, &k, &v, &o, &lse, &d_o, dims);
             let dqkv = join(&dq, &dk, &dv, slice(&cos), slice(&sin), hd);
             grads.register::<Flex>(node.id, from_vec(dqkv, Shape::new([hd.b, hd.t, hd.width()])));
         }
@@ -197,22 +200,25 @@ impl Backward<Flex, 1> for QkvAttentionBackward {
 }
 
 impl<C: CheckpointStrategy> QkvAttentionBackend for Autodiff<Flex, C> {
-    fn qkv_attention(qkv: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, heads: usize, kv_heads: usize, scale: f32) -> FloatTensor<Self> {
+    fn qkv_attention(qkv: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, heads: usize, kv_heads: usize, scale: f32, window: usize, sinks: usize) -> FloatTensor<Self> {
         let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
         match QkvAttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = run(qkv.primitive().clone(), cos, sin, heads, kv_heads, scale);
+                let (out, saved) = run(qkv.primitive().clone(), cos, sin, heads, kv_heads, scale, window, sinks);
                 prep.finish(saved, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(run(qkv.into_primitive(), cos, sin, heads, kv_heads, scale).0),
+            OpsKind::UnTracked(prep) => prep.finish(run(qkv.into_primitive(), cos, sin, heads, kv_heads, scale, window, sinks).0),
         }
     }
 }
 
 /// Causal attention of a fused QKV projection `[batch, seq, (h + 2g)·d]` with RoPE tables
 /// cos/sin `[positions, d/2]` → merged heads `[batch, seq, h·d]` (see the module docs).
+/// `window = Some((w, sinks))`: a sliding window of w keys plus `sinks` sink positions.
 /// Only for tensors where [`crate::fused`] is true.
-pub fn qkv_attention(qkv: Tensor<3>, cos: Tensor<2>, sin: Tensor<2>, heads: usize, kv_heads: usize, scale: f32) -> Tensor<3> {
+pub fn qkv_attention(qkv: Tensor<3>, cos: Tensor<2>, sin: Tensor<2>, heads: usize, kv_heads: usize, scale: f32, window: Option<(usize, usize)>) -> Tensor<3> {
     assert!(crate::fused(&qkv), "qkv_attention: the fused kernel needs f32 tensors on the CPU (flex) device");
-    Tensor::from_dispatch(Dispatch::qkv_attention(qkv.into_dispatch(), cos.into_dispatch(), sin.into_dispatch(), heads, kv_heads, scale))
+    let (window, sinks) = window.unwrap_or((usize::MAX, 0));
+    let out = Dispatch::qkv_attention(qkv.into_dispatch(), cos.into_dispatch(), sin.into_dispatch(), heads, kv_heads, scale, window, sinks);
+    Tensor::from_dispatch(out)
 }

@@ -56,7 +56,7 @@ fn forward_matches_the_f64_reference() {
         let (q, k, v) = inputs(dims, &device);
         assert!(fused(&q), "the fused kernel must be the one under test");
         let want = reference(&values(q.clone()), &values(k.clone()), &values(v.clone()), dims, t, offset, 0.3);
-        let got = values(causal_attention(q, k, v, t, offset, 0.3));
+        let got = values(causal_attention(q, k, v, t, offset, 0.3, None));
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-5, "{dims:?} t={t} offset={offset}: max |fused − reference| = {diff}");
     }
@@ -66,12 +66,12 @@ fn forward_matches_the_f64_reference() {
 fn strided_inputs_give_the_same_result() {
     let device = Device::flex();
     let (q, k, v) = inputs([2, 30, 30, 8, 8], &device);
-    let want = values(causal_attention(q.clone(), k.clone(), v.clone(), 30, 0, 0.5));
+    let want = values(causal_attention(q.clone(), k.clone(), v.clone(), 30, 0, 0.5, None));
     // Same values, transposed storage.
     let strided = |x: Tensor<4>| x.swap_dims(2, 3).into_data();
     let (qs, ks, vs) = (strided(q), strided(k), strided(v));
     let back = |data| Tensor::<4>::from_data(data, &device).swap_dims(2, 3);
-    let got = values(causal_attention(back(qs), back(ks), back(vs), 30, 0, 0.5));
+    let got = values(causal_attention(back(qs), back(ks), back(vs), 30, 0, 0.5, None));
     assert_eq!(got, want);
 }
 
@@ -96,7 +96,7 @@ fn gradients_match_burns_composed_ops() {
             let g = (f(q.clone(), k.clone(), v.clone()) * w.clone()).sum().backward();
             [q.grad(&g).unwrap(), k.grad(&g).unwrap(), v.grad(&g).unwrap()].map(values)
         };
-        let ours = grads_of(&|q, k, v| causal_attention(q, k, v, t, offset, 0.3));
+        let ours = grads_of(&|q, k, v| causal_attention(q, k, v, t, offset, 0.3, None));
         let burns = grads_of(&|q, k, v| composed(q, k, v, t, offset, 0.3));
         for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(ours.iter().zip(&burns)) {
             let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
@@ -115,7 +115,40 @@ fn gradients_match_burns_composed_ops() {
 fn untracked_and_tracked_forward_agree() {
     let device = Device::flex().autodiff();
     let (q, k, v) = inputs([2, 20, 20, 8, 8], &device);
-    let plain = values(causal_attention(q.clone(), k.clone(), v.clone(), 20, 0, 0.4));
-    let tracked = values(causal_attention(q.require_grad(), k, v, 20, 0, 0.4));
+    let plain = values(causal_attention(q.clone(), k.clone(), v.clone(), 20, 0, 0.4, None));
+    let tracked = values(causal_attention(q.require_grad(), k, v, 20, 0, 0.4, None));
     assert_eq!(plain, tracked);
+}
+
+/// A sliding window of `w` keys with `sinks` attention sinks, against Burn's ops with the same
+/// rule written out as a mask: values and all three gradients, at an offset and across blocks.
+#[test]
+fn sliding_window_with_sinks_matches_the_masked_composed_ops() {
+    use burn::tensor::TensorData;
+    let device = Device::flex().autodiff();
+    // (dims, t, offset, window, sinks)
+    for &(dims, t, offset, w, sinks) in &[([2, 70, 70, 8, 8], 70, 0, 5, 0), ([2, 2 * 9, 30, 8, 4], 9, 21, 4, 2), ([1, 20, 20, 4, 4], 20, 0, 1, 3)] {
+        let (q, k, v) = inputs(dims, &device);
+        let [h, rows, keys, _, dv] = dims;
+        let visible = |p: usize, j: usize| j <= p && (p - j < w || j < sinks);
+        let hidden: Vec<bool> = (0..rows).flat_map(|r| (0..keys).map(move |j| (r, j))).map(|(r, j)| !visible(offset + r % t, j)).collect();
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, keys]), &device);
+        let masked = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+            let scores = (q.matmul(k.swap_dims(2, 3)) * 0.3).mask_fill(mask.clone().unsqueeze::<4>().expand([1, h, rows, keys]), f32::NEG_INFINITY);
+            softmax(scores, 3).matmul(v)
+        };
+        let up = Tensor::<4>::random([1, h, rows, dv], Distribution::Normal(0.0, 1.0), &device);
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            let (q, k, v) = (q.clone().require_grad(), k.clone().require_grad(), v.clone().require_grad());
+            let y = f(q.clone(), k.clone(), v.clone());
+            let g = (y.clone() * up.clone()).sum().backward();
+            [values(y), values(q.grad(&g).unwrap()), values(k.grad(&g).unwrap()), values(v.grad(&g).unwrap())]
+        };
+        let ours = run(&|q, k, v| causal_attention(q, k, v, t, offset, 0.3, Some((w, sinks))));
+        let want = run(&masked);
+        for (name, (a, b)) in ["y", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&want)) {
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-4, "{dims:?} window {w} sinks {sinks}: {name} differs by {diff}");
+        }
+    }
 }

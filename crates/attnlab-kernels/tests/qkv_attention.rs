@@ -48,7 +48,7 @@ fn values_and_qkv_gradient_match_the_composed_ops() {
             let grads = (y.clone() * up.clone()).sum().backward();
             (y, qkv.grad(&grads).unwrap())
         };
-        let (y, dqkv) = run(&|x| qkv_attention(x, cos.clone(), sin.clone(), h, g, 0.35));
+        let (y, dqkv) = run(&|x| qkv_attention(x, cos.clone(), sin.clone(), h, g, 0.35, None));
         let (y_ref, dqkv_ref) = run(&|x| composed(x, cos.clone(), sin.clone(), h, g, 0.35));
         let diff = (y.inner() - y_ref.inner()).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-5, "h={h} g={g} t={t}: values differ by {diff}");
