@@ -3,15 +3,14 @@
 //! Burn's CPU backend runs each tensor op as its own pass over memory with a fresh output
 //! allocation, and evaluates transcendental functions with scalar libm calls. For the small
 //! models attnlab trains on a CPU that overhead is a large part of a step. Each op here is one
-//! extension trait with
-//! - a default body composed of ordinary backend ops (the reference, and what autodiff uses for
-//!   second-order terms),
-//! - a Flex implementation: one vectorised, multi-threaded pass,
-//! - an `Autodiff` implementation with its own backward.
+//! extension trait (`#[backend_extension(Flex, Autodiff)]`) with
+//! - a Flex implementation: one vectorised, multi-threaded pass (gemm for the products),
+//! - an `Autodiff<Flex>` implementation with its own backward.
 //!
-//! The public functions (`gelu_tanh`, …) take `Tensor`s and use the fused path only on the Flex
-//! device with f32 data; anywhere else they run the composed ops, so results never depend on
-//! which path ran beyond float rounding.
+//! The public functions (`linear`, `rms_norm`, `gelu_tanh`, …) use the fused op on the Flex
+//! device with f32 data and otherwise run the same computation composed from Burn's ops (GELU's
+//! trait carries that composition as its default bodies), so results never depend on which
+//! path ran beyond float rounding. Each op's tests check it against an independent reference.
 
 pub mod causal_attention;
 pub mod gelu;
