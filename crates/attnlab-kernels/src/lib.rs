@@ -7,10 +7,12 @@
 //! - a Flex implementation: one vectorised, multi-threaded pass (gemm for the products),
 //! - an `Autodiff<Flex>` implementation with its own backward.
 //!
-//! The public functions (`linear`, `rms_norm`, `gelu_tanh`, …) use the fused op on the Flex
-//! device with f32 data and otherwise run the same computation composed from Burn's ops (GELU's
-//! trait carries that composition as its default bodies), so results never depend on which
-//! path ran beyond float rounding. Each op's tests check it against an independent reference.
+//! `linear`, `rms_norm` and `gelu_tanh` use the fused op where [`fused`] says so (Flex device,
+//! f32) and otherwise run the same computation composed from Burn's ops (GELU's trait carries
+//! it as default bodies). `causal_attention`, `qkv_attention` and `rope` require the Flex
+//! device; their callers in attnlab-attn keep the composed path for every other device. Results
+//! never depend on which path ran beyond float rounding; each op's tests check it against an
+//! independent reference.
 
 pub mod causal_attention;
 pub mod gelu;
