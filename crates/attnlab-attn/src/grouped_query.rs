@@ -128,9 +128,6 @@ impl GroupedQuery {
                 tiled_attention(q, k, v, &rows, &keys, scale, *block_q, *block_k)
             }
             (_, None) if self.pattern == Pattern::Causal => causal_softmax_attention(q, k, v, t, start, scale),
-            (_, None) if matches!(self.pattern, Pattern::Window { .. }) && attnlab_kernels::fused(&q) => {
-                attnlab_kernels::causal_attention(q, k, v, t, start, scale, self.fused_window().flatten())
-            }
             _ => {
                 let keys: Vec<Option<usize>> = match slots {
                     Some(slots) => slots.to_vec(),
