@@ -219,3 +219,21 @@ fn bench_train_scaling_and_peak_smoke() {
     let o = attnlab().args(["bench", "peak", "--size", "64"]).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GFLOP/s"));
 }
+
+/// A sweep of several runs that all fall back to the built-in corpus prints that warning once
+/// (it printed once per run before: 18 times for an 18-run sweep). Planted: calling
+/// `tracing::warn!` directly again makes it print 3 times here.
+#[test]
+fn a_repeated_warning_prints_once_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sweep.toml");
+    let text = TINY.replace("corpus = \"builtin\"", "corpus = \"tinyshakespeare\"\nfallback_builtin = true")
+        + "[sweep]\nseeds = [0, 1, 2]\n";
+    std::fs::write(&file, text).unwrap();
+    let o = attnlab().current_dir(dir.path()).args(["sweep", "--dry-run"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains("new")).count(), 3, "three runs listed: {stdout}");
+    assert_eq!(err.matches("Tiny Shakespeare not found").count(), 1, "{err}");
+}
