@@ -12,18 +12,18 @@ fn main() {
     divan::main();
 }
 
-const KINDS: &[&str] = &["mha", "gqa-2", "mqa", "mla-32", "swa-16", "sparse-16/8", "tiled-64", "gated", "diff"];
+const KINDS: &[&str] = &["mha", "gqa-2", "mqa", "mla-32", "swa-16", "strided-16/8", "tiled-64", "gated", "diff"];
 
 fn config(kind: &str) -> AttentionConfig {
     match kind {
         "mha" => AttentionConfig::Mha {},
         "gqa-2" => AttentionConfig::Gqa { kv_heads: 2 },
         "mqa" => AttentionConfig::Mqa {},
-        "mla-32" => AttentionConfig::Mla { kv_latent: 32, q_latent: None, rope_dim: 8 },
+        "mla-32" => AttentionConfig::Mla { kv_latent: Some(32), q_latent: None, rope_dim: Some(8) },
         "swa-16" => AttentionConfig::SlidingWindow { window: 16, global_tokens: 0, kv_heads: None },
-        "sparse-16/8" => AttentionConfig::FixedSparse { block: 16, stride: 8, kv_heads: None },
+        "strided-16/8" => AttentionConfig::StridedSparse { block: 16, stride: 8, kv_heads: None },
         "tiled-64" => AttentionConfig::Tiled { block_q: 64, block_k: 64, kv_heads: None },
-        "gated" => AttentionConfig::Gated { kv_heads: None },
+        "gated" => AttentionConfig::Gated { kv_heads: None, gate_bias: None },
         "diff" => AttentionConfig::Differential {},
         other => panic!("unknown kind {other}"),
     }

@@ -13,8 +13,8 @@ use crate::state::State;
 /// A token mixer chosen at run time by [`AttentionConfig`].
 #[derive(Module, Debug)]
 pub enum Attention {
-    /// MHA, MQA, GQA and the softmax variants built on them: sliding window, fixed sparse,
-    /// tiled, gated.
+    /// MHA, MQA, GQA and the softmax variants built on them: sliding window, strided and fixed
+    /// sparse, tiled, gated.
     GroupedQuery(GroupedQuery),
     /// MLA.
     Latent(LatentAttention),
@@ -33,8 +33,9 @@ impl AttentionConfig {
     /// λ_init depends on it).
     pub fn init_layer(&self, d_model: usize, heads: usize, max_seq: usize, rope_base: f32, layer: usize, device: &Device) -> Attention {
         let variant = match self {
-            AttentionConfig::Mla { kv_latent, q_latent, rope_dim } => {
-                return Attention::Latent(LatentAttention::new(d_model, heads, *kv_latent, *q_latent, *rope_dim, max_seq, rope_base, device))
+            AttentionConfig::Mla { q_latent, .. } => {
+                let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("mla");
+                return Attention::Latent(LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, max_seq, rope_base, device));
             }
             AttentionConfig::Differential {} => {
                 return Attention::Differential(Differential::new(d_model, heads, max_seq, rope_base, layer, device))
@@ -42,13 +43,16 @@ impl AttentionConfig {
             AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
                 Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
             }
-            AttentionConfig::FixedSparse { block, stride, .. } => {
+            AttentionConfig::StridedSparse { block, stride, .. } => {
                 Variant { pattern: Pattern::Strided { block: *block, stride: *stride }, ..Variant::default() }
+            }
+            AttentionConfig::FixedSparse { block, summary, .. } => {
+                Variant { pattern: Pattern::Fixed { block: *block, summary: *summary }, ..Variant::default() }
             }
             AttentionConfig::Tiled { block_q, block_k, .. } => {
                 Variant { kernel: Kernel::Tiled { block_q: *block_q, block_k: *block_k }, ..Variant::default() }
             }
-            AttentionConfig::Gated { .. } => Variant { gated: true, ..Variant::default() },
+            AttentionConfig::Gated { gate_bias, .. } => Variant { gated: true, gate_bias: *gate_bias, ..Variant::default() },
             AttentionConfig::Mha {} | AttentionConfig::Mqa {} | AttentionConfig::Gqa { .. } => Variant::default(),
         };
         let kv_heads = self.kv_heads(heads).expect("grouped-query kind");

@@ -16,13 +16,15 @@ pub enum AttentionConfig {
     Gqa { kv_heads: usize },
     /// Multi-head latent attention (DeepSeek-V2, 2024): K and V rebuilt from a shared latent
     /// `c_kv` of size `kv_latent`; optional query latent `q_latent`; a decoupled rotary key of
-    /// size `rope_dim` shared by all heads.
+    /// size `rope_dim` shared by all heads. Left out, `kv_latent` and `rope_dim` take
+    /// DeepSeek-V2's ratios to the head width: d_c = 4·d_h, d_R = d_h / 2.
     Mla {
-        kv_latent: usize,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kv_latent: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         q_latent: Option<usize>,
-        #[serde(default = "default_rope_dim")]
-        rope_dim: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rope_dim: Option<usize>,
     },
     /// Sliding-window attention (Longformer / Mistral): each token sees the last `window`
     /// tokens (itself included) plus the first `global_tokens` of the sequence (attention
@@ -34,13 +36,26 @@ pub enum AttentionConfig {
         #[serde(default)]
         kv_heads: Option<usize>,
     },
-    /// Fixed sparse attention (Child et al. 2019, strided pattern): the first half of the
+    /// Strided sparse attention (Child et al. 2019, strided pattern): the first half of the
     /// heads see the last `block` tokens, the second half every `stride`-th token back.
-    FixedSparse {
+    StridedSparse {
         block: usize,
         stride: usize,
         #[serde(default)]
         kv_heads: Option<usize>,
+    },
+    /// Fixed sparse attention (Child et al. 2019, fixed pattern): every head sees its own
+    /// `block` (block-local, causal) and the last `summary` positions of every earlier block
+    /// (summary columns). `stride` is only read to say that the strided pattern is now
+    /// `strided_sparse` (runs and files from before the rename).
+    FixedSparse {
+        block: usize,
+        #[serde(default)]
+        summary: usize,
+        #[serde(default)]
+        kv_heads: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
     },
     /// Causal attention computed tile by tile with an online softmax (FlashAttention's
     /// algorithm, Dao et al. 2022): `block_q × block_k` score tiles, never the `T × T` matrix.
@@ -53,18 +68,18 @@ pub enum AttentionConfig {
         kv_heads: Option<usize>,
     },
     /// Gated attention (Qiu et al. 2025, Qwen3-Next): the SDPA output times an elementwise
-    /// sigmoid gate `σ(x W_θ)` per head.
+    /// sigmoid gate `σ(x W_θ)` per head (bias-free, as the paper: σ(0) = 0.5 at init).
+    /// `gate_bias = b` adds a learnable bias initialised to b (e.g. 3: the gate starts at
+    /// σ(3) ≈ 0.95 and does not halve the output).
     Gated {
         #[serde(default)]
         kv_heads: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate_bias: Option<f64>,
     },
     /// Differential attention (Ye et al. 2024): `heads / 2` heads, each the difference of two
     /// softmax maps, `(softmax(Q₁K₁ᵀ) − λ softmax(Q₂K₂ᵀ)) V`.
     Differential {},
-}
-
-fn default_rope_dim() -> usize {
-    16
 }
 
 fn default_block() -> usize {
@@ -72,7 +87,7 @@ fn default_block() -> usize {
 }
 
 /// The kinds a user can write, for error messages.
-pub const KINDS: &[&str] = &["mha", "mqa", "gqa", "mla", "sliding_window", "fixed_sparse", "tiled", "gated", "differential"];
+pub const KINDS: &[&str] = &["mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential"];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,6 +113,7 @@ impl AttentionConfig {
             Self::Gqa { .. } => "gqa",
             Self::Mla { .. } => "mla",
             Self::SlidingWindow { .. } => "sliding_window",
+            Self::StridedSparse { .. } => "strided_sparse",
             Self::FixedSparse { .. } => "fixed_sparse",
             Self::Tiled { .. } => "tiled",
             Self::Gated { .. } => "gated",
@@ -105,14 +121,25 @@ impl AttentionConfig {
         }
     }
 
-    /// Short label for tables, e.g. `gqa-2`, `mla-32`, `swa-64`, `gated-kv2`.
+    /// Short label for tables naming every hyper-parameter set away from its default, e.g.
+    /// `gqa-2`, `mla` (DeepSeek-V2 ratios), `mla-c16-r4`, `swa-64`, `gated-b3-kv2`.
     pub fn label(&self) -> String {
         let base = match self {
             Self::Gqa { kv_heads } => return format!("gqa-{kv_heads}"),
-            Self::Mla { kv_latent, .. } => return format!("mla-{kv_latent}"),
+            Self::Mla { kv_latent, q_latent, rope_dim } => {
+                let mut label = "mla".to_string();
+                for (tag, v) in [("c", kv_latent), ("q", q_latent), ("r", rope_dim)] {
+                    if let Some(v) = v {
+                        label.push_str(&format!("-{tag}{v}"));
+                    }
+                }
+                return label;
+            }
             Self::SlidingWindow { window, global_tokens: 0, .. } => format!("swa-{window}"),
             Self::SlidingWindow { window, global_tokens, .. } => format!("swa-{window}+{global_tokens}"),
-            Self::FixedSparse { block, stride, .. } => format!("sparse-{block}/{stride}"),
+            Self::StridedSparse { block, stride, .. } => format!("strided-{block}/{stride}"),
+            Self::FixedSparse { block, summary, .. } => format!("fixed-{block}/{summary}"),
+            Self::Gated { gate_bias: Some(b), .. } => format!("gated-b{b}"),
             Self::Tiled { block_q, block_k, .. } => format!("tiled-{block_q}x{block_k}"),
             Self::Differential {} => "diff".to_string(),
             other => other.kind().to_string(),
@@ -126,7 +153,11 @@ impl AttentionConfig {
     /// `kv_heads` where the user may set it on a softmax-family kind.
     fn explicit_kv_heads(&self) -> Option<usize> {
         match self {
-            Self::SlidingWindow { kv_heads, .. } | Self::FixedSparse { kv_heads, .. } | Self::Tiled { kv_heads, .. } | Self::Gated { kv_heads } => *kv_heads,
+            Self::SlidingWindow { kv_heads, .. }
+            | Self::StridedSparse { kv_heads, .. }
+            | Self::FixedSparse { kv_heads, .. }
+            | Self::Tiled { kv_heads, .. }
+            | Self::Gated { kv_heads, .. } => *kv_heads,
             _ => None,
         }
     }
@@ -139,6 +170,15 @@ impl AttentionConfig {
             Self::Gqa { kv_heads } => Some(*kv_heads),
             Self::Mla { .. } | Self::Differential {} => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
+        }
+    }
+
+    /// MLA's latent width and rotary width for head width `head_dim`: as set, or DeepSeek-V2's
+    /// ratios (d_c = 4·d_h, d_R = d_h / 2). `None` for other kinds.
+    pub fn mla_dims(&self, head_dim: usize) -> Option<(usize, usize)> {
+        match self {
+            Self::Mla { kv_latent, rope_dim, .. } => Some((kv_latent.unwrap_or(4 * head_dim), rope_dim.unwrap_or(head_dim / 2))),
+            _ => None,
         }
     }
 
@@ -178,25 +218,40 @@ impl AttentionConfig {
             even_head_dim()?;
         }
         match self {
-            Self::Mla { kv_latent, q_latent, rope_dim } => {
-                positive("kv_latent", *kv_latent)?;
+            Self::Mla { q_latent, rope_dim: set_rope_dim, .. } => {
+                let (kv_latent, rope_dim) = self.mla_dims(head_dim).expect("mla");
+                positive("kv_latent", kv_latent)?;
                 if q_latent == &Some(0) {
                     return Err(ConfigError::new("model.attention.q_latent", 0, "must be ≥ 1, or left out for no query compression"));
                 }
-                if *rope_dim == 0 || rope_dim % 2 != 0 || *rope_dim > head_dim {
+                if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim {
+                    let default = if set_rope_dim.is_none() { " (left out, it is head_dim / 2: set it)" } else { "" };
                     return Err(ConfigError::new(
                         "model.attention.rope_dim",
                         rope_dim,
-                        format!("must be even, ≥ 2 and ≤ head_dim = {head_dim}"),
+                        format!("must be even, ≥ 2 and ≤ head_dim = {head_dim}{default}"),
                     ));
                 }
             }
             Self::SlidingWindow { window, .. } => positive("window", *window)?,
-            Self::FixedSparse { block, stride, .. } => {
+            Self::StridedSparse { block, stride, .. } => {
                 positive("block", *block)?;
                 positive("stride", *stride)?;
                 if heads < 2 {
-                    return Err(ConfigError::new("model.heads", heads, "fixed_sparse needs ≥ 2 heads (half local, half strided)"));
+                    return Err(ConfigError::new("model.heads", heads, "strided_sparse needs ≥ 2 heads (half local, half strided)"));
+                }
+            }
+            Self::FixedSparse { block, summary, stride, .. } => {
+                if let Some(stride) = stride {
+                    return Err(ConfigError::new(
+                        "model.attention.stride",
+                        stride,
+                        "fixed_sparse is now Child et al.'s fixed pattern (block, summary); the strided pattern (block, stride) is kind = \"strided_sparse\"",
+                    ));
+                }
+                positive("block", *block)?;
+                if *summary == 0 || summary > block {
+                    return Err(ConfigError::new("model.attention.summary", summary, format!("must be in 1..={block} (model.attention.block)")));
                 }
             }
             Self::Tiled { block_q, block_k, .. } => {
@@ -208,6 +263,9 @@ impl AttentionConfig {
                     return Err(ConfigError::new("model.heads", heads, "differential attention needs an even head count (it uses heads / 2 differential heads)"));
                 }
                 even_head_dim()?;
+            }
+            Self::Gated { gate_bias: Some(b), .. } if !b.is_finite() => {
+                return Err(ConfigError::new("model.attention.gate_bias", b, "must be a finite number"));
             }
             Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } | Self::Gated { .. } => {}
         }

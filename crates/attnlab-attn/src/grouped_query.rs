@@ -8,9 +8,9 @@
 //!
 //! The same module carries the softmax family's local and modified variants, each composing
 //! with `kv_heads`: a visibility [`Pattern`] (sliding window with a ring-buffer cache, strided
-//! sparse), a [`Kernel`] (naive or tiled online softmax) and an optional sigmoid output gate.
+//! and fixed sparse), a [`Kernel`] (naive or tiled online softmax) and an optional sigmoid output gate.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
@@ -33,7 +33,7 @@ pub enum Kernel {
 }
 
 /// Grouped-query attention with a fused QKV projection (no biases), a visibility [`Pattern`]
-/// (causal, sliding window, strided sparse), a score [`Kernel`] and an optional output gate.
+/// (causal, sliding window, strided or fixed sparse), a score [`Kernel`] and an optional output gate.
 #[derive(Module, Debug)]
 pub struct GroupedQuery {
     /// `d_model → (heads + 2·kv_heads)·head_dim`.
@@ -43,6 +43,8 @@ pub struct GroupedQuery {
     /// Gated attention (Qiu et al. 2025): `d_model → heads·head_dim`; the SDPA output is
     /// multiplied elementwise by `σ(x W_θ)` before `out`.
     pub gate: Option<Linear>,
+    /// Optional learnable bias of the gate, `[heads·head_dim]` (`gate_bias` in the config).
+    pub gate_bias: Option<Param<Tensor<1>>>,
     pub rope: Rope,
     pub heads: usize,
     pub kv_heads: usize,
@@ -54,16 +56,18 @@ pub struct GroupedQuery {
 }
 
 /// Builder options of [`GroupedQuery`] beyond its shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Variant {
     pub pattern: Pattern,
     pub kernel: Kernel,
     pub gated: bool,
+    /// Initial value of a learnable gate bias (`None`: the paper's bias-free gate).
+    pub gate_bias: Option<f64>,
 }
 
 impl Default for Variant {
     fn default() -> Self {
-        Self { pattern: Pattern::Causal, kernel: Kernel::Naive, gated: false }
+        Self { pattern: Pattern::Causal, kernel: Kernel::Naive, gated: false, gate_bias: None }
     }
 }
 
@@ -86,6 +90,10 @@ impl GroupedQuery {
             qkv: linear(d_model, (heads + 2 * kv_heads) * head_dim, device),
             out: linear(heads * head_dim, d_model, device),
             gate: variant.gated.then(|| linear(d_model, heads * head_dim, device)),
+            gate_bias: variant
+                .gate_bias
+                .filter(|_| variant.gated)
+                .map(|b| Param::from_tensor(Tensor::full([heads * head_dim], b as f32, device))),
             rope: Rope::new(head_dim, max_seq, rope_base, device),
             heads,
             kv_heads,
@@ -95,12 +103,22 @@ impl GroupedQuery {
         }
     }
 
+    /// The output gate `σ(x W_θ + b)` `[b, t, heads·d_h]`, when gated.
+    fn gate_values(&self, x: &Tensor<3>) -> Option<Tensor<3>> {
+        let w = self.gate.as_ref()?;
+        let z = apply(w, x.clone());
+        Some(sigmoid(match &self.gate_bias {
+            Some(b) => z + b.val().unsqueeze::<3>(),
+            None => z,
+        }))
+    }
+
     /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]`, rotated for positions `start..`,
     /// and the output gate `σ(x W_θ)` `[b, t, heads·d_h]` when gated.
     fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
         let [b, t, _] = x.dims();
         let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
-        let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
+        let gate = self.gate_values(&x);
         // [b, t, (h + 2g)·d] → [b, t, h + 2g, d] is free (contiguous); narrowing heads after it
         // keeps q, k, v as views until their first real use.
         let qkv = apply(&self.qkv, x).reshape([b, t, h + 2 * g, d]);
@@ -160,7 +178,7 @@ impl GroupedQuery {
     /// [`Self::forward`] on the CPU backend: RoPE, head split, causal attention and head merge
     /// as one fused op on the QKV projection ([`attnlab_kernels::qkv_attention`]).
     fn forward_fused(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate.as_ref().map(|w| sigmoid(apply(w, x.clone())));
+        let gate = self.gate_values(&x);
         let (cos, sin) = self.rope.tables();
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let window = self.fused_window().expect("a pattern the fused kernel covers");
@@ -177,7 +195,7 @@ impl GroupedQuery {
         match self.pattern {
             Pattern::Causal => Some(None),
             Pattern::Window { window, global } => Some(Some((window, global))),
-            Pattern::Strided { .. } => None,
+            Pattern::Strided { .. } | Pattern::Fixed { .. } => None,
         }
     }
 
@@ -279,6 +297,8 @@ impl GroupedQuery {
             Pattern::Window { window, global } => context.min(window + global),
             // Half the heads see `block` keys, half see context / stride.
             Pattern::Strided { block, stride } => (context.min(block) + context.div_ceil(stride)) / 2,
+            // At most its own block plus the summary columns of the earlier blocks.
+            Pattern::Fixed { block, summary } => context.min(block) + (context / block) * summary,
         };
         (2 * proj + 4 * self.heads * self.head_dim * visible) as u64
     }

@@ -25,6 +25,11 @@ pub enum Pattern {
     /// `heads/2..` are **strided** (every `stride`-th position back, `(q − k) mod stride = 0`).
     /// Together, two layers connect every pair of positions when `stride ≤ block`.
     Strided { block: usize, stride: usize },
+    /// Sparse Transformer (Child et al. 2019), fixed pattern, the same for every head: the
+    /// query's own block of `block` positions (`⌊k / block⌋ = ⌊q / block⌋`) and, from every
+    /// earlier block, its last `summary` positions (`k mod block ≥ block − summary`), the
+    /// "summary" columns through which information crosses blocks.
+    Fixed { block: usize, summary: usize },
 }
 
 impl Pattern {
@@ -43,6 +48,7 @@ impl Pattern {
                     (q - k) % stride == 0
                 }
             }
+            Pattern::Fixed { block, summary } => k / block == q / block || k % block >= block - summary,
         }
     }
 

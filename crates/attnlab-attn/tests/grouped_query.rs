@@ -1,52 +1,65 @@
-//! GQA/MHA/MQA against an independent reference, decode against forward, causality, gradients.
+//! GQA/MHA/MQA against an independent reference (f64 loops: per-head RoPE, naive softmax,
+//! K/V head ⌊i / (h/g)⌋) with **peaked** attention, for the training forward (fused CPU kernel)
+//! and for cached decode; causality; gradients against finite differences of the reference.
+//!
+//! Mutations planted and seen to fail (see `tests/README.md` for the full list):
+//! - scale 1/d_h instead of 1/√d_h (both kernels) → `every_group_count_matches_the_reference_with_peaked_attention`;
+//! - RoPE off on the keys → the same test and `cached_decode_matches_the_reference`;
+//! - causal mask shifted by one (a query also sees the next key) → both, and the causality test;
+//! - K/V head `i mod g` instead of `⌊i / (h/g)⌋` → the reference test (GQA-2, GQA-3 cases);
+//! - a wrong factor in the fused kernel's backward → `gradients_match_finite_differences_of_the_reference`.
 
 mod common;
 
 use attnlab_attn::burn::tensor::{Distribution, Tensor};
-use attnlab_attn::{AttentionConfig, GroupedQuery};
+use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
 use common::*;
-
-
 
 /// Causal multi-head reference from the module's weights.
 fn reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
     gqa_reference(m, x, b, t, d_model, &|_, q, k| k <= q)
 }
 
+const CONFIGS: [AttentionConfig; 4] = [AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 3 }, AttentionConfig::Gqa { kv_heads: 2 }, AttentionConfig::Mqa {}];
+
 #[test]
-fn every_group_count_matches_the_naive_reference() {
+fn every_group_count_matches_the_reference_with_peaked_attention() {
     let (d_model, heads) = (48, 6);
-    for config in [AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 3 }, AttentionConfig::Gqa { kv_heads: 2 }, AttentionConfig::Mqa {}] {
+    for config in CONFIGS {
         for t in [1, 7, 19] {
-            let m = grouped(&config, d_model, heads, 3);
+            let m = sharpen(grouped(&config, d_model, heads, 3), SHARP);
             let x = random_input(2, t, d_model, 11, &cpu());
             let got = to_vec(m.forward(x.clone()));
+            reset_rows();
             let want = reference(&m, &to_vec(x), 2, t, d_model);
-            let err = max_abs_diff(&got, &want);
-            assert!(err < 1e-4, "{config:?} t={t}: max |diff| = {err}");
+            if t > 1 {
+                assert_peaked(&format!("{config:?} t={t}"), 2.5);
+            }
+            let err = rel_err(&got, &want);
+            assert!(err < 1e-4, "{config:?} t={t}: relative error {err}");
         }
     }
 }
 
 #[test]
-fn mha_is_gqa_with_kv_heads_equal_heads_and_mqa_is_gqa_with_one() {
-    use attnlab_attn::burn::module::Module;
-    let x = random_input(2, 9, 32, 5, &cpu());
-    let pairs = [(AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 4 }), (AttentionConfig::Mqa {}, AttentionConfig::Gqa { kv_heads: 1 })];
-    for (named, general) in pairs {
-        let a = grouped(&named, 32, 4, 8);
-        // Same shapes, so the general module loads the named one's weights.
-        let b = grouped(&general, 32, 4, 9).load_record(a.clone().into_record());
-        assert_eq!((a.kv_heads, a.qkv.weight.dims()), (b.kv_heads, b.qkv.weight.dims()));
-        let err = max_abs_diff(&to_vec(a.forward(x.clone())), &to_vec(b.forward(x.clone())));
-        assert!(err < 1e-6, "{named:?} vs {general:?}: {err}");
+fn cached_decode_matches_the_reference() {
+    let (d_model, heads, t) = (48, 6, 13);
+    for config in CONFIGS {
+        let m = sharpen(grouped(&config, d_model, heads, 4), SHARP);
+        let x = random_input(2, t, d_model, 12, &cpu());
+        let want = reference(&m, &to_vec(x.clone()), 2, t, d_model);
+        let m = Attention::GroupedQuery(m);
+        for prefill in [1, 6] {
+            let err = rel_err(&to_vec(decode(&m, &x, prefill)), &want);
+            assert!(err < 1e-4, "{config:?} prefill {prefill}: relative error {err}");
+        }
     }
 }
 
 #[test]
 fn changing_a_later_token_leaves_earlier_outputs_unchanged() {
     let dev = cpu();
-    let m = grouped(&AttentionConfig::Gqa { kv_heads: 2 }, 32, 4, 1);
+    let m = sharpen(grouped(&AttentionConfig::Gqa { kv_heads: 2 }, 32, 4, 1), SHARP);
     let (t, cut) = (12, 6);
     let x = random_input(1, t, 32, 2, &dev);
     let noise = Tensor::<3>::random([1, t - cut - 1, 32], Distribution::Normal(0.0, 1.0), &dev);
@@ -55,7 +68,18 @@ fn changing_a_later_token_leaves_earlier_outputs_unchanged() {
     let full_b = m.forward(x2);
     let a = to_vec(full_a.clone().narrow(1, 0, cut + 1));
     let b = to_vec(full_b.clone().narrow(1, 0, cut + 1));
-    assert!(max_abs_diff(&a, &b) < 1e-6, "outputs ≤ t moved when tokens > t changed");
-    let later = max_abs_diff(&to_vec(full_a.narrow(1, cut + 1, 1)), &to_vec(full_b.narrow(1, cut + 1, 1)));
-    assert!(later > 1e-3, "the output at t+1 should change with its own token (diff {later})");
+    assert!(rel_err(&b, &a) < 1e-6, "outputs ≤ t moved when tokens > t changed");
+    let later = rel_err(&to_vec(full_b.narrow(1, cut + 1, 1)), &to_vec(full_a.narrow(1, cut + 1, 1)));
+    assert!(later > 1e-2, "the output at t+1 should change with its own token (relative change {later})");
+}
+
+#[test]
+fn gradients_match_finite_differences_of_the_reference() {
+    let dev = cpu().autodiff();
+    let (d_model, heads, t) = (32, 4, 9);
+    for config in [AttentionConfig::Mha {}, AttentionConfig::Gqa { kv_heads: 2 }, AttentionConfig::Mqa {}] {
+        let m = sharpen(grouped_on(&config, d_model, heads, 5, &dev), SHARP);
+        let x = random_input(1, t, d_model, 6, &dev);
+        check_gradients(&format!("{config:?}"), &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, 1, t, d_model));
+    }
 }

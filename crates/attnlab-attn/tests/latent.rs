@@ -1,7 +1,18 @@
-//! MLA against an independent reference built from its weights (DeepSeek-V2 equations).
+//! MLA against an independent reference built from its weights (DeepSeek-V2 equations: latent
+//! RMSNorm, up-projections, decoupled RoPE on d_R dims, scale 1/√(d_h + d_R)), with peaked
+//! attention, for the training forward and the absorbed decode; gradients against finite
+//! differences of the reference.
+//!
+//! Mutations planted and seen to fail (see `tests/README.md`):
+//! - scale 1/√d_h instead of 1/√(d_h + d_R) in the training form → `mla_forward_matches_the_reference_with_peaked_attention`
+//!   (relative error ≈ 1e-1; at the old near-uniform weights it was 5e-5, under the old tolerance);
+//! - the same in the absorbed decode → `mla_absorbed_decode_matches_the_reference`;
+//! - RoPE off on k_R → both reference tests;
+//! - the kv latent norm skipped → both reference tests.
 
 mod common;
 
+use attnlab_attn::burn::tensor::Device;
 use attnlab_attn::{Attention, AttentionConfig, LatentAttention};
 use common::*;
 
@@ -59,29 +70,85 @@ fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize)
     out
 }
 
+fn mla(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> LatentAttention {
+    dev.seed(seed);
+    let Attention::Latent(m) = config.init(d_model, heads, 64, ROPE_BASE as f32, dev) else { panic!("expected MLA") };
+    sharpen(m, SHARP)
+}
+
+/// Small latents with and without a query latent, and DeepSeek-V2's ratios (the defaults:
+/// d_c = 4·d_h = 48, d_R = d_h / 2 = 6 at d_h = 12).
+fn configs() -> [AttentionConfig; 3] {
+    [
+        AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(6) },
+        AttentionConfig::Mla { kv_latent: Some(16), q_latent: Some(24), rope_dim: Some(6) },
+        AttentionConfig::Mla { kv_latent: None, q_latent: Some(24), rope_dim: None },
+    ]
+}
+
 #[test]
-fn mla_matches_the_naive_reference_with_and_without_query_latent() {
+fn mla_forward_matches_the_reference_with_peaked_attention() {
     let (d_model, heads) = (48, 4);
-    for q_latent in [None, Some(24)] {
+    for config in configs() {
         for t in [1, 7, 17] {
             let dev = cpu();
-            dev.seed(4);
-            let config = AttentionConfig::Mla { kv_latent: 16, q_latent, rope_dim: 6 };
-            let Attention::Latent(m) = config.init(d_model, heads, 64, ROPE_BASE as f32, &dev) else { panic!("expected MLA") };
+            let m = mla(&config, d_model, heads, 4, &dev);
             let x = random_input(2, t, d_model, 9, &dev);
             let got = to_vec(m.forward(x.clone()));
+            reset_rows();
             let want = reference(&m, &to_vec(x), 2, t, d_model);
-            let err = max_abs_diff(&got, &want);
-            assert!(err < 1e-4, "q_latent={q_latent:?} t={t}: max |diff| = {err}");
+            if t > 1 {
+                assert_peaked(&format!("{config:?} t={t}"), 2.5);
+            }
+            let err = rel_err(&got, &want);
+            assert!(err < 1e-4, "{config:?} t={t}: relative error {err}");
         }
     }
+}
+
+/// The decode path attends in the absorbed-weight form (scores in latent space): a separate
+/// formula from the training forward, checked against the same reference.
+#[test]
+fn mla_absorbed_decode_matches_the_reference() {
+    let (d_model, heads, t) = (48, 4, 13);
+    for config in configs() {
+        let dev = cpu();
+        let m = mla(&config, d_model, heads, 5, &dev);
+        let x = random_input(2, t, d_model, 10, &dev);
+        let want = reference(&m, &to_vec(x.clone()), 2, t, d_model);
+        let m = Attention::Latent(m);
+        for prefill in [1, 5] {
+            let err = rel_err(&to_vec(decode(&m, &x, prefill)), &want);
+            assert!(err < 1e-4, "{config:?} prefill {prefill}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn mla_gradients_match_finite_differences_of_the_reference() {
+    let dev = cpu().autodiff();
+    let (d_model, heads, t) = (32, 4, 9);
+    for config in [AttentionConfig::Mla { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4) }, AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None }] {
+        let m = mla(&config, d_model, heads, 6, &dev);
+        let x = random_input(1, t, d_model, 7, &dev);
+        check_gradients(&format!("{config:?}"), &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, 1, t, d_model));
+    }
+}
+
+#[test]
+fn mla_defaults_are_deepseek_v2_ratios() {
+    let config = AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None };
+    let Attention::Latent(m) = config.init(64, 4, 16, 10_000.0, &cpu()) else { panic!() };
+    assert_eq!((m.head_dim, m.kv_latent, m.rope_dim), (16, 64, 8));
+    assert_eq!(config.label(), "mla");
+    assert_eq!(AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(4) }.label(), "mla-c16-r4");
 }
 
 #[test]
 fn mla_state_holds_only_the_latent_and_the_rope_key() {
     let dev = cpu();
     let (kv_latent, rope_dim) = (20, 8);
-    let m = AttentionConfig::Mla { kv_latent, q_latent: None, rope_dim }.init(64, 4, 64, 10_000.0, &dev);
+    let m = AttentionConfig::Mla { kv_latent: Some(kv_latent), q_latent: None, rope_dim: Some(rope_dim) }.init(64, 4, 64, 10_000.0, &dev);
     let mut state = m.init_state(3, 40, &dev);
     assert_eq!(state.bytes(), (kv_latent + rope_dim) * 4 * 40);
     assert_eq!(m.state_bytes(40), state.bytes());

@@ -1,27 +1,60 @@
-//! Sliding window, fixed sparse, tiled, gated and differential attention against independent
-//! references (dense visibility rules written out here, f64 loops), at odd lengths.
+//! Sliding window, strided and fixed sparse, tiled, gated and differential attention against
+//! independent references (dense visibility rules written out here, f64 loops) with **peaked**
+//! attention, at odd lengths, for the training forward and for cached decode; gradients
+//! against finite differences of the references.
+//!
+//! Mutations planted and seen to fail (see `tests/README.md`):
+//! - window off by one (`q − k ≤ window`) in the pattern → `sliding_window_sees_the_last_window_tokens_and_the_global_ones`;
+//! - strided heads offset (`(q − k + 1) mod stride`) → `strided_sparse_gives_half_the_heads_a_local_and_half_a_strided_pattern`;
+//! - fixed summary columns off by one (`k mod block > block − summary`) → `fixed_sparse_sees_its_block_and_the_summary_columns_of_earlier_blocks`;
+//! - gate applied as `x W_θ` without the sigmoid, and the gate bias ignored → `gated_attention_multiplies_each_head_output_by_a_sigmoid_gate`;
+//! - tiled: the running max not rescaled between key tiles → `tiled_attention_matches_the_reference_for_block_sizes_that_do_and_do_not_divide_t`;
+//! - differential: λ added instead of subtracted, and the (1 − λ_init) factor dropped → `differential_attention_matches_the_per_head_reference`.
 
 mod common;
 
-use attnlab_attn::burn::module::{Module, Param};
+use attnlab_attn::burn::module::Param;
 use attnlab_attn::burn::tensor::{Distribution, Tensor};
 use attnlab_attn::differential::lambda_init;
-use attnlab_attn::{softmax_attention, tiled_attention, Attention, AttentionConfig, Differential};
+use attnlab_attn::{tiled_attention, Attention, AttentionConfig, Differential};
 use common::*;
 
 const LENGTHS: [usize; 3] = [1, 7, 65];
 
-/// Checks a grouped-query variant against [`gqa_reference`] with the rule `allows(head, q, k)`.
+/// Checks a grouped-query variant against [`gqa_reference`] with the rule `allows(head, q, k)`,
+/// with peaked attention: the training forward at odd lengths, cached decode at t = 29.
 fn check(config: AttentionConfig, heads: usize, allows: &dyn Fn(usize, usize, usize) -> bool) {
     let d_model = 8 * heads;
     for t in LENGTHS {
-        let m = grouped(&config, d_model, heads, 3);
+        let m = sharpen(grouped(&config, d_model, heads, 3), SHARP);
         let x = random_input(2, t, d_model, 11, &cpu());
         let got = to_vec(m.forward(x.clone()));
+        reset_rows();
         let want = gqa_reference(&m, &to_vec(x), 2, t, d_model, allows);
-        let err = max_abs_diff(&got, &want);
-        assert!(err < 1e-4, "{config:?} t={t}: max |diff| = {err}");
+        if peaked_rows() > 0 {
+            assert_peaked(&format!("{config:?} t={t}"), 2.5);
+        }
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-4, "{config:?} t={t}: relative error {err}");
     }
+    let t = 29;
+    let m = sharpen(grouped(&config, d_model, heads, 4), SHARP);
+    let x = random_input(1, t, d_model, 12, &cpu());
+    let want = gqa_reference(&m, &to_vec(x.clone()), 1, t, d_model, allows);
+    let m = Attention::GroupedQuery(m);
+    for prefill in [1, 10] {
+        let err = rel_err(&to_vec(decode(&m, &x, prefill)), &want);
+        assert!(err < 1e-4, "{config:?} decode after a prefill of {prefill}: relative error {err}");
+    }
+}
+
+/// Gradients of a grouped-query variant against finite differences of [`gqa_reference`].
+fn check_grads(config: AttentionConfig, allows: &dyn Fn(usize, usize, usize) -> bool) {
+    let dev = cpu().autodiff();
+    let (d_model, heads, t) = (32, 4, 11);
+    let m = sharpen(grouped_on(&config, d_model, heads, 5, &dev), SHARP);
+    let x = random_input(1, t, d_model, 6, &dev);
+    check_gradients(&format!("{config:?}"), &m, x, &|m, x| m.forward(x), &|m, x| gqa_reference(m, x, 1, t, d_model, allows));
 }
 
 #[test]
@@ -30,79 +63,99 @@ fn sliding_window_sees_the_last_window_tokens_and_the_global_ones() {
         let config = AttentionConfig::SlidingWindow { window, global_tokens: global, kv_heads };
         check(config, 4, &|_, q, k| k <= q && (q - k < window || k < global));
     }
-}
-
-#[test]
-fn sliding_window_at_least_as_long_as_the_sequence_is_full_causal_attention() {
-    let t = 23;
-    let mha = grouped(&AttentionConfig::Mha {}, 32, 4, 5);
-    let swa = grouped(&AttentionConfig::SlidingWindow { window: t, global_tokens: 0, kv_heads: None }, 32, 4, 6).load_record(mha.clone().into_record());
-    let x = random_input(2, t, 32, 1, &cpu());
-    let err = max_abs_diff(&to_vec(mha.forward(x.clone())), &to_vec(swa.forward(x)));
-    assert!(err < 1e-6, "window ≥ T differs from MHA by {err}");
+    check_grads(AttentionConfig::SlidingWindow { window: 3, global_tokens: 1, kv_heads: Some(2) }, &|_, q, k| k <= q && (q - k < 3 || k < 1));
 }
 
 #[test]
 fn sliding_window_decode_in_chunks_crosses_the_ring_buffer_correctly() {
     let dev = cpu();
     let config = AttentionConfig::SlidingWindow { window: 4, global_tokens: 1, kv_heads: Some(2) };
-    dev.seed(4);
-    let m = config.init(32, 4, 64, ROPE_BASE as f32, &dev);
+    let m = sharpen(grouped(&config, 32, 4, 4), SHARP);
     let t = 29;
     let x = random_input(1, t, 32, 8, &dev);
-    let full = to_vec(m.forward(x.clone()));
+    let want = gqa_reference(&m, &to_vec(x.clone()), 1, t, 32, &|_, q, k| k <= q && (q - k < 4 || k < 1));
+    let m = Attention::GroupedQuery(m);
     for chunk in [3, 7] {
         let mut state = m.init_state(1, t, &dev);
         let parts: Vec<_> = (0..t).step_by(chunk).map(|p| m.step(x.clone().narrow(1, p, chunk.min(t - p)), &mut state)).collect();
-        let err = max_abs_diff(&to_vec(Tensor::cat(parts, 1)), &full);
-        assert!(err < 1e-4, "chunks of {chunk}: {err}");
+        let err = rel_err(&to_vec(Tensor::cat(parts, 1)), &want);
+        assert!(err < 1e-4, "chunks of {chunk}: relative error {err}");
         assert_eq!(state.bytes(), 2 * 2 * 8 * (4 + 1) * 4, "the ring holds window + global tokens");
     }
 }
 
 #[test]
-fn fixed_sparse_gives_half_the_heads_a_local_and_half_a_strided_pattern() {
+fn strided_sparse_gives_half_the_heads_a_local_and_half_a_strided_pattern() {
     for (block, stride, heads, kv_heads) in [(3, 4, 4, None), (8, 8, 4, Some(2)), (1, 2, 2, None)] {
-        let config = AttentionConfig::FixedSparse { block, stride, kv_heads };
+        let config = AttentionConfig::StridedSparse { block, stride, kv_heads };
         check(config, heads, &|head, q, k| k <= q && if head < heads / 2 { q - k < block } else { (q - k) % stride == 0 });
     }
+    check_grads(AttentionConfig::StridedSparse { block: 3, stride: 4, kv_heads: None }, &|head, q, k| k <= q && if head < 2 { q - k < 3 } else { (q - k) % 4 == 0 });
+}
+
+#[test]
+fn fixed_sparse_sees_its_block_and_the_summary_columns_of_earlier_blocks() {
+    for (block, summary, kv_heads) in [(4, 1, None), (5, 2, Some(2)), (8, 8, None), (1, 1, Some(1))] {
+        let config = AttentionConfig::FixedSparse { block, summary, kv_heads, stride: None };
+        // Same block, or one of the last `summary` positions of its block.
+        check(config, 4, &|_, q, k| k <= q && (k / block == q / block || k % block + summary >= block));
+    }
+    check_grads(AttentionConfig::FixedSparse { block: 4, summary: 1, kv_heads: None, stride: None }, &|_, q, k| k <= q && (k / 4 == q / 4 || k % 4 == 3));
 }
 
 #[test]
 fn gated_attention_multiplies_each_head_output_by_a_sigmoid_gate() {
-    for kv_heads in [None, Some(2)] {
-        check(AttentionConfig::Gated { kv_heads }, 4, &|_, q, k| k <= q);
+    for (kv_heads, gate_bias) in [(None, None), (Some(2), None), (None, Some(3.0))] {
+        check(AttentionConfig::Gated { kv_heads, gate_bias }, 4, &|_, q, k| k <= q);
     }
+    check_grads(AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0) }, &|_, q, k| k <= q);
 }
 
 #[test]
-fn tiled_attention_equals_naive_for_block_sizes_that_do_and_do_not_divide_t() {
+fn a_gate_bias_starts_the_gate_at_sigmoid_of_the_bias() {
+    let m = grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: Some(3.0) }, 32, 4, 1);
+    let b = to_vec(m.gate_bias.as_ref().expect("a gate bias").val());
+    assert_eq!(b.len(), 32);
+    assert!(b.iter().all(|v| (*v - 3.0).abs() < 1e-7));
+    assert!(grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: None }, 32, 4, 1).gate_bias.is_none(), "the paper's gate has no bias");
+}
+
+#[test]
+fn tiled_kind_matches_the_reference() {
+    for kv_heads in [None, Some(2)] {
+        check(AttentionConfig::Tiled { block_q: 5, block_k: 3, kv_heads }, 4, &|_, q, k| k <= q);
+    }
+    check_grads(AttentionConfig::Tiled { block_q: 4, block_k: 3, kv_heads: None }, &|_, q, k| k <= q);
+}
+
+#[test]
+fn tiled_attention_matches_the_reference_for_block_sizes_that_do_and_do_not_divide_t() {
     let dev = cpu();
+    let (b, h, dk, dv, scale) = (2, 3, 8, 6, 1.0);
     for t in LENGTHS {
         dev.seed(t as u64);
-        let q = Tensor::<4>::random([2, 3, t, 8], Distribution::Normal(0.0, 1.0), &dev);
-        let k = Tensor::<4>::random([2, 3, t, 8], Distribution::Normal(0.0, 1.0), &dev);
-        let v = Tensor::<4>::random([2, 3, t, 6], Distribution::Normal(0.0, 1.0), &dev);
-        let mask = attnlab_attn::mask::causal_mask(t, t, &dev).unsqueeze();
-        let naive = to_vec(softmax_attention(q.clone(), k.clone(), v.clone(), Some(mask), 0.3));
+        let q = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<4>::random([b, h, t, dv], Distribution::Normal(0.0, 1.0), &dev);
+        let rows = |x: &Tensor<4>, bi: usize, hi: usize, d: usize| -> Vec<Vec<f64>> {
+            let all = to_vec(x.clone().narrow(0, bi, 1).narrow(1, hi, 1));
+            all.chunks(d).map(|c| c.to_vec()).collect()
+        };
+        reset_rows();
+        let mut want = Vec::new();
+        for bi in 0..b {
+            for hi in 0..h {
+                want.extend(causal_head(&rows(&q, bi, hi, dk), &rows(&k, bi, hi, dk), &rows(&v, bi, hi, dv), scale).into_iter().flatten());
+            }
+        }
+        if t > 7 {
+            assert_peaked(&format!("t={t}"), 2.5);
+        }
         let pos: Vec<usize> = (0..t).collect();
         for (bq, bk) in [(1, 1), (3, 5), (16, 16), (64, 7), (128, 128)] {
-            let tiled = to_vec(tiled_attention(q.clone(), k.clone(), v.clone(), &pos, &pos, 0.3, bq, bk));
-            let err = max_abs_diff(&tiled, &naive);
-            assert!(err < 1e-5, "t={t} blocks {bq}×{bk}: {err}");
-        }
-    }
-}
-
-#[test]
-fn tiled_kind_equals_mha_and_gqa_with_the_same_weights() {
-    for (kv_heads, named) in [(None, AttentionConfig::Mha {}), (Some(2), AttentionConfig::Gqa { kv_heads: 2 })] {
-        for t in LENGTHS {
-            let naive = grouped(&named, 32, 4, 9);
-            let tiled = grouped(&AttentionConfig::Tiled { block_q: 5, block_k: 3, kv_heads }, 32, 4, 10).load_record(naive.clone().into_record());
-            let x = random_input(2, t, 32, 2, &cpu());
-            let err = max_abs_diff(&to_vec(naive.forward(x.clone())), &to_vec(tiled.forward(x)));
-            assert!(err < 1e-5, "{named:?} t={t}: {err}");
+            let tiled = to_vec(tiled_attention(q.clone(), k.clone(), v.clone(), &pos, &pos, scale as f32, bq, bk));
+            let err = rel_err(&tiled, &want);
+            assert!(err < 1e-5, "t={t} blocks {bq}×{bk}: relative error {err}");
         }
     }
 }
@@ -140,11 +193,14 @@ fn differential_reference(m: &Differential, x: &[f64], t: usize, d_model: usize)
 }
 
 fn differential(layer: usize, seed: u64) -> Differential {
-    let dev = cpu();
+    differential_on(layer, seed, &cpu())
+}
+
+fn differential_on(layer: usize, seed: u64, dev: &attnlab_attn::burn::tensor::Device) -> Differential {
     dev.seed(seed);
     let config = AttentionConfig::Differential {};
-    match config.init_layer(32, 4, 128, ROPE_BASE as f32, layer, &dev) {
-        Attention::Differential(m) => m,
+    match config.init_layer(32, 4, 128, ROPE_BASE as f32, layer, dev) {
+        Attention::Differential(m) => sharpen(m, SHARP),
         other => panic!("expected differential attention, got {other:?}"),
     }
 }
@@ -155,9 +211,27 @@ fn differential_attention_matches_the_per_head_reference() {
         let m = differential(layer, 4);
         assert_eq!((m.heads, m.head_dim), (2, 8), "half the heads, baseline head width");
         let x = random_input(1, t, 32, 6, &cpu());
-        let err = max_abs_diff(&to_vec(m.forward(x.clone())), &differential_reference(&m, &to_vec(x), t, 32));
-        assert!(err < 1e-4, "layer {layer} t={t}: {err}");
+        reset_rows();
+        let want = differential_reference(&m, &to_vec(x.clone()), t, 32);
+        if t > 7 {
+            assert_peaked(&format!("layer {layer} t={t}"), 2.5);
+        }
+        let err = rel_err(&to_vec(m.forward(x.clone())), &want);
+        assert!(err < 1e-4, "layer {layer} t={t}: relative error {err}");
+        if t > 1 {
+            let err = rel_err(&to_vec(decode(&Attention::Differential(m.clone()), &x, 3)), &want);
+            assert!(err < 1e-4, "layer {layer} t={t} decode: relative error {err}");
+        }
     }
+}
+
+#[test]
+fn differential_gradients_match_finite_differences_of_the_reference() {
+    let dev = cpu().autodiff();
+    let t = 9;
+    let m = differential_on(2, 8, &dev);
+    let x = random_input(1, t, 32, 9, &dev);
+    check_gradients("differential", &m, x, &|m, x| m.forward(x), &|m, x| differential_reference(m, x, t, 32));
 }
 
 #[test]
@@ -182,8 +256,8 @@ fn differential_with_lambda_zero_is_plain_attention_on_the_first_query_key_pair(
         }
     }
     let want = matmul(&concat, t, d_model, &to_vec(m.out.weight.val()), d_model);
-    let err = max_abs_diff(&to_vec(m.forward(x)), &want);
-    assert!(err < 1e-4, "λ = 0 differs from attention on (Q₁, K₁): {err}");
+    let err = rel_err(&to_vec(m.forward(x)), &want);
+    assert!(err < 1e-4, "λ = 0 differs from attention on (Q₁, K₁): relative error {err}");
 }
 
 #[test]
@@ -198,10 +272,14 @@ fn new_kinds_reject_impossible_shapes_naming_the_field() {
     let cases = [
         (AttentionConfig::SlidingWindow { window: 0, global_tokens: 0, kv_heads: None }, "model.attention.window"),
         (AttentionConfig::SlidingWindow { window: 4, global_tokens: 0, kv_heads: Some(3) }, "model.attention.kv_heads"),
-        (AttentionConfig::FixedSparse { block: 0, stride: 2, kv_heads: None }, "model.attention.block"),
-        (AttentionConfig::FixedSparse { block: 2, stride: 0, kv_heads: None }, "model.attention.stride"),
+        (AttentionConfig::StridedSparse { block: 0, stride: 2, kv_heads: None }, "model.attention.block"),
+        (AttentionConfig::StridedSparse { block: 2, stride: 0, kv_heads: None }, "model.attention.stride"),
+        (AttentionConfig::FixedSparse { block: 0, summary: 1, kv_heads: None, stride: None }, "model.attention.block"),
+        (AttentionConfig::FixedSparse { block: 4, summary: 5, kv_heads: None, stride: None }, "model.attention.summary"),
+        (AttentionConfig::FixedSparse { block: 4, summary: 0, kv_heads: None, stride: None }, "model.attention.summary"),
         (AttentionConfig::Tiled { block_q: 0, block_k: 8, kv_heads: None }, "model.attention.block_q"),
-        (AttentionConfig::Gated { kv_heads: Some(0) }, "model.attention.kv_heads"),
+        (AttentionConfig::Gated { kv_heads: Some(0), gate_bias: None }, "model.attention.kv_heads"),
+        (AttentionConfig::Gated { kv_heads: None, gate_bias: Some(f64::NAN) }, "model.attention.gate_bias"),
     ];
     for (config, field) in cases {
         let err = config.validate(32, 4).expect_err(&format!("{config:?} should be rejected"));

@@ -6,7 +6,10 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     Train,
+    /// Model selection (best checkpoint, early reading).
     Val,
+    /// Synthetic tasks only: held out from training and from selection, scored at the end.
+    Test,
 }
 
 /// Token ids of a corpus, split into train and validation.
@@ -48,6 +51,7 @@ impl TokenSplits {
         match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
+            Split::Test => panic!("a text corpus has train and validation splits only"),
         }
     }
 

@@ -36,7 +36,8 @@ impl Dataset {
                 .collect(),
             Dataset::Task(task) => {
                 let examples = match split {
-                    Split::Val => task.test.clone(),
+                    Split::Val => task.val.clone(),
+                    Split::Test => task.test.clone(),
                     Split::Train => (0..batches * batch).map(|_| task.train_example(&mut rng)).collect(),
                 };
                 examples
@@ -45,6 +46,11 @@ impl Dataset {
                     .collect()
             }
         }
+    }
+
+    /// True for a synthetic task (it has a test set besides validation).
+    pub fn has_test(&self) -> bool {
+        matches!(self, Dataset::Task(_))
     }
 
     /// Reporting buckets of the task (0 for text or a task without buckets).

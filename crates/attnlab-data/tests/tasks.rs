@@ -98,16 +98,34 @@ fn seeds_reproduce_and_differ() {
     assert_ne!(examples(&t, 4, 20), examples(&t, 5, 20));
 }
 
+/// Planted: generating validation without rejecting test examples, and a training stream that
+/// rejects only the test set, each fail here.
 #[test]
-fn training_examples_never_equal_a_test_example() {
-    // A tiny space (4 keys → few distinct sequences) forces collisions, which must be rejected.
-    let config = TaskConfig::SelectiveCopy(SelectiveCopy { vocab: 3, seq_len: 4, num_tokens: 1 });
+fn train_val_and_test_are_disjoint() {
+    // A tiny space (one content token at one of 12 positions: 12 distinct sequences) forces
+    // collisions, which must be rejected.
+    let config = TaskConfig::SelectiveCopy(SelectiveCopy { vocab: 3, seq_len: 12, num_tokens: 1 });
     let data = TaskData::new(config, 4).unwrap();
+    assert_eq!((data.val.len(), data.test.len()), (4, 4));
+    assert!(!data.val.iter().any(|v| data.test.iter().any(|t| t.tokens == v.tokens)), "validation overlaps test");
     let mut rng = Rng::new(1);
     for _ in 0..500 {
         let e = data.train_example(&mut rng);
-        assert!(!data.test.iter().any(|t| t.tokens == e.tokens));
+        assert!(!data.test.iter().any(|t| t.tokens == e.tokens), "training example in the test set");
+        assert!(!data.val.iter().any(|t| t.tokens == e.tokens), "training example in the validation set");
     }
+}
+
+#[test]
+fn a_task_too_small_for_disjoint_sets_is_an_error_naming_it() {
+    // 4 distinct sequences: 400 test draws cover them all, so validation cannot be disjoint.
+    let config = TaskConfig::SelectiveCopy(SelectiveCopy { vocab: 3, seq_len: 4, num_tokens: 1 });
+    let err = TaskData::new(config.clone(), 400).unwrap_err();
+    assert!(err.to_string().contains("too small"), "{err}");
+    // 2 test + 2 validation examples that happen to use up the 4 sequences leave nothing to
+    // train on: also an error, not an endless training loop. Search for such a size.
+    let exhausted = (1..=4).find_map(|n| TaskData::new(config.clone(), n).err());
+    assert!(exhausted.is_some_and(|e| e.to_string().contains("too small")));
 }
 
 #[test]

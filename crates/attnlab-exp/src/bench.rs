@@ -96,7 +96,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     let t = &run.spec.train;
     let ad = device.clone().autodiff();
     let mut model = crate::trainer::seeded_model(&run.spec.model, t.seed, &ad);
-    let mut optim = crate::trainer::adamw(t).init();
+    let mut optim = crate::optim::optimizer(t, &model);
     let mut rng = attnlab_data::Rng::new(t.seed);
     let mut ms = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
@@ -105,7 +105,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         let batch = run.data.train_batch(&mut rng, t.batch, t.block);
         let loss = crate::trainer::batch_loss(&model, batch, &ad);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(t.lr, model, grads);
+        model = crate::optim::step(&mut optim, model, grads, t.lr, t.grad_clip);
         ad.sync().ok();
         if i >= warmup {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);

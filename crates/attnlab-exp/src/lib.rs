@@ -8,6 +8,7 @@ pub mod error;
 pub mod interrupt;
 pub mod lock;
 pub mod memory;
+pub mod optim;
 pub mod overrides;
 pub mod peak;
 pub mod scaling;
@@ -17,6 +18,7 @@ pub mod store;
 pub mod summary;
 pub mod sweep;
 pub mod trainer;
+pub mod warn;
 
 pub use device::parse_device;
 pub use error::SpecError;

@@ -84,7 +84,9 @@ pub struct TrainConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub weight_decay: f64,
-    /// Clip the global gradient norm to this value (0 = off).
+    /// Which parameters `weight_decay` applies to (nanoGPT: matrices and embeddings only).
+    pub decay: Decay,
+    /// Clip the global gradient norm (one norm over every gradient) to this value (0 = off).
     pub grad_clip: f64,
     pub seed: u64,
     /// Save a checkpoint every this many steps (0 = only at the end).
@@ -105,12 +107,26 @@ impl Default for TrainConfig {
             beta1: 0.9,
             beta2: 0.99,
             weight_decay: 0.1,
+            decay: Decay::Matrices,
             grad_clip: 1.0,
             seed: 0,
             checkpoint_every: 0,
             log_every: 10,
         }
     }
+}
+
+/// `train.decay`: the parameters weight decay applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    /// Parameters with ≥ 2 dimensions (matrices, embeddings); gains, biases, λ vectors and
+    /// other 1-D parameters are not decayed (nanoGPT's `configure_optimizers`).
+    Matrices,
+    /// Every parameter.
+    All,
+    /// No parameter (whatever `weight_decay` says).
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -283,7 +299,7 @@ impl ExperimentSpec {
         };
         let corpus = match Corpus::load(&wanted) {
             Err(attnlab_data::DataError::ShakespeareMissing { .. }) if self.data.fallback_builtin => {
-                tracing::warn!("Tiny Shakespeare not found (run `just data`); training on the built-in corpus instead");
+                crate::warn::warn_once("Tiny Shakespeare not found (run `just data`); training on the built-in corpus instead");
                 Corpus::load(&DataSource::Builtin).map_err(data_err)?
             }
             other => other.map_err(data_err)?,

@@ -11,7 +11,7 @@ pub enum MetricLine {
         step: usize,
         val_loss: f64,
         train_loss: f64,
-        /// Exact-match accuracy on the test set's answers (synthetic tasks only).
+        /// Exact-match accuracy on the validation set's answers (synthetic tasks only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         val_accuracy: Option<f64>,
         /// The same per reporting bucket (the needle's depth).
@@ -47,14 +47,25 @@ pub struct Summary {
     /// Bits per token of the best validation loss (loss / ln 2); bits per char for `char`.
     #[serde(with = "non_finite_as_null")]
     pub best_val_bits_per_token: f64,
-    /// Synthetic tasks: best and final exact-match accuracy on the test set's answers, and the
-    /// final one per bucket (needle depth, shallow to deep).
+    /// Synthetic tasks: best and final exact-match accuracy on the *validation* set's answers
+    /// (the set that selects), and the final one per bucket (needle depth, shallow to deep).
     #[serde(default)]
     pub best_val_accuracy: Option<f64>,
     #[serde(default)]
     pub final_val_accuracy: Option<f64>,
     #[serde(default)]
     pub final_val_accuracy_by_bucket: Option<Vec<f64>>,
+    /// Synthetic tasks: test-set accuracy of the final model (the reported score), per bucket,
+    /// and test accuracy of the model at the evaluation chosen on validation (highest
+    /// validation accuracy, earliest on ties), with that evaluation's step.
+    #[serde(default)]
+    pub final_test_accuracy: Option<f64>,
+    #[serde(default)]
+    pub final_test_accuracy_by_bucket: Option<Vec<f64>>,
+    #[serde(default)]
+    pub test_accuracy_at_best_val: Option<f64>,
+    #[serde(default)]
+    pub best_val_step: Option<usize>,
     #[serde(with = "non_finite_as_null")]
     pub final_train_loss: f64,
     #[serde(with = "non_finite_as_null")]

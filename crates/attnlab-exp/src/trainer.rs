@@ -15,8 +15,7 @@ use attnlab_data::{Batch, Rng, Split};
 use attnlab_model::Gpt;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -83,6 +82,11 @@ struct TrainerState {
     last_val_accuracy: Option<f64>,
     #[serde(default)]
     last_val_accuracy_by_bucket: Option<Vec<f64>>,
+    /// Test accuracy at the evaluation with the best validation accuracy, and its step.
+    #[serde(default)]
+    test_accuracy_at_best_val: Option<f64>,
+    #[serde(default)]
+    best_val_step: Option<usize>,
 }
 
 fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
@@ -108,20 +112,6 @@ pub fn seeded_model(config: &attnlab_model::ModelConfig, seed: u64, device: &Dev
     let model = Gpt::new(config, device);
     model.visit(&mut Touch);
     model
-}
-
-/// AdamW with the run's betas, weight decay and gradient clipping.
-pub fn adamw(t: &crate::spec::TrainConfig) -> AdamWConfig {
-    let config = AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(1e-8)
-        .with_weight_decay(t.weight_decay as f32);
-    if t.grad_clip > 0.0 {
-        config.with_grad_clipping(Some(GradientClippingConfig::Norm(t.grad_clip as f32)))
-    } else {
-        config
-    }
 }
 
 /// Mean cross-entropy of `model` on a batch (over the positions of its loss mask, if any).
@@ -271,7 +261,6 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
 
     let device = opts.device.clone().autodiff();
     let mut model = seeded_model(&spec.model, t.seed, &device);
-    let mut optim = adamw(t).init();
     let mut state = TrainerState {
         step: 0,
         rng: Rng::new(t.seed),
@@ -284,10 +273,17 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         best_val_accuracy: None,
         last_val_accuracy: None,
         last_val_accuracy_by_bucket: None,
+        test_accuracy_at_best_val: None,
+        best_val_step: None,
     };
-    if let Some(ckpt) = checkpoint::newest_valid(&dir.checkpoint()) {
-        state = serde_json::from_str(&fs::read_to_string(ckpt.join("state.json"))?)?;
+    let checkpoint = checkpoint::newest_valid(&dir.checkpoint());
+    if let Some(ckpt) = &checkpoint {
         model = model.try_load_file(ckpt.join("model.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint model: {e:?}"))?;
+    }
+    // Built from the (loaded) model: the weight-decay groups are parameter ids.
+    let mut optim = crate::optim::optimizer(t, &model);
+    if let Some(ckpt) = checkpoint {
+        state = serde_json::from_str(&fs::read_to_string(ckpt.join("state.json"))?)?;
         optim = optim.load(ckpt.join("optim.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint optimizer: {e:?}"))?;
         state.interrupted = false;
         tracing::info!(run = %run.run_id, step = state.step, from = %ckpt.display(), "resuming from checkpoint");
@@ -331,7 +327,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         let batch = run.data.train_batch(&mut state.rng, t.batch, t.block);
         let loss = batch_loss(&model, batch, &device);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
+        model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
         let loss_value = if log_now { Some(loss.into_scalar::<f32>() as f64) } else { None };
         device.sync().ok();
@@ -364,8 +360,13 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             state.best_val_loss = if state.best_val_loss.is_nan() { val } else { state.best_val_loss.min(val) };
             if let Some(acc) = eval.accuracy {
                 state.last_val_accuracy = Some(acc);
-                state.best_val_accuracy = Some(state.best_val_accuracy.map_or(acc, |b| b.max(acc)));
                 state.last_val_accuracy_by_bucket = eval.by_bucket.clone();
+                if state.best_val_accuracy.is_none_or(|b| acc > b) {
+                    // The model selected on validation is scored on test now, not kept.
+                    state.best_val_accuracy = Some(acc);
+                    state.best_val_step = Some(state.step);
+                    state.test_accuracy_at_best_val = evaluate(&valid, run, Split::Test, &inner).accuracy;
+                }
             }
             log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss, val_accuracy: eval.accuracy, val_accuracy_by_bucket: eval.by_bucket })?;
             let acc = eval.accuracy.map_or(String::new(), |a| format!(", val accuracy {:.1}%", 100.0 * a));
@@ -376,6 +377,12 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             save_checkpoint(&dir, &model, &optim, &state)?;
         }
         pb.set_position(state.step as u64);
+    }
+    // The final model's test score (tasks only): reported, never used to select.
+    let test = (run.data.has_test() && diverged_at.is_none()).then(|| evaluate(&model.valid(), run, Split::Test, &device.clone().inner()));
+    if let Some(test) = &test {
+        let acc = test.accuracy.map_or(String::new(), |a| format!(", test accuracy {:.1}%", 100.0 * a));
+        pb.println(format!("final model: test loss {:.4}{acc}", test.loss));
     }
     pb.finish_and_clear();
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
@@ -406,6 +413,10 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         best_val_accuracy: state.best_val_accuracy,
         final_val_accuracy: state.last_val_accuracy,
         final_val_accuracy_by_bucket: state.last_val_accuracy_by_bucket.clone(),
+        final_test_accuracy: test.as_ref().and_then(|t| t.accuracy),
+        final_test_accuracy_by_bucket: test.as_ref().and_then(|t| t.by_bucket.clone()),
+        test_accuracy_at_best_val: state.test_accuracy_at_best_val,
+        best_val_step: state.best_val_step,
         final_train_loss: state.last_train_loss,
         train_tokens_per_sec: tokens_per_sec,
         ms_per_step_median: percentile(&sorted, 0.5),

@@ -44,6 +44,6 @@ fn mha_reaches_90_percent_on_a_tiny_mqar() {
     let run = ExperimentSpec::from_toml_str(SPEC, "mqar.toml", &[]).unwrap().prepare("mqar.toml").unwrap();
     let out = tempfile::tempdir().unwrap();
     let RunOutcome::Finished(s) = train(&run, &cpu_opts(out.path(), None)).unwrap() else { panic!("should finish") };
-    let acc = s.final_val_accuracy.expect("a task run reports accuracy");
+    let acc = s.final_test_accuracy.expect("a task run reports test accuracy");
     assert!(acc >= 0.9, "test accuracy {acc:.3} < 0.9 (val loss {:.3})", s.final_val_loss);
 }

@@ -114,3 +114,21 @@ fn run_ids_are_stable_and_change_with_the_config() {
     assert_ne!(a, c);
     assert_eq!(a.len(), 10);
 }
+
+/// Files and run stores from before the rename wrote `fixed_sparse` with a `stride`: the error
+/// names the new kind. Also the new fields' own errors.
+#[test]
+fn the_old_fixed_sparse_with_a_stride_points_to_strided_sparse() {
+    let e = error(&["model.attention.kind=fixed_sparse", "model.attention.block=8", "model.attention.stride=4"]);
+    assert_mentions(&e, &["model.attention.stride = 4", "strided_sparse"]);
+    let e = error(&["model.attention.kind=fixed_sparse", "model.attention.block=8", "model.attention.summary=9"]);
+    assert_mentions(&e, &["model.attention.summary = 9", "1..=8"]);
+    let e = error(&["model.attention.kind=train", "model.attention.block=8"]);
+    assert_mentions(&e, &["strided_sparse", "fixed_sparse"]);
+}
+
+#[test]
+fn new_optimiser_fields_reject_unknown_values() {
+    let e = error(&["train.decay=\"some\""]);
+    assert_mentions(&e, &["decay", "matrices", "all", "none"]);
+}

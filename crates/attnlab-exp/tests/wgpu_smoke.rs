@@ -58,11 +58,12 @@ fn one_training_step_of_every_kind_matches_cpu() {
         AttentionConfig::Mha {},
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
-        AttentionConfig::Mla { kv_latent: 8, q_latent: Some(16), rope_dim: 4 },
+        AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) },
         AttentionConfig::SlidingWindow { window: 5, global_tokens: 1, kv_heads: Some(2) },
-        AttentionConfig::FixedSparse { block: 4, stride: 3, kv_heads: None },
+        AttentionConfig::StridedSparse { block: 4, stride: 3, kv_heads: None },
+        AttentionConfig::FixedSparse { block: 4, summary: 1, kv_heads: None, stride: None },
         AttentionConfig::Tiled { block_q: 5, block_k: 6, kv_heads: None },
-        AttentionConfig::Gated { kv_heads: Some(2) },
+        AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0) },
         AttentionConfig::Differential {},
     ] {
         let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention: attention.clone(), ..ModelConfig::default() };

@@ -15,7 +15,7 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Mha {},
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
-        AttentionConfig::Mla { kv_latent: 8, q_latent: Some(16), rope_dim: 4 },
+        AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) },
     ]
 }
 

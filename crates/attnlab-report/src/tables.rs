@@ -5,7 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value as Json};
 
 use crate::load::RunRecord;
-use crate::stats::{mean, std};
+use crate::stats::{mean, std, wilson};
+
+/// A task run counts as solved when its final test accuracy reaches this.
+pub const SOLVED: f64 = 0.9;
+
+/// Final test accuracy of a run: `final_test_accuracy`, or, for stores written before tasks had
+/// a separate validation set (their "val" set *was* the test set), `final_val_accuracy`.
+pub fn test_accuracy(r: &RunRecord) -> f64 {
+    let t = r.num("final_test_accuracy");
+    if t.is_finite() { t } else { r.num("final_val_accuracy") }
+}
 
 /// Fields never used to tell configs apart.
 const IGNORED: &[&str] = &["train.seed", "name"];
@@ -22,6 +32,10 @@ pub struct Group {
     pub best_val: Vec<f64>,
     /// Synthetic tasks: final test accuracy of each (non-diverged) run; empty otherwise.
     pub accuracy: Vec<f64>,
+    /// Synthetic tasks: test accuracy at the evaluation chosen on validation, per run that has it.
+    pub accuracy_at_best_val: Vec<f64>,
+    /// Synthetic tasks: best validation accuracy of each run (what selects a learning rate).
+    pub val_accuracy: Vec<f64>,
     pub kv_bytes: f64,
     /// Mean val-loss curve over seeds: (step, mean, min, max).
     pub curve: Vec<(usize, f64, f64, f64)>,
@@ -36,6 +50,10 @@ impl Group {
     }
     pub fn accuracy_mean(&self) -> f64 {
         mean(&self.accuracy)
+    }
+    /// Runs whose final test accuracy is ≥ [`SOLVED`].
+    pub fn solved(&self) -> usize {
+        self.accuracy.iter().filter(|&&a| a >= SOLVED).count()
     }
 }
 
@@ -70,7 +88,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
                         label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
                     }
                 }
-                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], kv_bytes: 0.0, curve: vec![] });
+                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], kv_bytes: 0.0, curve: vec![] });
             }
         }
     }
@@ -78,7 +96,9 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
         // Diverged runs are listed in the per-run table but left out of the statistics.
         let kept: Vec<usize> = g.runs.iter().copied().filter(|&i| runs[i].text("status") != "diverged").collect();
         g.best_val = kept.iter().map(|&i| runs[i].num("best_val_loss")).collect();
-        g.accuracy = kept.iter().map(|&i| runs[i].num("final_val_accuracy")).filter(|a| a.is_finite()).collect();
+        g.accuracy = kept.iter().map(|&i| test_accuracy(&runs[i])).filter(|a| a.is_finite()).collect();
+        g.accuracy_at_best_val = kept.iter().map(|&i| runs[i].num("test_accuracy_at_best_val")).filter(|a| a.is_finite()).collect();
+        g.val_accuracy = kept.iter().map(|&i| runs[i].num("best_val_accuracy")).filter(|a| a.is_finite()).collect();
         g.kv_bytes = runs[g.runs[0]].num("kv_bytes_per_token_measured");
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         for &i in &g.runs {
@@ -151,14 +171,27 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     let accuracy = has_accuracy(groups);
     md.push_str(" | final val loss |");
     if accuracy {
-        md.push_str(" test accuracy |");
+        md.push_str(&format!(" test accuracy (final) | test acc. at best val² | solved (≥ {:.0}%), 95% CI³ |", 100.0 * SOLVED));
     }
     md.push_str(" train tokens/s | ms/step | MFU | peak RSS MiB¹ |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    md.push_str(if accuracy { "---|\n" } else { "\n" });
+    md.push_str(if accuracy { "---|---|---|\n" } else { "\n" });
     for g in groups {
         let n = g.runs.len();
         let finals: Vec<f64> = g.runs.iter().map(|&i| runs[i].num("final_val_loss")).collect();
-        let acc = if accuracy { format!(" {} |", pct(g.accuracy_mean(), std(&g.accuracy), g.accuracy.len())) } else { String::new() };
+        let acc = if accuracy {
+            let (lo, hi) = wilson(g.solved(), g.accuracy.len());
+            format!(
+                " {} | {} | {}/{} [{:.0}–{:.0}%] |",
+                pct(g.accuracy_mean(), std(&g.accuracy), g.accuracy.len()),
+                pct(mean(&g.accuracy_at_best_val), std(&g.accuracy_at_best_val), g.accuracy_at_best_val.len()),
+                g.solved(),
+                g.accuracy.len(),
+                100.0 * lo,
+                100.0 * hi
+            )
+        } else {
+            String::new()
+        };
         md.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {:+.4} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
             g.label,
@@ -181,11 +214,22 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                  a sliding window's state stops growing at the window, so its bytes are averaged over a full `model.max_seq` context).\n\n\
                  MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured f32 matmul peak (`attnlab bench peak`).\n\n\
                  ¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
+    if accuracy {
+        md.push_str(&format!(
+            "Test accuracy: exact match on the answers of the task's test set, which nothing is selected on (a separate validation set picks the best evaluation). \
+             ² Test accuracy of the model at the evaluation with the highest validation accuracy. \
+             ³ Runs whose final test accuracy is ≥ {:.0}%, with the 95% Wilson score interval of the success rate.\n\n",
+            100.0 * SOLVED
+        ));
+    }
     if let Some(r) = runs.iter().find(|r| r.text("mfu_source") == "report") {
         md.push_str(&format!(
             "MFU of runs recorded before summaries carried it is computed by `attnlab report --peak-gflops {:.1}` from their tokens/s and FLOPs/token.\n\n",
             r.num("peak_flops") / 1e9
         ));
+    }
+    if let Some(best) = best_rate(groups) {
+        md.push_str(&best);
     }
     if let Some(pivot) = accuracy_pivot(groups) {
         md.push_str(&pivot);
@@ -219,7 +263,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     for g in groups {
         for &i in &g.runs {
             let r = &runs[i];
-            let acc = r.num("final_val_accuracy");
+            let acc = test_accuracy(r);
             md.push_str(&format!(
                 "| `{}` | {} | {} | {} | {:.4} | {:.4} | {} | {:.0} | {:.0} |\n",
                 r.run_id, g.label, r.num("seed"), status(r), r.num("best_val_loss"), r.num("final_val_loss"),
@@ -229,6 +273,67 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         }
     }
     md
+}
+
+/// With `train.lr` swept: each config at its best learning rate, chosen on **validation**
+/// (highest mean best-validation accuracy for tasks, lowest mean best validation loss for
+/// text), with its test numbers, and every rate's result beside it.
+fn best_rate(groups: &[Group]) -> Option<String> {
+    const LR: &str = "train.lr";
+    if !groups.first()?.fields.contains_key(LR) {
+        return None;
+    }
+    let accuracy = has_accuracy(groups);
+    let family = |g: &Group| g.label.split(' ').filter(|p| !p.starts_with("lr=")).collect::<Vec<_>>().join(" ");
+    let lr = |g: &Group| g.fields.get(LR).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let mut families: Vec<(String, Vec<&Group>)> = Vec::new();
+    for g in groups {
+        match families.iter_mut().find(|(f, _)| *f == family(g)) {
+            Some((_, members)) => members.push(g),
+            None => families.push((family(g), vec![g])),
+        }
+    }
+    let score = |g: &Group| if accuracy { -mean(&g.val_accuracy) } else { g.best_mean() };
+    let mut md = String::from("## Each config at its best learning rate
+
+");
+    md.push_str(if accuracy {
+        "The rate is chosen on the validation set (highest mean best-validation accuracy over seeds); the columns after it are test-set numbers at that rate. Every rate's solved count is listed so the choice can be checked.
+
+| config | best lr | val accuracy (mean best) | test accuracy (final) | solved, 95% CI | every rate: solved |
+|---|---|---|---|---|---|
+"
+    } else {
+        "The rate is chosen by the lowest mean best validation loss over seeds.
+
+| config | best lr | best val loss | every rate: best val loss |
+|---|---|---|---|
+"
+    });
+    for (name, mut members) in families {
+        members.sort_by(|a, b| lr(a).total_cmp(&lr(b)));
+        let best = members.iter().copied().filter(|g| score(g).is_finite()).min_by(|a, b| score(a).total_cmp(&score(b)))?;
+        if accuracy {
+            let (lo, hi) = wilson(best.solved(), best.accuracy.len());
+            let all: Vec<String> = members.iter().map(|g| format!("{}: {}/{}", lr(g), g.solved(), g.accuracy.len())).collect();
+            md.push_str(&format!(
+                "| {name} | {} | {:.1}% | {} | {}/{} [{:.0}–{:.0}%] | {} |\n",
+                lr(best),
+                100.0 * mean(&best.val_accuracy),
+                pct(best.accuracy_mean(), std(&best.accuracy), best.accuracy.len()),
+                best.solved(),
+                best.accuracy.len(),
+                100.0 * lo,
+                100.0 * hi,
+                all.join(", ")
+            ));
+        } else {
+            let all: Vec<String> = members.iter().map(|g| format!("{}: {:.4}", lr(g), g.best_mean())).collect();
+            md.push_str(&format!("| {name} | {} | {} | {} |\n", lr(best), pm(best.best_mean(), best.best_std(), best.best_val.len()), all.join(", ")));
+        }
+    }
+    md.push('\n');
+    Some(md)
 }
 
 /// With accuracy and more than one varying field: test accuracy (mean over seeds) with one row
@@ -275,7 +380,9 @@ fn accuracy_pivot(groups: &[Group]) -> Option<String> {
 /// Needle runs: final test accuracy per depth bucket (mean over seeds), shallow to deep.
 fn accuracy_by_depth(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
     let buckets = |i: usize| -> Option<Vec<f64>> {
-        runs[i].summary.get("final_val_accuracy_by_bucket")?.as_array()?.iter().map(|v| v.as_f64()).collect()
+        let s = &runs[i].summary;
+        let b = s.get("final_test_accuracy_by_bucket").filter(|v| !v.is_null()).or_else(|| s.get("final_val_accuracy_by_bucket"))?;
+        b.as_array()?.iter().map(|v| v.as_f64()).collect()
     };
     let n = groups.iter().flat_map(|g| g.runs.iter()).find_map(|&i| buckets(i))?.len();
     let mut md = String::from("## Needle accuracy by depth\n\nFinal test accuracy by the needle's depth in the window (0 = start, 1 = just before the query), mean over seeds.\n\n| config |");
@@ -308,7 +415,8 @@ fn status(r: &RunRecord) -> String {
 /// Columns of `results.csv` / fields of `results.json`, from `summary.json`.
 const COLUMNS: &[&str] = &[
     "run_id", "experiment", "status", "diverged_at_step", "attention", "seed", "steps", "best_val_loss", "final_val_loss",
-    "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_val_accuracy_by_bucket", "final_train_loss", "train_tokens_per_sec",
+    "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_val_accuracy_by_bucket",
+    "final_test_accuracy", "final_test_accuracy_by_bucket", "test_accuracy_at_best_val", "best_val_step", "final_train_loss", "train_tokens_per_sec",
     "ms_per_step_median", "ms_per_step_p90", "mfu",
     "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
     "peak_rss_bytes", "device_memory_peak_bytes", "wall_seconds", "device", "data_source", "vocab",
@@ -363,7 +471,8 @@ pub fn json(runs: &[RunRecord], groups: &[Group]) -> Json {
             "config": g.label, "fields": g.fields, "seeds": g.runs.len(),
             "best_val_loss_mean": g.best_mean(), "best_val_loss_std": g.best_std(),
             "kv_bytes_per_token": g.kv_bytes,
-            "final_val_accuracy_mean": if g.accuracy.is_empty() { Json::Null } else { json!(g.accuracy_mean()) },
+            "final_test_accuracy_mean": if g.accuracy.is_empty() { Json::Null } else { json!(g.accuracy_mean()) },
+            "solved": g.solved(), "solved_of": g.accuracy.len(),
         }))
         .collect();
     json!({"runs": rows, "groups": summary})

@@ -97,3 +97,66 @@ fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_p
     assert!(md.contains("## Test accuracy by config") && md.contains("| mha | 50.0% | 99.0% |"), "{md}");
     assert!(md.contains("## Needle accuracy by depth") && md.contains("depth 0.50–1.00") && md.contains("| 99.0% | 49.5% |"), "{md}");
 }
+
+/// Hand values: 0/5 → [0, z²/(n+z²)] = [0, 0.4345]; 5/5 → [0.5655, 1]; 3/10 → [0.1078, 0.6032].
+/// Planted: the normal approximation p ± z√(p(1−p)/n) gives [0, 0] at 0/5 and fails.
+#[test]
+fn wilson_interval_matches_hand_values() {
+    use attnlab_report::stats::wilson;
+    for ((k, n), (lo, hi)) in [((0, 5), (0.0, 0.4345)), ((5, 5), (0.5655, 1.0)), ((3, 10), (0.1078, 0.6032))] {
+        let (l, h) = wilson(k, n);
+        assert!((l - lo).abs() < 1e-3 && (h - hi).abs() < 1e-3, "{k}/{n}: [{l}, {h}]");
+    }
+}
+
+/// New stores: the report reads `final_test_accuracy` (not the validation accuracy) and counts
+/// solved runs. Planted: reading `final_val_accuracy` shows 10.0% and fails.
+#[test]
+fn task_reports_use_test_accuracy_and_count_solved_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    for (i, test) in [0.95, 0.97, 0.2].iter().enumerate() {
+        let id = format!("r{i}");
+        fixture_run(&store, &id, "mha", 1024, i as u64, 1.0);
+        let dir = store.join(&id);
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        s["final_val_accuracy"] = serde_json::json!(0.1);
+        s["final_test_accuracy"] = serde_json::json!(test);
+        s["test_accuracy_at_best_val"] = serde_json::json!(0.5);
+        std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+    }
+    let out = tmp.path().join("report");
+    attnlab_report::write_report(&store, &out, None).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| 70.7 ± 43.9% | 50.0 ± 0.0% | 2/3 ["), "{md}");
+    assert!(!md.contains("10.0%"), "{md}");
+}
+
+/// With `train.lr` swept, each config is read at the rate with the best *validation* accuracy.
+/// Here mha's best validation rate (0.001) is not its best test rate (0.003): the table must
+/// pick 0.001. Planted: selecting on test accuracy picks 0.003 and fails.
+#[test]
+fn a_swept_learning_rate_is_chosen_on_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    let cases = [(0.001, 0.9, 0.5), (0.003, 0.6, 0.95)];
+    for (lr, val, test) in cases {
+        for seed in 0..2u64 {
+            let id = format!("r{lr}-{seed}");
+            fixture_run(&store, &id, "mha", 1024, seed, 1.0);
+            let dir = store.join(&id);
+            let config = std::fs::read_to_string(dir.join("config.toml")).unwrap().replace("steps = 100", &format!("steps = 100\nlr = {lr}"));
+            std::fs::write(dir.join("config.toml"), config).unwrap();
+            let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+            s["best_val_accuracy"] = serde_json::json!(val);
+            s["final_test_accuracy"] = serde_json::json!(test);
+            std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+        }
+    }
+    let out = tmp.path().join("report");
+    attnlab_report::write_report(&store, &out, None).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("## Each config at its best learning rate"), "{md}");
+    assert!(md.contains("| mha | 0.001 | 90.0% | 50.0 ± 0.0% | 0/2 ["), "{md}");
+    assert!(md.contains("0.001: 0/2, 0.003: 2/2"), "{md}");
+}

@@ -7,6 +7,20 @@ use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
 /// RoPE base every test module uses.
 pub const ROPE_BASE: f64 = 10_000.0;
 
+/// Factor on the initial weights that makes attention peaked (see [`sharpen`]).
+pub const SHARP: f32 = 12.0;
+
+/// Cached decode (a prefill of `prefill` tokens, then one token at a time) of `x`.
+pub fn decode(m: &Attention, x: &Tensor<3>, prefill: usize) -> Tensor<3> {
+    let [b, t, _] = x.dims();
+    let mut state = m.init_state(b, t, &x.device());
+    let mut parts = vec![m.step(x.clone().narrow(1, 0, prefill), &mut state)];
+    for p in prefill..t {
+        parts.push(m.step(x.clone().narrow(1, p, 1), &mut state));
+    }
+    Tensor::cat(parts, 1)
+}
+
 pub fn cpu() -> Device {
     Device::flex()
 }
@@ -78,7 +92,9 @@ pub fn weights(q: &[Vec<f64>], k: &[Vec<f64>], i: usize, scale: f64, allows: &dy
     let max = scores.iter().flatten().cloned().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - max).exp())).collect();
     let z: f64 = e.iter().sum();
-    e.iter().map(|x| x / z).collect()
+    let w: Vec<f64> = e.iter().map(|x| x / z).collect();
+    record_row(&w);
+    w
 }
 
 /// `Σ_j w_j v_j`.
@@ -100,6 +116,7 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
     let w_qkv = to_vec(m.qkv.weight.val());
     let w_out = to_vec(m.out.weight.val());
     let w_gate = m.gate.as_ref().map(|l| to_vec(l.weight.val()));
+    let gate_bias = m.gate_bias.as_ref().map(|b| to_vec(b.val()));
     let width = (h + 2 * g) * d;
     let mut out = Vec::new();
     for s in 0..b {
@@ -117,7 +134,8 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
         }
         if let Some(w_gate) = &w_gate {
             let gate = matmul(xs, t, d_model, w_gate, h * d);
-            for (c, z) in concat.iter_mut().zip(gate) {
+            for (i, (c, z)) in concat.iter_mut().zip(gate).enumerate() {
+                let z = z + gate_bias.as_ref().map_or(0.0, |b| b[i % (h * d)]);
                 *c *= 1.0 / (1.0 + (-z).exp());
             }
         }
@@ -133,10 +151,200 @@ pub fn cols(m: &[f64], cols: usize, r: usize, from: usize, len: usize) -> Vec<f6
 
 /// A grouped-query-family mixer (128 positions) with seeded weights.
 pub fn grouped(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64) -> GroupedQuery {
-    let dev = cpu();
+    grouped_on(config, d_model, heads, seed, &cpu())
+}
+
+/// [`grouped`] on `dev` (e.g. an autodiff device for gradient checks).
+pub fn grouped_on(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> GroupedQuery {
     dev.seed(seed);
-    match config.init(d_model, heads, 128, ROPE_BASE as f32, &dev) {
+    match config.init(d_model, heads, 128, ROPE_BASE as f32, dev) {
         Attention::GroupedQuery(m) => m,
         other => panic!("expected a grouped-query module, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peaked attention, relative errors and gradient checks (shared by every mechanism's tests).
+// ---------------------------------------------------------------------------------------------
+
+use attnlab_attn::burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use attnlab_attn::burn::tensor::{Gradients, TensorData};
+use std::cell::RefCell;
+
+/// Largest |a − b| over the largest |b|: an error relative to the reference's scale.
+pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    max_abs_diff(got, want) / scale.max(1e-30)
+}
+
+thread_local! {
+    /// (largest weight, visible keys) of every softmax row the references computed.
+    static ROWS: RefCell<Vec<(f64, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records one row of softmax weights (called by [`weights`]).
+fn record_row(w: &[f64]) {
+    let visible = w.iter().filter(|x| **x > 0.0).count();
+    let max = w.iter().cloned().fold(0.0, f64::max);
+    ROWS.with(|r| r.borrow_mut().push((max, visible)));
+}
+
+/// Forgets the rows recorded so far on this thread.
+pub fn reset_rows() {
+    ROWS.with(|r| r.borrow_mut().clear());
+}
+
+/// Softmax rows with ≥ 4 visible keys recorded since [`reset_rows`].
+pub fn peaked_rows() -> usize {
+    ROWS.with(|r| r.borrow().iter().filter(|(_, n)| *n >= 4).count())
+}
+
+/// Asserts that the attention the references computed since [`reset_rows`] was peaked: over
+/// rows with ≥ 4 visible keys, the mean of (largest weight) / (1 / visible keys) is ≥
+/// `min_ratio`. Uniform weights give 1; at the N(0, 0.02²) initial weights it is ≈ 1.0, so the
+/// score path (scale, RoPE, masks) barely changes the output; sharpened weights give 3–20.
+pub fn assert_peaked(what: &str, min_ratio: f64) {
+    let rows: Vec<f64> = ROWS.with(|r| r.borrow().iter().filter(|(_, n)| *n >= 4).map(|(m, n)| m * *n as f64).collect());
+    assert!(!rows.is_empty(), "{what}: no softmax rows with ≥ 4 keys were recorded");
+    let mean = rows.iter().sum::<f64>() / rows.len() as f64;
+    eprintln!("PEAK {what}: {mean:.2}");
+    assert!(mean >= min_ratio, "{what}: attention is near uniform (largest weight {mean:.2}× uniform, want ≥ {min_ratio})");
+}
+
+/// Multiplies every parameter with ≥ 2 dimensions by `factor`. At N(0, 0.02²) initial weights
+/// the attention logits are ≈ 0.01 and the weights near uniform; ×12 makes q·k/√d of order
+/// 1–10 (the logits scale with factor²).
+pub fn sharpen<M: Module>(m: M, factor: f32) -> M {
+    struct Scale(f32);
+    impl ModuleMapper for Scale {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D >= 2 {
+                let f = self.0;
+                // A new leaf: the scaled tensor is what gradients are taken against.
+                param.map(|t| {
+                    let tracked = t.is_require_grad();
+                    t.mul_scalar(f).detach().set_require_grad(tracked)
+                })
+            } else {
+                param
+            }
+        }
+    }
+    m.map(&mut Scale(factor))
+}
+
+/// Values of every float parameter, in visit order.
+pub fn param_values<M: Module>(m: &M) -> Vec<Vec<f64>> {
+    struct Collect(Vec<Vec<f64>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(to_vec(param.val()));
+        }
+    }
+    let mut c = Collect(vec![]);
+    m.visit(&mut c);
+    c.0
+}
+
+/// Gradients of every float parameter, in visit order (`None` where it has none).
+pub fn param_grads<M: Module>(m: &M, grads: &Gradients) -> Vec<Option<Vec<f64>>> {
+    struct Collect<'a>(Vec<Option<Vec<f64>>>, &'a Gradients);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().grad(self.1).map(to_vec));
+        }
+    }
+    let mut c = Collect(vec![], grads);
+    m.visit(&mut c);
+    c.0
+}
+
+/// The module with entry `idx` of parameter number `which` (visit order) set to `value`.
+pub fn with_entry<M: Module>(m: M, which: usize, idx: usize, value: f32) -> M {
+    struct Set {
+        which: usize,
+        idx: usize,
+        value: f32,
+        seen: usize,
+    }
+    impl ModuleMapper for Set {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let hit = self.seen == self.which;
+            self.seen += 1;
+            if !hit {
+                return param;
+            }
+            let (idx, value) = (self.idx, self.value);
+            param.map(|t| {
+                let (shape, device) = (t.shape(), t.device());
+                let mut v = t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+                v[idx] = value;
+                Tensor::from_data(TensorData::new(v, shape), &device)
+            })
+        }
+    }
+    m.map(&mut Set { which, idx, value, seen: 0 })
+}
+
+/// A fixed pseudo-random vector (the loss is `Σ yᵢ rᵢ`, so every output entry matters).
+pub fn probe(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Checks the module's autodiff gradients (of the loss `Σ y ⊙ r` for a fixed `r`) for every
+/// parameter and for the input against **central finite differences of the independent f64
+/// reference**: `reference(m, x)` is evaluated at parameter entries moved to `w ± h` (the f32
+/// values actually stored, so the step is exact) and at inputs `x ± h`. Four random entries
+/// and the largest-gradient entry of each tensor are checked; an entry passes when
+/// `|g − fd| ≤ 2e-3 · (max |g| of its tensor) + 2e-3 · |fd|`: f32 autodiff agrees with f64 to
+/// ~1e-5 relative, a wrong backward (or a forward that is not the reference's function) by
+/// O(1). `m` and `x` live on an autodiff device.
+pub fn check_gradients<M: Module + Clone>(what: &str, m: &M, x: Tensor<3>, forward: &dyn Fn(&M, Tensor<3>) -> Tensor<3>, reference: &dyn Fn(&M, &[f64]) -> Vec<f64>) {
+    let x = x.require_grad();
+    let y = forward(m, x.clone());
+    let r = probe(y.shape().num_elements(), 17);
+    let r_tensor = Tensor::<1>::from_data(TensorData::new(r.iter().map(|v| *v as f32).collect::<Vec<_>>(), [r.len()]), &y.device()).reshape(y.shape());
+    let grads = (y * r_tensor).sum().backward();
+    let loss = |m: &M, x: &[f64]| reference(m, x).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>();
+    let x_vals = to_vec(x.clone());
+    let check = |name: String, g: &[f64], fd_at: &dyn Fn(usize) -> f64| {
+        let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert!(gmax > 0.0, "{what}: {name} has an all-zero gradient");
+        let argmax = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        let picks = probe(4, g.len() as u64 + 3);
+        let mut entries: Vec<usize> = picks.iter().map(|p| ((p.abs() * g.len() as f64) as usize).min(g.len() - 1)).collect();
+        entries.push(argmax);
+        for i in entries {
+            let fd = fd_at(i);
+            let err = (g[i] - fd).abs();
+            assert!(err <= 2e-3 * gmax + 2e-3 * fd.abs(), "{what}: {name}[{i}]: autodiff {} vs finite difference {fd} (max |g| {gmax})", g[i]);
+        }
+    };
+    let gx = to_vec(x.grad(&grads).expect("input gradient"));
+    check("input".into(), &gx, &|i| {
+        let h = 1e-4;
+        let (mut up, mut down) = (x_vals.clone(), x_vals.clone());
+        up[i] += h;
+        down[i] -= h;
+        (loss(m, &up) - loss(m, &down)) / (2.0 * h)
+    });
+    let values = param_values(m);
+    for (which, g) in param_grads(m, &grads).into_iter().enumerate() {
+        let g = g.unwrap_or_else(|| panic!("{what}: parameter {which} has no gradient"));
+        check(format!("parameter {which}"), &g, &|i| {
+            let w = values[which][i] as f32;
+            let h = 1e-3f32 * w.abs().max(0.05);
+            let (wp, wm) = (w + h, w - h);
+            let (up, down) = (with_entry(m.clone(), which, i, wp), with_entry(m.clone(), which, i, wm));
+            (loss(&up, &x_vals) - loss(&down, &x_vals)) / (wp as f64 - wm as f64)
+        });
     }
 }

@@ -6,8 +6,9 @@
 //! - [`needle`]: a key–value needle at a controlled depth in text, queried at the end.
 //!
 //! An [`Example`] is `len + 1` tokens: the model reads `tokens[..len]` and, at each answer
-//! position p, must predict `tokens[p + 1]`. The test set is generated from its own seed and the
-//! training stream rejects any example equal to a test example, so the two are disjoint.
+//! position p, must predict `tokens[p + 1]`. The validation set (model selection) and the test
+//! set (the reported score) are generated from their own seeds; validation rejects test
+//! examples and the training stream rejects both, so the three are disjoint.
 
 pub mod mqar;
 pub mod needle;
@@ -97,32 +98,62 @@ impl TaskConfig {
     }
 }
 
-/// A task with its fixed test set, ready to batch.
+/// A task with its fixed validation and test sets, ready to batch.
 #[derive(Debug, Clone)]
 pub struct TaskData {
     pub config: TaskConfig,
+    /// For model selection during training.
+    pub val: Vec<Example>,
+    /// For the reported score; never used to choose anything.
     pub test: Vec<Example>,
-    test_set: HashSet<Vec<u32>>,
+    held_out: HashSet<Vec<u32>>,
 }
 
 /// Seed of every task's test set (training streams use the run's seed).
 pub const TEST_SEED: u64 = 0x7E57_5E7;
+/// Seed of every task's validation set.
+pub const VAL_SEED: u64 = 0x5E1_EC7;
+
+/// Draws per example before a task's space counts as too small for a disjoint set.
+const MAX_DRAWS: usize = 1000;
+
+fn too_small(config: &TaskConfig) -> TaskError {
+    TaskError::new(
+        "kind",
+        config.kind(),
+        "its space of distinct sequences is too small for disjoint training, validation and test sets: make the task larger (or eval.batches smaller)",
+    )
+}
 
 impl TaskData {
-    /// Validates the task and generates `test_examples` test examples.
-    pub fn new(config: TaskConfig, test_examples: usize) -> Result<Self, TaskError> {
-        config.generator().validate()?;
+    /// Validates the task and generates `examples` test examples, then `examples` validation
+    /// examples distinct from every test example (the test set is the one of earlier builds).
+    pub fn new(config: TaskConfig, examples: usize) -> Result<Self, TaskError> {
+        let g = config.generator();
+        g.validate()?;
         let mut rng = Rng::new(TEST_SEED);
-        let test: Vec<Example> = (0..test_examples).map(|_| config.generator().generate(&mut rng)).collect();
-        let test_set = test.iter().map(|e| e.tokens.clone()).collect();
-        Ok(Self { config, test, test_set })
+        let test: Vec<Example> = (0..examples).map(|_| g.generate(&mut rng)).collect();
+        let mut held_out: HashSet<Vec<u32>> = test.iter().map(|e| e.tokens.clone()).collect();
+        let mut rng = Rng::new(VAL_SEED);
+        let mut val = Vec::with_capacity(examples);
+        for _ in 0..examples {
+            let e = (0..MAX_DRAWS).map(|_| g.generate(&mut rng)).find(|e| !held_out.contains(&e.tokens)).ok_or_else(|| too_small(&config))?;
+            val.push(e);
+        }
+        held_out.extend(val.iter().map(|e| e.tokens.clone()));
+        // Training must still be able to draw examples outside both sets.
+        let mut probe = Rng::new(VAL_SEED ^ TEST_SEED);
+        if !(0..MAX_DRAWS).any(|_| !held_out.contains(&g.generate(&mut probe).tokens)) {
+            return Err(too_small(&config));
+        }
+        Ok(Self { config, val, test, held_out })
     }
 
-    /// A training example from `rng` that is not in the test set.
+    /// A training example from `rng` that is in neither the validation nor the test set.
     pub fn train_example(&self, rng: &mut Rng) -> Example {
         loop {
             let e = self.config.generator().generate(rng);
-            if !self.test_set.contains(&e.tokens) {
+            if !self.held_out.contains(&e.tokens) {
                 return e;
             }
         }
