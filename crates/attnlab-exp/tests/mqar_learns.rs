@@ -32,6 +32,7 @@ lr = 1e-3
 min_lr = 3e-4
 warmup = 20
 weight_decay = 0.0
+grad_clip = 0.0
 seed = 1
 log_every = 100
 [eval]

@@ -207,7 +207,6 @@ pub fn assert_peaked(what: &str, min_ratio: f64) {
     let rows: Vec<f64> = ROWS.with(|r| r.borrow().iter().filter(|(_, n)| *n >= 4).map(|(m, n)| m * *n as f64).collect());
     assert!(!rows.is_empty(), "{what}: no softmax rows with ≥ 4 keys were recorded");
     let mean = rows.iter().sum::<f64>() / rows.len() as f64;
-    eprintln!("PEAK {what}: {mean:.2}");
     assert!(mean >= min_ratio, "{what}: attention is near uniform (largest weight {mean:.2}× uniform, want ≥ {min_ratio})");
 }
 
