@@ -47,7 +47,7 @@ impl AttentionConfig {
                 Variant { pattern: Pattern::Strided { block: *block, stride: *stride }, ..Variant::default() }
             }
             AttentionConfig::FixedSparse { block, summary, .. } => {
-                Variant { pattern: Pattern::Fixed { block: *block, summary: *summary }, ..Variant::default() }
+                Variant { pattern: Pattern::Fixed { block: *block, summary: summary.expect("validated: summary is set") }, ..Variant::default() }
             }
             AttentionConfig::Tiled { block_q, block_k, .. } => {
                 Variant { kernel: Kernel::Tiled { block_q: *block_q, block_k: *block_k }, ..Variant::default() }

@@ -50,8 +50,8 @@ pub enum AttentionConfig {
     /// `strided_sparse` (runs and files from before the rename).
     FixedSparse {
         block: usize,
-        #[serde(default)]
-        summary: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<usize>,
         #[serde(default)]
         kv_heads: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,7 +138,7 @@ impl AttentionConfig {
             Self::SlidingWindow { window, global_tokens: 0, .. } => format!("swa-{window}"),
             Self::SlidingWindow { window, global_tokens, .. } => format!("swa-{window}+{global_tokens}"),
             Self::StridedSparse { block, stride, .. } => format!("strided-{block}/{stride}"),
-            Self::FixedSparse { block, summary, .. } => format!("fixed-{block}/{summary}"),
+            Self::FixedSparse { block, summary, .. } => format!("fixed-{block}/{}", summary.unwrap_or(0)),
             Self::Gated { gate_bias: Some(b), .. } => format!("gated-b{b}"),
             Self::Tiled { block_q, block_k, .. } => format!("tiled-{block_q}x{block_k}"),
             Self::Differential {} => "diff".to_string(),
@@ -250,8 +250,18 @@ impl AttentionConfig {
                     ));
                 }
                 positive("block", *block)?;
-                if *summary == 0 || summary > block {
-                    return Err(ConfigError::new("model.attention.summary", summary, format!("must be in 1..={block} (model.attention.block)")));
+                match summary {
+                    None => {
+                        return Err(ConfigError::new(
+                            "model.attention.summary",
+                            "(missing)",
+                            format!("required: how many last positions of each block later blocks see, 1..={block} (model.attention.block)"),
+                        ))
+                    }
+                    Some(c) if *c == 0 || c > block => {
+                        return Err(ConfigError::new("model.attention.summary", c, format!("must be in 1..={block} (model.attention.block)")))
+                    }
+                    Some(_) => {}
                 }
             }
             Self::Tiled { block_q, block_k, .. } => {

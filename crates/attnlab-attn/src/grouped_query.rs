@@ -298,7 +298,7 @@ impl GroupedQuery {
             // Half the heads see `block` keys, half see context / stride.
             Pattern::Strided { block, stride } => (context.min(block) + context.div_ceil(stride)) / 2,
             // At most its own block plus the summary columns of the earlier blocks.
-            Pattern::Fixed { block, summary } => context.min(block) + (context / block) * summary,
+            Pattern::Fixed { block, summary } => context.min(block) + (context.saturating_sub(1) / block) * summary,
         };
         (2 * proj + 4 * self.heads * self.head_dim * visible) as u64
     }

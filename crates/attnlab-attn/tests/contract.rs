@@ -21,7 +21,7 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::SlidingWindow { window: 3, global_tokens: 2, kv_heads: Some(2) },
         AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None },
         AttentionConfig::StridedSparse { block: 3, stride: 4, kv_heads: None },
-        AttentionConfig::FixedSparse { block: 4, summary: 2, kv_heads: Some(2), stride: None },
+        AttentionConfig::FixedSparse { block: 4, summary: Some(2), kv_heads: Some(2), stride: None },
         AttentionConfig::Tiled { block_q: 4, block_k: 5, kv_heads: Some(2) },
         AttentionConfig::Gated { kv_heads: None, gate_bias: None },
         AttentionConfig::Gated { kv_heads: Some(1), gate_bias: Some(3.0) },

@@ -96,11 +96,11 @@ fn strided_sparse_gives_half_the_heads_a_local_and_half_a_strided_pattern() {
 #[test]
 fn fixed_sparse_sees_its_block_and_the_summary_columns_of_earlier_blocks() {
     for (block, summary, kv_heads) in [(4, 1, None), (5, 2, Some(2)), (8, 8, None), (1, 1, Some(1))] {
-        let config = AttentionConfig::FixedSparse { block, summary, kv_heads, stride: None };
+        let config = AttentionConfig::FixedSparse { block, summary: Some(summary), kv_heads, stride: None };
         // Same block, or one of the last `summary` positions of its block.
         check(config, 4, &|_, q, k| k <= q && (k / block == q / block || k % block + summary >= block));
     }
-    check_grads(AttentionConfig::FixedSparse { block: 4, summary: 1, kv_heads: None, stride: None }, &|_, q, k| k <= q && (k / 4 == q / 4 || k % 4 == 3));
+    check_grads(AttentionConfig::FixedSparse { block: 4, summary: Some(1), kv_heads: None, stride: None }, &|_, q, k| k <= q && (k / 4 == q / 4 || k % 4 == 3));
 }
 
 #[test]
@@ -274,9 +274,10 @@ fn new_kinds_reject_impossible_shapes_naming_the_field() {
         (AttentionConfig::SlidingWindow { window: 4, global_tokens: 0, kv_heads: Some(3) }, "model.attention.kv_heads"),
         (AttentionConfig::StridedSparse { block: 0, stride: 2, kv_heads: None }, "model.attention.block"),
         (AttentionConfig::StridedSparse { block: 2, stride: 0, kv_heads: None }, "model.attention.stride"),
-        (AttentionConfig::FixedSparse { block: 0, summary: 1, kv_heads: None, stride: None }, "model.attention.block"),
-        (AttentionConfig::FixedSparse { block: 4, summary: 5, kv_heads: None, stride: None }, "model.attention.summary"),
-        (AttentionConfig::FixedSparse { block: 4, summary: 0, kv_heads: None, stride: None }, "model.attention.summary"),
+        (AttentionConfig::FixedSparse { block: 0, summary: Some(1), kv_heads: None, stride: None }, "model.attention.block"),
+        (AttentionConfig::FixedSparse { block: 4, summary: Some(5), kv_heads: None, stride: None }, "model.attention.summary"),
+        (AttentionConfig::FixedSparse { block: 4, summary: Some(0), kv_heads: None, stride: None }, "model.attention.summary"),
+        (AttentionConfig::FixedSparse { block: 4, summary: None, kv_heads: None, stride: None }, "model.attention.summary"),
         (AttentionConfig::Tiled { block_q: 0, block_k: 8, kv_heads: None }, "model.attention.block_q"),
         (AttentionConfig::Gated { kv_heads: Some(0), gate_bias: None }, "model.attention.kv_heads"),
         (AttentionConfig::Gated { kv_heads: None, gate_bias: Some(f64::NAN) }, "model.attention.gate_bias"),

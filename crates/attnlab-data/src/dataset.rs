@@ -27,7 +27,7 @@ impl Dataset {
     }
 
     /// `batches` evaluation batches, the same for every call with the same `seed`: text windows
-    /// of `split`; for a task, the test set (`Val`) or training examples (`Train`).
+    /// of `split`; for a task, its validation set (`Val`), its test set (`Test`) or training examples (`Train`).
     pub fn eval_batches(&self, split: Split, seed: u64, batches: usize, batch: usize, block: usize) -> Vec<EvalBatch> {
         let mut rng = Rng::new(seed);
         match self {

@@ -84,7 +84,9 @@ pub fn clip_global_norm<M: Module>(mut grads: GradientsParams, model: &M, max_no
     }
     let norm = global_grad_norm(&grads, model);
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    // A non-finite norm scales too (to NaN, as torch does): the divergence check then stops
+    // the run instead of stepping on unclipped gradients.
+    if !(coef >= 1.0) {
         model.visit(&mut Scale { grads: &mut grads, factor: coef as f32 });
     }
     (grads, norm)

@@ -60,8 +60,9 @@ pub struct DataConfig {
     pub val_fraction: f64,
     /// A synthetic task instead of language modelling (`[data.task]`, `kind = "mqar"`,
     /// `"selective_copy"` or `"needle"`); the needle task reads the corpus as its haystack.
-    /// With a task, `train.block` is the task's sequence length and evaluation uses its test set
-    /// of `eval.batches × train.batch` examples.
+    /// With a task, `train.block` is the task's sequence length; evaluations during training use
+    /// its validation set and the final model is scored on its disjoint test set, each of
+    /// `eval.batches × train.batch` examples.
     pub task: Option<TaskConfig>,
 }
 

@@ -94,3 +94,34 @@ fn task_errors_name_the_field_before_any_compute() {
     let e = err(&["data.task.seq_len=128"]);
     assert!(e.contains("model.max_seq = 64"), "{e}");
 }
+
+/// With several evaluations, `best_val_step` is the earliest evaluation with the highest
+/// validation accuracy in `metrics.jsonl`, and a run stopped and resumed in between reports
+/// the same selection and test scores as an uninterrupted one. Planted: `acc >= best` (the
+/// latest of ties) fails the first assertion whenever two evaluations tie.
+#[test]
+fn the_best_validation_evaluation_is_the_earliest_argmax_and_survives_resume() {
+    let sets: Vec<String> = ["train.steps=12", "eval.every=3", "train.checkpoint_every=3", "train.lr=3e-3"].iter().map(|s| s.to_string()).collect();
+    let run = ExperimentSpec::from_toml_str(BASE, "tasks.toml", &sets).unwrap().prepare("tasks.toml").unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let RunOutcome::Finished(a) = train(&run, &cpu_opts(whole.path(), None)).unwrap() else { panic!("should finish") };
+    let metrics = std::fs::read_to_string(whole.path().join("tasks").join(&run.run_id).join("metrics.jsonl")).unwrap();
+    let evals: Vec<(usize, f64)> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "eval")
+        .map(|v| (v["step"].as_u64().unwrap() as usize, v["val_accuracy"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(evals.len(), 4);
+    let best = evals.iter().fold(f64::NEG_INFINITY, |m, (_, acc)| m.max(*acc));
+    let earliest = evals.iter().find(|(_, acc)| *acc == best).unwrap().0;
+    assert_eq!(a.best_val_step, Some(earliest), "{evals:?}");
+    assert_eq!(a.best_val_accuracy, Some(best));
+    if earliest == 12 {
+        assert_eq!(a.test_accuracy_at_best_val, a.final_test_accuracy);
+    }
+    let parts = tempfile::tempdir().unwrap();
+    assert!(matches!(train(&run, &cpu_opts(parts.path(), Some(7))).unwrap(), RunOutcome::Stopped { step: 7 }));
+    let RunOutcome::Finished(b) = train(&run, &cpu_opts(parts.path(), None)).unwrap() else { panic!("should finish") };
+    assert_eq!((a.best_val_step, a.test_accuracy_at_best_val, a.final_test_accuracy), (b.best_val_step, b.test_accuracy_at_best_val, b.final_test_accuracy));
+}

@@ -61,7 +61,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
         AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) },
         AttentionConfig::SlidingWindow { window: 5, global_tokens: 1, kv_heads: Some(2) },
         AttentionConfig::StridedSparse { block: 4, stride: 3, kv_heads: None },
-        AttentionConfig::FixedSparse { block: 4, summary: 1, kv_heads: None, stride: None },
+        AttentionConfig::FixedSparse { block: 4, summary: Some(1), kv_heads: None, stride: None },
         AttentionConfig::Tiled { block_q: 5, block_k: 6, kv_heads: None },
         AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0) },
         AttentionConfig::Differential {},

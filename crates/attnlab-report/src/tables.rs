@@ -10,11 +10,16 @@ use crate::stats::{mean, std, wilson};
 /// A task run counts as solved when its final test accuracy reaches this.
 pub const SOLVED: f64 = 0.9;
 
-/// Final test accuracy of a run: `final_test_accuracy`, or, for stores written before tasks had
-/// a separate validation set (their "val" set *was* the test set), `final_val_accuracy`.
+/// True for a run stored before tasks had a separate validation set (no `final_test_accuracy`
+/// key at all): its "val" set *was* the test set.
+pub fn before_val_test_split(r: &RunRecord) -> bool {
+    r.summary.get("final_test_accuracy").is_none()
+}
+
+/// Final test accuracy of a run: `final_test_accuracy` (NaN when null, e.g. diverged), or
+/// `final_val_accuracy` for a store from before the validation/test split.
 pub fn test_accuracy(r: &RunRecord) -> f64 {
-    let t = r.num("final_test_accuracy");
-    if t.is_finite() { t } else { r.num("final_val_accuracy") }
+    if before_val_test_split(r) { r.num("final_val_accuracy") } else { r.num("final_test_accuracy") }
 }
 
 /// Fields never used to tell configs apart.
@@ -34,8 +39,12 @@ pub struct Group {
     pub accuracy: Vec<f64>,
     /// Synthetic tasks: test accuracy at the evaluation chosen on validation, per run that has it.
     pub accuracy_at_best_val: Vec<f64>,
-    /// Synthetic tasks: best validation accuracy of each run (what selects a learning rate).
+    /// Synthetic tasks: final validation accuracy of each (non-diverged) run (what selects a
+    /// learning rate).
     pub val_accuracy: Vec<f64>,
+    /// Synthetic tasks: every run of the group, diverged ones included (they count as
+    /// unsolved); 0 otherwise.
+    pub task_runs: usize,
     pub kv_bytes: f64,
     /// Mean val-loss curve over seeds: (step, mean, min, max).
     pub curve: Vec<(usize, f64, f64, f64)>,
@@ -51,9 +60,14 @@ impl Group {
     pub fn accuracy_mean(&self) -> f64 {
         mean(&self.accuracy)
     }
-    /// Runs whose final test accuracy is ≥ [`SOLVED`].
+    /// Runs whose final test accuracy is ≥ [`SOLVED`] (out of [`Group::task_runs`]: a diverged
+    /// run is unsolved).
     pub fn solved(&self) -> usize {
         self.accuracy.iter().filter(|&&a| a >= SOLVED).count()
+    }
+    /// Mean final validation accuracy with diverged runs counted as 0.
+    pub fn val_accuracy_over_all_runs(&self) -> f64 {
+        self.val_accuracy.iter().sum::<f64>() / self.task_runs.max(1) as f64
     }
 }
 
@@ -88,7 +102,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
                         label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
                     }
                 }
-                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], kv_bytes: 0.0, curve: vec![] });
+                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], task_runs: 0, kv_bytes: 0.0, curve: vec![] });
             }
         }
     }
@@ -98,7 +112,8 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
         g.best_val = kept.iter().map(|&i| runs[i].num("best_val_loss")).collect();
         g.accuracy = kept.iter().map(|&i| test_accuracy(&runs[i])).filter(|a| a.is_finite()).collect();
         g.accuracy_at_best_val = kept.iter().map(|&i| runs[i].num("test_accuracy_at_best_val")).filter(|a| a.is_finite()).collect();
-        g.val_accuracy = kept.iter().map(|&i| runs[i].num("best_val_accuracy")).filter(|a| a.is_finite()).collect();
+        g.val_accuracy = kept.iter().map(|&i| runs[i].num("final_val_accuracy")).filter(|a| a.is_finite()).collect();
+        g.task_runs = if g.accuracy.is_empty() { 0 } else { g.runs.len() };
         g.kv_bytes = runs[g.runs[0]].num("kv_bytes_per_token_measured");
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         for &i in &g.runs {
@@ -179,13 +194,13 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         let n = g.runs.len();
         let finals: Vec<f64> = g.runs.iter().map(|&i| runs[i].num("final_val_loss")).collect();
         let acc = if accuracy {
-            let (lo, hi) = wilson(g.solved(), g.accuracy.len());
+            let (lo, hi) = wilson(g.solved(), g.task_runs);
             format!(
                 " {} | {} | {}/{} [{:.0}–{:.0}%] |",
                 pct(g.accuracy_mean(), std(&g.accuracy), g.accuracy.len()),
                 pct(mean(&g.accuracy_at_best_val), std(&g.accuracy_at_best_val), g.accuracy_at_best_val.len()),
                 g.solved(),
-                g.accuracy.len(),
+                g.task_runs,
                 100.0 * lo,
                 100.0 * hi
             )
@@ -218,7 +233,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         md.push_str(&format!(
             "Test accuracy: exact match on the answers of the task's test set, which nothing is selected on (a separate validation set picks the best evaluation). \
              ² Test accuracy of the model at the evaluation with the highest validation accuracy. \
-             ³ Runs whose final test accuracy is ≥ {:.0}%, with the 95% Wilson score interval of the success rate.\n\n",
+             ³ Runs whose final test accuracy is ≥ {:.0}% (a diverged run counts as unsolved), with the 95% Wilson score interval of the success rate.\n\n",
             100.0 * SOLVED
         ));
     }
@@ -228,7 +243,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             r.num("peak_flops") / 1e9
         ));
     }
-    if let Some(best) = best_rate(groups) {
+    if let Some(best) = best_rate(runs, groups) {
         md.push_str(&best);
     }
     if let Some(pivot) = accuracy_pivot(groups) {
@@ -276,14 +291,21 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
 }
 
 /// With `train.lr` swept: each config at its best learning rate, chosen on **validation**
-/// (highest mean best-validation accuracy for tasks, lowest mean best validation loss for
-/// text), with its test numbers, and every rate's result beside it.
-fn best_rate(groups: &[Group]) -> Option<String> {
+/// (highest mean final validation accuracy for tasks, a diverged run counting as 0; lowest
+/// mean best validation loss for text), with its test numbers, and every rate's result beside
+/// it.
+fn best_rate(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
     const LR: &str = "train.lr";
     if !groups.first()?.fields.contains_key(LR) {
         return None;
     }
     let accuracy = has_accuracy(groups);
+    let mut md = String::from("## Each config at its best learning rate\n\n");
+    if accuracy && runs.iter().any(before_val_test_split) {
+        // Their "validation" accuracy was measured on the test set: no honest choice to make.
+        md.push_str("Not shown: some runs were stored before tasks had a validation set separate from the test set, so a rate chosen on their \"validation\" accuracy would be chosen on test.\n\n");
+        return Some(md);
+    }
     let family = |g: &Group| g.label.split(' ').filter(|p| !p.starts_with("lr=")).collect::<Vec<_>>().join(" ");
     let lr = |g: &Group| g.fields.get(LR).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
     let mut families: Vec<(String, Vec<&Group>)> = Vec::new();
@@ -293,36 +315,29 @@ fn best_rate(groups: &[Group]) -> Option<String> {
             None => families.push((family(g), vec![g])),
         }
     }
-    let score = |g: &Group| if accuracy { -mean(&g.val_accuracy) } else { g.best_mean() };
-    let mut md = String::from("## Each config at its best learning rate
-
-");
+    let score = |g: &Group| if accuracy { -g.val_accuracy_over_all_runs() } else { g.best_mean() };
     md.push_str(if accuracy {
-        "The rate is chosen on the validation set (highest mean best-validation accuracy over seeds); the columns after it are test-set numbers at that rate. Every rate's solved count is listed so the choice can be checked.
-
-| config | best lr | val accuracy (mean best) | test accuracy (final) | solved, 95% CI | every rate: solved |
-|---|---|---|---|---|---|
-"
+        "The rate is chosen on the validation set (highest mean final validation accuracy over seeds, a diverged run counting as 0); the columns after it are test-set numbers of the final models at that rate. Every rate's solved count is listed so the choice can be checked.\n\n\
+         | config | best lr | val accuracy (final, mean) | test accuracy (final) | solved, 95% CI | every rate: solved |\n|---|---|---|---|---|---|\n"
     } else {
-        "The rate is chosen by the lowest mean best validation loss over seeds.
-
-| config | best lr | best val loss | every rate: best val loss |
-|---|---|---|---|
-"
+        "The rate is chosen by the lowest mean best validation loss over seeds.\n\n| config | best lr | best val loss | every rate: best val loss |\n|---|---|---|---|\n"
     });
     for (name, mut members) in families {
         members.sort_by(|a, b| lr(a).total_cmp(&lr(b)));
-        let best = members.iter().copied().filter(|g| score(g).is_finite()).min_by(|a, b| score(a).total_cmp(&score(b)))?;
+        let Some(best) = members.iter().copied().filter(|g| score(g).is_finite()).min_by(|a, b| score(a).total_cmp(&score(b))) else {
+            md.push_str(&format!("| {name} | – (no finished run) |{}\n", if accuracy { " | | | |" } else { " |" }));
+            continue;
+        };
         if accuracy {
-            let (lo, hi) = wilson(best.solved(), best.accuracy.len());
-            let all: Vec<String> = members.iter().map(|g| format!("{}: {}/{}", lr(g), g.solved(), g.accuracy.len())).collect();
+            let (lo, hi) = wilson(best.solved(), best.task_runs);
+            let all: Vec<String> = members.iter().map(|g| format!("{}: {}/{}", lr(g), g.solved(), g.task_runs)).collect();
             md.push_str(&format!(
                 "| {name} | {} | {:.1}% | {} | {}/{} [{:.0}–{:.0}%] | {} |\n",
                 lr(best),
-                100.0 * mean(&best.val_accuracy),
+                100.0 * best.val_accuracy_over_all_runs(),
                 pct(best.accuracy_mean(), std(&best.accuracy), best.accuracy.len()),
                 best.solved(),
-                best.accuracy.len(),
+                best.task_runs,
                 100.0 * lo,
                 100.0 * hi,
                 all.join(", ")
@@ -380,9 +395,12 @@ fn accuracy_pivot(groups: &[Group]) -> Option<String> {
 /// Needle runs: final test accuracy per depth bucket (mean over seeds), shallow to deep.
 fn accuracy_by_depth(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
     let buckets = |i: usize| -> Option<Vec<f64>> {
-        let s = &runs[i].summary;
-        let b = s.get("final_test_accuracy_by_bucket").filter(|v| !v.is_null()).or_else(|| s.get("final_val_accuracy_by_bucket"))?;
-        b.as_array()?.iter().map(|v| v.as_f64()).collect()
+        let r = &runs[i];
+        if r.text("status") == "diverged" {
+            return None;
+        }
+        let key = if before_val_test_split(r) { "final_val_accuracy_by_bucket" } else { "final_test_accuracy_by_bucket" };
+        r.summary.get(key)?.as_array()?.iter().map(|v| v.as_f64()).collect()
     };
     let n = groups.iter().flat_map(|g| g.runs.iter()).find_map(|&i| buckets(i))?.len();
     let mut md = String::from("## Needle accuracy by depth\n\nFinal test accuracy by the needle's depth in the window (0 = start, 1 = just before the query), mean over seeds.\n\n| config |");

@@ -110,7 +110,8 @@ fn wilson_interval_matches_hand_values() {
 }
 
 /// New stores: the report reads `final_test_accuracy` (not the validation accuracy) and counts
-/// solved runs. Planted: reading `final_val_accuracy` shows 10.0% and fails.
+/// solved runs, a diverged run as unsolved. Planted: reading `final_val_accuracy` shows 10.0%
+/// and fails; leaving diverged runs out of the count shows 2/3 and fails.
 #[test]
 fn task_reports_use_test_accuracy_and_count_solved_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,10 +126,19 @@ fn task_reports_use_test_accuracy_and_count_solved_runs() {
         s["test_accuracy_at_best_val"] = serde_json::json!(0.5);
         std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
     }
+    fixture_run(&store, "r3", "mha", 1024, 3, 1.0);
+    let dir = store.join("r3");
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    s["status"] = serde_json::json!("diverged");
+    s["diverged_at_step"] = serde_json::json!(7);
+    s["final_val_accuracy"] = serde_json::json!(0.99);
+    s["final_test_accuracy"] = serde_json::Value::Null;
+    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
     let out = tmp.path().join("report");
     attnlab_report::write_report(&store, &out, None).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
-    assert!(md.contains("| 70.7 ± 43.9% | 50.0 ± 0.0% | 2/3 ["), "{md}");
+    assert!(md.contains("| 70.7 ± 43.9% | 50.0 ± 0.0% | 2/4 ["), "{md}");
+    assert!(!md.contains("99.0%"), "a diverged run's validation accuracy is no test score: {md}");
     assert!(!md.contains("10.0%"), "{md}");
 }
 
@@ -148,7 +158,7 @@ fn a_swept_learning_rate_is_chosen_on_validation() {
             let config = std::fs::read_to_string(dir.join("config.toml")).unwrap().replace("steps = 100", &format!("steps = 100\nlr = {lr}"));
             std::fs::write(dir.join("config.toml"), config).unwrap();
             let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-            s["best_val_accuracy"] = serde_json::json!(val);
+            s["final_val_accuracy"] = serde_json::json!(val);
             s["final_test_accuracy"] = serde_json::json!(test);
             std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
         }

@@ -121,7 +121,7 @@ fn too_small(config: &TaskConfig) -> TaskError {
     TaskError::new(
         "kind",
         config.kind(),
-        "its space of distinct sequences is too small for disjoint training, validation and test sets: make the task larger (or eval.batches smaller)",
+        "its space of distinct sequences is too small for disjoint training, validation and test sets of eval.batches × train.batch examples each: make the task larger (vocab, seq_len) or the sets smaller",
     )
 }
 
