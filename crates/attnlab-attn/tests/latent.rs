@@ -95,13 +95,7 @@ fn mla_forward_matches_the_reference_with_peaked_attention() {
             let m = mla(&config, d_model, heads, 4, &dev);
             let x = random_input(2, t, d_model, 9, &dev);
             let got = to_vec(m.forward(x.clone()));
-            reset_rows();
-            let want = reference(&m, &to_vec(x), 2, t, d_model);
-            if t > 1 {
-                assert_peaked(&format!("{config:?} t={t}"), 2.5);
-            }
-            let err = rel_err(&got, &want);
-            assert!(err < 1e-4, "{config:?} t={t}: relative error {err}");
+            assert_matches_reference(&format!("{config:?} t={t}"), &got, || reference(&m, &to_vec(x), 2, t, d_model));
         }
     }
 }

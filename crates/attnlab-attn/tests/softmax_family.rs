@@ -29,13 +29,7 @@ fn check(config: AttentionConfig, heads: usize, allows: &dyn Fn(usize, usize, us
         let m = sharpen(grouped(&config, d_model, heads, 3), SHARP);
         let x = random_input(2, t, d_model, 11, &cpu());
         let got = to_vec(m.forward(x.clone()));
-        reset_rows();
-        let want = gqa_reference(&m, &to_vec(x), 2, t, d_model, allows);
-        if peaked_rows() > 0 {
-            assert_peaked(&format!("{config:?} t={t}"), 2.5);
-        }
-        let err = rel_err(&got, &want);
-        assert!(err < 1e-4, "{config:?} t={t}: relative error {err}");
+        assert_matches_reference(&format!("{config:?} t={t}"), &got, || gqa_reference(&m, &to_vec(x), 2, t, d_model, allows));
     }
     let t = 29;
     let m = sharpen(grouped(&config, d_model, heads, 4), SHARP);

@@ -210,6 +210,18 @@ pub fn assert_peaked(what: &str, min_ratio: f64) {
     assert!(mean >= min_ratio, "{what}: attention is near uniform (largest weight {mean:.2}× uniform, want ≥ {min_ratio})");
 }
 
+/// Runs `reference` (recording its softmax rows), asserts the attention was peaked wherever a
+/// row had ≥ 4 keys, and that `got` is within 1e-4 of it relative to its scale.
+pub fn assert_matches_reference(what: &str, got: &[f64], reference: impl FnOnce() -> Vec<f64>) {
+    reset_rows();
+    let want = reference();
+    if peaked_rows() > 0 {
+        assert_peaked(what, 2.5);
+    }
+    let err = rel_err(got, &want);
+    assert!(err < 1e-4, "{what}: relative error {err}");
+}
+
 /// Multiplies every parameter with ≥ 2 dimensions by `factor`. At N(0, 0.02²) initial weights
 /// the attention logits are ≈ 0.01 and the weights near uniform; ×12 makes q·k/√d of order
 /// 1–10 (the logits scale with factor²).
