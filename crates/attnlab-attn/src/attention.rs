@@ -8,6 +8,9 @@ use crate::differential::Differential;
 use crate::grouped_query::{GroupedQuery, Kernel, Variant};
 use crate::latent::LatentAttention;
 use crate::mask::Pattern;
+use crate::recurrent::gated_deltanet::{GatedDeltaNet, GdnOptions};
+use crate::recurrent::kda::{Kda, KdaOptions};
+use crate::recurrent::linear_attention::LinearAttention;
 use crate::state::State;
 
 /// A token mixer chosen at run time by [`AttentionConfig`].
@@ -20,6 +23,12 @@ pub enum Attention {
     Latent(LatentAttention),
     /// Differential attention.
     Differential(Differential),
+    /// Linear attention.
+    Linear(LinearAttention),
+    /// Gated DeltaNet.
+    GatedDeltaNet(GatedDeltaNet),
+    /// Kimi Delta Attention.
+    Kda(Kda),
 }
 
 impl AttentionConfig {
@@ -39,6 +48,19 @@ impl AttentionConfig {
             }
             AttentionConfig::Differential {} => {
                 return Attention::Differential(Differential::new(d_model, heads, max_seq, rope_base, layer, device))
+            }
+            AttentionConfig::Linear { feature_map, normalize, chunk } => {
+                return Attention::Linear(LinearAttention::new(d_model, heads, *feature_map, *normalize, *chunk, device))
+            }
+            AttentionConfig::GatedDeltanet { conv, gate, l2_norm, conv_init, chunk, .. } => {
+                let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");
+                let options = GdnOptions { key_dim, value_dim, conv: *conv, gate: *gate, l2: *l2_norm, conv_init: *conv_init, chunk: *chunk };
+                return Attention::GatedDeltaNet(GatedDeltaNet::new(d_model, heads, options, device));
+            }
+            AttentionConfig::Kda { conv, lower_bound, conv_init, chunk, .. } => {
+                let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");
+                let options = KdaOptions { key_dim, value_dim, conv: *conv, lower_bound: *lower_bound, conv_init: *conv_init, chunk: *chunk };
+                return Attention::Kda(Kda::new(d_model, heads, options, device));
             }
             AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
                 Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
@@ -67,6 +89,9 @@ impl Attention {
             Attention::GroupedQuery(m) => m.forward(x),
             Attention::Latent(m) => m.forward(x),
             Attention::Differential(m) => m.forward(x),
+            Attention::Linear(m) => m.forward(x),
+            Attention::GatedDeltaNet(m) => m.forward(x),
+            Attention::Kda(m) => m.forward(x),
         }
     }
 
@@ -76,6 +101,9 @@ impl Attention {
             Attention::GroupedQuery(m) => m.init_state(batch, capacity, device),
             Attention::Latent(m) => State::Latent(m.init_state(batch, capacity, device)),
             Attention::Differential(m) => State::Kv(m.init_state(batch, capacity, device)),
+            Attention::Linear(m) => State::Recurrent(m.init_state(batch, capacity, device)),
+            Attention::GatedDeltaNet(m) => State::Recurrent(m.init_state(batch, capacity, device)),
+            Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
         }
     }
 
@@ -85,6 +113,9 @@ impl Attention {
             (Attention::GroupedQuery(m), state) => m.step(x, state),
             (Attention::Latent(m), State::Latent(c)) => m.step(x, c),
             (Attention::Differential(m), State::Kv(c)) => m.step(x, c),
+            (Attention::Linear(m), State::Recurrent(c)) => m.step(x, c),
+            (Attention::GatedDeltaNet(m), State::Recurrent(c)) => m.step(x, c),
+            (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -95,6 +126,9 @@ impl Attention {
             Attention::GroupedQuery(m) => m.state_bytes(context),
             Attention::Latent(m) => m.state_bytes(context),
             Attention::Differential(m) => m.state_bytes(context),
+            Attention::Linear(m) => m.state_bytes(context),
+            Attention::GatedDeltaNet(m) => m.state_bytes(context),
+            Attention::Kda(m) => m.state_bytes(context),
         }
     }
 
@@ -104,6 +138,9 @@ impl Attention {
             Attention::GroupedQuery(m) => m.flops_per_token(context),
             Attention::Latent(m) => m.flops_per_token(context),
             Attention::Differential(m) => m.flops_per_token(context),
+            Attention::Linear(m) => m.flops_per_token(context),
+            Attention::GatedDeltaNet(m) => m.flops_per_token(context),
+            Attention::Kda(m) => m.flops_per_token(context),
         }
     }
 }

@@ -80,14 +80,158 @@ pub enum AttentionConfig {
     /// Differential attention (Ye et al. 2024): `heads / 2` heads, each the difference of two
     /// softmax maps, `(softmax(Q₁K₁ᵀ) − λ softmax(Q₂K₂ᵀ)) V`.
     Differential {},
+    /// Linear attention (Katharopoulos et al. 2020): softmax replaced by a feature map φ,
+    /// `S_t = S_{t−1} + φ(k_t) v_tᵀ`, `o_t = φ(q_t)ᵀ S_t`; a `d_φ × d_h` state per head instead
+    /// of a KV cache. Default output: RMSNorm over each head (fla's layer), not the normaliser
+    /// `φ(q)ᵀS / φ(q)ᵀz` (`normalize = true`), whose denominator can approach 0 and diverge.
+    Linear {
+        #[serde(default)]
+        feature_map: FeatureMap,
+        #[serde(default, skip_serializing_if = "is_false")]
+        normalize: bool,
+        #[serde(default = "default_linear_chunk", skip_serializing_if = "is_default_linear_chunk")]
+        chunk: usize,
+    },
+    /// Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): the delta rule with a per-head decay,
+    /// `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`; short convs on q, k, v, L2-normalised
+    /// q and k, output RMSNorm ⊙ SiLU gate. `head_dim` (d_k) defaults to d_model / heads,
+    /// d_v = `expand_v`·d_k. `conv`, `gate`, `l2_norm` switch parts off for ablations.
+    GatedDeltanet {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_dim: Option<usize>,
+        #[serde(default = "default_gdn_expand_v", skip_serializing_if = "is_two")]
+        expand_v: usize,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        conv: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        gate: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        l2_norm: bool,
+        #[serde(default, skip_serializing_if = "ConvInit::is_default")]
+        conv_init: ConvInit,
+        #[serde(default = "default_delta_chunk", skip_serializing_if = "is_default_delta_chunk")]
+        chunk: usize,
+    },
+    /// Kimi Delta Attention (Kimi Linear, Moonshot AI 2025): Gated DeltaNet with a per-channel
+    /// (per key dimension) decay from a low-rank gate projection,
+    /// `S_t = (I − β_t k_t k_tᵀ) Diag(α_t) S_{t−1} + β_t k_t v_tᵀ`, and a low-rank sigmoid output
+    /// gate. `lower_bound = lb` ∈ [−5, 0) uses fla's bounded "safe" gate `g = lb·σ(e^{A_log}(raw + dt_bias))`.
+    Kda {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_dim: Option<usize>,
+        #[serde(default = "default_kda_expand_v", skip_serializing_if = "is_one")]
+        expand_v: usize,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        conv: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lower_bound: Option<f64>,
+        #[serde(default, skip_serializing_if = "ConvInit::is_default")]
+        conv_init: ConvInit,
+        #[serde(default = "default_kda_chunk", skip_serializing_if = "is_default_kda_chunk")]
+        chunk: usize,
+    },
+}
+
+/// Linear attention's feature map φ, applied per head after the head split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureMap {
+    /// `elu(x) + 1` (Katharopoulos et al. 2020): positive, d_φ = d_h.
+    #[default]
+    Elu1,
+    /// `relu(x)`: non-negative, can vanish on every feature.
+    Relu,
+    /// `x`: no map (changes sign; only with the RMSNorm output).
+    Identity,
+    /// fla's Hedgehog map (Zhang et al. 2024): `softmax([2(xW + b), −2(xW + b)])`, d_φ = 2·d_h,
+    /// one learnable `d_h × d_h` map shared by heads (W = I, b = 0 at init), separate for q and k.
+    Hedgehog,
+}
+
+impl FeatureMap {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Elu1 => "elu1",
+            Self::Relu => "relu",
+            Self::Identity => "identity",
+            Self::Hedgehog => "hedgehog",
+        }
+    }
+}
+
+/// Initial weights of the short convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvInit {
+    /// PyTorch's Conv1d default, as NVlabs' Gated DeltaNet: U(±1/√kernel).
+    #[default]
+    Kaiming,
+    /// fla's `_init_weights`: N(0, 0.02²) (shrinks the signal ≈ 25× at kernel 4).
+    Fla,
+}
+
+impl ConvInit {
+    fn is_default(&self) -> bool {
+        *self == Self::Kaiming
+    }
 }
 
 fn default_block() -> usize {
     64
 }
 
+/// Chunk of linear attention's chunkwise-parallel form.
+pub const LINEAR_CHUNK: usize = 64;
+/// Chunk of Gated DeltaNet's WY form.
+pub const DELTA_CHUNK: usize = 32;
+/// Chunk of KDA's WY form (its intra-chunk terms are C × C × d_k).
+pub const KDA_CHUNK: usize = 16;
+
+fn default_linear_chunk() -> usize {
+    LINEAR_CHUNK
+}
+fn is_default_linear_chunk(c: &usize) -> bool {
+    *c == LINEAR_CHUNK
+}
+fn default_delta_chunk() -> usize {
+    DELTA_CHUNK
+}
+fn is_default_delta_chunk(c: &usize) -> bool {
+    *c == DELTA_CHUNK
+}
+fn default_kda_chunk() -> usize {
+    KDA_CHUNK
+}
+fn is_default_kda_chunk(c: &usize) -> bool {
+    *c == KDA_CHUNK
+}
+fn default_gdn_expand_v() -> usize {
+    2
+}
+fn default_kda_expand_v() -> usize {
+    1
+}
+fn is_two(v: &usize) -> bool {
+    *v == 2
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The kinds a user can write, for error messages.
-pub const KINDS: &[&str] = &["mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential"];
+pub const KINDS: &[&str] = &[
+    "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
+    "gated_deltanet", "kda",
+];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -118,6 +262,9 @@ impl AttentionConfig {
             Self::Tiled { .. } => "tiled",
             Self::Gated { .. } => "gated",
             Self::Differential {} => "differential",
+            Self::Linear { .. } => "linear",
+            Self::GatedDeltanet { .. } => "gated_deltanet",
+            Self::Kda { .. } => "kda",
         }
     }
 
@@ -142,6 +289,37 @@ impl AttentionConfig {
             Self::Gated { gate_bias: Some(b), .. } => format!("gated-b{b}"),
             Self::Tiled { block_q, block_k, .. } => format!("tiled-{block_q}x{block_k}"),
             Self::Differential {} => "diff".to_string(),
+            Self::Linear { feature_map, normalize, chunk } => {
+                let mut label = "linear".to_string();
+                if *feature_map != FeatureMap::Elu1 {
+                    label.push_str(&format!("-{}", feature_map.name()));
+                }
+                if *normalize {
+                    label.push_str("-norm");
+                }
+                push_chunk(&mut label, *chunk, LINEAR_CHUNK);
+                return label;
+            }
+            Self::GatedDeltanet { head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } => {
+                let mut label = "gdn".to_string();
+                push_delta_common(&mut label, *head_dim, *expand_v, 2, *conv, *conv_init);
+                for (off, tag) in [(!gate, "nogate"), (!l2_norm, "nol2")] {
+                    if off {
+                        label.push_str(&format!("-{tag}"));
+                    }
+                }
+                push_chunk(&mut label, *chunk, DELTA_CHUNK);
+                return label;
+            }
+            Self::Kda { head_dim, expand_v, conv, lower_bound, conv_init, chunk } => {
+                let mut label = "kda".to_string();
+                push_delta_common(&mut label, *head_dim, *expand_v, 1, *conv, *conv_init);
+                if let Some(lb) = lower_bound {
+                    label.push_str(&format!("-lb{lb}"));
+                }
+                push_chunk(&mut label, *chunk, KDA_CHUNK);
+                return label;
+            }
             other => other.kind().to_string(),
         };
         match self.explicit_kv_heads() {
@@ -168,7 +346,7 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } | Self::Differential {} => None,
+            Self::Mla { .. } | Self::Differential {} | Self::Linear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
@@ -277,9 +455,63 @@ impl AttentionConfig {
             Self::Gated { gate_bias: Some(b), .. } if !b.is_finite() => {
                 return Err(ConfigError::new("model.attention.gate_bias", b, "must be a finite number"));
             }
+            Self::Linear { feature_map, normalize, chunk } => {
+                positive("chunk", *chunk)?;
+                if *normalize && *feature_map == FeatureMap::Identity {
+                    return Err(ConfigError::new(
+                        "model.attention.normalize",
+                        true,
+                        "needs a positive feature map (elu1, hedgehog; relu may vanish): with identity the denominator φ(q)ᵀz changes sign",
+                    ));
+                }
+            }
+            Self::GatedDeltanet { head_dim: dk, expand_v, chunk, .. } | Self::Kda { head_dim: dk, expand_v, chunk, .. } => {
+                if let Some(dk) = dk {
+                    positive("head_dim", *dk)?;
+                }
+                positive("expand_v", *expand_v)?;
+                positive("chunk", *chunk)?;
+                if let Self::Kda { lower_bound: Some(lb), .. } = self {
+                    if !(-5.0..0.0).contains(lb) {
+                        return Err(ConfigError::new("model.attention.lower_bound", lb, "must be in [-5, 0) (fla's safe gate; left out: the unbounded gate)"));
+                    }
+                }
+            }
             Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } | Self::Gated { .. } => {}
         }
         Ok(())
+    }
+
+    /// Key and value head widths (d_k, d_v) of a delta-rule kind at `d_model / heads`, `None`
+    /// for other kinds.
+    pub fn delta_dims(&self, d_model: usize, heads: usize) -> Option<(usize, usize)> {
+        match self {
+            Self::GatedDeltanet { head_dim, expand_v, .. } | Self::Kda { head_dim, expand_v, .. } => {
+                let dk = head_dim.unwrap_or(d_model / heads);
+                Some((dk, dk * expand_v))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn push_chunk(label: &mut String, chunk: usize, default: usize) {
+    if chunk != default {
+        label.push_str(&format!("-C{chunk}"));
+    }
+}
+
+fn push_delta_common(label: &mut String, head_dim: Option<usize>, expand_v: usize, default_expand: usize, conv: bool, conv_init: ConvInit) {
+    if let Some(dk) = head_dim {
+        label.push_str(&format!("-d{dk}"));
+    }
+    if expand_v != default_expand {
+        label.push_str(&format!("-v{expand_v}"));
+    }
+    if !conv {
+        label.push_str("-noconv");
+    } else if conv_init == ConvInit::Fla {
+        label.push_str("-convfla");
     }
 }
 

@@ -227,7 +227,7 @@ impl GroupedQuery {
         match state {
             State::Kv(cache) => self.step_kv(x, cache),
             State::Window(cache) => self.step_window(x, cache),
-            State::Latent(_) => panic!("a latent state does not belong to grouped-query attention"),
+            State::Latent(_) | State::Recurrent(_) => panic!("this decode state does not belong to grouped-query attention"),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod grouped_query;
 pub mod latent;
 pub mod linear;
 pub mod mask;
+pub mod recurrent;
 pub mod rope;
 pub mod softmax_attention;
 pub mod state;
@@ -18,7 +19,7 @@ pub mod tiled_attention;
 
 pub use attention::Attention;
 pub use burn;
-pub use config::{AttentionConfig, ConfigError};
+pub use config::{AttentionConfig, ConfigError, ConvInit, FeatureMap};
 pub use differential::Differential;
 pub use grouped_query::{GroupedQuery, Kernel, Variant};
 pub use latent::LatentAttention;
@@ -27,7 +28,10 @@ pub use rope::Rope;
 pub use mask::Pattern;
 pub use softmax_attention::{causal_softmax_attention, softmax_attention};
 pub use tiled_attention::tiled_attention;
-pub use state::{KvCache, LatentCache, State, WindowCache};
+pub use recurrent::gated_deltanet::GatedDeltaNet;
+pub use recurrent::kda::Kda;
+pub use recurrent::linear_attention::LinearAttention;
+pub use state::{KvCache, LatentCache, RecurrentState, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).
 pub const F32_BYTES: usize = 4;

@@ -52,12 +52,26 @@ impl WindowCache {
     }
 }
 
+/// Fixed-size state of a recurrent mixer (linear attention, Gated DeltaNet, KDA): the matrix
+/// memory s `[batch, heads, d_k, d_v]` and, with short convolutions, their tail `[batch, K − 1,
+/// channels]` (the last pre-conv inputs). Neither grows with the context.
+#[derive(Debug, Clone)]
+pub struct RecurrentState {
+    pub s: Tensor<4>,
+    pub conv: Option<Tensor<3>>,
+    /// Tokens fed so far.
+    pub len: usize,
+    /// Tokens the caller asked room for (a recurrent state has no limit; kept for `capacity`).
+    pub capacity: usize,
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
     Kv(KvCache),
     Window(WindowCache),
     Latent(LatentCache),
+    Recurrent(RecurrentState),
 }
 
 impl State {
@@ -67,6 +81,7 @@ impl State {
             State::Kv(c) => c.len,
             State::Window(c) => c.len,
             State::Latent(c) => c.len,
+            State::Recurrent(c) => c.len,
         }
     }
 
@@ -81,6 +96,7 @@ impl State {
             State::Kv(c) => c.k.dims()[2],
             State::Window(c) => c.capacity,
             State::Latent(c) => c.c_kv.dims()[1],
+            State::Recurrent(c) => c.capacity,
         }
     }
 
@@ -91,6 +107,7 @@ impl State {
             State::Kv(c) => (c.k.shape().num_elements() + c.v.shape().num_elements(), c.k.dims()[0]),
             State::Window(c) => (c.k.shape().num_elements() + c.v.shape().num_elements(), c.k.dims()[0]),
             State::Latent(c) => (c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements(), c.c_kv.dims()[0]),
+            State::Recurrent(c) => (c.s.shape().num_elements() + c.conv.as_ref().map_or(0, |t| t.shape().num_elements()), c.s.dims()[0]),
         };
         elements * F32_BYTES / batch
     }

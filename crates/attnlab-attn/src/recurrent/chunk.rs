@@ -1,0 +1,207 @@
+//! The chunk engine of the recurrent family: one rule, three kinds.
+//!
+//! Per head, with a `d_k × d_v` state S, log-decays g_t (one per head, `[.., 1]`, or one per key
+//! channel, `[.., d_k]`; α_t = e^{g_t}) and, for the delta rule, β_t ∈ (0, 1):
+//! - **additive** (linear attention, `beta = None`): `S_t = Diag(α_t) S_{t−1} + k_t v_tᵀ`;
+//! - **delta** (Gated DeltaNet, KDA): `S_t = (I − β_t k_t k_tᵀ) Diag(α_t) S_{t−1} + β_t k_t v_tᵀ`,
+//!   i.e. decay first, then the correction on the decayed state: `v'_t = β_t (v_t − (Diag(α_t)S_{t−1})ᵀ k_t)`,
+//!   `S_t = Diag(α_t) S_{t−1} + k_t v'_tᵀ`;
+//!
+//! and `o_t = S_tᵀ q_t` (post-update state; the caller scales q).
+//!
+//! **Chunkwise-parallel form** (Yang et al. 2024, "Parallelizing Linear Transformers with the
+//! Delta Rule over Sequence Length"; the WY representation). T is cut into chunks of C; inside a
+//! chunk, G_i = Σ_{r ≤ i} g_r is the *inclusive* chunk-local cumsum and Γ_ij = e^{G_i − G_j}
+//! (j ≤ i; the argument is masked before the exponential, so nothing overflows):
+//! - `A_ij = β_i k_iᵀ Diag(Γ_ij) k_j` (j < i), `T = (I + A)⁻¹`, `u = T(β ⊙ V)`, `w = T(β ⊙ K ⊙ e^G)`
+//!   (additive: u = V, w = 0), so the chunk's pseudo-values are `V' = u − w S`;
+//! - `P_ij = q_iᵀ Diag(Γ_ij) k_j` (j ≤ i), `O = (Q ⊙ e^G) S + P V'`;
+//! - `S ← Diag(e^{G_C}) S + (K ⊙ e^{G_C − G})ᵀ V'`.
+//!
+//! Everything but the last line is batched over all chunks; only `V'` and S run chunk by chunk.
+//! `T` comes from `(I + A)⁻¹ = Π_k (I + (−A)^{2^k})` (A is strictly lower triangular, so
+//! `(−A)^C = 0`): ⌈log₂ C⌉ squarings of batched C × C matrices instead of C sequential
+//! substitution steps. Per-head decays use `(QKᵀ) ⊙ Γ`; per-channel decays compute the C × C × d_k
+//! products pairwise (`(K ⊙ e^G)(K ⊙ e^{−G})ᵀ` would overflow), hence KDA's smaller chunk.
+//! A ragged last chunk is padded with zero k, v, β and g: padded positions are in the future
+//! (no real output changes) and leave the final state exactly as the recurrence does.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Large negative value put in the exponent of masked (future) pairs: `e^{−1e30} = 0`, with a
+/// zero gradient.
+const MASKED: f32 = -1e30;
+
+/// Inputs of the rule for one sequence batch. q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`,
+/// beta: `[b, h, t]` (the delta rule; `None`: additive), g: `[b, h, t, 1]` or `[b, h, t, d_k]`
+/// (log-decays ≤ 0; `None`: no decay).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub q: Tensor<4>,
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    pub beta: Option<Tensor<3>>,
+    pub g: Option<Tensor<4>>,
+}
+
+impl Rule {
+    /// Runs the rule from state `s0` `[b, h, d_k, d_v]`: the recurrence for one token, the
+    /// chunked form for more. Returns o `[b, h, t, d_v]` and the final state.
+    pub fn run(self, s0: Tensor<4>, chunk: usize) -> (Tensor<4>, Tensor<4>) {
+        if self.q.dims()[2] == 1 {
+            self.token(s0)
+        } else {
+            self.chunked(s0, chunk)
+        }
+    }
+
+    /// One token of the recurrence.
+    pub fn token(self, s: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, _, dk] = self.q.dims();
+        let dv = self.v.dims()[3];
+        let s = match self.g {
+            // [b, h, 1, e] → [b, h, e, 1]: scales the key rows of S (e = 1: all of them).
+            Some(g) => s * g.exp().swap_dims(2, 3),
+            None => s,
+        };
+        let k_col = self.k.clone().reshape([b, h, dk, 1]);
+        let v_new = match self.beta {
+            Some(beta) => (self.v - self.k.matmul(s.clone())) * beta.reshape([b, h, 1, 1]),
+            None => self.v,
+        };
+        let s = s + k_col.matmul(v_new.reshape([b, h, 1, dv]));
+        (self.q.matmul(s.clone()), s)
+    }
+
+    /// The chunkwise-parallel form (module doc).
+    pub fn chunked(self, s0: Tensor<4>, chunk: usize) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, t, _] = self.q.dims();
+        let dv = self.v.dims()[3];
+        let c = chunk.clamp(1, t.max(1));
+        let n = t.div_ceil(c);
+        let pad = n * c - t;
+        let device = self.q.device();
+        let split = |x: Tensor<4>| {
+            let d = x.dims()[3];
+            pad_time(x, pad).reshape([b, h, n, c, d])
+        };
+        let (q, k, v) = (split(self.q), split(self.k), split(self.v));
+        // Inclusive chunk-local cumsum of the log-decays, [b, h, n, c, e].
+        let big_g = self.g.map(|g| split(g).cumsum(3));
+        let causal = lower_mask(c, 0, &device); // j ≤ i
+        let strict = lower_mask(c, -1, &device).reshape([1, 1, 1, c, c]); // j < i
+        let (scores, gram) = pair_products(&q, &k, big_g.as_ref(), &causal);
+        let decayed = |x: Tensor<5>| match &big_g {
+            Some(g) => x * g.clone().exp(),
+            None => x,
+        };
+        let (u, w) = match self.beta {
+            Some(beta) => {
+                let beta = split(beta.unsqueeze_dim::<4>(3));
+                let a = gram * strict * beta.clone();
+                let inv = unit_lower_inverse(a, &device);
+                (inv.clone().matmul(v * beta.clone()), Some(inv.matmul(decayed(k.clone()) * beta)))
+            }
+            None => (v, None),
+        };
+        let pu = scores.clone().matmul(u.clone());
+        let qw = match &w {
+            Some(w) => decayed(q) - scores.matmul(w.clone()),
+            None => decayed(q),
+        };
+        // Decay to the chunk's end: e^{G_C} for S, K ⊙ e^{G_C − G} for the new writes.
+        let (end_decay, k_end) = match &big_g {
+            Some(g) => {
+                let last = g.clone().narrow(3, c - 1, 1);
+                (Some(last.clone().exp()), k * (last - g.clone()).exp())
+            }
+            None => (None, k),
+        };
+        let mut s = s0;
+        let mut starts = Vec::with_capacity(n);
+        for i in 0..n {
+            starts.push(s.clone());
+            let at = |x: &Tensor<5>| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
+            let v_new = match &w {
+                Some(w) => at(&u) - at(w).matmul(s.clone()),
+                None => at(&u),
+            };
+            if let Some(d) = &end_decay {
+                s = s * at(d).swap_dims(2, 3);
+            }
+            s = s + at(&k_end).swap_dims(2, 3).matmul(v_new);
+        }
+        let starts: Tensor<5> = Tensor::stack(starts, 2);
+        let o = pu + qw.matmul(starts);
+        (o.reshape([b, h, n * c, dv]).narrow(2, 0, t), s)
+    }
+}
+
+/// `P = (Q Kᵀ) ⊙ Γ` (j ≤ i) and `KKᵀ ⊙ Γ` (all j; the caller keeps j < i) per chunk,
+/// `[b, h, n, c, c]`. Per-head decays factor out of the dot products; per-channel decays are
+/// summed pairwise over d_k.
+fn pair_products(q: &Tensor<5>, k: &Tensor<5>, big_g: Option<&Tensor<5>>, causal: &Tensor<2>) -> (Tensor<5>, Tensor<5>) {
+    let c = q.dims()[3];
+    let kt = k.clone().swap_dims(3, 4);
+    let mask = causal.clone().reshape([1, 1, 1, c, c]);
+    match big_g {
+        None => (q.clone().matmul(kt.clone()) * mask.clone(), k.clone().matmul(kt) * mask),
+        Some(g) if g.dims()[4] == 1 => {
+            let gamma = decay_matrix(g.clone() - g.clone().swap_dims(3, 4), &mask);
+            (q.clone().matmul(kt.clone()) * gamma.clone(), k.clone().matmul(kt) * gamma)
+        }
+        Some(g) => {
+            // [b, h, n, c_i, c_j, d_k]
+            let gi = g.clone().unsqueeze_dim::<6>(4);
+            let gj = g.clone().unsqueeze_dim::<6>(3);
+            let gamma = decay_matrix(gi - gj, &mask.unsqueeze_dim::<6>(5));
+            let kj = k.clone().unsqueeze_dim::<6>(3);
+            let pair = |x: &Tensor<5>| (x.clone().unsqueeze_dim::<6>(4) * kj.clone() * gamma.clone()).sum_dim(5).squeeze_dim::<5>(5);
+            (pair(q), pair(k))
+        }
+    }
+}
+
+/// `e^{D}` where `mask` (1 allowed, 0 masked) allows, 0 elsewhere; the exponent is replaced
+/// *before* the exponential.
+fn decay_matrix<const D: usize>(diff: Tensor<D>, mask: &Tensor<D>) -> Tensor<D> {
+    let bias = (mask.clone().neg() + 1.0) * MASKED;
+    (diff * mask.clone() + bias).exp()
+}
+
+/// `(I + A)⁻¹` of strictly lower-triangular `[.., c, c]` matrices: `Σ_k (−A)^k` as
+/// `Π_j (I + (−A)^{2^j})`, ⌈log₂ c⌉ batched squarings.
+fn unit_lower_inverse(a: Tensor<5>, device: &Device) -> Tensor<5> {
+    let c = a.dims()[4];
+    let eye = identity(c, device).reshape([1, 1, 1, c, c]);
+    let mut power = -a;
+    let mut inv = power.clone() + eye;
+    let mut span = 2;
+    while span < c {
+        power = power.clone().matmul(power);
+        inv = inv.clone() + inv.matmul(power.clone());
+        span *= 2;
+    }
+    inv
+}
+
+/// `[c, c]` with ones where column ≤ row + offset (offset 0: j ≤ i, −1: j < i).
+fn lower_mask(c: usize, offset: i64, device: &Device) -> Tensor<2> {
+    let data: Vec<f32> = (0..c * c).map(|x| if (x % c) as i64 <= (x / c) as i64 + offset { 1.0 } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(data, [c, c]), device)
+}
+
+fn identity(c: usize, device: &Device) -> Tensor<2> {
+    let data: Vec<f32> = (0..c * c).map(|x| if x % c == x / c { 1.0 } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(data, [c, c]), device)
+}
+
+/// Appends `pad` zero positions on the time axis (2) of `[b, h, t, d]`.
+fn pad_time(x: Tensor<4>, pad: usize) -> Tensor<4> {
+    if pad == 0 {
+        return x;
+    }
+    let [b, h, _, d] = x.dims();
+    let zeros = Tensor::zeros([b, h, pad, d], &x.device());
+    Tensor::cat(vec![x, zeros], 2)
+}

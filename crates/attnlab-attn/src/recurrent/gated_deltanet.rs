@@ -1,0 +1,131 @@
+//! Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025, "Gated Delta Networks: Improving
+//! Mamba2 with Delta Rule"), as fla's layer (`fla/layers/gated_deltanet.py`) builds it.
+//!
+//! x `[b, t, d]` → q = L2(SiLU(conv(x W_q))), k = L2(SiLU(conv(x W_k))) `[b, h, t, d_k]`,
+//! v = SiLU(conv(x W_v)) `[b, h, t, d_v]` (d_v = expand_v · d_k; depthwise causal convs of kernel
+//! 4 before the head split; L2 per head over d_k, after conv and SiLU); from the raw x:
+//! β_t = σ(x W_β) `[b, h, t]`, g_t = −e^{A_log} softplus(x W_a + dt_bias) (one per head).
+//! Rule: `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`, α = e^g, `o_t = S_tᵀ q_t / √d_k`
+//! (S: `d_k × d_v`, post-update). Output: `W_o (RMSNorm(o) ⊙ SiLU(x W_g))`, one RMSNorm weight
+//! over d_v shared by heads (eps 1e-5). Init: A ~ U(0, 16), dt log-uniform [1e-3, 0.1].
+//! Training: the chunked WY form ([`Rule::chunked`]); decode: the recurrence, with the conv
+//! tails in the state. Parameters: `d·(2·h·d_k + 2·h·d_v + 2h) + h·d_v·d` plus the conv.
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::{Device, Tensor};
+
+use super::chunk::Rule;
+use super::short_conv::ShortConv;
+use super::{delta_qkv, empty_state, gates, merge_heads, rule_flops, state_bytes};
+use crate::config::ConvInit;
+use crate::linear::{apply, linear};
+use crate::state::RecurrentState;
+use attnlab_kernels::rms_norm;
+
+/// Gated DeltaNet with one fused input projection.
+#[derive(Module, Debug)]
+pub struct GatedDeltaNet {
+    /// `d → [q h·d_k | k h·d_k | v h·d_v | β h | a h | gate h·d_v (when gated)]`.
+    pub proj: Linear,
+    /// Over the q | k | v columns.
+    pub conv: Option<ShortConv>,
+    /// `[h]`.
+    pub a_log: Param<Tensor<1>>,
+    /// `[h]`.
+    pub dt_bias: Param<Tensor<1>>,
+    /// Over d_v, shared by heads.
+    pub norm: RmsNorm,
+    /// `h·d_v → d`.
+    pub out: Linear,
+    pub heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+    #[module(skip)]
+    pub gated: bool,
+    #[module(skip)]
+    pub l2: bool,
+    #[module(skip)]
+    pub chunk: usize,
+}
+
+/// Shape and switches of a [`GatedDeltaNet`].
+#[derive(Clone, Debug)]
+pub struct GdnOptions {
+    pub key_dim: usize,
+    pub value_dim: usize,
+    pub conv: bool,
+    pub gate: bool,
+    pub l2: bool,
+    pub conv_init: ConvInit,
+    pub chunk: usize,
+}
+
+impl GatedDeltaNet {
+    pub fn new(d_model: usize, heads: usize, o: GdnOptions, device: &Device) -> Self {
+        let (h, dk, dv) = (heads, o.key_dim, o.value_dim);
+        let qkv = 2 * h * dk + h * dv;
+        Self {
+            proj: linear(d_model, qkv + 2 * h + if o.gate { h * dv } else { 0 }, device),
+            conv: o.conv.then(|| ShortConv::new(qkv, o.conv_init, device)),
+            a_log: gates::a_log(h, 0.0, 16.0, device),
+            dt_bias: gates::dt_bias(h, device),
+            norm: RmsNormConfig::new(dv).with_epsilon(1e-5).init(device),
+            out: linear(h * dv, d_model, device),
+            heads,
+            key_dim: dk,
+            value_dim: dv,
+            gated: o.gate,
+            l2: o.l2,
+            chunk: o.chunk,
+        }
+    }
+
+    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut state = self.init_state(x.dims()[0], 0, &x.device());
+        self.step(x, &mut state)
+    }
+
+    /// Empty state: S `[batch, h, d_k, d_v]` and the conv tail `[batch, 3, 2·h·d_k + h·d_v]`.
+    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
+        empty_state(batch, self.heads, self.key_dim, self.value_dim, self.conv.as_ref(), capacity, device)
+    }
+
+    /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
+    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
+        let [_, t, _] = x.dims();
+        let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
+        let width = 2 * h * dk + h * dv;
+        let p = apply(&self.proj, x);
+        let per_head = |from: usize| p.clone().narrow(2, from, h).swap_dims(1, 2); // [b, h, t]
+        let beta = sigmoid(per_head(width));
+        let g = gates::log_decay(per_head(width + h), self.a_log.val().reshape([1, h, 1]), self.dt_bias.val().reshape([1, h, 1]));
+        let gate = self.gated.then(|| silu(p.clone().narrow(2, width + 2 * h, h * dv)));
+        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, self.l2);
+        let rule = Rule { q: q * (1.0 / (dk as f64).sqrt()), k, v, beta: Some(beta), g: Some(g.unsqueeze_dim(3)) };
+        let (o, s) = rule.run(state.s.clone(), self.chunk);
+        state.s = s;
+        state.len += t;
+        let o = merge_heads(rms_norm(&self.norm, o));
+        apply(&self.out, match gate {
+            Some(gate) => o * gate,
+            None => o,
+        })
+    }
+
+    /// `4 · (h·d_k·d_v + 3 · conv channels)`, whatever the context.
+    pub fn state_bytes(&self, _context: usize) -> usize {
+        state_bytes(self.heads, self.key_dim, self.value_dim, self.conv.as_ref())
+    }
+
+    /// Projections (2 per weight), the conv (2·K per channel) and the chunked rule
+    /// ([`rule_flops`]) per head.
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let proj = self.proj.weight.shape().num_elements() + self.out.weight.shape().num_elements();
+        let conv = self.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
+        let rule = self.heads * rule_flops(self.key_dim, self.value_dim, self.chunk, context, true, false);
+        (2 * proj + 2 * conv + rule) as u64
+    }
+}
