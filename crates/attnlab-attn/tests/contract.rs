@@ -7,7 +7,7 @@ mod common;
 
 use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
 use attnlab_attn::burn::tensor::Tensor;
-use attnlab_attn::AttentionConfig;
+use attnlab_attn::{AttentionConfig, ConvInit, FeatureMap};
 use common::*;
 
 fn kinds() -> Vec<AttentionConfig> {
@@ -26,6 +26,12 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Gated { kv_heads: None, gate_bias: None },
         AttentionConfig::Gated { kv_heads: Some(1), gate_bias: Some(3.0) },
         AttentionConfig::Differential {},
+        AttentionConfig::Linear { feature_map: FeatureMap::Elu1, normalize: false, chunk: 4 },
+        AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
+        AttentionConfig::GatedDeltanet { head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
+        AttentionConfig::GatedDeltanet { head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
+        AttentionConfig::Kda { head_dim: None, expand_v: 1, conv: true, lower_bound: None, conv_init: ConvInit::Kaiming, chunk: 4 },
+        AttentionConfig::Kda { head_dim: Some(4), expand_v: 2, conv: true, lower_bound: Some(-5.0), conv_init: ConvInit::Fla, chunk: 16 },
     ]
 }
 
@@ -76,8 +82,21 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
             | AttentionConfig::Gated { kv_heads, .. } => {
                 (kv_floats(*kv_heads), 50)
             }
+            // A fixed state: per head d_φ × d_h (+ z), no tokens.
+            AttentionConfig::Linear { feature_map, normalize, .. } => {
+                let phi = if *feature_map == FeatureMap::Hedgehog { 2 * head_dim } else { head_dim };
+                (heads * phi * (head_dim + usize::from(*normalize)), 1)
+            }
+            // S per head d_k × d_v, plus the conv tails: 3 inputs of 2·h·d_k + h·d_v channels.
+            AttentionConfig::GatedDeltanet { conv, .. } | AttentionConfig::Kda { conv, .. } => {
+                let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
+                (heads * dk * dv + if *conv { 3 * (2 * heads * dk + heads * dv) } else { 0 }, 1)
+            }
         };
         assert_eq!(state.bytes(), floats_per_token * tokens * 4, "{config:?}");
+        if config.delta_dims(d_model, heads).is_some() || matches!(config, AttentionConfig::Linear { .. }) {
+            assert_eq!(m.state_bytes(100_000), m.state_bytes(50), "{config:?}: a recurrent state grew with the context");
+        }
     }
 }
 
@@ -117,5 +136,23 @@ fn every_parameter_receives_a_nonzero_gradient() {
         assert!(check.dead.is_empty(), "{config:?}: parameters without gradient: {:?}", check.dead);
         let gx = x.grad(&grads).expect("input gradient");
         assert!(to_vec(gx.abs().sum()).iter().all(|v| *v > 0.0 && v.is_finite()));
+    }
+}
+
+/// Changing tokens after position P leaves every output before P unchanged (no future leak,
+/// including through a ragged last chunk and the short convs).
+#[test]
+fn changing_later_tokens_leaves_earlier_outputs_unchanged() {
+    let dev = cpu();
+    let (d_model, heads, t, p) = (32, 4, 13, 9);
+    for config in kinds() {
+        dev.seed(4);
+        let m = sharpen(config.init(d_model, heads, 32, 10_000.0, &dev), SHARP);
+        let x = random_input(2, t, d_model, 8, &dev);
+        let later = random_input(2, t - p, d_model, 9, &dev);
+        let changed = Tensor::cat(vec![x.clone().narrow(1, 0, p), later], 1);
+        let a = to_vec(m.forward(x).narrow(1, 0, p));
+        let b = to_vec(m.forward(changed).narrow(1, 0, p));
+        assert!(max_abs_diff(&a, &b) <= 1e-5 * a.iter().fold(1.0f64, |m, v| m.max(v.abs())), "{config:?}: a later token changed an earlier output");
     }
 }

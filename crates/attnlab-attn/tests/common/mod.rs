@@ -359,3 +359,5 @@ pub fn check_gradients<M: Module + Clone>(what: &str, m: &M, x: Tensor<3>, forwa
         });
     }
 }
+
+pub mod recurrent;
