@@ -112,7 +112,7 @@ fn the_chunked_form_matches_the_token_loop() {
     let dev = cpu();
     let (b, h, dk, dv) = (2, 2, 6, 5);
     for (delta, decay) in CASES {
-        for (t, chunk) in [(13, 4), (13, 1), (13, 5), (13, 32), (16, 8), (2, 2)] {
+        for (t, chunk) in [(13, 4), (13, 1), (13, 5), (13, 32), (16, 8), (2, 2), (40, 16)] {
             let seqs = heads(b * h, t, dk, dv, delta, decay, 11 + t as u64);
             let (want_o, want_s) = reference(&seqs);
             // The state must matter: the memoryless loop's outputs are far from the real ones.
@@ -123,6 +123,8 @@ fn the_chunked_form_matches_the_token_loop() {
             let (o, s) = rule(&seqs, b, decay, &dev).chunked(zeros_state(b, h, dk, dv, &dev), chunk);
             let (eo, es) = (rel_err(&to_vec(o), &want_o), rel_err(&to_vec(s), &want_s));
             assert!(eo < 1e-4 && es < 1e-4, "delta {delta} {decay:?} T {t} chunk {chunk}: output error {eo}, final-state error {es}");
+            let fused = rel_err(&to_vec(rule(&seqs, b, decay, &dev).forward(chunk)), &want_o);
+            assert!(fused < 1e-4, "delta {delta} {decay:?} T {t}: fused CPU op output error {fused}");
         }
     }
 }
@@ -157,20 +159,29 @@ fn one_token_at_a_time_matches_the_token_loop_and_hands_the_state_over() {
 }
 
 /// The gradients of `Σ o ⊙ r + Σ S ⊙ r'` with respect to q, k, v, β and g against central
-/// differences of the f64 loop, 4 entries and the largest of each.
+/// differences of the f64 loop, 4 entries and the largest of each: the chunked form, and the
+/// fused CPU op ([`Rule::forward`], output only) over 37 tokens (three recompute segments).
 #[test]
 fn gradients_match_finite_differences_of_the_token_loop() {
     let dev = cpu().autodiff();
-    let (b, h, dk, dv, t, chunk) = (1, 2, 4, 3, 11, 4);
-    for (delta, decay) in CASES {
+    let (b, h, dk, dv, chunk) = (1, 2, 4, 3, 4);
+    for ((delta, decay), fused) in CASES.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let t = if fused { 37 } else { 11 };
         let seqs = heads(b * h, t, dk, dv, delta, decay, 23);
         let r = rule(&seqs, b, decay, &dev);
         let (q, k, v) = (r.q.require_grad(), r.k.require_grad(), r.v.require_grad());
         let beta = r.beta.map(|x| x.require_grad());
         let g = r.g.map(|x| x.require_grad());
         let rule = Rule { q: q.clone(), k: k.clone(), v: v.clone(), beta: beta.clone(), g: g.clone() };
-        let (o, s) = rule.chunked(zeros_state(b, h, dk, dv, &dev), chunk);
-        let (ro, rs) = (probe(o.shape().num_elements(), 3), probe(s.shape().num_elements(), 4));
+        let (o, s) = if fused {
+            assert!(attnlab_attn::burn::tensor::Device::flex().autodiff() == dev);
+            (rule.forward(chunk), zeros_state(b, h, dk, dv, &dev))
+        } else {
+            rule.chunked(zeros_state(b, h, dk, dv, &dev), chunk)
+        };
+        let ro = probe(o.shape().num_elements(), 3);
+        // The fused op returns no state: its weight is zero.
+        let rs: Vec<f64> = if fused { vec![0.0; s.shape().num_elements()] } else { probe(s.shape().num_elements(), 4) };
         let weight = |r: &[f64], like: &Tensor<4>| tensor4(r.to_vec(), like.dims(), &dev);
         let loss = (o.clone() * weight(&ro, &o)).sum() + (s.clone() * weight(&rs, &s)).sum();
         let grads = loss.backward();
@@ -202,7 +213,7 @@ fn gradients_match_finite_differences_of_the_token_loop() {
         }
         for (name, grad, mover) in inputs {
             let gmax = grad.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            assert!(gmax > 0.0, "{delta} {decay:?}: {name} has a zero gradient");
+            assert!(gmax > 0.0, "{delta} {decay:?} fused {fused}: {name} has a zero gradient");
             let argmax = (0..grad.len()).max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs())).unwrap();
             let mut entries: Vec<usize> = probe(4, grad.len() as u64).iter().map(|p| ((p.abs() * grad.len() as f64) as usize).min(grad.len() - 1)).collect();
             entries.push(argmax);
@@ -212,7 +223,7 @@ fn gradients_match_finite_differences_of_the_token_loop() {
                 mover(&mut up, i, eps);
                 mover(&mut down, i, -eps);
                 let fd = (f64_loss(&up) - f64_loss(&down)) / (2.0 * eps);
-                assert!((grad[i] - fd).abs() <= 2e-3 * gmax + 2e-3 * fd.abs(), "{delta} {decay:?}: d{name}[{i}] autodiff {} vs finite difference {fd}", grad[i]);
+                assert!((grad[i] - fd).abs() <= 2e-3 * gmax + 2e-3 * fd.abs(), "{delta} {decay:?} fused {fused}: d{name}[{i}] autodiff {} vs finite difference {fd}", grad[i]);
             }
         }
     }

@@ -9,12 +9,13 @@
 //!
 //! `linear`, `rms_norm` and `gelu_tanh` use the fused op where [`fused`] says so (Flex device,
 //! f32) and otherwise run the same computation composed from Burn's ops (GELU's trait carries
-//! it as default bodies). `causal_attention`, `qkv_attention` and `rope` require the Flex
+//! it as default bodies). `causal_attention`, `qkv_attention`, `rope` and `delta_rule` require the Flex
 //! device; their callers in attnlab-attn keep the composed path for every other device. Results
 //! never depend on which path ran beyond float rounding; each op's tests check it against an
 //! independent reference.
 
 pub mod causal_attention;
+pub mod delta_rule;
 pub mod gelu;
 pub mod linear;
 pub mod matmul;
@@ -25,6 +26,7 @@ mod tensor;
 pub mod vector_math;
 
 pub use causal_attention::causal_attention;
+pub use delta_rule::delta_rule;
 pub use gelu::gelu_tanh;
 pub use linear::linear;
 pub use qkv_attention::qkv_attention;

@@ -55,6 +55,23 @@ impl Rule {
         }
     }
 
+    /// The training forward from S = 0: o `[b, h, t, d_v]`. On the CPU backend one fused op (the
+    /// token recurrence with its own backward, [`attnlab_kernels::delta_rule`]); elsewhere, or
+    /// with `ATTNLAB_FUSED=0`, the chunked form.
+    pub fn forward(self, chunk: usize) -> Tensor<4> {
+        if !attnlab_kernels::fused(&self.q) {
+            let [b, h, _, dk] = self.q.dims();
+            let s0 = Tensor::zeros([b, h, dk, self.v.dims()[3]], &self.q.device());
+            return self.chunked(s0, chunk).0;
+        }
+        let [b, h, t, _] = self.q.dims();
+        let device = self.q.device();
+        let delta = self.beta.is_some();
+        let beta = self.beta.unwrap_or_else(|| Tensor::zeros([b, h, t], &device));
+        let g = self.g.unwrap_or_else(|| Tensor::zeros([b, h, t, 1], &device));
+        attnlab_kernels::delta_rule(self.q, self.k, self.v, beta, g, delta)
+    }
+
     /// One token of the recurrence.
     pub fn token(self, s: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [b, h, _, dk] = self.q.dims();

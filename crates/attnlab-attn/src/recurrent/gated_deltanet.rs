@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, empty_state, gates, merge_heads, rule_flops, state_bytes};
+use super::{delta_qkv, empty_state, run_rule, gates, merge_heads, rule_flops, state_bytes};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -85,7 +85,7 @@ impl GatedDeltaNet {
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.step(x, &mut state)
+        self.mix(x, &mut state, true)
     }
 
     /// Empty state: S `[batch, h, d_k, d_v]` and the conv tail `[batch, 3, 2·h·d_k + h·d_v]`.
@@ -95,7 +95,11 @@ impl GatedDeltaNet {
 
     /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
     pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
-        let [_, t, _] = x.dims();
+        self.mix(x, state, false)
+    }
+
+    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
+    fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
         let p = apply(&self.proj, x);
@@ -105,9 +109,7 @@ impl GatedDeltaNet {
         let gate = self.gated.then(|| silu(p.clone().narrow(2, width + 2 * h, h * dv)));
         let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, self.l2);
         let rule = Rule { q: q * (1.0 / (dk as f64).sqrt()), k, v, beta: Some(beta), g: Some(g.unsqueeze_dim(3)) };
-        let (o, s) = rule.run(state.s.clone(), self.chunk);
-        state.s = s;
-        state.len += t;
+        let o = run_rule(rule, state, self.chunk, fresh);
         let o = merge_heads(rms_norm(&self.norm, o));
         apply(&self.out, match gate {
             Some(gate) => o * gate,

@@ -21,7 +21,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, empty_state, gates, merge_heads, rule_flops, split_heads, state_bytes};
+use super::{delta_qkv, empty_state, run_rule, gates, merge_heads, rule_flops, split_heads, state_bytes};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -94,7 +94,7 @@ impl Kda {
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.step(x, &mut state)
+        self.mix(x, &mut state, true)
     }
 
     /// Empty state: S `[batch, h, d_k, d_v]` and the conv tail `[batch, 3, 2·h·d_k + h·d_v]`.
@@ -116,7 +116,11 @@ impl Kda {
 
     /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
     pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
-        let [_, t, _] = x.dims();
+        self.mix(x, state, false)
+    }
+
+    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
+    fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
         let p = apply(&self.proj, x);
@@ -125,9 +129,7 @@ impl Kda {
         let gate = sigmoid(apply(&self.g_up, p.clone().narrow(2, width + h + dv, dv)));
         let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, true);
         let rule = Rule { q: q * (1.0 / (dk as f64).sqrt()), k, v, beta: Some(beta), g: Some(g) };
-        let (o, s) = rule.run(state.s.clone(), self.chunk);
-        state.s = s;
-        state.len += t;
+        let o = run_rule(rule, state, self.chunk, fresh);
         apply(&self.out, merge_heads(rms_norm(&self.norm, o)) * gate)
     }
 

@@ -18,7 +18,7 @@ use burn::tensor::activation::{elu, relu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::chunk::Rule;
-use super::{empty_state, merge_heads, rule_flops, split_heads, state_bytes};
+use super::{empty_state, merge_heads, run_rule, rule_flops, split_heads, state_bytes};
 use crate::config::FeatureMap;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -119,7 +119,7 @@ impl LinearAttention {
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.step(x, &mut state)
+        self.mix(x, &mut state, true)
     }
 
     /// Empty state S `[batch, h, d_φ, d_h (+1 with the normaliser)]`.
@@ -129,6 +129,11 @@ impl LinearAttention {
 
     /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
     pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
+        self.mix(x, state, false)
+    }
+
+    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
+    fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, d) = (self.heads, self.head_dim);
         let qkv = apply(&self.qkv, x);
@@ -139,9 +144,7 @@ impl LinearAttention {
             Some(_) => part(2),
             None => Tensor::cat(vec![part(2), Tensor::ones([b, h, t, 1], &qkv.device())], 3),
         };
-        let (o, s) = Rule { q, k, v, beta: None, g: None }.run(state.s.clone(), self.chunk);
-        state.s = s;
-        state.len += t;
+        let o = run_rule(Rule { q, k, v, beta: None, g: None }, state, self.chunk, fresh);
         let o = match &self.norm {
             Some(norm) => rms_norm(norm, o),
             None => o.clone().narrow(3, 0, d) / (o.narrow(3, d, 1) + NORMALIZER_EPS),

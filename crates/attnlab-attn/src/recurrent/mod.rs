@@ -16,7 +16,20 @@ pub mod short_conv;
 use burn::tensor::{Device, Tensor};
 
 use crate::state::RecurrentState;
+use chunk::Rule;
 use short_conv::ShortConv;
+
+/// Runs the rule from `state` and updates it, or, for a training forward (`fresh`: `state` is
+/// empty and discarded), [`Rule::forward`] (the fused op on CPU).
+pub fn run_rule(rule: Rule, state: &mut RecurrentState, chunk: usize, fresh: bool) -> Tensor<4> {
+    state.len += rule.q.dims()[2];
+    if fresh {
+        return rule.forward(chunk);
+    }
+    let (o, s) = rule.run(state.s.clone(), chunk);
+    state.s = s;
+    o
+}
 
 /// `[b, t, h·d]` → `[b, h, t, d]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {

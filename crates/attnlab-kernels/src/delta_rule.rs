@@ -1,0 +1,321 @@
+//! The recurrence of linear attention, Gated DeltaNet and KDA as one op with its own backward.
+//!
+//! Per head, from S = 0 (`d_k × d_v`, row c = key channel c), for t = 0..T:
+//! `Ŝ = Diag(e^{g_t}) S`, `u = β_t (v_t − Ŝᵀk_t)` (delta rule; additive: `u = v_t`),
+//! `S = Ŝ + k_t uᵀ`, `o_t = Sᵀ q_t`. g has one log-decay per head (`e = 1`) or per key channel
+//! (`e = d_k`).
+//!
+//! On a CPU the token recurrence beats the chunked (WY) form the GPU kernels use: S (8 KiB at
+//! d_k = 32, d_v = 64) stays in L1, a token costs ≈ 7·d_k·d_v FLOPs against the chunked form's
+//! ≈ 4·C·(d_k + d_v) + 6·d_k·d_v + 4·C²·log₂C, and there is nothing to gain from matrix units.
+//! Heads run in parallel. The backward sweeps the tokens in reverse with
+//! `dS ← Diag(e^g)(dS + q dOᵀ + k dpᵀ)`, recomputing S segment by segment from checkpoints
+//! saved every [`SEGMENT`] tokens (memory T/SEGMENT·d_k·d_v per head instead of T·d_k·d_v):
+//! `dq = S dO`, `dk = dS_tot u + Ŝ dp`, `du = dS_totᵀ k`, `dβ = du·(v − p)`, `dv = β du`,
+//! `dp = −β du`, `dg_c = e^{g_c} Σ_j dŜ_cj S_cj` (summed over c for a per-head decay).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::tensor::{contiguous, from_vec, slice};
+use crate::vector_math::{exp, with_avx2};
+
+/// Tokens between two saved states in the forward (recomputed in the backward).
+pub const SEGMENT: usize = 16;
+
+/// Sizes of one call.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    heads: usize,
+    t: usize,
+    dk: usize,
+    dv: usize,
+    /// 1 (per-head decay) or d_k (per channel).
+    e: usize,
+    delta: bool,
+}
+
+/// One head's inputs.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    beta: &'a [f32],
+    g: &'a [f32],
+}
+
+impl Dims {
+    fn head<'a>(&self, i: usize, q: &'a [f32], k: &'a [f32], v: &'a [f32], beta: &'a [f32], g: &'a [f32]) -> Head<'a> {
+        let (t, dk, dv, e) = (self.t, self.dk, self.dv, self.e);
+        Head {
+            q: &q[i * t * dk..(i + 1) * t * dk],
+            k: &k[i * t * dk..(i + 1) * t * dk],
+            v: &v[i * t * dv..(i + 1) * t * dv],
+            beta: &beta[i * t..(i + 1) * t],
+            g: &g[i * t * e..(i + 1) * t * e],
+        }
+    }
+}
+
+/// `e^{g_{t,c}}` for every key row of token `t`.
+#[inline(always)]
+fn decays(d: &Dims, x: &Head, t: usize, out: &mut [f32]) {
+    for (c, a) in out.iter_mut().enumerate() {
+        *a = exp(x.g[t * d.e + if d.e == 1 { 0 } else { c }]);
+    }
+}
+
+/// One token: S ← Diag(a) S, then the write; returns u (and p in `p`). `s` is `d_k × d_v`.
+#[inline(always)]
+fn advance(d: &Dims, x: &Head, t: usize, s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
+    let (dk, dv) = (d.dk, d.dv);
+    decays(d, x, t, a);
+    let k = &x.k[t * dk..(t + 1) * dk];
+    p.iter_mut().for_each(|v| *v = 0.0);
+    for c in 0..dk {
+        let row = &mut s[c * dv..(c + 1) * dv];
+        let (ac, kc) = (a[c], k[c]);
+        row.iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
+            *r *= ac;
+            *p += *r * kc;
+        });
+    }
+    let v = &x.v[t * dv..(t + 1) * dv];
+    if d.delta {
+        let beta = x.beta[t];
+        u.iter_mut().zip(v).zip(p.iter()).for_each(|((u, v), p)| *u = beta * (v - p));
+    } else {
+        u.copy_from_slice(v);
+    }
+    for c in 0..dk {
+        let kc = k[c];
+        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r += kc * u);
+    }
+}
+
+/// `o_t = Sᵀ q_t`.
+#[inline(always)]
+fn read(d: &Dims, q: &[f32], s: &[f32], o: &mut [f32]) {
+    o.iter_mut().for_each(|v| *v = 0.0);
+    for c in 0..d.dk {
+        let qc = q[c];
+        o.iter_mut().zip(&s[c * d.dv..(c + 1) * d.dv]).for_each(|(o, s)| *o += qc * s);
+    }
+}
+
+/// One head forward: o `[t, d_v]` and the states before tokens 0, SEGMENT, 2·SEGMENT, ….
+fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
+    let (dk, dv) = (d.dk, d.dv);
+    let mut s = vec![0.0f32; dk * dv];
+    let (mut a, mut p, mut u) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv]);
+    for t in 0..d.t {
+        if t % SEGMENT == 0 {
+            saved[t / SEGMENT * dk * dv..(t / SEGMENT + 1) * dk * dv].copy_from_slice(&s);
+        }
+        advance(d, x, t, &mut s, &mut a, &mut p, &mut u);
+        read(d, &x.q[t * dk..(t + 1) * dk], &s, &mut o[t * dv..(t + 1) * dv]);
+    }
+}
+
+fn segments(t: usize) -> usize {
+    t.div_ceil(SEGMENT)
+}
+
+/// (o, saved states) for all heads.
+fn forward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (t, dk, dv) = (d.t, d.dk, d.dv);
+    let mut o = vec![0.0f32; d.heads * t * dv];
+    let per_head = segments(t) * dk * dv;
+    let mut saved = vec![0.0f32; d.heads * per_head];
+    o.par_chunks_mut(t * dv).zip(saved.par_chunks_mut(per_head.max(1))).enumerate().for_each(|(i, (o, saved))| {
+        let x = d.head(i, q, k, v, beta, g);
+        with_avx2!(forward_head(d, &x, o, saved))
+    });
+    (o, saved)
+}
+
+/// One head's gradients: dq, dk `[t, d_k]`, dv `[t, d_v]`, dβ `[t]`, dg `[t, e]`.
+struct HeadGrads {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dbeta: Vec<f32>,
+    dg: Vec<f32>,
+}
+
+fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
+    let (t_len, dk, dv, e) = (d.t, d.dk, d.dv, d.e);
+    let mut gr = HeadGrads { dq: vec![0.0; t_len * dk], dk: vec![0.0; t_len * dk], dv: vec![0.0; t_len * dv], dbeta: vec![0.0; t_len], dg: vec![0.0; t_len * e] };
+    let mut ds = vec![0.0f32; dk * dv];
+    let (mut a, mut p, mut u, mut du, mut dp) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv], vec![0.0; dv], vec![0.0; dv]);
+    // states[j] = S before token start + j; states[len] = after the segment's last token.
+    let mut states = vec![0.0f32; (SEGMENT + 1) * dk * dv];
+    let mut ps = vec![0.0f32; SEGMENT * dv];
+    let mut us = vec![0.0f32; SEGMENT * dv];
+    for seg in (0..segments(t_len)).rev() {
+        let start = seg * SEGMENT;
+        let len = SEGMENT.min(t_len - start);
+        states[..dk * dv].copy_from_slice(&saved[seg * dk * dv..(seg + 1) * dk * dv]);
+        for j in 0..len {
+            let (before, after) = states.split_at_mut((j + 1) * dk * dv);
+            let s = &mut after[..dk * dv];
+            s.copy_from_slice(&before[j * dk * dv..]);
+            advance(d, x, start + j, s, &mut a, &mut p, &mut u);
+            ps[j * dv..(j + 1) * dv].copy_from_slice(&p);
+            us[j * dv..(j + 1) * dv].copy_from_slice(&u);
+        }
+        for j in (0..len).rev() {
+            let t = start + j;
+            let s_prev = &states[j * dk * dv..(j + 1) * dk * dv];
+            let s_cur = &states[(j + 1) * dk * dv..(j + 2) * dk * dv];
+            let (p, u) = (&ps[j * dv..(j + 1) * dv], &us[j * dv..(j + 1) * dv]);
+            let q = &x.q[t * dk..(t + 1) * dk];
+            let k = &x.k[t * dk..(t + 1) * dk];
+            let d_ot = &d_o[t * dv..(t + 1) * dv];
+            decays(d, x, t, &mut a);
+            // dq = S dO; dS += q dOᵀ; dk = dS u; du = dSᵀ k.
+            du.iter_mut().for_each(|v| *v = 0.0);
+            for c in 0..dk {
+                let row = &mut ds[c * dv..(c + 1) * dv];
+                let cur = &s_cur[c * dv..(c + 1) * dv];
+                let (qc, kc) = (q[c], k[c]);
+                let mut dq = 0.0f32;
+                let mut dkc = 0.0f32;
+                for jj in 0..dv {
+                    dq += cur[jj] * d_ot[jj];
+                    row[jj] += qc * d_ot[jj];
+                    dkc += row[jj] * u[jj];
+                    du[jj] += row[jj] * kc;
+                }
+                gr.dq[t * dk + c] = dq;
+                gr.dk[t * dk + c] = dkc;
+            }
+            let v = &x.v[t * dv..(t + 1) * dv];
+            if d.delta {
+                let beta = x.beta[t];
+                gr.dbeta[t] = du.iter().zip(v).zip(p).map(|((du, v), p)| du * (v - p)).sum();
+                for jj in 0..dv {
+                    gr.dv[t * dv + jj] = beta * du[jj];
+                    dp[jj] = -beta * du[jj];
+                }
+            } else {
+                gr.dv[t * dv..(t + 1) * dv].copy_from_slice(&du);
+                dp.iter_mut().for_each(|v| *v = 0.0);
+            }
+            // dŜ = dS + k dpᵀ; dk += Ŝ dp; dg = a ⊙ Σ_j dŜ ⊙ S_prev; dS ← Diag(a) dŜ.
+            for c in 0..dk {
+                let row = &mut ds[c * dv..(c + 1) * dv];
+                let prev = &s_prev[c * dv..(c + 1) * dv];
+                let (kc, ac) = (k[c], a[c]);
+                let (mut dkc, mut da) = (0.0f32, 0.0f32);
+                for jj in 0..dv {
+                    let hat = ac * prev[jj];
+                    row[jj] += kc * dp[jj];
+                    dkc += hat * dp[jj];
+                    da += row[jj] * prev[jj];
+                    row[jj] *= ac;
+                }
+                gr.dk[t * dk + c] += dkc;
+                gr.dg[t * e + if e == 1 { 0 } else { c }] += da * ac;
+            }
+        }
+    }
+    gr
+}
+
+/// (dq, dk, dv, dβ, dg) for all heads.
+fn backward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32], saved: &[f32], d_o: &[f32]) -> [Vec<f32>; 5] {
+    let (t, dk, dv) = (d.t, d.dk, d.dv);
+    let per_head = segments(t) * dk * dv;
+    let heads: Vec<HeadGrads> = (0..d.heads)
+        .into_par_iter()
+        .map(|i| {
+            let x = d.head(i, q, k, v, beta, g);
+            with_avx2!(backward_head(d, &x, &saved[i * per_head..(i + 1) * per_head], &d_o[i * t * dv..(i + 1) * t * dv]))
+        })
+        .collect();
+    let cat = |f: &dyn Fn(&HeadGrads) -> &Vec<f32>| heads.iter().flat_map(|h| f(h).iter().copied()).collect::<Vec<f32>>();
+    [cat(&|h| &h.dq), cat(&|h| &h.dk), cat(&|h| &h.dv), cat(&|h| &h.dbeta), cat(&|h| &h.dg)]
+}
+
+/// The op as a backend extension: Flex runs the kernels, autodiff over Flex adds the backward.
+#[backend_extension(Flex, Autodiff)]
+pub trait DeltaRuleBackend: Backend {
+    /// q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`, beta: `[b, h, t]`, g: `[b, h, t, e]` → o `[b, h, t, d_v]`.
+    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, delta: bool) -> FloatTensor<Self>;
+}
+
+fn dims(q: &FlexTensor, v: &FlexTensor, g: &FlexTensor, delta: bool) -> Dims {
+    let [b, h, t, dk] = q.shape().as_slice().try_into().expect("q is [b, h, t, d_k]");
+    let dv = v.shape().as_slice()[3];
+    let e = g.shape().as_slice()[3];
+    assert!(e == 1 || e == dk, "delta_rule: g's last dim {e} is neither 1 nor d_k = {dk}");
+    Dims { heads: b * h, t, dk, dv, e, delta }
+}
+
+fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, delta: bool) -> (FlexTensor, Vec<f32>) {
+    let (q, k, v, beta, g) = (contiguous(q), contiguous(k), contiguous(v), contiguous(beta), contiguous(g));
+    let d = dims(&q, &v, &g, delta);
+    let (o, saved) = forward(&d, slice(&q), slice(&k), slice(&v), slice(&beta), slice(&g));
+    (from_vec(o, v.shape()), saved)
+}
+
+impl DeltaRuleBackend for Flex {
+    fn delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, delta: bool) -> FlexTensor {
+        forward_flex(q, k, v, beta, g, delta).0
+    }
+}
+
+#[derive(Debug)]
+struct DeltaRuleBackward;
+
+impl Backward<Flex, 5> for DeltaRuleBackward {
+    /// Checkpoints of (q, k, v, β, g), the saved states and the rule.
+    type State = ([NodeId; 5], Vec<f32>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let (ids, saved, delta) = ops.state;
+        let inputs: Vec<FlexTensor> = ids.iter().map(|id| contiguous(checkpointer.retrieve_node_output(*id))).collect();
+        let d_o = contiguous(grads.consume::<Flex>(&ops.node));
+        let d = dims(&inputs[0], &inputs[2], &inputs[4], delta);
+        let [q, k, v, beta, g] = [0, 1, 2, 3, 4].map(|i| slice(&inputs[i]));
+        let out = backward(&d, q, k, v, beta, g, &saved, slice(&d_o));
+        for ((node, grad), input) in ops.parents.into_iter().zip(out).zip(&inputs) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, from_vec(grad, input.shape()));
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
+    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, delta: bool) -> FloatTensor<Self> {
+        match DeltaRuleBackward.prepare::<C>([q.node(), k.node(), v.node(), beta.node(), g.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let ids = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v), prep.checkpoint(&beta), prep.checkpoint(&g)];
+                let (o, saved) =
+                    forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), beta.primitive().clone(), g.primitive().clone(), delta);
+                prep.finish((ids, saved, delta), o)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::delta_rule(q.into_primitive(), k.into_primitive(), v.into_primitive(), beta.into_primitive(), g.into_primitive(), delta))
+            }
+        }
+    }
+}
+
+/// The recurrence from S = 0 on the CPU backend (call only where [`crate::fused`] holds).
+/// q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`, beta: `[b, h, t]` (ignored unless `delta`),
+/// g: `[b, h, t, 1]` or `[b, h, t, d_k]` → o `[b, h, t, d_v]`.
+pub fn delta_rule(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, delta: bool) -> Tensor<4> {
+    let out = Dispatch::delta_rule(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), beta.into_dispatch(), g.into_dispatch(), delta);
+    Tensor::from_dispatch(out)
+}
