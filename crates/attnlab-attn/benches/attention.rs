@@ -12,7 +12,7 @@ fn main() {
     divan::main();
 }
 
-const KINDS: &[&str] = &["mha", "gqa-2", "mqa", "mla-32", "swa-16", "strided-16/8", "tiled-64", "gated", "diff"];
+const KINDS: &[&str] = &["mha", "gqa-2", "mqa", "mla-32", "swa-16", "strided-16/8", "tiled-64", "gated", "diff", "linear", "gdn", "kda"];
 
 fn config(kind: &str) -> AttentionConfig {
     match kind {
@@ -25,8 +25,20 @@ fn config(kind: &str) -> AttentionConfig {
         "tiled-64" => AttentionConfig::Tiled { block_q: 64, block_k: 64, kv_heads: None },
         "gated" => AttentionConfig::Gated { kv_heads: None, gate_bias: None },
         "diff" => AttentionConfig::Differential {},
+        "linear" | "gdn" | "kda" => {
+            let kind = match kind {
+                "gdn" => "gated_deltanet",
+                other => other,
+            };
+            toml_config(&format!("kind = \"{kind}\""))
+        }
         other => panic!("unknown kind {other}"),
     }
+}
+
+/// A config with every field at its default, as TOML would give it.
+fn toml_config(text: &str) -> AttentionConfig {
+    toml::from_str(text).expect("a valid attention config")
 }
 
 fn setup(kind: &str, t: usize, device: &Device) -> (Attention, Tensor<3>) {

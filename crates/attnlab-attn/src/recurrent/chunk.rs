@@ -56,10 +56,11 @@ impl Rule {
     }
 
     /// The training forward from S = 0: o `[b, h, t, d_v]`. On the CPU backend one fused op (the
-    /// token recurrence with its own backward, [`attnlab_kernels::delta_rule`]); elsewhere, or
-    /// with `ATTNLAB_FUSED=0`, the chunked form.
+    /// token recurrence with its own backward, [`attnlab_kernels::delta_rule`]); elsewhere, with
+    /// `ATTNLAB_FUSED=0`, or with `ATTNLAB_RECURRENT=chunked` (to measure one against the other),
+    /// the chunked form.
     pub fn forward(self, chunk: usize) -> Tensor<4> {
-        if !attnlab_kernels::fused(&self.q) {
+        if !attnlab_kernels::fused(&self.q) || chunked_requested() {
             let [b, h, _, dk] = self.q.dims();
             let s0 = Tensor::zeros([b, h, dk, self.v.dims()[3]], &self.q.device());
             return self.chunked(s0, chunk).0;
@@ -152,6 +153,12 @@ impl Rule {
         let o = pu + qw.matmul(starts);
         (o.reshape([b, h, n * c, dv]).narrow(2, 0, t), s)
     }
+}
+
+/// Whether `ATTNLAB_RECURRENT=chunked` asks for the composed chunked form in training.
+fn chunked_requested() -> bool {
+    static CHUNKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHUNKED.get_or_init(|| std::env::var("ATTNLAB_RECURRENT").is_ok_and(|v| v == "chunked"))
 }
 
 /// `P = (Q Kᵀ) ⊙ Γ` (j ≤ i) and `KKᵀ ⊙ Γ` (all j; the caller keeps j < i) per chunk,
