@@ -3,13 +3,10 @@
 //! attention), the delta rule with per-head decay (Gated DeltaNet) and with per-channel decay
 //! (KDA), at ragged T, chunk sizes that do not divide T, chunk 1 and chunk > T; special cases.
 //!
-//! Mutations planted and seen to fail (see `tests/README.md`):
-//! - decay applied after the delta correction (`S ← α(S + k v'ᵀ)` in the chunk form's pseudo-values:
-//!   `w` without e^G) → `the_chunked_form_matches_the_token_loop` (all delta cases);
-//! - exclusive instead of inclusive chunk-local cumsum → `the_chunked_form_matches_the_token_loop`;
-//! - the state's end-of-chunk decay left out → `the_chunked_form_matches_the_token_loop` (final state);
-//! - padding a ragged chunk with g = 0 but k = 1 → final-state check in `the_chunked_form_matches_the_token_loop`;
-//! - per-channel decay on the value axis (columns of S) → `a_channel_killed_with_beta_zero_zeroes_its_row_of_the_state`.
+//! Mutations planted and seen to fail (see `tests/README.md`): exclusive cumsum; w without e^G
+//! (decay after the correction); no end-of-chunk decay; A's mask with the diagonal; padding with
+//! ones; per-channel decay on the value axis (token step and chunk form); the fused op's segment
+//! recompute from S = 0 (caught only by the 37-token gradient check here).
 
 mod common;
 

@@ -5,12 +5,14 @@
 //! (incl. A_log and dt_bias) against finite differences of the reference, and the ablation switches.
 //!
 //! Mutations planted and seen to fail (see `tests/README.md`):
-//! - decay applied after the delta correction (`S ← α(S + k v'ᵀ)`, in the token step) → `*_decode_matches_the_reference`;
+//! - decay applied after the delta correction (`v' = β(v − Sᵀk)` on the undecayed S, then
+//!   `S ← α(S + k v'ᵀ)`, in the token step) → `*_decode_matches_the_reference` (2e-3, 2e-2);
 //! - L2 norm before the conv (on the projection) → `gdn_forward_matches_the_reference`, `kda_forward_matches_the_reference`;
 //! - conv tail missing from the decode state (each `step` restarts the conv from zeros) → `*_decode_matches_the_reference`;
 //! - per-channel dt_bias read per head (`dt_bias[h]` broadcast) → `kda_forward_matches_the_reference`;
 //! - KDA's output gate SiLU instead of sigmoid → `kda_forward_matches_the_reference`;
-//! - scale 1/d_k instead of 1/√d_k → both forward tests.
+//! - scale 1/d_k instead of 1/√d_k → `gdn_forward_…`, `gdn_decode_…`, `gdn_gradients_…`;
+//! - the fused CPU op: S read before its decay; dk without Ŝ·dp; dg × 1.1 → forward or gradient tests.
 
 mod common;
 

@@ -4,10 +4,11 @@
 //! without the normaliser; gradients against finite differences of the reference.
 //!
 //! Mutations planted and seen to fail (see `tests/README.md`):
-//! - φ applied to the zero-padded keys of a ragged chunk (padding before the map) → `linear_decode_matches_the_recurrence` (hedgehog: φ(0) ≠ 0 pollutes z and S);
-//! - the normaliser without the current token (`z_{t−1}`) → `linear_forward_matches_the_quadratic_form`;
-//! - Hedgehog's softmax over d_h only (not over [2z, −2z]) → `linear_forward_matches_the_quadratic_form`;
-//! - scale d_h^−½ instead of d_φ^−½ for Hedgehog (RMSNorm output) → no test: the scale cancels under the RMSNorm up to eps (documented; harmless).
+//! - the current token excluded (strict causal mask) → all three tests;
+//! - Hedgehog as two softmaxes (one per half) instead of one over [2z, −2z] → all three tests;
+//! - a ragged chunk padded with ones (what φ applied to zero padding gives for elu+1) →
+//!   `linear_decode_matches_the_recurrence` (the state handed to decode).
+//! Not testable by design: Hedgehog's scale d_h^−½ vs d_φ^−½ cancels under the RMSNorm up to eps.
 
 mod common;
 

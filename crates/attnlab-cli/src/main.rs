@@ -78,6 +78,10 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write plots here (decode_time.svg: ms per token vs context; decode_state.svg:
+        /// state bytes per sequence vs context).
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
     /// Time and peak memory of one attention layer vs sequence length, for every attention
     /// config of an experiment file; each point runs in a fresh child process.
@@ -262,6 +266,26 @@ fn scaling_plots(points: &[attnlab_exp::scaling::ScalingPoint], batch: usize, di
     lines_svg(&axes("Time per pass", "ms (log scale)"), series(&|p| Some(p.ms_median)), &dir.join("scaling_time.svg"))
 }
 
+/// Decode time and state size against context, one line per attention config and batch.
+fn decode_plots(points: &[attnlab_exp::bench::DecodePoint], dir: &Path) -> Result<()> {
+    use attnlab_report::plots::{lines_svg, Axes};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let series = |value: &dyn Fn(&attnlab_exp::bench::DecodePoint) -> f64| {
+        let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for p in points {
+            let name = format!("{} batch {}", p.attention, p.batch);
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, pts)) => pts.push((p.context as f64, value(p))),
+                None => out.push((name, vec![(p.context as f64, value(p))])),
+            }
+        }
+        out
+    };
+    let axes = |title: &str, y: &str| Axes { title: title.into(), x: "context, tokens (log scale)".into(), y: y.into(), log_y: true };
+    lines_svg(&axes("Cached decode: time per step", "ms per step (log scale)"), series(&|p| p.ms_per_step), &dir.join("decode_time.svg"))?;
+    lines_svg(&axes("Decode state of the whole model, one sequence", "bytes (log scale)"), series(&|p| p.state_bytes_per_sequence as f64), &dir.join("decode_state.svg"))
+}
+
 /// Modes of `bench scaling`.
 const SCALING_MODES: &[&str] = &["infer", "train", "train-ckpt"];
 
@@ -376,7 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json } } => {
+        Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json, plots } } => {
             let backend = parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if tokens == 0 || contexts.is_empty() || batches.contains(&0) {
@@ -404,6 +428,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(path) = json {
                 attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
+            if let Some(dir) = plots {
+                decode_plots(&results, &dir)?;
             }
             Ok(())
         }

@@ -4,6 +4,7 @@
 #![cfg(feature = "wgpu")]
 
 use attnlab_attn::AttentionConfig;
+// (toml: the recurrent kinds' configs with every field at its default.)
 use attnlab_data::{Rng, Split, TokenSplits, Tokenizer};
 use attnlab_exp::trainer::batch_loss;
 use attnlab_model::{Gpt, MlpKind, ModelConfig};
@@ -65,6 +66,10 @@ fn one_training_step_of_every_kind_matches_cpu() {
         AttentionConfig::Tiled { block_q: 5, block_k: 6, kv_heads: None },
         AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0) },
         AttentionConfig::Differential {},
+        // The recurrent kinds: the fused recurrence on CPU against the chunked form on wgpu.
+        toml::from_str("kind = \"linear\"\nchunk = 4").unwrap(),
+        toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
+        toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
     ] {
         let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention: attention.clone(), ..ModelConfig::default() };
         cpu.seed(5);

@@ -7,7 +7,7 @@
 //! - a Flex implementation: one vectorised, multi-threaded pass (gemm for the products),
 //! - an `Autodiff<Flex>` implementation with its own backward.
 //!
-//! `linear`, `rms_norm` and `gelu_tanh` use the fused op where [`fused`] says so (Flex device,
+//! `linear`, `rms_norm`, `gelu_tanh` and `silu` use the fused op where [`fused`] says so (Flex device,
 //! f32) and otherwise run the same computation composed from Burn's ops (GELU's trait carries
 //! it as default bodies). `causal_attention`, `qkv_attention`, `rope` and `delta_rule` require the Flex
 //! device; their callers in attnlab-attn keep the composed path for every other device. Results
@@ -22,6 +22,7 @@ pub mod matmul;
 pub mod qkv_attention;
 pub mod rms_norm;
 pub mod rope;
+pub mod silu;
 mod tensor;
 pub mod vector_math;
 
@@ -32,6 +33,7 @@ pub use linear::linear;
 pub use qkv_attention::qkv_attention;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use silu::silu;
 
 use burn::tensor::{DType, Device, Tensor};
 

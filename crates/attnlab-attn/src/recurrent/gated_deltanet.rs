@@ -13,7 +13,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{sigmoid, silu};
+use attnlab_kernels::silu;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;

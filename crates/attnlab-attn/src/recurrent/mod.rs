@@ -79,7 +79,7 @@ pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut Recurrent
         }
         None => qkv,
     };
-    let qkv = burn::tensor::activation::silu(qkv);
+    let qkv = attnlab_kernels::silu(qkv);
     let hk = heads * dk;
     let q = split_heads(qkv.clone().narrow(2, 0, hk), heads);
     let k = split_heads(qkv.clone().narrow(2, hk, hk), heads);
