@@ -11,6 +11,7 @@ use crate::mask::Pattern;
 use crate::recurrent::gated_deltanet::{GatedDeltaNet, GdnOptions};
 use crate::recurrent::kda::{Kda, KdaOptions};
 use crate::recurrent::linear_attention::LinearAttention;
+use crate::recurrent::Recurrent;
 use crate::state::State;
 
 /// A token mixer chosen at run time by [`AttentionConfig`].

@@ -31,6 +31,7 @@ pub use tiled_attention::tiled_attention;
 pub use recurrent::gated_deltanet::GatedDeltaNet;
 pub use recurrent::kda::Kda;
 pub use recurrent::linear_attention::LinearAttention;
+pub use recurrent::Recurrent;
 pub use state::{KvCache, LatentCache, RecurrentState, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).

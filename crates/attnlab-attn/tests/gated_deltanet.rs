@@ -18,7 +18,7 @@ mod common;
 
 use attnlab_attn::burn::module::Param;
 use attnlab_attn::burn::tensor::{Device, Tensor, TensorData};
-use attnlab_attn::{Attention, AttentionConfig, ConvInit, GatedDeltaNet, Kda};
+use attnlab_attn::{Attention, AttentionConfig, ConvInit, GatedDeltaNet, Kda, Recurrent};
 use common::recurrent::*;
 use common::*;
 

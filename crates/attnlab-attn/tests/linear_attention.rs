@@ -13,7 +13,7 @@
 mod common;
 
 use attnlab_attn::burn::tensor::Device;
-use attnlab_attn::{Attention, AttentionConfig, FeatureMap, LinearAttention};
+use attnlab_attn::{Attention, AttentionConfig, FeatureMap, LinearAttention, Recurrent};
 use common::recurrent::*;
 use common::*;
 

@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, empty_state, run_rule, gates, merge_heads, rule_flops, state_bytes};
+use super::{delta_qkv, gates, merge_heads, rule_flops, run_rule, Recurrent};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -83,23 +83,30 @@ impl GatedDeltaNet {
         }
     }
 
-    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.mix(x, &mut state, true)
+
+
+
+
+
+    /// Projections (2 per weight), the conv (2·K per channel) and the chunked rule
+    /// ([`rule_flops`]) per head.
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let proj = self.proj.weight.shape().num_elements() + self.out.weight.shape().num_elements();
+        let conv = self.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
+        let rule = self.heads * rule_flops(self.key_dim, self.value_dim, self.chunk, context, true, false);
+        (2 * proj + 2 * conv + rule) as u64
+    }
+}
+
+impl Recurrent for GatedDeltaNet {
+    fn state_shape(&self) -> (usize, usize, usize) {
+        (self.heads, self.key_dim, self.value_dim)
     }
 
-    /// Empty state: S `[batch, h, d_k, d_v]` and the conv tail `[batch, 3, 2·h·d_k + h·d_v]`.
-    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
-        empty_state(batch, self.heads, self.key_dim, self.value_dim, self.conv.as_ref(), capacity, device)
+    fn short_conv(&self) -> Option<&ShortConv> {
+        self.conv.as_ref()
     }
 
-    /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
-    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
-        self.mix(x, state, false)
-    }
-
-    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
@@ -116,19 +123,5 @@ impl GatedDeltaNet {
             Some(gate) => o * gate,
             None => o,
         })
-    }
-
-    /// `4 · (h·d_k·d_v + 3 · conv channels)`, whatever the context.
-    pub fn state_bytes(&self, _context: usize) -> usize {
-        state_bytes(self.heads, self.key_dim, self.value_dim, self.conv.as_ref())
-    }
-
-    /// Projections (2 per weight), the conv (2·K per channel) and the chunked rule
-    /// ([`rule_flops`]) per head.
-    pub fn flops_per_token(&self, context: usize) -> u64 {
-        let proj = self.proj.weight.shape().num_elements() + self.out.weight.shape().num_elements();
-        let conv = self.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
-        let rule = self.heads * rule_flops(self.key_dim, self.value_dim, self.chunk, context, true, false);
-        (2 * proj + 2 * conv + rule) as u64
     }
 }

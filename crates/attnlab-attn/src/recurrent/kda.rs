@@ -21,7 +21,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, empty_state, run_rule, gates, merge_heads, rule_flops, split_heads, state_bytes};
+use super::{delta_qkv, gates, merge_heads, rule_flops, run_rule, split_heads, Recurrent};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -91,16 +91,7 @@ impl Kda {
         }
     }
 
-    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.mix(x, &mut state, true)
-    }
 
-    /// Empty state: S `[batch, h, d_k, d_v]` and the conv tail `[batch, 3, 2·h·d_k + h·d_v]`.
-    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
-        empty_state(batch, self.heads, self.key_dim, self.value_dim, self.conv.as_ref(), capacity, device)
-    }
 
     /// The per-channel log-decays `[b, h, t, d_k]` from the gate's low-rank input `[b, t, d_v]`.
     fn log_decay(&self, f_down: Tensor<3>) -> Tensor<4> {
@@ -114,12 +105,27 @@ impl Kda {
         }
     }
 
-    /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
-    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
-        self.mix(x, state, false)
+
+
+
+    /// Projections (2 per weight), the conv and the chunked rule with per-channel decays.
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let proj = [&self.proj, &self.f_up, &self.g_up, &self.out].iter().map(|l| l.weight.shape().num_elements()).sum::<usize>();
+        let conv = self.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
+        let rule = self.heads * rule_flops(self.key_dim, self.value_dim, self.chunk, context, true, true);
+        (2 * proj + 2 * conv + rule) as u64
+    }
+}
+
+impl Recurrent for Kda {
+    fn state_shape(&self) -> (usize, usize, usize) {
+        (self.heads, self.key_dim, self.value_dim)
     }
 
-    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
+    fn short_conv(&self) -> Option<&ShortConv> {
+        self.conv.as_ref()
+    }
+
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
@@ -131,18 +137,5 @@ impl Kda {
         let rule = Rule { q: q * (1.0 / (dk as f64).sqrt()), k, v, beta: Some(beta), g: Some(g) };
         let o = run_rule(rule, state, self.chunk, fresh);
         apply(&self.out, merge_heads(rms_norm(&self.norm, o)) * gate)
-    }
-
-    /// `4 · (h·d_k·d_v + 3 · conv channels)`: Gated DeltaNet's, whatever the context.
-    pub fn state_bytes(&self, _context: usize) -> usize {
-        state_bytes(self.heads, self.key_dim, self.value_dim, self.conv.as_ref())
-    }
-
-    /// Projections (2 per weight), the conv and the chunked rule with per-channel decays.
-    pub fn flops_per_token(&self, context: usize) -> u64 {
-        let proj = [&self.proj, &self.f_up, &self.g_up, &self.out].iter().map(|l| l.weight.shape().num_elements()).sum::<usize>();
-        let conv = self.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
-        let rule = self.heads * rule_flops(self.key_dim, self.value_dim, self.chunk, context, true, true);
-        (2 * proj + 2 * conv + rule) as u64
     }
 }

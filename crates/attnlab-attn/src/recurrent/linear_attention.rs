@@ -18,7 +18,8 @@ use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::chunk::Rule;
-use super::{empty_state, merge_heads, run_rule, rule_flops, split_heads, state_bytes};
+use super::short_conv::ShortConv;
+use super::{merge_heads, rule_flops, run_rule, split_heads, Recurrent};
 use crate::config::FeatureMap;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
@@ -117,23 +118,29 @@ impl LinearAttention {
         }
     }
 
-    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut state = self.init_state(x.dims()[0], 0, &x.device());
-        self.mix(x, &mut state, true)
+
+
+
+
+
+    /// Projections (2 per weight), the Hedgehog maps and the chunked rule per head.
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let proj = self.qkv.weight.shape().num_elements() + self.out.weight.shape().num_elements();
+        let maps = if self.hedgehog.is_some() { 2 * 2 * self.heads * self.head_dim * self.head_dim } else { 0 };
+        let rule = self.heads * rule_flops(self.feature_dim(), self.state_cols(), self.chunk, context, false, false);
+        (2 * proj + maps + rule) as u64
+    }
+}
+
+impl Recurrent for LinearAttention {
+    fn state_shape(&self) -> (usize, usize, usize) {
+        (self.heads, self.feature_dim(), self.state_cols())
     }
 
-    /// Empty state S `[batch, h, d_φ, d_h (+1 with the normaliser)]`.
-    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
-        empty_state(batch, self.heads, self.feature_dim(), self.state_cols(), None, capacity, device)
+    fn short_conv(&self) -> Option<&ShortConv> {
+        None
     }
 
-    /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
-    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
-        self.mix(x, state, false)
-    }
-
-    /// [`Self::step`], or with `fresh` the training forward from an empty `state` ([`run_rule`]).
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, d) = (self.heads, self.head_dim);
@@ -151,18 +158,5 @@ impl LinearAttention {
             None => o.clone().narrow(3, 0, d) / (o.narrow(3, d, 1) + NORMALIZER_EPS),
         };
         apply(&self.out, merge_heads(o))
-    }
-
-    /// `4 · h · d_φ · (d_h + 1 with the normaliser)`, whatever the context.
-    pub fn state_bytes(&self, _context: usize) -> usize {
-        state_bytes(self.heads, self.feature_dim(), self.state_cols(), None)
-    }
-
-    /// Projections (2 per weight), the Hedgehog maps and the chunked rule per head.
-    pub fn flops_per_token(&self, context: usize) -> u64 {
-        let proj = self.qkv.weight.shape().num_elements() + self.out.weight.shape().num_elements();
-        let maps = if self.hedgehog.is_some() { 2 * 2 * self.heads * self.head_dim * self.head_dim } else { 0 };
-        let rule = self.heads * rule_flops(self.feature_dim(), self.state_cols(), self.chunk, context, false, false);
-        (2 * proj + maps + rule) as u64
     }
 }

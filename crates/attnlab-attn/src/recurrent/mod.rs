@@ -19,6 +19,44 @@ use crate::state::RecurrentState;
 use chunk::Rule;
 use short_conv::ShortConv;
 
+/// What the three recurrent kinds share: the contract methods over one `mix` (the layer from a
+/// state) and the shape of their state.
+pub trait Recurrent {
+    /// (heads, rows d_k (or d_φ), columns d_v (+1 for linear attention's normaliser)) of S.
+    fn state_shape(&self) -> (usize, usize, usize);
+
+    /// The short conv whose tail the state carries, if any.
+    fn short_conv(&self) -> Option<&ShortConv>;
+
+    /// The layer on x `[batch, new, d_model]` from `state`, updating it; with `fresh` the
+    /// training forward from an empty state ([`run_rule`]).
+    fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3>;
+
+    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut state = self.init_state(x.dims()[0], 0, &x.device());
+        self.mix(x, &mut state, true)
+    }
+
+    /// Empty state: S `[batch, h, rows, cols]` of zeros and the conv's empty tail `[batch, 3, channels]`.
+    fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
+        let (h, rows, cols) = self.state_shape();
+        RecurrentState { s: Tensor::zeros([batch, h, rows, cols], device), conv: self.short_conv().map(|c| c.empty_tail(batch, device)), len: 0, capacity }
+    }
+
+    /// Feeds x `[batch, new, d_model]` from `state` (chunked for new > 1) and updates it.
+    fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
+        self.mix(x, state, false)
+    }
+
+    /// `4 · (h · rows · cols + (K − 1) · conv channels)`, whatever the context.
+    fn state_bytes(&self, _context: usize) -> usize {
+        let (h, rows, cols) = self.state_shape();
+        let tail = self.short_conv().map_or(0, |c| (short_conv::KERNEL - 1) * c.weight.dims()[0]);
+        (h * rows * cols + tail) * crate::F32_BYTES
+    }
+}
+
 /// Runs the rule from `state` and updates it, or, for a training forward (`fresh`: `state` is
 /// empty and discarded), [`Rule::forward`] (the fused op on CPU).
 pub fn run_rule(rule: Rule, state: &mut RecurrentState, chunk: usize, fresh: bool) -> Tensor<4> {
@@ -47,22 +85,6 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
 pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     let norm = (x.clone().powi_scalar(2).sum_dim(3) + 1e-6).sqrt();
     x / norm
-}
-
-/// An empty state: s `[batch, heads, d_k, d_v]` of zeros and the conv's empty tail.
-pub fn empty_state(batch: usize, heads: usize, dk: usize, dv: usize, conv: Option<&ShortConv>, capacity: usize, device: &Device) -> RecurrentState {
-    RecurrentState {
-        s: Tensor::zeros([batch, heads, dk, dv], device),
-        conv: conv.map(|c| c.empty_tail(batch, device)),
-        len: 0,
-        capacity,
-    }
-}
-
-/// `4 · (heads · d_k · d_v + (K − 1) · conv channels)`: the state's bytes, whatever the context.
-pub fn state_bytes(heads: usize, dk: usize, dv: usize, conv: Option<&ShortConv>) -> usize {
-    let tail = conv.map_or(0, |c| (short_conv::KERNEL - 1) * c.weight.dims()[0]);
-    (heads * dk * dv + tail) * crate::F32_BYTES
 }
 
 /// The q | k | v columns `[b, t, 2·h·d_k + h·d_v]` through the short conv (continuing `state`'s
