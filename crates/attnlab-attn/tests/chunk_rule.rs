@@ -84,7 +84,7 @@ fn rule(seqs: &[HeadSeq], b: usize, decay: Decay, dev: &Device) -> Rule {
         Decay::Head => Some(stack(seqs, b, &|s| s.g.as_ref().unwrap().iter().map(|r| vec![r[0]]).collect(), dev)),
         Decay::Channel => Some(stack(seqs, b, &|s| s.g.clone().unwrap(), dev)),
     };
-    Rule { q, k, v, beta, g }
+    Rule { q, k, v, beta, g, l2: false, scale: 1.0 }
 }
 
 /// (o, final S) of every head by the loop, flattened as the engine's `[b, h, t, d_v]`, `[b, h, d_k, d_v]`.
@@ -142,6 +142,8 @@ fn one_token_at_a_time_matches_the_token_loop_and_hands_the_state_over() {
             v: cut(&full.v, from, n),
             beta: full.beta.clone().map(|x| x.narrow(2, from, n)),
             g: full.g.as_ref().map(|g| cut(g, from, n)),
+            l2: false,
+            scale: 1.0,
         };
         let (mut o, mut s) = part(0, 5).run(zeros_state(b, h, dk, dv, &dev), 2);
         let mut outs = vec![o];
@@ -169,7 +171,7 @@ fn gradients_match_finite_differences_of_the_token_loop() {
         let (q, k, v) = (r.q.require_grad(), r.k.require_grad(), r.v.require_grad());
         let beta = r.beta.map(|x| x.require_grad());
         let g = r.g.map(|x| x.require_grad());
-        let rule = Rule { q: q.clone(), k: k.clone(), v: v.clone(), beta: beta.clone(), g: g.clone() };
+        let rule = Rule { q: q.clone(), k: k.clone(), v: v.clone(), beta: beta.clone(), g: g.clone(), l2: false, scale: 1.0 };
         let (o, s) = if fused {
             assert!(attnlab_attn::burn::tensor::Device::flex().autodiff() == dev);
             (rule.forward(chunk), zeros_state(b, h, dk, dv, &dev))
@@ -253,7 +255,7 @@ fn a_key_written_twice_returns_the_second_value() {
     let e1 = tensor4(vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0], [1, 1, 2, 3], &dev);
     let v = tensor4(vec![1.0, 2.0, -3.0, 0.5], [1, 1, 2, 2], &dev);
     for chunk in [1, 2] {
-        let r = Rule { q: e1.clone(), k: e1.clone(), v: v.clone(), beta: Some(Tensor::ones([1, 1, 2], &dev)), g: None };
+        let r = Rule { q: e1.clone(), k: e1.clone(), v: v.clone(), beta: Some(Tensor::ones([1, 1, 2], &dev)), g: None, l2: false, scale: 1.0 };
         let (o, _) = r.chunked(zeros_state(1, 1, 3, 2, &dev), chunk);
         assert_eq!(to_vec(o), vec![1.0, 2.0, -3.0, 0.5], "chunk {chunk}");
     }

@@ -1,6 +1,7 @@
 //! The recurrence of linear attention, Gated DeltaNet and KDA as one op with its own backward.
 //!
-//! Per head, from S = 0 (`d_k × d_v`, row c = key channel c), for t = 0..T:
+//! Per head, from S = 0 (`d_k × d_v`, row c = key channel c), with q and k first L2-normalised
+//! per token when asked (`x/√(Σx² + 1e-6)`, fla's `l2norm`) and q scaled, for t = 0..T:
 //! `Ŝ = Diag(e^{g_t}) S`, `u = β_t (v_t − Ŝᵀk_t)` (delta rule; additive: `u = v_t`),
 //! `S = Ŝ + k_t uᵀ`, `o_t = Sᵀ q_t`. g has one log-decay per head (`e = 1`) or per key channel
 //! (`e = d_k`).
@@ -41,6 +42,10 @@ struct Dims {
     /// 1 (per-head decay) or d_k (per channel).
     e: usize,
     delta: bool,
+    /// Whether q and k are L2-normalised per token (`x / √(Σx² + 1e-6)`) before the rule.
+    l2: bool,
+    /// Factor on q (after its norm).
+    scale: f32,
 }
 
 /// One head's inputs.
@@ -127,12 +132,37 @@ fn decays(d: &Dims, x: &Head, t: usize, out: &mut [f32]) {
     }
 }
 
-/// One token: S ← Diag(a) S, then the write; returns u (and p in `p`). `s` is `d_k × d_v`.
+/// `out = scale · x / √(Σx² + 1e-6)` (or `scale · x` without `l2`); returns the norm (1 without).
 #[inline(always)]
-fn advance(d: &Dims, x: &Head, t: usize, s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
+fn prepare(x: &[f32], l2: bool, scale: f32, out: &mut [f32]) -> f32 {
+    let n = if l2 { (x.iter().map(|v| v * v).sum::<f32>() + L2_EPS).sqrt() } else { 1.0 };
+    let f = scale / n;
+    out.iter_mut().zip(x).for_each(|(o, v)| *o = v * f);
+    n
+}
+
+/// The gradient of the raw vector from that of `prepare`'s output, in place: with `ŷ = x/n`,
+/// `dx = scale·(dŷ − ŷ(ŷ·dŷ))/n` (`scale·dŷ` without the norm).
+#[inline(always)]
+fn unprepare(x: &[f32], n: f32, l2: bool, scale: f32, grad: &mut [f32]) {
+    if !l2 {
+        grad.iter_mut().for_each(|g| *g *= scale);
+        return;
+    }
+    let dot: f32 = x.iter().zip(grad.iter()).map(|(x, g)| x * g).sum::<f32>() / n;
+    grad.iter_mut().zip(x).for_each(|(g, x)| *g = scale * (*g - x / n * dot) / n);
+}
+
+/// ε inside fla's L2 norm.
+const L2_EPS: f32 = 1e-6;
+
+/// One token with the prepared key `k`: S ← Diag(a) S, then the write; returns u (and p in
+/// `p`). `s` is `d_k × d_v`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
     let (dk, dv) = (d.dk, d.dv);
     decays(d, x, t, a);
-    let k = &x.k[t * dk..(t + 1) * dk];
     p.iter_mut().for_each(|v| *v = 0.0);
     for c in 0..dk {
         let row = &mut s[c * dv..(c + 1) * dv];
@@ -171,12 +201,15 @@ fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
     let (dk, dv) = (d.dk, d.dv);
     let mut s = vec![0.0f32; dk * dv];
     let (mut a, mut p, mut u) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv]);
+    let (mut q, mut k) = (vec![0.0; dk], vec![0.0; dk]);
     for t in 0..d.t {
         if t % SEGMENT == 0 {
             saved[t / SEGMENT * dk * dv..(t / SEGMENT + 1) * dk * dv].copy_from_slice(&s);
         }
-        advance(d, x, t, &mut s, &mut a, &mut p, &mut u);
-        read(d, &x.q[t * dk..(t + 1) * dk], &s, &mut o[t * dv..(t + 1) * dv]);
+        prepare(&x.k[t * dk..(t + 1) * dk], d.l2, 1.0, &mut k);
+        prepare(&x.q[t * dk..(t + 1) * dk], d.l2, d.scale, &mut q);
+        advance(d, x, t, &k, &mut s, &mut a, &mut p, &mut u);
+        read(d, &q, &s, &mut o[t * dv..(t + 1) * dv]);
     }
 }
 
@@ -216,6 +249,7 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
     let mut states = vec![0.0f32; (SEGMENT + 1) * dk * dv];
     let mut ps = vec![0.0f32; SEGMENT * dv];
     let mut us = vec![0.0f32; SEGMENT * dv];
+    let (mut q, mut k) = (vec![0.0f32; dk], vec![0.0f32; dk]);
     for seg in (0..segments(t_len)).rev() {
         let start = seg * SEGMENT;
         let len = SEGMENT.min(t_len - start);
@@ -224,7 +258,8 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             let (before, after) = states.split_at_mut((j + 1) * dk * dv);
             let s = &mut after[..dk * dv];
             s.copy_from_slice(&before[j * dk * dv..]);
-            advance(d, x, start + j, s, &mut a, &mut p, &mut u);
+            prepare(&x.k[(start + j) * dk..(start + j + 1) * dk], d.l2, 1.0, &mut k);
+            advance(d, x, start + j, &k, s, &mut a, &mut p, &mut u);
             ps[j * dv..(j + 1) * dv].copy_from_slice(&p);
             us[j * dv..(j + 1) * dv].copy_from_slice(&u);
         }
@@ -233,8 +268,9 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             let s_prev = &states[j * dk * dv..(j + 1) * dk * dv];
             let s_cur = &states[(j + 1) * dk * dv..(j + 2) * dk * dv];
             let (p, u) = (&ps[j * dv..(j + 1) * dv], &us[j * dv..(j + 1) * dv]);
-            let q = &x.q[t * dk..(t + 1) * dk];
-            let k = &x.k[t * dk..(t + 1) * dk];
+            let (q_raw, k_raw) = (&x.q[t * dk..(t + 1) * dk], &x.k[t * dk..(t + 1) * dk]);
+            let n_q = prepare(q_raw, d.l2, d.scale, &mut q);
+            let n_k = prepare(k_raw, d.l2, 1.0, &mut k);
             let d_ot = &d_o[t * dv..(t + 1) * dv];
             decays(d, x, t, &mut a);
             // dq = S dO; dS += q dOᵀ; dk = dS u; du = dSᵀ k.
@@ -264,6 +300,8 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
                 gr.dk[t * dk + c] += a[c] * dk_hat;
                 gr.dg[t * e + if e == 1 { 0 } else { c }] += da * a[c];
             }
+            unprepare(q_raw, n_q, d.l2, d.scale, &mut gr.dq[t * dk..(t + 1) * dk]);
+            unprepare(k_raw, n_k, d.l2, 1.0, &mut gr.dk[t * dk..(t + 1) * dk]);
         }
     }
     gr
@@ -288,27 +326,36 @@ fn backward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32], 
 #[backend_extension(Flex, Autodiff)]
 pub trait DeltaRuleBackend: Backend {
     /// q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`, beta: `[b, h, t]`, g: `[b, h, t, e]` → o `[b, h, t, d_v]`.
-    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, delta: bool) -> FloatTensor<Self>;
+    #[allow(clippy::too_many_arguments)]
+    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, options: RuleOptions) -> FloatTensor<Self>;
 }
 
-fn dims(q: &FlexTensor, v: &FlexTensor, g: &FlexTensor, delta: bool) -> Dims {
+/// The rule's switches: the delta rule (else additive), L2-normalised q and k, the factor on q.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RuleOptions {
+    pub delta: bool,
+    pub l2: bool,
+    pub scale: f32,
+}
+
+fn dims(q: &FlexTensor, v: &FlexTensor, g: &FlexTensor, o: RuleOptions) -> Dims {
     let [b, h, t, dk] = q.shape().as_slice().try_into().expect("q is [b, h, t, d_k]");
     let dv = v.shape().as_slice()[3];
     let e = g.shape().as_slice()[3];
     assert!(e == 1 || e == dk, "delta_rule: g's last dim {e} is neither 1 nor d_k = {dk}");
-    Dims { heads: b * h, t, dk, dv, e, delta }
+    Dims { heads: b * h, t, dk, dv, e, delta: o.delta, l2: o.l2, scale: o.scale }
 }
 
-fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, delta: bool) -> (FlexTensor, Vec<f32>) {
+fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, options: RuleOptions) -> (FlexTensor, Vec<f32>) {
     let (q, k, v, beta, g) = (contiguous(q), contiguous(k), contiguous(v), contiguous(beta), contiguous(g));
-    let d = dims(&q, &v, &g, delta);
+    let d = dims(&q, &v, &g, options);
     let (o, saved) = forward(&d, slice(&q), slice(&k), slice(&v), slice(&beta), slice(&g));
     (from_vec(o, v.shape()), saved)
 }
 
 impl DeltaRuleBackend for Flex {
-    fn delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, delta: bool) -> FlexTensor {
-        forward_flex(q, k, v, beta, g, delta).0
+    fn delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, options: RuleOptions) -> FlexTensor {
+        forward_flex(q, k, v, beta, g, options).0
     }
 }
 
@@ -317,13 +364,13 @@ struct DeltaRuleBackward;
 
 impl Backward<Flex, 5> for DeltaRuleBackward {
     /// Checkpoints of (q, k, v, β, g), the saved states and the rule.
-    type State = ([NodeId; 5], Vec<f32>, bool);
+    type State = ([NodeId; 5], Vec<f32>, RuleOptions);
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let (ids, saved, delta) = ops.state;
+        let (ids, saved, options) = ops.state;
         let inputs: Vec<FlexTensor> = ids.iter().map(|id| contiguous(checkpointer.retrieve_node_output(*id))).collect();
         let d_o = contiguous(grads.consume::<Flex>(&ops.node));
-        let d = dims(&inputs[0], &inputs[2], &inputs[4], delta);
+        let d = dims(&inputs[0], &inputs[2], &inputs[4], options);
         let [q, k, v, beta, g] = [0, 1, 2, 3, 4].map(|i| slice(&inputs[i]));
         let out = backward(&d, q, k, v, beta, g, &saved, slice(&d_o));
         for ((node, grad), input) in ops.parents.into_iter().zip(out).zip(&inputs) {
@@ -335,25 +382,25 @@ impl Backward<Flex, 5> for DeltaRuleBackward {
 }
 
 impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
-    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, delta: bool) -> FloatTensor<Self> {
+    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, options: RuleOptions) -> FloatTensor<Self> {
         match DeltaRuleBackward.prepare::<C>([q.node(), k.node(), v.node(), beta.node(), g.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let ids = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v), prep.checkpoint(&beta), prep.checkpoint(&g)];
                 let (o, saved) =
-                    forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), beta.primitive().clone(), g.primitive().clone(), delta);
-                prep.finish((ids, saved, delta), o)
+                    forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), beta.primitive().clone(), g.primitive().clone(), options);
+                prep.finish((ids, saved, options), o)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::delta_rule(q.into_primitive(), k.into_primitive(), v.into_primitive(), beta.into_primitive(), g.into_primitive(), delta))
+                prep.finish(Flex::delta_rule(q.into_primitive(), k.into_primitive(), v.into_primitive(), beta.into_primitive(), g.into_primitive(), options))
             }
         }
     }
 }
 
 /// The recurrence from S = 0 on the CPU backend (call only where [`crate::fused`] holds).
-/// q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`, beta: `[b, h, t]` (ignored unless `delta`),
-/// g: `[b, h, t, 1]` or `[b, h, t, d_k]` → o `[b, h, t, d_v]`.
-pub fn delta_rule(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, delta: bool) -> Tensor<4> {
-    let out = Dispatch::delta_rule(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), beta.into_dispatch(), g.into_dispatch(), delta);
+/// q, k: `[b, h, t, d_k]` (raw: normalised and scaled inside as `options` say), v: `[b, h, t, d_v]`,
+/// beta: `[b, h, t]` (ignored unless `options.delta`), g: `[b, h, t, 1]` or `[b, h, t, d_k]` → o `[b, h, t, d_v]`.
+pub fn delta_rule(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, options: RuleOptions) -> Tensor<4> {
+    let out = Dispatch::delta_rule(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), beta.into_dispatch(), g.into_dispatch(), options);
     Tensor::from_dispatch(out)
 }

@@ -27,7 +27,7 @@ mod tensor;
 pub mod vector_math;
 
 pub use causal_attention::causal_attention;
-pub use delta_rule::delta_rule;
+pub use delta_rule::{delta_rule, RuleOptions};
 pub use gelu::gelu_tanh;
 pub use linear::linear;
 pub use qkv_attention::qkv_attention;

@@ -34,7 +34,8 @@ const MASKED: f32 = -1e30;
 
 /// Inputs of the rule for one sequence batch. q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`,
 /// beta: `[b, h, t]` (the delta rule; `None`: additive), g: `[b, h, t, 1]` or `[b, h, t, d_k]`
-/// (log-decays ≤ 0; `None`: no decay).
+/// (log-decays ≤ 0; `None`: no decay). q and k are used as `scale · L2(q)`, `L2(k)` (`l2`) or
+/// `scale · q`, `k`: the fused CPU op does this inside, the other paths first ([`Rule::prepared`]).
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub q: Tensor<4>,
@@ -42,9 +43,18 @@ pub struct Rule {
     pub v: Tensor<4>,
     pub beta: Option<Tensor<3>>,
     pub g: Option<Tensor<4>>,
+    pub l2: bool,
+    pub scale: f64,
 }
 
 impl Rule {
+    /// The same rule with q and k normalised and scaled (`l2 = false`, `scale = 1`).
+    pub fn prepared(self) -> Rule {
+        let (q, k) = if self.l2 { (super::l2_normalize(self.q), super::l2_normalize(self.k)) } else { (self.q, self.k) };
+        let q = if self.scale == 1.0 { q } else { q * self.scale };
+        Rule { q, k, l2: false, scale: 1.0, ..self }
+    }
+
     /// Runs the rule from state `s0` `[b, h, d_k, d_v]`: the recurrence for one token, the
     /// chunked form for more. Returns o `[b, h, t, d_v]` and the final state.
     pub fn run(self, s0: Tensor<4>, chunk: usize) -> (Tensor<4>, Tensor<4>) {
@@ -67,45 +77,47 @@ impl Rule {
         }
         let [b, h, t, _] = self.q.dims();
         let device = self.q.device();
-        let delta = self.beta.is_some();
+        let options = attnlab_kernels::RuleOptions { delta: self.beta.is_some(), l2: self.l2, scale: self.scale as f32 };
         let beta = self.beta.unwrap_or_else(|| Tensor::zeros([b, h, t], &device));
         let g = self.g.unwrap_or_else(|| Tensor::zeros([b, h, t, 1], &device));
-        attnlab_kernels::delta_rule(self.q, self.k, self.v, beta, g, delta)
+        attnlab_kernels::delta_rule(self.q, self.k, self.v, beta, g, options)
     }
 
     /// One token of the recurrence.
     pub fn token(self, s: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let [b, h, _, dk] = self.q.dims();
-        let dv = self.v.dims()[3];
-        let s = match self.g {
+        let this = self.prepared();
+        let [b, h, _, dk] = this.q.dims();
+        let dv = this.v.dims()[3];
+        let s = match this.g {
             // [b, h, 1, e] → [b, h, e, 1]: scales the key rows of S (e = 1: all of them).
             Some(g) => s * g.exp().swap_dims(2, 3),
             None => s,
         };
-        let k_col = self.k.clone().reshape([b, h, dk, 1]);
-        let v_new = match self.beta {
-            Some(beta) => (self.v - self.k.matmul(s.clone())) * beta.reshape([b, h, 1, 1]),
-            None => self.v,
+        let k_col = this.k.clone().reshape([b, h, dk, 1]);
+        let v_new = match this.beta {
+            Some(beta) => (this.v - this.k.matmul(s.clone())) * beta.reshape([b, h, 1, 1]),
+            None => this.v,
         };
         let s = s + k_col.matmul(v_new.reshape([b, h, 1, dv]));
-        (self.q.matmul(s.clone()), s)
+        (this.q.matmul(s.clone()), s)
     }
 
     /// The chunkwise-parallel form (module doc).
     pub fn chunked(self, s0: Tensor<4>, chunk: usize) -> (Tensor<4>, Tensor<4>) {
-        let [b, h, t, _] = self.q.dims();
-        let dv = self.v.dims()[3];
+        let this = self.prepared();
+        let [b, h, t, _] = this.q.dims();
+        let dv = this.v.dims()[3];
         let c = chunk.clamp(1, t.max(1));
         let n = t.div_ceil(c);
         let pad = n * c - t;
-        let device = self.q.device();
+        let device = this.q.device();
         let split = |x: Tensor<4>| {
             let d = x.dims()[3];
             pad_time(x, pad).reshape([b, h, n, c, d])
         };
-        let (q, k, v) = (split(self.q), split(self.k), split(self.v));
+        let (q, k, v) = (split(this.q), split(this.k), split(this.v));
         // Inclusive chunk-local cumsum of the log-decays, [b, h, n, c, e].
-        let big_g = self.g.map(|g| split(g).cumsum(3));
+        let big_g = this.g.map(|g| split(g).cumsum(3));
         let causal = lower_mask(c, 0, &device); // j ≤ i
         let strict = lower_mask(c, -1, &device).reshape([1, 1, 1, c, c]); // j < i
         let (scores, gram) = pair_products(&q, &k, big_g.as_ref(), &causal);
@@ -113,7 +125,7 @@ impl Rule {
             Some(g) => x * g.clone().exp(),
             None => x,
         };
-        let (u, w) = match self.beta {
+        let (u, w) = match this.beta {
             Some(beta) => {
                 let beta = split(beta.unsqueeze_dim::<4>(3));
                 let a = gram * strict * beta.clone();

@@ -146,13 +146,14 @@ impl Recurrent for LinearAttention {
         let (h, d) = (self.heads, self.head_dim);
         let qkv = apply(&self.qkv, x);
         let part = |i: usize| split_heads(qkv.clone().narrow(2, i * h * d, h * d), h);
-        let q = self.phi(part(0), false) * (1.0 / (self.feature_dim() as f64).sqrt());
+        let q = self.phi(part(0), false);
         let k = self.phi(part(1), true);
         let v = match self.norm {
             Some(_) => part(2),
             None => Tensor::cat(vec![part(2), Tensor::ones([b, h, t, 1], &qkv.device())], 3),
         };
-        let o = run_rule(Rule { q, k, v, beta: None, g: None }, state, self.chunk, fresh);
+        let scale = 1.0 / (self.feature_dim() as f64).sqrt();
+        let o = run_rule(Rule { q, k, v, beta: None, g: None, l2: false, scale }, state, self.chunk, fresh);
         let o = match &self.norm {
             Some(norm) => rms_norm(norm, o),
             None => o.clone().narrow(3, 0, d) / (o.narrow(3, d, 1) + NORMALIZER_EPS),

@@ -88,9 +88,9 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
 }
 
 /// The q | k | v columns `[b, t, 2·h·d_k + h·d_v]` through the short conv (continuing `state`'s
-/// tail and updating it) and SiLU: q, k `[b, h, t, d_k]` (L2-normalised per head when `l2`),
-/// v `[b, h, t, d_v]`.
-pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, heads: usize, dk: usize, l2: bool) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+/// tail and updating it) and SiLU: q, k `[b, h, t, d_k]` (not yet L2-normalised: [`Rule`] does
+/// that), v `[b, h, t, d_v]`.
+pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, heads: usize, dk: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let width = qkv.dims()[2];
     let qkv = match conv {
         Some(conv) => {
@@ -106,11 +106,7 @@ pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut Recurrent
     let q = split_heads(qkv.clone().narrow(2, 0, hk), heads);
     let k = split_heads(qkv.clone().narrow(2, hk, hk), heads);
     let v = split_heads(qkv.narrow(2, 2 * hk, width - 2 * hk), heads);
-    if l2 {
-        (l2_normalize(q), l2_normalize(k), v)
-    } else {
-        (q, k, v)
-    }
+    (q, k, v)
 }
 
 /// Forward FLOPs per token and head of the chunked rule at chunk `c` (≤ context), counted as
