@@ -70,58 +70,24 @@ impl Dims {
     }
 }
 
-/// Sum of 8 lanes.
+/// `Σ a_i b_i` in 8 independent lanes (a float reduction the compiler can vectorise).
 #[inline(always)]
-fn total(lanes: [f32; 8]) -> f32 {
-    lanes.iter().sum()
-}
-
-/// One key row of the reverse step's first half, in one pass over its d_v entries:
-/// `dS += q_c dOᵀ` (in `row`), `du += k_c dS`, and returns `(S_c·dO, dS_c·u)` (dq_c, dk_c).
-/// Float sums run in 8 independent lanes so that the loop vectorises.
-#[inline(always)]
-fn reverse_read(row: &mut [f32], cur: &[f32], d_o: &[f32], u: &[f32], du: &mut [f32], qc: f32, kc: f32) -> (f32, f32) {
-    let (mut dq, mut dk) = ([0.0f32; 8], [0.0f32; 8]);
-    let n = row.len() / 8 * 8;
-    for ((((r8, s8), o8), u8), du8) in row[..n].chunks_exact_mut(8).zip(cur.chunks_exact(8)).zip(d_o.chunks_exact(8)).zip(u.chunks_exact(8)).zip(du[..n].chunks_exact_mut(8)) {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            dq[l] += s8[l] * o8[l];
-            let r = r8[l] + qc * o8[l];
-            r8[l] = r;
-            dk[l] += r * u8[l];
-            du8[l] += kc * r;
+            lanes[l] += x[l] * y[l];
         }
     }
-    for j in n..row.len() {
-        dq[0] += cur[j] * d_o[j];
-        row[j] += qc * d_o[j];
-        dk[0] += row[j] * u[j];
-        du[j] += kc * row[j];
-    }
-    (total(dq), total(dk))
+    lanes.iter().sum::<f32>() + tail
 }
 
-/// One key row of the reverse step's second half: `dŜ = dS + k_c dpᵀ`, then `dS ← a_c dŜ` (in
-/// `row`); returns `(S_prev,c·dp, dŜ_c·S_prev,c)` (for dk_c and dg_c).
+/// `y += α x`.
 #[inline(always)]
-fn reverse_decay(row: &mut [f32], prev: &[f32], dp: &[f32], kc: f32, ac: f32) -> (f32, f32) {
-    let (mut dk, mut da) = ([0.0f32; 8], [0.0f32; 8]);
-    let n = row.len() / 8 * 8;
-    for ((r8, p8), dp8) in row[..n].chunks_exact_mut(8).zip(prev.chunks_exact(8)).zip(dp.chunks_exact(8)) {
-        for l in 0..8 {
-            let r = r8[l] + kc * dp8[l];
-            dk[l] += p8[l] * dp8[l];
-            da[l] += r * p8[l];
-            r8[l] = r * ac;
-        }
-    }
-    for j in n..row.len() {
-        let r = row[j] + kc * dp[j];
-        dk[0] += prev[j] * dp[j];
-        da[0] += r * prev[j];
-        row[j] = r * ac;
-    }
-    (total(dk), total(da))
+fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
 }
 
 /// `e^{g_{t,c}}` for every key row of token `t`.
@@ -277,9 +243,10 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             du.iter_mut().for_each(|v| *v = 0.0);
             for c in 0..dk {
                 let row = &mut ds[c * dv..(c + 1) * dv];
-                let (dq, dkc) = reverse_read(row, &s_cur[c * dv..(c + 1) * dv], d_ot, u, &mut du, q[c], k[c]);
-                gr.dq[t * dk + c] = dq;
-                gr.dk[t * dk + c] = dkc;
+                gr.dq[t * dk + c] = dot(&s_cur[c * dv..(c + 1) * dv], d_ot);
+                axpy(row, q[c], d_ot);
+                gr.dk[t * dk + c] = dot(row, u);
+                axpy(&mut du, k[c], row);
             }
             let v = &x.v[t * dv..(t + 1) * dv];
             if d.delta {
@@ -296,9 +263,13 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             // dŜ = dS + k dpᵀ; dk += Ŝ dp; dg = a ⊙ Σ_j dŜ ⊙ S_prev; dS ← Diag(a) dŜ.
             for c in 0..dk {
                 let row = &mut ds[c * dv..(c + 1) * dv];
-                let (dk_hat, da) = reverse_decay(row, &s_prev[c * dv..(c + 1) * dv], &dp, k[c], a[c]);
-                gr.dk[t * dk + c] += a[c] * dk_hat;
-                gr.dg[t * e + if e == 1 { 0 } else { c }] += da * a[c];
+                let prev = &s_prev[c * dv..(c + 1) * dv];
+                axpy(row, k[c], &dp);
+                gr.dk[t * dk + c] += a[c] * dot(prev, &dp);
+                let da = dot(row, prev);
+                let ac = a[c];
+                row.iter_mut().for_each(|r| *r *= ac);
+                gr.dg[t * e + if e == 1 { 0 } else { c }] += da * ac;
             }
             unprepare(q_raw, n_q, d.l2, d.scale, &mut gr.dq[t * dk..(t + 1) * dk]);
             unprepare(k_raw, n_k, d.l2, 1.0, &mut gr.dk[t * dk..(t + 1) * dk]);
