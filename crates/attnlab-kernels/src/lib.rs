@@ -9,7 +9,7 @@
 //!
 //! `linear`, `rms_norm`, `gelu_tanh` and `silu` use the fused op where [`fused`] says so (Flex device,
 //! f32) and otherwise run the same computation composed from Burn's ops (GELU's trait carries
-//! it as default bodies). `causal_attention`, `qkv_attention`, `rope` and `delta_rule` require the Flex
+//! it as default bodies). `causal_attention`, `qkv_attention`, `rope`, `delta_rule` and `short_conv_silu` require the Flex
 //! device; their callers in attnlab-attn keep the composed path for every other device. Results
 //! never depend on which path ran beyond float rounding; each op's tests check it against an
 //! independent reference.
@@ -22,6 +22,7 @@ pub mod matmul;
 pub mod qkv_attention;
 pub mod rms_norm;
 pub mod rope;
+pub mod short_conv;
 pub mod silu;
 mod tensor;
 pub mod vector_math;
@@ -33,6 +34,7 @@ pub use linear::linear;
 pub use qkv_attention::qkv_attention;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use short_conv::short_conv_silu;
 pub use silu::silu;
 
 use burn::tensor::{DType, Device, Tensor};

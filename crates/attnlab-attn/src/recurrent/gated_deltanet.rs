@@ -115,7 +115,7 @@ impl Recurrent for GatedDeltaNet {
         let beta = sigmoid(per_head(width));
         let g = gates::log_decay(per_head(width + h), self.a_log.val().reshape([1, h, 1]), self.dt_bias.val().reshape([1, h, 1]));
         let gate = self.gated.then(|| silu(p.clone().narrow(2, width + 2 * h, h * dv)));
-        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk);
+        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, fresh);
         let rule = Rule { q, k, v, beta: Some(beta), g: Some(g.unsqueeze_dim(3)), l2: self.l2, scale: 1.0 / (dk as f64).sqrt() };
         let o = run_rule(rule, state, self.chunk, fresh);
         let o = merge_heads(rms_norm(&self.norm, o));

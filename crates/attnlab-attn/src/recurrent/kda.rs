@@ -133,7 +133,7 @@ impl Recurrent for Kda {
         let beta = sigmoid(p.clone().narrow(2, width, h).swap_dims(1, 2));
         let g = self.log_decay(p.clone().narrow(2, width + h, dv));
         let gate = sigmoid(apply(&self.g_up, p.clone().narrow(2, width + h + dv, dv)));
-        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk);
+        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, fresh);
         let rule = Rule { q, k, v, beta: Some(beta), g: Some(g), l2: true, scale: 1.0 / (dk as f64).sqrt() };
         let o = run_rule(rule, state, self.chunk, fresh);
         apply(&self.out, merge_heads(rms_norm(&self.norm, o)) * gate)

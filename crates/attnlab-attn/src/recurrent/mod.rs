@@ -89,19 +89,20 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
 
 /// The q | k | v columns `[b, t, 2·h·d_k + h·d_v]` through the short conv (continuing `state`'s
 /// tail and updating it) and SiLU: q, k `[b, h, t, d_k]` (not yet L2-normalised: [`Rule`] does
-/// that), v `[b, h, t, d_v]`.
-pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, heads: usize, dk: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+/// that), v `[b, h, t, d_v]`. For a training forward (`fresh`: empty state, discarded) on the
+/// CPU backend, conv and SiLU are one fused op.
+pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, heads: usize, dk: usize, fresh: bool) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let width = qkv.dims()[2];
     let qkv = match conv {
+        Some(conv) if fresh && attnlab_kernels::fused(&qkv) => attnlab_kernels::short_conv_silu(qkv, conv.weight.val()),
         Some(conv) => {
             let tail = state.conv.take().expect("a conv tail in the state");
             let (y, tail) = conv.forward(qkv, tail);
             state.conv = Some(tail);
-            y
+            attnlab_kernels::silu(y)
         }
-        None => qkv,
+        None => attnlab_kernels::silu(qkv),
     };
-    let qkv = attnlab_kernels::silu(qkv);
     let hk = heads * dk;
     let q = split_heads(qkv.clone().narrow(2, 0, hk), heads);
     let k = split_heads(qkv.clone().narrow(2, hk, hk), heads);
