@@ -16,6 +16,9 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
         AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) },
+        toml::from_str("kind = \"linear\"").unwrap(),
+        toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
+        toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
     ]
 }
 
@@ -47,6 +50,26 @@ fn cached_decode_logits_equal_the_full_forward() {
             let err = full.iter().zip(&cached).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(err < 1e-4, "{attention:?} {mlp:?}: max |decode − forward| = {err}");
         }
+    }
+}
+
+/// On the training path (autodiff device: the fused CPU ops a run trains with), changing the
+/// tokens from position P on leaves every logit before P unchanged: no future-token leak in the
+/// whole model (embedding, mixers, MLP, norms, head). A leak would make a too-good loss.
+#[test]
+fn later_tokens_do_not_change_earlier_logits_on_the_training_path() {
+    let dev = Device::flex().autodiff();
+    let (b, t, p) = (2, 13, 7);
+    for attention in kinds() {
+        dev.seed(3);
+        let model = Gpt::new(&config(attention.clone(), MlpKind::Gelu), &dev);
+        let ids = tokens(b, t, &dev);
+        let later: Vec<i64> = (0..b * (t - p)).map(|i| ((i * 5 + 1) % 29) as i64).collect();
+        let changed = Tensor::cat(vec![ids.clone().narrow(1, 0, p), Tensor::from_data(TensorData::new(later, [b, t - p]), &dev)], 1);
+        let a = to_vec(model.forward(ids).narrow(1, 0, p));
+        let c = to_vec(model.forward(changed).narrow(1, 0, p));
+        let err = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-5, "{attention:?}: a later token moved an earlier logit by {err}");
     }
 }
 
