@@ -25,6 +25,8 @@ bench:
     cargo run --release -p attnlab-cli -- bench train experiments/mha_gqa_mla.toml --json runs/bench-train.json
     cargo run --release -p attnlab-cli -- bench decode experiments/mha_gqa_mla.toml --json runs/bench-decode.json
     cargo run --release -p attnlab-cli -- bench scaling experiments/softmax_family.toml --json runs/bench-scaling.json
+    cargo run --release -p attnlab-cli -- bench train experiments/linear_family.toml --json runs/bench-train-recurrent.json
+    cargo run --release -p attnlab-cli -- bench decode experiments/linear_family.toml --contexts 256,1024,4096,16384 --batches 1 --json runs/bench-decode-recurrent.json --plots runs/bench-decode-recurrent
 
 # attnlab vs the PyTorch eager reference (bench/pytorch_reference.py) on the baby config, back to back (installs torch into .venv-bench/ once).
 bench-compare STEPS="50":
