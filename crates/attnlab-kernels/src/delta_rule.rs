@@ -93,8 +93,10 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// `e^{g_{t,c}}` for every key row of token `t`.
 #[inline(always)]
 fn decays(d: &Dims, x: &Head, t: usize, out: &mut [f32]) {
-    for (c, a) in out.iter_mut().enumerate() {
-        *a = exp(x.g[t * d.e + if d.e == 1 { 0 } else { c }]);
+    if d.e == 1 {
+        out.fill(exp(x.g[t]));
+    } else {
+        out.iter_mut().zip(&x.g[t * d.e..(t + 1) * d.e]).for_each(|(a, g)| *a = exp(*g));
     }
 }
 
@@ -151,13 +153,34 @@ fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32]
     }
 }
 
-/// `o_t = Sᵀ q_t`.
+/// [`advance`] and then `o = Sᵀq` in the same pass over S as the write.
 #[inline(always)]
-fn read(d: &Dims, q: &[f32], s: &[f32], o: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32], o: &mut [f32]) {
+    let (dk, dv) = (d.dk, d.dv);
+    decays(d, x, t, a);
+    p.iter_mut().for_each(|v| *v = 0.0);
+    for c in 0..dk {
+        let (ac, kc) = (a[c], k[c]);
+        s[c * dv..(c + 1) * dv].iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
+            *r *= ac;
+            *p += *r * kc;
+        });
+    }
+    let v = &x.v[t * dv..(t + 1) * dv];
+    if d.delta {
+        let beta = x.beta[t];
+        u.iter_mut().zip(v).zip(p.iter()).for_each(|((u, v), p)| *u = beta * (v - p));
+    } else {
+        u.copy_from_slice(v);
+    }
     o.iter_mut().for_each(|v| *v = 0.0);
-    for c in 0..d.dk {
-        let qc = q[c];
-        o.iter_mut().zip(&s[c * d.dv..(c + 1) * d.dv]).for_each(|(o, s)| *o += qc * s);
+    for c in 0..dk {
+        let (kc, qc) = (k[c], q[c]);
+        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).zip(o.iter_mut()).for_each(|((r, u), o)| {
+            *r += kc * u;
+            *o += qc * *r;
+        });
     }
 }
 
@@ -174,8 +197,7 @@ fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
         }
         prepare(&x.k[t * dk..(t + 1) * dk], d.l2, 1.0, &mut k);
         prepare(&x.q[t * dk..(t + 1) * dk], d.l2, d.scale, &mut q);
-        advance(d, x, t, &k, &mut s, &mut a, &mut p, &mut u);
-        read(d, &q, &s, &mut o[t * dv..(t + 1) * dv]);
+        advance_read(d, x, t, &k, &q, &mut s, &mut a, &mut p, &mut u, &mut o[t * dv..(t + 1) * dv]);
     }
 }
 
