@@ -69,9 +69,10 @@ impl Rule {
     /// one fused op (the token recurrence with its own backward, [`attnlab_kernels::delta_rule`]);
     /// elsewhere the chunked form: on wgpu, with `ATTNLAB_FUSED=0` or `ATTNLAB_RECURRENT=chunked`
     /// (to measure one against the other), and for the additive rule (linear attention), whose
-    /// chunked form is only matrix products and beat the fused recurrence on CPU (one layer,
-    /// d_k = d_v = 32: 3.7 vs 6.2 ms at T = 64, 14.5 vs 19.9 ms at T = 256, forward + backward,
-    /// best of 100; GDN 10.0 vs 7.5 and 40.8 vs 35.8 ms, KDA 22.8 vs 7.5 and 105 vs 26 ms).
+    /// chunked form is only matrix products and is as fast or faster on CPU (one layer, d_k = d_v
+    /// = 32, forward + backward, median of 100: 5.4 vs 7.0 ms at T = 64, 21.6 vs 24.0 ms at
+    /// T = 256; for GDN the fused op is at parity at T = 64 and 1.4× faster at T = 256, for KDA
+    /// 2.9× and 4.3× faster; `reports/linear_family/`).
     /// `ATTNLAB_RECURRENT=fused` forces the fused op for the additive rule too.
     pub fn forward(self, chunk: usize) -> Tensor<4> {
         let fused = attnlab_kernels::fused(&self.q) && match recurrent_path() {
