@@ -98,17 +98,6 @@ fn reference(seqs: &[HeadSeq]) -> (Vec<f64>, Vec<f64>) {
     (o, s)
 }
 
-/// The fused CPU op on a rule (called directly: `Rule::forward` picks the chunked form for the
-/// additive rule).
-fn fused_forward(r: Rule) -> Tensor<4> {
-    let [b, h, t, _] = r.q.dims();
-    let dev = r.q.device();
-    let opts = attnlab_kernels::RuleOptions { delta: r.beta.is_some(), l2: r.l2, scale: r.scale as f32 };
-    let beta = r.beta.unwrap_or_else(|| Tensor::zeros([b, h, t], &dev));
-    let g = r.g.unwrap_or_else(|| Tensor::zeros([b, h, t, 1], &dev));
-    attnlab_kernels::delta_rule(r.q, r.k, r.v, beta, g, opts)
-}
-
 fn zeros_state(b: usize, h: usize, dk: usize, dv: usize, dev: &Device) -> Tensor<4> {
     Tensor::zeros([b, h, dk, dv], dev)
 }
@@ -131,7 +120,7 @@ fn the_chunked_form_matches_the_token_loop() {
             let (o, s) = rule(&seqs, b, decay, &dev).chunked(zeros_state(b, h, dk, dv, &dev), chunk);
             let (eo, es) = (rel_err(&to_vec(o), &want_o), rel_err(&to_vec(s), &want_s));
             assert!(eo < 1e-4 && es < 1e-4, "delta {delta} {decay:?} T {t} chunk {chunk}: output error {eo}, final-state error {es}");
-            let fused = rel_err(&to_vec(fused_forward(rule(&seqs, b, decay, &dev))), &want_o);
+            let fused = rel_err(&to_vec(rule(&seqs, b, decay, &dev).fused()), &want_o);
             assert!(fused < 1e-4, "delta {delta} {decay:?} T {t}: fused CPU op output error {fused}");
         }
     }
@@ -185,7 +174,7 @@ fn gradients_match_finite_differences_of_the_token_loop() {
         let rule = Rule { q: q.clone(), k: k.clone(), v: v.clone(), beta: beta.clone(), g: g.clone(), l2: false, scale: 1.0 };
         let (o, s) = if fused {
             assert!(attnlab_attn::burn::tensor::Device::flex().autodiff() == dev);
-            (fused_forward(rule), zeros_state(b, h, dk, dv, &dev))
+            (rule.fused(), zeros_state(b, h, dk, dv, &dev))
         } else {
             rule.chunked(zeros_state(b, h, dk, dv, &dev), chunk)
         };

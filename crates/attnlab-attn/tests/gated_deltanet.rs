@@ -212,36 +212,47 @@ fn check_decode(what: &str, m: &Attention, layer: &Layer, seed: u64) {
     }
 }
 
+/// (label, mixer, reference weights) of every variant of one kind.
+fn cases(kind: &str) -> Vec<(String, Attention, Layer)> {
+    let dev = cpu();
+    match kind {
+        "gdn" => gdn_variants()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let m = gdn(c, D_MODEL, HEADS, 3 + i as u64, &dev);
+                (c.label(), Attention::GatedDeltaNet(m.clone()), gdn_layer(&m))
+            })
+            .collect(),
+        _ => kda_variants()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let m = kda(c, D_MODEL, HEADS, 13 + i as u64, &dev);
+                (c.label(), Attention::Kda(m.clone()), kda_layer(&m))
+            })
+            .collect(),
+    }
+}
+
 #[test]
 fn gdn_forward_matches_the_reference() {
-    for (i, config) in gdn_variants().iter().enumerate() {
-        let m = gdn(config, D_MODEL, HEADS, 3 + i as u64, &cpu());
-        check_forward(&config.label(), &Attention::GatedDeltaNet(m.clone()), &gdn_layer(&m), 5);
-    }
+    cases("gdn").iter().for_each(|(what, m, layer)| check_forward(what, m, layer, 5));
 }
 
 #[test]
 fn gdn_decode_matches_the_reference() {
-    for (i, config) in gdn_variants().iter().enumerate() {
-        let m = gdn(config, D_MODEL, HEADS, 3 + i as u64, &cpu());
-        check_decode(&config.label(), &Attention::GatedDeltaNet(m.clone()), &gdn_layer(&m), 6);
-    }
+    cases("gdn").iter().for_each(|(what, m, layer)| check_decode(what, m, layer, 6));
 }
 
 #[test]
 fn kda_forward_matches_the_reference() {
-    for (i, config) in kda_variants().iter().enumerate() {
-        let m = kda(config, D_MODEL, HEADS, 13 + i as u64, &cpu());
-        check_forward(&config.label(), &Attention::Kda(m.clone()), &kda_layer(&m), 5);
-    }
+    cases("kda").iter().for_each(|(what, m, layer)| check_forward(what, m, layer, 5));
 }
 
 #[test]
 fn kda_decode_matches_the_reference() {
-    for (i, config) in kda_variants().iter().enumerate() {
-        let m = kda(config, D_MODEL, HEADS, 13 + i as u64, &cpu());
-        check_decode(&config.label(), &Attention::Kda(m.clone()), &kda_layer(&m), 6);
-    }
+    cases("kda").iter().for_each(|(what, m, layer)| check_decode(what, m, layer, 6));
 }
 
 #[test]

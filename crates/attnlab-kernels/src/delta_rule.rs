@@ -124,43 +124,15 @@ fn unprepare(x: &[f32], n: f32, l2: bool, scale: f32, grad: &mut [f32]) {
 /// ε inside fla's L2 norm.
 const L2_EPS: f32 = 1e-6;
 
-/// One token with the prepared key `k`: S ← Diag(a) S, then the write; returns u (and p in
-/// `p`). `s` is `d_k × d_v`.
+/// The first half of a token with the prepared key `k`: S ← Diag(a) S, p = Sᵀk, and the
+/// write's values u = β(v − p) (delta) or v (additive). `s` is `d_k × d_v`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
-    let (dk, dv) = (d.dk, d.dv);
+fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
+    let dv = d.dv;
     decays(d, x, t, a);
     p.iter_mut().for_each(|v| *v = 0.0);
-    for c in 0..dk {
-        let row = &mut s[c * dv..(c + 1) * dv];
-        let (ac, kc) = (a[c], k[c]);
-        row.iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
-            *r *= ac;
-            *p += *r * kc;
-        });
-    }
-    let v = &x.v[t * dv..(t + 1) * dv];
-    if d.delta {
-        let beta = x.beta[t];
-        u.iter_mut().zip(v).zip(p.iter()).for_each(|((u, v), p)| *u = beta * (v - p));
-    } else {
-        u.copy_from_slice(v);
-    }
-    for c in 0..dk {
-        let kc = k[c];
-        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r += kc * u);
-    }
-}
-
-/// [`advance`] and then `o = Sᵀq` in the same pass over S as the write.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32], o: &mut [f32]) {
-    let (dk, dv) = (d.dk, d.dv);
-    decays(d, x, t, a);
-    p.iter_mut().for_each(|v| *v = 0.0);
-    for c in 0..dk {
+    for c in 0..d.dk {
         let (ac, kc) = (a[c], k[c]);
         s[c * dv..(c + 1) * dv].iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
             *r *= ac;
@@ -174,8 +146,28 @@ fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32
     } else {
         u.copy_from_slice(v);
     }
+}
+
+/// One token: [`decay_predict`], then the write `S += k uᵀ`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
+    decay_predict(d, x, t, k, s, a, p, u);
+    let dv = d.dv;
+    for c in 0..d.dk {
+        let kc = k[c];
+        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r += kc * u);
+    }
+}
+
+/// [`advance`] and the readout `o = Sᵀq` in the same pass over S as the write.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32], o: &mut [f32]) {
+    decay_predict(d, x, t, k, s, a, p, u);
+    let dv = d.dv;
     o.iter_mut().for_each(|v| *v = 0.0);
-    for c in 0..dk {
+    for c in 0..d.dk {
         let (kc, qc) = (k[c], q[c]);
         s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).zip(o.iter_mut()).for_each(|((r, u), o)| {
             *r += kc * u;

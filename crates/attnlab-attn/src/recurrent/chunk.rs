@@ -85,6 +85,12 @@ impl Rule {
             let s0 = Tensor::zeros([b, h, dk, self.v.dims()[3]], &self.q.device());
             return self.chunked(s0, chunk).0;
         }
+        self.fused()
+    }
+
+    /// The fused CPU op from S = 0 ([`attnlab_kernels::delta_rule`]; only where
+    /// [`attnlab_kernels::fused`] holds): o `[b, h, t, d_v]`.
+    pub fn fused(self) -> Tensor<4> {
         let [b, h, t, _] = self.q.dims();
         let device = self.q.device();
         let options = attnlab_kernels::RuleOptions { delta: self.beta.is_some(), l2: self.l2, scale: self.scale as f32 };
