@@ -26,7 +26,7 @@
 //! A ragged last chunk is padded with zero k, v, β and g: padded positions are in the future
 //! (no real output changes) and leave the final state exactly as the recurrence does.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor};
 
 /// Large negative value put in the exponent of masked (future) pairs: `e^{−1e30} = 0`, with a
 /// zero gradient.
@@ -236,7 +236,7 @@ fn decay_matrix<const D: usize>(diff: Tensor<D>, mask: &Tensor<D>) -> Tensor<D> 
 /// `Π_j (I + (−A)^{2^j})`, ⌈log₂ c⌉ batched squarings.
 fn unit_lower_inverse(a: Tensor<5>, device: &Device) -> Tensor<5> {
     let c = a.dims()[4];
-    let eye = identity(c, device).reshape([1, 1, 1, c, c]);
+    let eye = Tensor::<2>::eye(c, device).reshape([1, 1, 1, c, c]);
     let mut power = -a;
     let mut inv = power.clone() + eye;
     let mut span = 2;
@@ -248,15 +248,10 @@ fn unit_lower_inverse(a: Tensor<5>, device: &Device) -> Tensor<5> {
     inv
 }
 
-/// `[c, c]` with ones where column ≤ row + offset (offset 0: j ≤ i, −1: j < i).
+/// `[c, c]` with ones where column ≤ row + offset (offset 0: j ≤ i, −1: j < i), zeros elsewhere.
 fn lower_mask(c: usize, offset: i64, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = (0..c * c).map(|x| if (x % c) as i64 <= (x / c) as i64 + offset { 1.0 } else { 0.0 }).collect();
-    Tensor::from_data(TensorData::new(data, [c, c]), device)
-}
-
-fn identity(c: usize, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = (0..c * c).map(|x| if x % c == x / c { 1.0 } else { 0.0 }).collect();
-    Tensor::from_data(TensorData::new(data, [c, c]), device)
+    // `tril_mask` is true *outside* the kept triangle.
+    Tensor::<2, Bool>::tril_mask([c, c], offset, device).bool_not().float()
 }
 
 /// Appends `pad` zero positions on the time axis (2) of `[b, h, t, d]`.

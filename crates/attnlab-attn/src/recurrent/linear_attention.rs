@@ -15,7 +15,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::chunk::Rule;
 use super::short_conv::ShortConv;
@@ -37,9 +37,8 @@ pub struct HedgehogMap {
 
 impl HedgehogMap {
     fn new(d: usize, device: &Device) -> Self {
-        let eye: Vec<f32> = (0..d * d).map(|i| if i % d == i / d { 1.0 } else { 0.0 }).collect();
         Self {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(eye, [d, d]), device)),
+            weight: Param::from_tensor(Tensor::eye(d, device)),
             bias: Param::from_tensor(Tensor::zeros([d], device)),
         }
     }
