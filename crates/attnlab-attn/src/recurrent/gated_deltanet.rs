@@ -17,13 +17,11 @@ use attnlab_kernels::silu;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, gates, merge_heads, rule_flops, run_rule, Recurrent};
+use super::{delta_heads, gates, rule_flops, Recurrent};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
-use attnlab_kernels::rms_norm;
 
 /// Gated DeltaNet with one fused input projection.
 #[derive(Module, Debug)]
@@ -115,10 +113,7 @@ impl Recurrent for GatedDeltaNet {
         let beta = sigmoid(per_head(width));
         let g = gates::log_decay(per_head(width + h), self.a_log.val().reshape([1, h, 1]), self.dt_bias.val().reshape([1, h, 1]));
         let gate = self.gated.then(|| silu(p.clone().narrow(2, width + 2 * h, h * dv)));
-        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, fresh);
-        let rule = Rule { q, k, v, beta: Some(beta), g: Some(g.unsqueeze_dim(3)), l2: self.l2, scale: 1.0 / (dk as f64).sqrt() };
-        let o = run_rule(rule, state, self.chunk, fresh);
-        let o = merge_heads(rms_norm(&self.norm, o));
+        let o = delta_heads(p.narrow(2, 0, width), self.conv.as_ref(), state, (h, dk), beta, g.unsqueeze_dim(3), self.l2, &self.norm, self.chunk, fresh);
         apply(&self.out, match gate {
             Some(gate) => o * gate,
             None => o,

@@ -19,13 +19,11 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use super::chunk::Rule;
 use super::short_conv::ShortConv;
-use super::{delta_qkv, gates, merge_heads, rule_flops, run_rule, split_heads, Recurrent};
+use super::{delta_heads, gates, rule_flops, split_heads, Recurrent};
 use crate::config::ConvInit;
 use crate::linear::{apply, linear};
 use crate::state::RecurrentState;
-use attnlab_kernels::rms_norm;
 
 /// Kimi Delta Attention with one fused input projection.
 #[derive(Module, Debug)]
@@ -133,9 +131,7 @@ impl Recurrent for Kda {
         let beta = sigmoid(p.clone().narrow(2, width, h).swap_dims(1, 2));
         let g = self.log_decay(p.clone().narrow(2, width + h, dv));
         let gate = sigmoid(apply(&self.g_up, p.clone().narrow(2, width + h + dv, dv)));
-        let (q, k, v) = delta_qkv(p.narrow(2, 0, width), self.conv.as_ref(), state, h, dk, fresh);
-        let rule = Rule { q, k, v, beta: Some(beta), g: Some(g), l2: true, scale: 1.0 / (dk as f64).sqrt() };
-        let o = run_rule(rule, state, self.chunk, fresh);
-        apply(&self.out, merge_heads(rms_norm(&self.norm, o)) * gate)
+        let o = delta_heads(p.narrow(2, 0, width), self.conv.as_ref(), state, (h, dk), beta, g, true, &self.norm, self.chunk, fresh);
+        apply(&self.out, o * gate)
     }
 }

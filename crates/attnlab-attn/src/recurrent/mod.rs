@@ -87,6 +87,27 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     x / norm
 }
 
+/// The shared middle of Gated DeltaNet and KDA: q | k | v columns through [`delta_qkv`], the delta
+/// rule with β `[b, h, t]` and log-decays g `[b, h, t, 1 or d_k]` (q scaled by d_k^−½, q and k
+/// L2-normalised when `l2`), then the per-head RMSNorm over d_v and the head merge: `[b, t, h·d_v]`.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_heads(
+    qkv: Tensor<3>,
+    conv: Option<&ShortConv>,
+    state: &mut RecurrentState,
+    (heads, dk): (usize, usize),
+    beta: Tensor<3>,
+    g: Tensor<4>,
+    l2: bool,
+    norm: &burn::nn::RmsNorm,
+    chunk: usize,
+    fresh: bool,
+) -> Tensor<3> {
+    let (q, k, v) = delta_qkv(qkv, conv, state, heads, dk, fresh);
+    let rule = Rule { q, k, v, beta: Some(beta), g: Some(g), l2, scale: 1.0 / (dk as f64).sqrt() };
+    merge_heads(attnlab_kernels::rms_norm(norm, run_rule(rule, state, chunk, fresh)))
+}
+
 /// The q | k | v columns `[b, t, 2·h·d_k + h·d_v]` through the short conv (continuing `state`'s
 /// tail and updating it) and SiLU: q, k `[b, h, t, d_k]` (not yet L2-normalised: [`Rule`] does
 /// that), v `[b, h, t, d_v]`. For a training forward (`fresh`: empty state, discarded) on the
