@@ -37,6 +37,10 @@ fn keep_freed_memory() {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Memory bound for the checks made before any compute (e.g. 8G, 512MiB); default: this
+    /// machine's memory. A config whose estimated need exceeds it is refused (exit 2).
+    #[arg(long, global = true, value_name = "SIZE")]
+    max_memory: Option<String>,
 }
 
 /// What `train` and `sweep` share: the experiment, where runs go, the backend, overrides.
@@ -56,6 +60,10 @@ struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Seconds after which a run lock whose heartbeat stopped (a killed process, a dead node)
+    /// is stale and taken over, on any host (≥ 30; heartbeats every 10 s).
+    #[arg(long, default_value_t = attnlab_exp::lock::DEFAULT_LEASE.as_secs())]
+    lock_lease: u64,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +209,13 @@ enum Command {
         #[arg(long)]
         peak_gflops: Option<f64>,
     },
+    /// Remove the lock of a run folder (runs/<experiment>/<run-id>) left by a process or node
+    /// that died; a lock that looks live needs --force.
+    Unlock {
+        run: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// Sample text from a trained run (its folder or its checkpoint folder).
     Generate {
         run: PathBuf,
@@ -237,6 +252,10 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<SpecError>().is_some() => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+        Err(e) if e.downcast_ref::<Incomplete>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(Incomplete::CODE)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -301,10 +320,37 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A sweep that ended with runs skipped because other processes hold their locks.
+#[derive(Debug)]
+struct Incomplete(Vec<String>);
+
+impl Incomplete {
+    /// `EX_TEMPFAIL`: run the same sweep again once the other processes are done.
+    const CODE: u8 = 75;
+}
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "warning: {} runs were skipped because other processes hold their locks:", self.0.len())?;
+        for line in &self.0 {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "the sweep is not complete (exit {}): run it again when those processes are done; a lock of a dead process \
+             expires after --lock-lease seconds, or remove it with `attnlab unlock RUN`",
+            Self::CODE
+        )
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
 /// First Ctrl-C or SIGTERM: the trainer finishes its step, checkpoints and stops.
 /// A second one exits at once (the last periodic checkpoint remains).
 extern "C" fn on_signal(_: libc::c_int) {
-    if attnlab_exp::interrupt::requested() {
+    // Outside training (start-up, between runs) there is nothing to save: exit at once.
+    if attnlab_exp::interrupt::requested() || !attnlab_exp::interrupt::graceful() {
         // Only async-signal-safe calls here.
         unsafe { libc::_exit(130) };
     }
@@ -321,13 +367,17 @@ fn install_interrupt_handler() {
 }
 
 fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
-    let text = std::fs::read_to_string(file).map_err(|e| SpecError::new(format!("{}: cannot read: {e}", file.display())))?;
+    let text = attnlab_exp::spec::read_spec_file(file)?;
     Ok(load_experiment(&text, &file.display().to_string(), sets)?)
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(size) = &cli.max_memory {
+        attnlab_exp::budget::set_max_memory(attnlab_exp::budget::parse_bytes(size)?);
+    }
     match cli.command {
-        Command::Train(RunArgs { file, out, device, sets, quiet }) => {
+        Command::Train(RunArgs { file, out, device, sets, quiet, lock_lease }) => {
+            attnlab_exp::lock::set_lease(lock_lease)?;
             let backend = parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if exp.runs.len() != 1 {
@@ -352,7 +402,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sweep { run: RunArgs { file, out, device, sets, quiet }, shard, dry_run, report } => {
+        Command::Sweep { run: RunArgs { file, out, device, sets, quiet, lock_lease }, shard, dry_run, report } => {
+            attnlab_exp::lock::set_lease(lock_lease)?;
             let backend = parse_device(&device)?;
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
@@ -371,15 +422,22 @@ fn run(cli: Cli) -> Result<()> {
                 multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
             let overall = multi.add(indicatif::ProgressBar::new(mine.len() as u64));
+            let mut skipped = Vec::new();
             overall.set_style(indicatif::ProgressStyle::with_template("sweep {bar:30} {pos}/{len} runs [{elapsed_precise}<{eta_precise}]")?);
             for idx in mine {
+                if attnlab_exp::interrupt::requested() {
+                    return Err(anyhow::anyhow!("interrupted between runs; run the same command again to continue the sweep"));
+                }
                 let run = &exp.runs[idx];
                 let opts = TrainOptions { out: out.clone(), device: backend.clone(), device_name: device.clone(), progress: !quiet, stop_at: None, multi: Some(multi.clone()) };
                 let line = match train(run, &opts)? {
                     RunOutcome::Finished(s) => format!("run {idx} {}: best val loss {:.4}, {:.0} tok/s", run.run_id, s.best_val_loss, s.train_tokens_per_sec),
                     RunOutcome::AlreadyFinished(s) => format!("run {idx} {}: already done (best val loss {:.4})", run.run_id, s.best_val_loss),
                     RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
-                    RunOutcome::Busy(holder) => format!("run {idx} {}: skipped, {holder}", run.run_id),
+                    RunOutcome::Busy(holder) => {
+                        skipped.push(format!("run {idx} {}: {holder}", run.run_id));
+                        format!("run {idx} {}: skipped, {holder}", run.run_id)
+                    }
                 };
                 if quiet || multi.is_hidden() {
                     println!("{line}");
@@ -389,6 +447,9 @@ fn run(cli: Cli) -> Result<()> {
                 overall.inc(1);
             }
             overall.finish();
+            if !skipped.is_empty() {
+                return Err(Incomplete(skipped).into());
+            }
             if report {
                 let runs = out.join(&exp.name);
                 let dest = runs.join("report");
@@ -403,13 +464,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json, plots } } => {
             let backend = parse_device(&device)?;
             let exp = read_experiment(&file, &sets)?;
-            if tokens == 0 || contexts.is_empty() || batches.contains(&0) {
+            if tokens == 0 || contexts.is_empty() || batches.is_empty() || batches.contains(&0) {
                 return Err(SpecError::new("bench decode: --tokens, --contexts and --batches must be non-empty and ≥ 1").into());
             }
+            let longest = contexts.iter().max().copied().unwrap_or(0);
+            let capacity = longest
+                .checked_add(tokens)
+                .and_then(|c| c.checked_add(1))
+                .ok_or_else(|| SpecError::new(format!("bench decode: --contexts {longest} + --tokens {tokens} overflows")))?;
             let mut configs: Vec<attnlab_model::ModelConfig> = Vec::new();
             for run in &exp.runs {
                 let mut c = run.spec.model.clone();
-                c.max_seq = contexts.iter().max().copied().unwrap_or(0) + tokens + 1;
+                c.max_seq = capacity;
+                let batch = batches.iter().max().copied().unwrap_or(1);
+                attnlab_exp::budget::check(&attnlab_exp::budget::decode(&c, batch, capacity), &format!("bench decode ({}, batch {batch}, {capacity} tokens)", c.attention.label()))?;
                 if !configs.contains(&c) {
                     configs.push(c);
                 }
@@ -442,6 +510,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             if lengths.is_empty() || lengths.contains(&0) || batch == 0 || reps == 0 {
                 return Err(SpecError::new("bench scaling: --lengths, --batch and --reps must be ≥ 1").into());
+            }
+            for run in &exp.runs {
+                let longest = lengths.iter().max().copied().unwrap_or(0);
+                attnlab_exp::budget::check(&attnlab_exp::budget::layer(run.spec.model.d_model, batch, longest), &format!("bench scaling (--lengths {longest}, --batch {batch})"))?;
             }
             let mut models: Vec<attnlab_model::ModelConfig> = Vec::new();
             for run in &exp.runs {
@@ -482,8 +554,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { what: BenchCommand::ScalingPoint { attention, d_model, heads, seq, batch, mode, reps, device } } => {
             let backend = parse_device(&device)?;
+            let shape = attnlab_model::ModelConfig {
+                d_model,
+                heads,
+                max_seq: seq.max(1),
+                attention: serde_json::from_str(&attention).map_err(|e| SpecError::new(format!("bench scaling-point: attention: {e}")))?,
+                ..Default::default()
+            };
+            shape.validate().map_err(|e| SpecError::new(format!("bench scaling-point: {} = {}: {}", e.field, e.value, e.allowed)))?;
+            if seq == 0 || batch == 0 || reps == 0 || !SCALING_MODES.contains(&mode.as_str()) {
+                return Err(SpecError::new(format!("bench scaling-point: seq, batch and reps must be ≥ 1 and mode one of {}", SCALING_MODES.join(", "))).into());
+            }
+            attnlab_exp::budget::check(&attnlab_exp::budget::layer(d_model, batch, seq), "bench scaling-point")?;
             let case = attnlab_exp::scaling::ScalingCase {
-                attention: serde_json::from_str(&attention)?,
+                attention: shape.attention.clone(),
                 d_model,
                 heads,
                 seq,
@@ -554,37 +638,63 @@ fn run(cli: Cli) -> Result<()> {
             if size == 0 {
                 return Err(SpecError::new("bench peak: --size must be ≥ 1").into());
             }
+            attnlab_exp::budget::check(&attnlab_exp::budget::matmul(size), &format!("bench peak --size {size}"))?;
             let flops = attnlab_exp::peak::measure_peak_flops(&backend, size, 5);
             println!("{device}: f32 matmul {size}×{size}·{size}×{size}: {:.1} GFLOP/s (best of 5)", flops / 1e9);
             Ok(())
         }
         Command::Report { runs, out, peak_gflops } => {
+            if let Some(g) = peak_gflops.filter(|g| !(g.is_finite() && *g > 0.0)) {
+                return Err(SpecError::new(format!("--peak-gflops = {g}: must be a finite number > 0 (from `attnlab bench peak`)")).into());
+            }
             let name = runs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
             let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
             let groups = attnlab_report::write_report(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
             println!("{} configs → {}", groups.len(), out.join("README.md").display());
             Ok(())
         }
+        Command::Unlock { run, force } => {
+            println!("{}", attnlab_exp::lock::unlock(&run, force)?);
+            Ok(())
+        }
         Command::Generate { run, prompt, tokens, temperature, top_k, seed, device } => {
             let device = parse_device(&device)?;
+            if !(temperature.is_finite() && temperature >= 0.0) {
+                return Err(SpecError::new(format!("--temperature = {temperature}: must be finite and ≥ 0 (0 = greedy)")).into());
+            }
+            if top_k == 0 {
+                return Err(SpecError::new("--top-k = 0: must be ≥ 1 (1 = greedy; the vocabulary size = no cut)").into());
+            }
             let root = if run.join("config.toml").exists() { run.clone() } else { run.parent().map(Path::to_path_buf).unwrap_or_default() };
             let config = root.join("config.toml");
+            if !config.exists() {
+                return Err(SpecError::new(format!("{}: no config.toml here or in its parent folder; give a run folder (runs/<experiment>/<run-id>)", run.display())).into());
+            }
             let spec = ExperimentSpec::load(&config, &[])?;
-            let tokenizer: Tokenizer = serde_json::from_str(
-                &std::fs::read_to_string(root.join("tokenizer.json")).with_context(|| format!("reading {}", root.join("tokenizer.json").display()))?,
-            )?;
+            let tokenizer_path = root.join("tokenizer.json");
+            let tokenizer: Tokenizer = serde_json::from_str(&std::fs::read_to_string(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?)
+                .map_err(|e| SpecError::new(format!("{}: not a tokenizer: {e}", tokenizer_path.display())))?;
             if tokenizer.vocab_size() != spec.model.vocab {
                 return Err(SpecError::new(format!("{}: model.vocab = {} but tokenizer.json has {} tokens", config.display(), spec.model.vocab, tokenizer.vocab_size())).into());
             }
-            let weights = root.join("checkpoint").join("model.bpk");
+            let checkpoint = root.join("checkpoint");
+            // The same checksums a resume checks: a damaged checkpoint is refused, not sampled.
+            attnlab_exp::checkpoint::verify(&checkpoint).map_err(|e| {
+                anyhow::anyhow!("{e:#}: the checkpoint is damaged{}", if attnlab_exp::checkpoint::previous(&checkpoint).exists() { " (checkpoint.prev/ holds the one before it)" } else { "" })
+            })?;
+            let weights = checkpoint.join("model.bpk");
             let model = Gpt::new(&spec.model, &device)
                 .try_load_file(&weights)
                 .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", weights.display()))?;
+            let bad = attnlab_exp::trainer::non_finite_params(&model);
+            if bad > 0 {
+                return Err(anyhow::anyhow!("{}: {bad} parameter tensors hold NaN or infinity (a diverged run); nothing to sample from", weights.display()));
+            }
             let ids = tokenizer.encode(&prompt).map_err(|e| SpecError::new(format!("--prompt: {e}")))?;
             if ids.is_empty() {
                 return Err(SpecError::new("--prompt: must not be empty").into());
             }
-            if ids.len() + tokens > spec.model.max_seq {
+            if ids.len().checked_add(tokens).is_none_or(|n| n > spec.model.max_seq) {
                 return Err(SpecError::new(format!("--tokens = {tokens}: prompt ({}) + tokens must be ≤ model.max_seq = {}", ids.len(), spec.model.max_seq)).into());
             }
             let sampling = Sampling { temperature, top_k: Some(top_k), seed };

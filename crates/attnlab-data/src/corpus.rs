@@ -20,6 +20,8 @@ pub const TINY_SHAKESPEARE_PATHS: &[&str] =
 pub enum DataError {
     #[error("data.path = {0:?}: file not found")]
     Missing(PathBuf),
+    #[error("data.path = {0:?}: not a regular file (a FIFO, device or folder); give a text file")]
+    NotRegular(PathBuf),
     #[error("data.path = {path:?}: cannot read: {err}")]
     Unreadable { path: PathBuf, err: std::io::Error },
     #[error("data: {0} is empty")]
@@ -49,11 +51,11 @@ pub enum DataSource {
     File(PathBuf),
 }
 
-/// A loaded text and the name it goes by in logs and summaries.
+/// A loaded corpus (its bytes, UTF-8 or not) and the name it goes by in logs and summaries.
 #[derive(Debug, Clone)]
 pub struct Corpus {
     pub name: String,
-    pub text: String,
+    pub bytes: Vec<u8>,
 }
 
 /// Looks for Tiny Shakespeare under the working directory and each of its ancestors.
@@ -77,35 +79,49 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_text(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|err| match err.kind() {
+/// Reads a regular file (a FIFO, device or folder is refused before it is opened, so nothing
+/// blocks on it).
+fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    let unreadable = |err: std::io::Error| match err.kind() {
         std::io::ErrorKind::NotFound => DataError::Missing(path.to_path_buf()),
         _ => DataError::Unreadable { path: path.to_path_buf(), err },
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(DataError::NotRegular(path.to_path_buf()));
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
     if bytes.is_empty() {
         return Err(DataError::Empty(path.display().to_string()));
     }
-    String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
-        name: path.display().to_string(),
-        offset: e.utf8_error().valid_up_to(),
-    })
+    Ok(bytes)
 }
 
 impl Corpus {
+    /// The corpus as UTF-8 text (what the character tokenizer needs).
+    pub fn text(&self) -> Result<&str, DataError> {
+        std::str::from_utf8(&self.bytes).map_err(|e| DataError::NotUtf8 { name: self.name.clone(), offset: e.valid_up_to() })
+    }
+
+    /// Hex sha256 of the corpus bytes (part of every run id: a rewritten file is new data).
+    pub fn sha256(&self) -> String {
+        sha256_hex(&self.bytes)
+    }
+
     /// Loads a source; Tiny Shakespeare is checked against its sha256.
     pub fn load(source: &DataSource) -> Result<Corpus, DataError> {
         match source {
-            DataSource::Builtin => Ok(Corpus { name: "builtin".into(), text: builtin::text() }),
+            DataSource::Builtin => Ok(Corpus { name: "builtin".into(), bytes: builtin::text().into_bytes() }),
             DataSource::TinyShakespeare => {
                 let path = find_tiny_shakespeare()?;
-                let text = read_text(&path)?;
-                let got = sha256_hex(text.as_bytes());
+                let bytes = read_bytes(&path)?;
+                let got = sha256_hex(&bytes);
                 if got != TINY_SHAKESPEARE_SHA256 {
                     return Err(DataError::BadChecksum { path, got });
                 }
-                Ok(Corpus { name: "tinyshakespeare".into(), text })
+                Ok(Corpus { name: "tinyshakespeare".into(), bytes })
             }
-            DataSource::File(path) => Ok(Corpus { name: path.display().to_string(), text: read_text(path)? }),
+            DataSource::File(path) => Ok(Corpus { name: path.display().to_string(), bytes: read_bytes(path)? }),
         }
     }
 }

@@ -52,6 +52,14 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of raw bytes: any bytes for the byte tokenizer; the others need UTF-8.
+    pub fn encode_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<u32>, DataError> {
+        match self {
+            Tokenizer::Byte => Ok(bytes.iter().map(|&b| u32::from(b)).collect()),
+            _ => self.encode(std::str::from_utf8(bytes).map_err(|e| DataError::NotUtf8 { name: name.to_string(), offset: e.valid_up_to() })?),
+        }
+    }
+
     /// Text of token ids (bytes that are not valid UTF-8 are replaced by U+FFFD).
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {

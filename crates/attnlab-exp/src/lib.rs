@@ -2,6 +2,7 @@
 //! training loop, metrics and the on-disk run store.
 
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod device;
 pub mod error;

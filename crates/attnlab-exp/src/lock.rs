@@ -1,26 +1,96 @@
-//! Per-run lock files, so that two processes (shards, or a second sweep by mistake) pointed at
-//! one run store never train the same run at once.
+//! Per-run locks with a lease, so that two processes (shards, concurrent sweeps, nodes of a
+//! batch job on a shared file system) never train the same run at once, and a lock left by a
+//! dead process or a dead node does not block a run for ever.
 //!
-//! `<run>/lock` is created with `create_new` (atomic on local file systems) and holds
-//! `<pid> <host>`. A lock whose process no longer exists on this host is stale (its process was
-//! killed) and is taken over. Dropping the [`RunLock`] removes the file.
+//! - **Atomic with its content.** `<run>/lock` holds `<pid> <host> <token>` (the token is
+//!   random per acquisition). It is written whole into a per-process temp file first and then
+//!   hard-linked into place: `link` fails if the lock exists, and a lock that exists is complete.
+//! - **A lease.** While held, a heartbeat thread touches the lock every [`HEARTBEAT`]; a lock
+//!   whose heartbeat (mtime) is older than the lease ([`set_lease`], default [`DEFAULT_LEASE`]) is
+//!   stale on any host. On this host a lock is also stale when its process is gone, or when it
+//!   names this very process but is not one of its locks (a killed container's PID 1 lock read
+//!   by the next container's PID 1).
+//! - **Take-over under a guard.** A stale lock is removed only under `<run>/lock.takeover`
+//!   (itself created atomically), and only if its content is still the content judged stale.
+//! - **Removal of one's own lock only.** Dropping a [`RunLock`] removes the file only if it
+//!   still holds this lock's token; the heartbeat notices a lock taken over (token changed) and
+//!   [`RunLock::lost`] tells the trainer to stop without writing.
+//!
+//! Across hosts this needs a file system where `link` is atomic and mtimes follow one clock
+//! (within the lease); NFSv3 without synchronised clocks does not give that.
 
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-#[derive(Debug)]
-pub struct RunLock {
-    path: PathBuf,
+use crate::error::SpecError;
+
+/// File name of a run's lock.
+pub const LOCK_FILE: &str = "lock";
+/// How often a held lock's heartbeat is refreshed.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Default lease: a lock whose heartbeat is older than this is stale (about 12 missed beats).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+/// Shortest lease accepted (3 heartbeats).
+pub const MIN_LEASE: Duration = Duration::from_secs(30);
+/// A take-over guard older than this was left by a process that died while taking over.
+const GUARD_STALE: Duration = Duration::from_secs(30);
+
+static LEASE_SECS: AtomicU64 = AtomicU64::new(DEFAULT_LEASE.as_secs());
+static HEARTBEAT_MS: AtomicU64 = AtomicU64::new(HEARTBEAT.as_millis() as u64);
+/// Tokens of the locks this process holds now.
+static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Sets the lease (`--lock-lease`); errors below [`MIN_LEASE`].
+pub fn set_lease(secs: u64) -> Result<(), SpecError> {
+    if secs < MIN_LEASE.as_secs() {
+        return Err(SpecError::new(format!(
+            "--lock-lease = {secs}: must be ≥ {} seconds (three heartbeats of {} s)",
+            MIN_LEASE.as_secs(),
+            HEARTBEAT.as_secs()
+        )));
+    }
+    LEASE_SECS.store(secs, Ordering::SeqCst);
+    Ok(())
 }
 
-/// Who holds a lock: `(pid, host)`.
-fn holder(path: &Path) -> Option<(u32, String)> {
-    let text = fs::read_to_string(path).ok()?;
-    let mut parts = text.split_whitespace();
-    Some((parts.next()?.parse().ok()?, parts.next().unwrap_or("").to_string()))
+/// Sets the heartbeat period of locks taken from now on (tests use milliseconds; the binary
+/// keeps [`HEARTBEAT`]).
+pub fn set_heartbeat(period: Duration) {
+    HEARTBEAT_MS.store(period.as_millis().max(1) as u64, Ordering::SeqCst);
+}
+
+fn lease() -> Duration {
+    Duration::from_secs(LEASE_SECS.load(Ordering::SeqCst))
+}
+
+fn held(token: &str) -> bool {
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.contains(token))
+}
+
+fn set_held(token: &str, on: bool) {
+    let mut guard = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let set = guard.get_or_insert_with(HashSet::new);
+    if on {
+        set.insert(token.to_string());
+    } else {
+        set.remove(token);
+    }
+}
+
+/// A random 64-bit token (std's per-instance random hasher keys).
+fn random_token() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 /// This machine's name (empty if unknown).
@@ -33,33 +103,247 @@ fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// A lock file as read: its text, holder and heartbeat age.
+#[derive(Debug, Clone)]
+struct Seen {
+    text: String,
+    pid: Option<u32>,
+    host: String,
+    token: String,
+    age: Duration,
+}
+
+impl Seen {
+    fn read(path: &Path) -> Option<Seen> {
+        let text = fs::read_to_string(path).ok()?;
+        let age = fs::metadata(path).ok()?.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok()).unwrap_or_default();
+        let mut parts = text.split_whitespace();
+        let pid = parts.next().and_then(|p| p.parse().ok());
+        let host = parts.next().unwrap_or("").to_string();
+        let token = parts.next().unwrap_or("").to_string();
+        Some(Seen { text, pid, host, token, age })
+    }
+
+    fn describe(&self, path: &Path) -> String {
+        match self.pid {
+            Some(pid) => format!("locked by process {pid} on {} (heartbeat {} s ago; {})", self.host, self.age.as_secs(), path.display()),
+            None => format!("locked ({}: unreadable content {:?})", path.display(), self.text.trim()),
+        }
+    }
+
+    /// Why this lock is stale, or `None` when its holder may be alive.
+    fn stale(&self) -> Option<String> {
+        let lease = lease();
+        if self.age > lease {
+            return Some(format!("its heartbeat is {} s old, beyond the lease of {} s", self.age.as_secs(), lease.as_secs()));
+        }
+        let pid = match self.pid {
+            Some(pid) => pid,
+            None => return Some("its content is not `<pid> <host> <token>`".into()),
+        };
+        if self.host != host() {
+            return None;
+        }
+        if pid == std::process::id() && !held(&self.token) {
+            return Some("it names this process's own pid but is none of its locks (a PID namespace: left by a killed container)".into());
+        }
+        (!alive(pid)).then(|| format!("process {pid} is gone"))
+    }
+}
+
+/// A run's lock, held until dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    token: String,
+    lost: Arc<AtomicBool>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Writes `text` to a new per-process temp file in `dir` and returns its path.
+fn temp_file(dir: &Path, stem: &str, text: &str) -> Result<PathBuf> {
+    let tmp = dir.join(format!(".{stem}.{}-{}.tmp", std::process::id(), random_token()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
+    Ok(tmp)
+}
+
+/// Removes `path` if it still holds exactly `seen`, under the take-over guard of `root`;
+/// `Ok(false)` when another process is taking it over now.
+fn take_over(root: &Path, path: &Path, seen: &Seen, why: &str) -> Result<bool> {
+    let guard = root.join("lock.takeover");
+    let tmp = temp_file(root, "lock.takeover", &format!("{} {}\n", std::process::id(), host()))?;
+    let linked = fs::hard_link(&tmp, &guard);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another process is taking over now, or died doing it (then its guard is removed
+            // and the caller tries again).
+            if Seen::read(&guard).is_some_and(|g| g.age > GUARD_STALE) {
+                let _ = fs::remove_file(&guard);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", guard.display())),
+    }
+    let result = match Seen::read(path) {
+        Some(now) if now.text == seen.text => {
+            tracing::warn!("taking over the stale lock {} ({}): {why}", path.display(), seen.text.trim());
+            fs::remove_file(path).with_context(|| format!("cannot remove the stale lock {}", path.display()))
+        }
+        _ => Ok(()),
+    };
+    let _ = fs::remove_file(&guard);
+    result.map(|()| true)
+}
+
 impl RunLock {
-    /// Takes the lock of the run folder `root`, or returns `Ok(None)` with the holder's
-    /// description when a live process holds it.
+    /// Takes the lock of the run folder `root`, or returns `Ok(Err(holder))` when a live
+    /// process holds it (a stale lock is taken over, with a warning).
     pub fn acquire(root: &Path) -> Result<Result<RunLock, String>> {
-        let path = root.join("lock");
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    writeln!(f, "{} {}", std::process::id(), host()).with_context(|| format!("cannot write {}", path.display()))?;
-                    return Ok(Ok(RunLock { path }));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match holder(&path) {
-                    Some((pid, h)) if h != host() || alive(pid) => return Ok(Err(format!("locked by process {pid} on {h} ({})", path.display()))),
-                    stale => {
-                        tracing::warn!("removing the stale lock {} ({stale:?}: that process is gone)", path.display());
-                        fs::remove_file(&path).with_context(|| format!("cannot remove the stale lock {}", path.display()))?;
+        let path = root.join(LOCK_FILE);
+        let token = random_token();
+        let tmp = temp_file(root, LOCK_FILE, &format!("{} {} {token}\n", std::process::id(), host()))?;
+        // Registered before the link: another thread of this process that reads the new lock
+        // must see it as one of this process's locks, not as a stale one naming its pid.
+        set_held(&token, true);
+        let outcome = (|| {
+            for _ in 0..20 {
+                match fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(Ok(())),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let Some(seen) = Seen::read(&path) else { continue }; // just released
+                        match seen.stale() {
+                            None => return Ok(Err(seen.describe(&path))),
+                            Some(why) => {
+                                if !take_over(root, &path, &seen, &why)? {
+                                    return Ok(Err(format!("{} (being taken over by another process)", seen.describe(&path))));
+                                }
+                            }
+                        }
                     }
-                },
-                Err(e) => return Err(e).with_context(|| format!("cannot create the lock {}", path.display())),
+                    Err(e) => return Err(e).with_context(|| format!("cannot create the lock {} (the file system must support hard links)", path.display())),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            anyhow::bail!("cannot take the lock {}: it keeps changing hands", path.display())
+        })();
+        let _ = fs::remove_file(&tmp);
+        match outcome {
+            Ok(Ok(())) => Ok(Ok(Self::with_heartbeat(path, token))),
+            Ok(Err(holder)) => {
+                set_held(&token, false);
+                Ok(Err(holder))
+            }
+            Err(e) => {
+                set_held(&token, false);
+                Err(e)
             }
         }
-        anyhow::bail!("cannot take the lock {}: another process keeps recreating it", path.display())
+    }
+
+    fn with_heartbeat(path: PathBuf, token: String) -> RunLock {
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let heartbeat = {
+            let (path, token, lost, stop) = (path.clone(), token.clone(), lost.clone(), stop.clone());
+            let period = Duration::from_millis(HEARTBEAT_MS.load(Ordering::SeqCst));
+            std::thread::spawn(move || loop {
+                let (flag, cv) = &*stop;
+                let stopped = cv.wait_timeout_while(flag.lock().unwrap_or_else(|e| e.into_inner()), period, |s| !*s).map(|(s, _)| *s).unwrap_or(true);
+                if stopped {
+                    return;
+                }
+                if !beat(&path, &token) {
+                    tracing::error!("lost the lock {}: another process took it over", path.display());
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            })
+        };
+        RunLock { path, token, lost, stop, heartbeat: Some(heartbeat) }
+    }
+
+    /// True once the heartbeat found the lock taken over by another process.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Errors unless the lock file still holds this lock (call before writing results).
+    pub fn verify(&self) -> Result<()> {
+        match Seen::read(&self.path) {
+            Some(s) if s.token == self.token && !self.lost() => Ok(()),
+            other => {
+                self.lost.store(true, Ordering::SeqCst);
+                anyhow::bail!(
+                    "lost the lock {} ({}); another process took over this run (was this process stopped longer than the lease?). Nothing more is written",
+                    self.path.display(),
+                    other.map_or("removed".into(), |s| format!("now {:?}", s.text.trim()))
+                )
+            }
+        }
+    }
+}
+
+/// Refreshes the heartbeat of the lock at `path` if it still holds `token`.
+fn beat(path: &Path, token: &str) -> bool {
+    match Seen::read(path) {
+        Some(s) if s.token == token => OpenOptions::new().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now())).is_ok(),
+        _ => false,
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        {
+            let (flag, cv) = &*self.stop;
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        if Seen::read(&self.path).is_some_and(|s| s.token == self.token) {
+            let _ = fs::remove_file(&self.path);
+        }
+        set_held(&self.token, false);
+    }
+}
+
+/// The holder of the run folder `root`'s lock when it is live (read only; takes nothing over).
+pub fn live_holder(root: &Path) -> Option<String> {
+    let path = root.join(LOCK_FILE);
+    let seen = Seen::read(&path)?;
+    seen.stale().is_none().then(|| seen.describe(&path))
+}
+
+/// `attnlab unlock`: removes the lock of the run folder `root` and says whose it was. A lock
+/// that looks live (its process runs on this host, or its heartbeat is within the lease) is
+/// removed only with `force`.
+pub fn unlock(root: &Path, force: bool) -> Result<String> {
+    let path = root.join(LOCK_FILE);
+    if !root.is_dir() {
+        return Err(SpecError::new(format!("{}: not a run folder", root.display())).into());
+    }
+    let Some(seen) = Seen::read(&path) else {
+        return Ok(format!("{}: not locked", root.display()));
+    };
+    let what = seen.describe(&path);
+    match seen.stale() {
+        None if !force => Err(SpecError::new(format!("{what}: it looks live; pass --force if you are sure that process is dead")).into()),
+        stale => {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            Ok(format!("removed: {what}{}", stale.map_or(String::new(), |w| format!("; stale: {w}"))))
+        }
     }
 }

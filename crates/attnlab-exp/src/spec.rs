@@ -153,6 +153,9 @@ pub struct PreparedRun {
     pub data: Dataset,
     /// The corpus actually used (`builtin` when a fallback happened), or `task:<kind>`.
     pub data_source: String,
+    /// sha256 of the corpus bytes (text runs and the needle task's haystack); `None` for tasks
+    /// generated from their config alone. Part of the run id, and checked again on resume.
+    pub data_sha256: Option<String>,
     pub run_id: String,
 }
 
@@ -163,8 +166,7 @@ fn err(source: &str, field: &str, value: impl std::fmt::Display, allowed: &str) 
 impl ExperimentSpec {
     /// Reads a TOML file and applies `--set key=value` overrides.
     pub fn load(path: &Path, sets: &[String]) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError::new(format!("{}: cannot read: {e}", path.display())))?;
+        let text = read_spec_file(path)?;
         Self::from_toml_str(&text, &path.display().to_string(), sets)
     }
 
@@ -202,8 +204,13 @@ impl ExperimentSpec {
     /// Checks every field that needs no data; errors name the field, value and what is allowed.
     pub fn validate(&self, source: &str) -> Result<(), SpecError> {
         let t = &self.train;
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(err(source, "name", format!("{:?}", self.name), "must be non-empty letters, digits, '-', '_' or '.'"));
+        if self.name.is_empty() || self.name.starts_with('.') || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(
+                source,
+                "name",
+                format!("{:?}", self.name),
+                "must be one plain folder name: letters, digits, '-', '_' or '.', not starting with '.' (so not \".\" or \"..\")",
+            ));
         }
         self.model.validate().map_err(|e| err(source, &e.field, &e.value, &e.allowed))?;
         for (field, v) in [("train.steps", t.steps), ("train.batch", t.batch), ("train.block", t.block), ("train.log_every", t.log_every), ("eval.every", self.eval.every), ("eval.batches", self.eval.batches)] {
@@ -234,11 +241,11 @@ impl ExperimentSpec {
                 return Err(err(source, field, v, "must be in [0, 1)"));
             }
         }
-        if !(t.weight_decay >= 0.0) {
-            return Err(err(source, "train.weight_decay", t.weight_decay, "must be ≥ 0"));
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(err(source, "train.weight_decay", t.weight_decay, "must be finite and ≥ 0"));
         }
-        if !(t.grad_clip >= 0.0) {
-            return Err(err(source, "train.grad_clip", t.grad_clip, "must be ≥ 0 (0 = off)"));
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            return Err(err(source, "train.grad_clip", t.grad_clip, "must be finite and ≥ 0 (0 = off)"));
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(err(source, "data.val_fraction", self.data.val_fraction, "must be in (0, 1)"));
@@ -250,7 +257,7 @@ impl ExperimentSpec {
             }
             _ => {}
         }
-        Ok(())
+        crate::budget::check(&crate::budget::training(self), source)
     }
 
     /// Loads and tokenizes the data (or generates the task's test set), fixes the vocabulary
@@ -259,9 +266,11 @@ impl ExperimentSpec {
         let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
         let task_err = |e: attnlab_data::tasks::TaskError| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed);
         let test_examples = self.eval.batches * self.train.batch;
+        let mut data_sha256 = None;
         let (tokenizer, data, data_source) = match &self.data.task {
             Some(TaskConfig::Needle(needle)) => {
                 let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                data_sha256 = Some(corpus.sha256());
                 let mut needle = needle.clone();
                 needle.text_vocab = tokenizer.vocab_size();
                 needle.text = tokens;
@@ -275,6 +284,7 @@ impl ExperimentSpec {
             }
             None => {
                 let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                data_sha256 = Some(corpus.sha256());
                 let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
                 (tokenizer, Dataset::Text(splits), corpus.name)
             }
@@ -285,8 +295,8 @@ impl ExperimentSpec {
         } else if spec.model.vocab < tokenizer.vocab_size() {
             return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
         }
-        let run_id = run_id(&spec, &data_source);
-        Ok(PreparedRun { spec, tokenizer, data, data_source, run_id })
+        let run_id = run_id(&spec, &data_source, data_sha256.as_deref());
+        Ok(PreparedRun { spec, tokenizer, data, data_source, data_sha256, run_id })
     }
 
     /// The corpus (with the built-in fallback), its tokenizer and its token ids.
@@ -306,19 +316,43 @@ impl ExperimentSpec {
             other => other.map_err(data_err)?,
         };
         let tokenizer = match self.data.tokenizer {
-            TokenizerKind::Char => Tokenizer::char_from_text(&corpus.text),
+            TokenizerKind::Char => Tokenizer::char_from_text(corpus.text().map_err(data_err)?),
             TokenizerKind::Byte => Tokenizer::Byte,
         };
-        let tokens = tokenizer.encode(&corpus.text).map_err(data_err)?;
+        let tokens = tokenizer.encode_bytes(&corpus.bytes, &corpus.name).map_err(data_err)?;
         Ok((corpus, tokenizer, tokens))
     }
 }
 
-/// Short hash of the fully resolved config (seed included) and the corpus actually used.
-pub fn run_id(spec: &ExperimentSpec, data_source: &str) -> String {
-    let canonical = serde_json::to_string(&(spec, data_source)).expect("spec serialises");
+/// Short hash of the fully resolved config (seed included, bookkeeping fields left out) and
+/// the data actually used: its name and the sha256 of its bytes.
+///
+/// Bookkeeping fields (`train.checkpoint_every`, `train.log_every`, `eval.every`) are not part
+/// of the id, so an interrupted run can be resumed after changing them. `eval.every` changes
+/// which steps are evaluated, so `best_val_loss` is the best over the evaluations the run made.
+pub fn run_id(spec: &ExperimentSpec, data_source: &str, data_sha256: Option<&str>) -> String {
+    let mut spec = spec.clone();
+    let defaults = ExperimentSpec::defaults();
+    spec.train.checkpoint_every = defaults.train.checkpoint_every;
+    spec.train.log_every = defaults.train.log_every;
+    spec.eval.every = defaults.eval.every;
+    let canonical = match data_sha256 {
+        Some(sha) => serde_json::to_string(&(&spec, data_source, sha)),
+        None => serde_json::to_string(&(&spec, data_source)),
+    }
+    .expect("spec serialises");
     let digest = Sha256::digest(canonical.as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads an experiment file: a regular file only (a FIFO would block), UTF-8; errors name it.
+pub fn read_spec_file(path: &Path) -> Result<String, SpecError> {
+    let bad = |what: String| SpecError::new(format!("{}: {what}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file (a FIFO, device or folder); give a TOML file".into()));
+    }
+    std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))
 }
 
 /// Folds a multi-line parser message into one line.

@@ -7,17 +7,31 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
+/// A name for a temp file or folder next to `path` that no other process uses:
+/// `.<name>.<pid>-<n>.tmp`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: a per-process temp file in the same folder, fsync,
+/// rename. On failure (a full disk) the temp file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let tmp = temp_path(path);
+    let written = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -46,20 +60,4 @@ impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint")
     }
-}
-
-/// Replaces the folder `dst` by the fully written folder `tmp` (old one removed only after).
-pub fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
-    let old = dst.with_extension("old");
-    if old.exists() {
-        fs::remove_dir_all(&old)?;
-    }
-    if dst.exists() {
-        fs::rename(dst, &old)?;
-    }
-    fs::rename(tmp, dst).with_context(|| format!("cannot move {} to {}", tmp.display(), dst.display()))?;
-    if old.exists() {
-        fs::remove_dir_all(&old)?;
-    }
-    Ok(())
 }

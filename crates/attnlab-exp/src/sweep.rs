@@ -103,11 +103,24 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
     let swept: Vec<&str> = axes.iter().map(|(k, _)| k.as_str()).chain(seeds.as_ref().map(|_| "train.seed")).collect();
     let excluded: Vec<Vec<(String, Value)>> = exclude.iter().enumerate().map(|(i, e)| as_point(e, &format!("{source}: sweep.exclude[{i}]"))).collect::<Result<_, _>>()?;
     for (i, rule) in excluded.iter().enumerate() {
+        if rule.is_empty() {
+            return Err(SpecError::new(format!("{source}: sweep.exclude[{i}] is empty: a rule with no paths would drop every run; name the swept values to drop")));
+        }
         if let Some((k, _)) = rule.iter().find(|(k, _)| !swept.contains(&k.as_str())) {
             return Err(SpecError::new(format!("{source}: sweep.exclude[{i}]: \"{k}\" is not swept (swept: {}), so this rule never matches", swept.join(", "))));
         }
     }
-    points.retain(|p| !excluded.iter().any(|e| e.iter().all(|(k, v)| p.iter().any(|(pk, pv)| pk == k && pv == v))));
+    let matches = |rule: &[(String, Value)], p: &[(String, Value)]| rule.iter().all(|(k, v)| p.iter().any(|(pk, pv)| pk == k && pv == v));
+    for (i, rule) in excluded.iter().enumerate() {
+        if !points.iter().any(|p| matches(rule, p)) {
+            let values: Vec<String> = rule.iter().map(|(k, v)| format!("{k} = {}", inline(v))).collect();
+            return Err(SpecError::new(format!(
+                "{source}: sweep.exclude[{i}] ({}) matches no run: each value must equal a swept value exactly (same type: 4 is not 4.0)",
+                values.join(", ")
+            )));
+        }
+    }
+    points.retain(|p| !excluded.iter().any(|e| matches(e, p)));
     let included: Vec<Vec<(String, Value)>> = include.iter().enumerate().map(|(i, inc)| as_point(inc, &format!("{source}: sweep.include[{i}]"))).collect::<Result<_, _>>()?;
     points.extend(with_seeds(included));
     Ok(points.into_iter().enumerate().map(|(index, sets)| SweepPoint { index, sets }).collect())
@@ -219,6 +232,20 @@ mod tests {
         let v = parse_toml("[sweep]\n\"model.heads\" = [4, 8]\n[[sweep.exclude]]\n\"train.seed\" = 1\n").unwrap();
         let err = expand(v.get("sweep").and_then(|s| s.as_table()), "t").unwrap_err().to_string();
         assert!(err.contains("sweep.exclude[0]") && err.contains("train.seed") && err.contains("not swept"), "{err}");
+    }
+
+    /// Planted, and seen to fail: the old loop (an empty rule dropped every run, a rule of
+    /// values that match nothing was accepted).
+    #[test]
+    fn empty_and_unmatched_exclusions_are_errors() {
+        let err = |text: &str| {
+            let v = parse_toml(text).unwrap();
+            expand(v.get("sweep").and_then(|s| s.as_table()), "t").unwrap_err().to_string()
+        };
+        let e = err("[sweep]\n\"model.heads\" = [4, 8]\n[[sweep.exclude]]\n");
+        assert!(e.contains("sweep.exclude[0] is empty"), "{e}");
+        let e = err("[sweep]\n\"model.heads\" = [4, 8]\n[[sweep.exclude]]\n\"model.heads\" = 4.0\n");
+        assert!(e.contains("sweep.exclude[0]") && e.contains("matches no run"), "{e}");
     }
 
     #[test]

@@ -196,16 +196,46 @@ pub fn measured_state_bytes(model: &Gpt, device: &Device) -> usize {
     model.init_states(1, model.max_seq, device).iter().map(|s| s.bytes()).sum::<usize>() / model.max_seq
 }
 
-fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState) -> Result<()> {
-    let tmp = dir.root.join("checkpoint.tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+/// How many of the model's parameter tensors hold a NaN or an infinity (0 = all finite).
+pub fn non_finite_params(model: &Gpt) -> usize {
+    struct Check(usize);
+    impl burn::module::ModuleVisitor for Check {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if !param.val().is_finite().all().into_scalar::<bool>() {
+                self.0 += 1;
+            }
+        }
     }
-    fs::create_dir_all(&tmp)?;
+    let mut check = Check(0);
+    model.visit(&mut check);
+    check.0
+}
+
+/// Leftover temp checkpoint folders of killed processes (`checkpoint.tmp*`, `.checkpoint.*.tmp`).
+fn remove_temp_checkpoints(dir: &RunDir) {
+    let Ok(entries) = fs::read_dir(&dir.root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint.tmp") || (name.starts_with(".checkpoint.") && name.ends_with(".tmp")) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Writes a checkpoint (into a per-process temp folder, then renamed into place), never one
+/// with non-finite weights, and only while this process still holds the run's lock.
+fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState, lock: &RunLock) -> Result<()> {
+    let bad = non_finite_params(model);
+    anyhow::ensure!(bad == 0, "not writing a checkpoint at step {}: {bad} parameter tensors hold NaN or infinity", state.step);
+    lock.verify()?;
+    remove_temp_checkpoints(dir);
+    let tmp = crate::store::temp_path(&dir.checkpoint());
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     model.clone().save_file(tmp.join("model.bpk")).map_err(|e| anyhow::anyhow!("saving model: {e:?}"))?;
     optim.save(tmp.join("optim.bpk")).map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
     write_atomic(&tmp.join("state.json"), serde_json::to_string(state)?.as_bytes())?;
     checkpoint::seal(&tmp)?;
+    lock.verify()?;
     checkpoint::install(&tmp, &dir.checkpoint())
 }
 
@@ -214,12 +244,42 @@ fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let kept: String = fs::read_to_string(path)?
+    let kept: String = fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} (the run's metrics; move the run folder away to start over)", path.display()))?
         .lines()
         .filter(|l| serde_json::from_str::<MetricLine>(l).map(|m| m.step() <= step).unwrap_or(false))
         .map(|l| format!("{l}\n"))
         .collect();
     write_atomic(path, kept.as_bytes())
+}
+
+/// A run's data fingerprint (`data.sha256`): written when the run starts, compared on every
+/// resume, so a run never continues on other data than it began with (the run id hashes the
+/// data too; this catches a store written before it did, or a hand-copied folder).
+fn check_data_hash(run: &PreparedRun, dir: &RunDir) -> Result<()> {
+    let Some(sha) = &run.data_sha256 else { return Ok(()) };
+    let path = dir.root.join("data.sha256");
+    match fs::read_to_string(&path) {
+        Ok(stored) if stored.trim() == sha => Ok(()),
+        Ok(stored) => Err(crate::SpecError::new(format!(
+            "run {}: the data ({}) has sha256 {sha}, but the run started on data with sha256 {} ({}): \
+             the corpus changed; restore it, or move {} away to start over",
+            run.run_id,
+            run.data_source,
+            stored.trim(),
+            path.display(),
+            dir.root.display()
+        ))
+        .into()),
+        Err(_) if dir.checkpoint().exists() || crate::checkpoint::previous(&dir.checkpoint()).exists() => Err(crate::SpecError::new(format!(
+            "run {}: has a checkpoint but no {}: cannot tell whether its data changed; move {} away to start over",
+            run.run_id,
+            path.display(),
+            dir.root.display()
+        ))
+        .into()),
+        Err(_) => write_atomic(&path, format!("{sha}\n").as_bytes()),
+    }
 }
 
 /// Trains one prepared run into `opts.out/<experiment>/<run-id>/`. A finished run is not
@@ -233,14 +293,16 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         return Ok(RunOutcome::AlreadyFinished(summary));
     }
     fs::create_dir_all(&dir.root).with_context(|| format!("cannot create the run folder {}", dir.root.display()))?;
-    let _lock = match RunLock::acquire(&dir.root)? {
+    let _active = crate::interrupt::Active::new();
+    let lock = match RunLock::acquire(&dir.root)? {
         Ok(lock) => lock,
         Err(holder) => return Ok(RunOutcome::Busy(holder)),
     };
     if let Ok(text) = fs::read_to_string(dir.summary()) {
         // Finished by another process while we waited for the lock.
-        return Ok(RunOutcome::AlreadyFinished(serde_json::from_str(&text)?));
+        return Ok(RunOutcome::AlreadyFinished(serde_json::from_str(&text).with_context(|| format!("reading {}", dir.summary().display()))?));
     }
+    check_data_hash(run, &dir)?;
     if let Ok(stored) = fs::read_to_string(dir.tokenizer()) {
         let stored: attnlab_data::Tokenizer = serde_json::from_str(&stored).with_context(|| format!("reading {}", dir.tokenizer().display()))?;
         if stored != run.tokenizer {
@@ -317,7 +379,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             }
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             state.interrupted = true;
-            save_checkpoint(&dir, &model, &optim, &state)?;
+            save_checkpoint(&dir, &model, &optim, &state, &lock)?;
             pb.finish_and_clear();
             return Ok(RunOutcome::Stopped { step: state.step });
         }
@@ -329,8 +391,14 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
-        let loss_value = if log_now { Some(loss.into_scalar::<f32>() as f64) } else { None };
+        // Read every step (a host sync the step's own `device.sync()` pays anyway), so a
+        // divergence is caught at the step it happens, not at the next logging step.
+        let loss_now = loss.into_scalar::<f32>() as f64;
+        let loss_value = log_now.then_some(loss_now);
         device.sync().ok();
+        if lock.lost() {
+            lock.verify()?;
+        }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         if let Some(bytes) = crate::memory::device_reserved_bytes(&device) {
             device_peak = Some(device_peak.map_or(bytes, |p: u64| p.max(bytes)));
@@ -340,8 +408,8 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             state.step_ms.push(ms);
         }
         state.step += 1;
-        if let Some(l) = loss_value.filter(|l| !l.is_finite()) {
-            pb.println(format!("run {}: training loss is {l} at step {}: stopping it as diverged", run.run_id, state.step));
+        if !loss_now.is_finite() {
+            pb.println(format!("run {}: training loss is {loss_now} at step {}: stopping it as diverged", run.run_id, state.step));
             diverged_at = Some(state.step);
             break;
         }
@@ -374,9 +442,22 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         }
         if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < t.steps {
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-            save_checkpoint(&dir, &model, &optim, &state)?;
+            if let Err(e) = save_checkpoint(&dir, &model, &optim, &state, &lock) {
+                if non_finite_params(&model) == 0 {
+                    return Err(e);
+                }
+                // The update of this step made the weights non-finite: diverged.
+                pb.println(format!("run {}: {e:#}: stopping it as diverged", run.run_id));
+                diverged_at = Some(state.step);
+                break;
+            }
         }
         pb.set_position(state.step as u64);
+    }
+    if diverged_at.is_none() && non_finite_params(&model) > 0 {
+        // The last update made the weights non-finite (the loss before it was finite).
+        diverged_at = Some(state.step);
+        pb.println(format!("run {}: the weights are non-finite after step {}: marking it diverged", run.run_id, state.step));
     }
     // The final model's test score (tasks only): reported, never used to select.
     let test = (run.data.has_test() && diverged_at.is_none()).then(|| evaluate(&model.valid(), run, Split::Test, &device.clone().inner()));
@@ -388,7 +469,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
     if diverged_at.is_none() {
         // A diverged run keeps its last good checkpoint.
-        save_checkpoint(&dir, &model, &optim, &state)?;
+        save_checkpoint(&dir, &model, &optim, &state, &lock)?;
     }
 
     let mut sorted = state.step_ms.clone();
@@ -435,6 +516,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         data_source: run.data_source.clone(),
         vocab: spec.model.vocab,
     };
+    lock.verify()?;
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(RunOutcome::Finished(summary))
 }
@@ -447,10 +529,8 @@ pub fn run_status(out: &std::path::Path, run: &PreparedRun) -> String {
     if dir.summary().exists() {
         return "done".into();
     }
-    if dir.root.join("lock").exists() {
-        if let Ok(Err(_)) = RunLock::acquire(&dir.root).map(|r| r.map(drop)) {
-            return "running".into();
-        }
+    if crate::lock::live_holder(&dir.root).is_some() {
+        return "running".into();
     }
     match fs::read_to_string(dir.checkpoint().join("state.json")).ok().and_then(|s| serde_json::from_str::<TrainerState>(&s).ok()) {
         Some(state) if state.interrupted => format!("interrupted@{}", state.step),

@@ -73,6 +73,8 @@ fn a_corrupt_checkpoint_falls_back_to_the_previous_one_then_to_a_fresh_start() {
     }
 }
 
+/// Planted, and seen to fail: a lock naming this process's pid judged live (the old rule:
+/// a killed container's PID 1 lock blocks the next container's PID 1 for ever).
 #[test]
 fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     let run = run();
@@ -80,17 +82,85 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     let dir = run_dir(out.path(), &run);
     fs::create_dir_all(&dir).unwrap();
     let host = attnlab_exp::lock::host();
-    // This test process is alive: the run is busy, nothing is written.
-    fs::write(dir.join("lock"), format!("{} {host}\n", std::process::id())).unwrap();
+    // A live process on this host: the run is busy, nothing is written.
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    fs::write(dir.join("lock"), format!("{} {host} 00000000000000aa\n", sleeper.id())).unwrap();
     match train(&run, &cpu_opts(out.path(), None)).unwrap() {
-        RunOutcome::Busy(holder) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
+        RunOutcome::Busy(holder) => assert!(holder.contains(&sleeper.id().to_string()), "{holder}"),
         other => panic!("expected busy, got {other:?}"),
     }
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
     assert!(!dir.join("metrics.jsonl").exists() && !dir.join("config.toml").exists());
-    // A pid that cannot exist (above the kernel's pid_max): stale, taken over, removed at the end.
-    fs::write(dir.join("lock"), format!("4294967295 {host}\n")).unwrap();
-    finish(out.path(), &run);
-    assert!(!dir.join("lock").exists(), "the lock is released when the run ends");
+    // This very process's pid, but none of its locks (a PID namespace): stale.
+    fs::write(dir.join("lock"), format!("{} {host} 00000000000000bb\n", std::process::id())).unwrap();
+    assert!(attnlab_exp::lock::live_holder(&dir).is_none());
+    // A pid that cannot exist (above the kernel's pid_max), and an empty lock (left by an older
+    // binary on a full disk): stale, taken over, removed at the end.
+    for planted in [format!("4294967295 {host}\n"), String::new()] {
+        fs::write(dir.join("lock"), planted).unwrap();
+        let _ = fs::remove_file(dir.join("summary.json"));
+        finish(out.path(), &run);
+        assert!(!dir.join("lock").exists(), "the lock is released when the run ends");
+    }
+}
+
+/// Eight threads race for one lock, fifty times: exactly one wins each time; a lock taken
+/// over by another process is never removed by the loser's drop, and it knows it lost.
+///
+/// Planted, and seen to fail: `Drop` removing the file whatever it holds; `verify` not
+/// comparing the token.
+#[test]
+fn one_lock_one_holder_and_drop_removes_only_its_own() {
+    use attnlab_exp::lock::RunLock;
+    let out = tempfile::tempdir().unwrap();
+    let root = out.path().to_path_buf();
+    for _ in 0..50 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (root, barrier) = (root.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    RunLock::acquire(&root).unwrap().ok()
+                })
+            })
+            .collect();
+        let locks: Vec<RunLock> = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+        assert_eq!(locks.len(), 1, "exactly one holder");
+        drop(locks);
+        assert!(!root.join("lock").exists());
+        let leftovers: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    let lock = RunLock::acquire(&root).unwrap().unwrap();
+    lock.verify().unwrap();
+    fs::write(root.join("lock"), "4242 node-b 1111222233334444\n").unwrap();
+    let err = lock.verify().unwrap_err().to_string();
+    assert!(err.contains("lost the lock"), "{err}");
+    drop(lock);
+    assert_eq!(fs::read_to_string(root.join("lock")).unwrap(), "4242 node-b 1111222233334444\n", "another's lock is left alone");
+}
+
+/// A held lock's heartbeat keeps its mtime fresh (so it never looks stale to another host),
+/// and a lock taken over under it is noticed by the heartbeat. Planted, and seen to fail: the
+/// heartbeat thread not started (the mtime stays 200 s old).
+#[test]
+fn the_heartbeat_refreshes_a_held_lock_and_notices_a_take_over() {
+    use attnlab_exp::lock::RunLock;
+    attnlab_exp::lock::set_heartbeat(std::time::Duration::from_millis(50));
+    let out = tempfile::tempdir().unwrap();
+    let lock = RunLock::acquire(out.path()).unwrap().unwrap();
+    let path = out.path().join("lock");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(200);
+    fs::File::options().append(true).open(&path).unwrap().set_modified(old).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let age = fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap_or_default();
+    assert!(age.as_secs() < 5, "heartbeat {age:?} old");
+    assert!(!lock.lost());
+    fs::write(&path, "4242 node-b 1111222233334444\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(lock.lost(), "the heartbeat sees the lock taken over");
 }
 
 #[test]

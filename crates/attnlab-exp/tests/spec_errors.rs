@@ -132,3 +132,18 @@ fn new_optimiser_fields_reject_unknown_values() {
     let e = error(&["train.decay=\"some\""]);
     assert_mentions(&e, &["decay", "matrices", "all", "none"]);
 }
+
+/// Bookkeeping fields do not enter the run id (an interrupted run resumes after changing
+/// them); every other field does. Planted, and seen to fail: the id hashing the spec as is.
+#[test]
+fn bookkeeping_fields_stay_out_of_the_run_id() {
+    let id = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        ExperimentSpec::from_toml_str(BASE, "exp.toml", &sets).unwrap().prepare("exp.toml").unwrap().run_id
+    };
+    let base = id(&[]);
+    assert_eq!(id(&["train.checkpoint_every=7", "train.log_every=3", "eval.every=2"]), base);
+    for changed in ["train.lr=0.002", "train.seed=1", "eval.batches=3", "train.steps=4"] {
+        assert_ne!(id(&[changed]), base, "{changed}");
+    }
+}

@@ -63,8 +63,8 @@ impl ModelConfig {
                 return Err(ConfigError::new(field, value, "must be ≥ 1"));
             }
         }
-        if !(self.rope_base > 1.0) {
-            return Err(ConfigError::new("model.rope_base", self.rope_base, "must be > 1"));
+        if !(self.rope_base > 1.0 && self.rope_base.is_finite()) {
+            return Err(ConfigError::new("model.rope_base", self.rope_base, "must be finite and > 1"));
         }
         self.attention.validate(self.d_model, self.heads)
     }

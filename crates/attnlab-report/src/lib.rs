@@ -7,7 +7,7 @@ pub mod plots;
 pub mod stats;
 pub mod tables;
 
-pub use load::{load_runs, RunRecord};
+pub use load::{load_runs, load_store, RunRecord};
 pub use tables::{group_runs, Group};
 
 use std::path::Path;
@@ -18,7 +18,10 @@ use anyhow::{Context, Result};
 /// `out` (a human reading of the results) is kept and included in `README.md`.
 /// `peak_flops` fills in MFU for runs recorded before summaries carried it (older runs).
 pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Result<Vec<Group>> {
-    let mut runs = load_runs(runs_dir)?;
+    let (mut runs, skipped) = load_store(runs_dir)?;
+    for reason in &skipped {
+        eprintln!("warning: left out of the report: {reason}");
+    }
     if let Some(peak) = peak_flops {
         for r in &mut runs {
             load::fill_mfu(r, peak);
@@ -28,7 +31,14 @@ pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Res
     let groups = group_runs(&runs);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let notes = std::fs::read_to_string(out.join("notes.md")).ok();
-    write(out, "README.md", &tables::markdown(&runs, &groups, notes.as_deref()))?;
+    let mut readme = tables::markdown(&runs, &groups, notes.as_deref());
+    if !skipped.is_empty() {
+        readme.push_str(&format!("\n## Runs left out\n\n{} run folders have a summary or config that cannot be used:\n\n", skipped.len()));
+        for reason in &skipped {
+            readme.push_str(&format!("- {reason}\n"));
+        }
+    }
+    write(out, "README.md", &readme)?;
     write(out, "results.csv", &tables::csv(&runs, &groups))?;
     write(out, "results.json", &serde_json::to_string_pretty(&tables::json(&runs, &groups))?)?;
     plots::loss_svg(&groups, &out.join("loss.svg"))?;
@@ -39,9 +49,14 @@ pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Res
     Ok(groups)
 }
 
+/// Writes `dir/name` whole (a per-process temp file, then rename); the temp file is removed
+/// when writing fails (a full disk).
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", dir.join(name).display()));
+    }
     Ok(())
 }

@@ -47,30 +47,82 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// All finished runs below `dir` (one experiment's folder), sorted by run id.
+/// All finished runs below `dir` (one experiment's folder), sorted by run id; run folders
+/// whose summary or config is unreadable are left out (see [`load_store`]).
 pub fn load_runs(dir: &Path) -> Result<Vec<RunRecord>> {
+    Ok(load_store(dir)?.0)
+}
+
+/// Why a summary cannot be used, or `None` when it has what a report needs.
+fn summary_problem(summary: &Json) -> Option<String> {
+    let Some(obj) = summary.as_object() else { return Some(format!("not a JSON object ({})", short(summary))) };
+    for key in ["attention", "status"] {
+        if !obj.get(key).is_some_and(Json::is_string) {
+            return Some(format!("field \"{key}\" missing or not a string"));
+        }
+    }
+    if !obj.get("best_val_loss").is_some_and(|v| v.is_number() || v.is_null()) {
+        return Some("field \"best_val_loss\" missing or not a number".into());
+    }
+    None
+}
+
+fn short(v: &Json) -> String {
+    let s = v.to_string();
+    if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
+}
+
+/// One run folder: `Ok(None)` when it has no summary (not finished), `Err(reason)` when its
+/// files cannot be used.
+fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
+    let summary_path = root.join("summary.json");
+    let bytes = match std::fs::read(&summary_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: cannot read: {e}", summary_path.display())),
+    };
+    let summary: Json = serde_json::from_slice(&bytes).map_err(|e| format!("{}: not JSON: {e}", summary_path.display()))?;
+    if let Some(problem) = summary_problem(&summary) {
+        return Err(format!("{}: {problem}", summary_path.display()));
+    }
+    let config_path = root.join("config.toml");
+    let config_text = std::fs::read_to_string(&config_path).map_err(|e| format!("{}: cannot read: {e}", config_path.display()))?;
+    let config: toml::Value = toml::from_str(&config_text).map_err(|e| format!("{}: not TOML: {}", config_path.display(), e.message()))?;
+    let mut flat = BTreeMap::new();
+    flatten("", &config, &mut flat);
+    let val_curve = std::fs::read(root.join("metrics.jsonl"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter(|m| m.get("kind").and_then(Json::as_str) == Some("eval"))
+        .filter_map(|m| Some((m.get("step")?.as_u64()? as usize, m.get("val_loss")?.as_f64()?)))
+        .collect();
+    let run_id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Some(RunRecord { run_id, summary, config: flat, val_curve }))
+}
+
+/// All finished runs below `dir`, sorted by run id, and one line per run folder left out
+/// because its summary or config cannot be used (file named, reason given).
+pub fn load_store(dir: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let mut runs = Vec::new();
+    let mut skipped = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the run store {}", dir.display()))?;
     for entry in entries {
         let root = entry?.path();
-        let Ok(summary) = std::fs::read_to_string(root.join("summary.json")) else { continue };
-        let summary: Json = serde_json::from_str(&summary).with_context(|| format!("{}/summary.json", root.display()))?;
-        let config: toml::Value = toml::from_str(&std::fs::read_to_string(root.join("config.toml"))?)
-            .with_context(|| format!("{}/config.toml", root.display()))?;
-        let mut flat = BTreeMap::new();
-        flatten("", &config, &mut flat);
-        let val_curve = std::fs::read_to_string(root.join("metrics.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-            .filter(|m| m.get("kind").and_then(Json::as_str) == Some("eval"))
-            .filter_map(|m| Some((m.get("step")?.as_u64()? as usize, m.get("val_loss")?.as_f64()?)))
-            .collect();
-        let run_id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        runs.push(RunRecord { run_id, summary, config: flat, val_curve });
+        let hidden = root.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || !root.is_dir() {
+            continue;
+        }
+        match load_run(&root) {
+            Ok(Some(run)) => runs.push(run),
+            Ok(None) => {}
+            Err(reason) => skipped.push(reason),
+        }
     }
     runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-    Ok(runs)
+    skipped.sort();
+    Ok((runs, skipped))
 }
 
 /// Sets `mfu = 3 · flops_per_token · train_tokens_per_sec / peak` (and `peak_flops`) on a run
