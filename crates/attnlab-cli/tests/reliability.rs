@@ -82,8 +82,10 @@ fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
 /// exactly one trains it, the others skip it (busy) or find it done, and the stored result
 /// equals a run trained alone (training is deterministic).
 ///
-/// Planted, and seen to fail: the lock written in place (`create_new` then write, the old
-/// code: an empty lock read as stale); dropping a lock that removes whatever file is there.
+/// Planted, and seen to fail: a lock that never excludes (every process trains: "lost the
+/// lock", a result from an overlapping writer). Too rare to catch in three trials of processes
+/// (the original report saw 3 in 80): the old in-place lock write; attnlab-exp's thread race
+/// catches a check-then-create lock.
 #[test]
 fn twelve_processes_on_one_fresh_run_train_it_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -139,7 +139,11 @@ impl Seen {
         }
         let pid = match self.pid {
             Some(pid) => pid,
-            None => return Some("its content is not `<pid> <host> <token>`".into()),
+            // This binary's locks are complete when they appear; an unreadable one may be an
+            // older binary's lock being written in place, so it is stale only once it is older
+            // than a heartbeat.
+            None if self.age > HEARTBEAT => return Some(format!("its content is not `<pid> <host> <token>` and it is {} s old", self.age.as_secs())),
+            None => return None,
         };
         if self.host != host() {
             return None;

@@ -95,10 +95,15 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     // This very process's pid, but none of its locks (a PID namespace): stale.
     fs::write(dir.join("lock"), format!("{} {host} 00000000000000bb\n", std::process::id())).unwrap();
     assert!(attnlab_exp::lock::live_holder(&dir).is_none());
-    // A pid that cannot exist (above the kernel's pid_max), and an empty lock (left by an older
-    // binary on a full disk): stale, taken over, removed at the end.
+    // A pid that cannot exist (above the kernel's pid_max), and an empty lock older than a
+    // heartbeat (left by an older binary on a full disk): stale, taken over, removed at the end.
+    // An empty lock younger than that may be an older binary's lock being written: busy.
+    fs::write(dir.join("lock"), "").unwrap();
+    assert!(attnlab_exp::lock::live_holder(&dir).is_some(), "a fresh unreadable lock is busy");
     for planted in [format!("4294967295 {host}\n"), String::new()] {
         fs::write(dir.join("lock"), planted).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options().append(true).open(dir.join("lock")).unwrap().set_modified(old).unwrap();
         let _ = fs::remove_file(dir.join("summary.json"));
         finish(out.path(), &run);
         assert!(!dir.join("lock").exists(), "the lock is released when the run ends");
@@ -108,8 +113,11 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
 /// Eight threads race for one lock, fifty times: exactly one wins each time; a lock taken
 /// over by another process is never removed by the loser's drop, and it knows it lost.
 ///
-/// Planted, and seen to fail: `Drop` removing the file whatever it holds; `verify` not
-/// comparing the token.
+/// Planted, and seen to fail: a check-then-create lock (`exists()` then write: 6 holders);
+/// `Drop` removing the file whatever it holds. Planted and *not* caught: the old in-place
+/// write (`create_new`, then the content) — its window is too short for this race even in 400
+/// rounds; the hard link rules it out by construction, and an unreadable lock younger than a
+/// heartbeat counts as busy.
 #[test]
 fn one_lock_one_holder_and_drop_removes_only_its_own() {
     use attnlab_exp::lock::RunLock;
