@@ -133,8 +133,8 @@ fn half_trained(file: &Path, out: &Path) -> PathBuf {
 /// processes: which are taken over, which make a sweep skip the run and exit 75 naming it, and
 /// `attnlab unlock`.
 ///
-/// Planted, and seen to fail: no lease (a foreign lock is never stale); the own-pid rule
-/// removed; sweep exiting 0 after skipping.
+/// Planted, and seen to fail: no lease (a foreign lock is never stale); sweep exiting 0 after
+/// skipping. (The own-pid rule is planted in attnlab-exp's reliability tests.)
 #[test]
 fn locks_of_dead_nodes_expire_and_a_skipped_run_is_not_silent() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +186,7 @@ fn locks_of_dead_nodes_expire_and_a_skipped_run_is_not_silent() {
 /// Rewriting a `corpus = "file"` corpus makes a new run (the id hashes the bytes), and a
 /// resume whose data changed is refused, changing nothing.
 ///
-/// Planted, and seen to fail: the id hashing the path only (the old code: "already done").
+/// Planted, and seen to fail: the id without the data's sha256 (the old code: "already done").
 #[test]
 fn the_run_id_follows_the_corpus_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,8 +219,9 @@ fn the_run_id_follows_the_corpus_bytes() {
 /// fit in memory, non-finite values, FIFOs, overflowing counts. Each exits 2 with one `error:`
 /// line naming the field or option, writes nothing, and never panics (exit 101) or aborts (134).
 ///
-/// Planted, and seen to fail: the old name rule (accepts ".."); the memory check removed
-/// (allocation abort, exit 134); `weight_decay` checked without `is_finite`.
+/// Planted, and seen to fail: the old name rule (accepts "..": exit 0, a run folder outside
+/// `--out`); the memory check removed (not exit 2; the case took minutes of allocation).
+/// `weight_decay` without `is_finite` is caught by prop_spec.rs.
 #[test]
 fn impossible_input_is_refused_before_compute() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,7 +312,7 @@ fn divergence_is_caught_at_its_step_and_never_checkpointed() {
 /// and validates its options without panicking.
 ///
 /// Planted, and seen to fail: `generate` without `checkpoint::verify` (4 KiB overwritten →
-/// other text, exit 0); `ids.len() + tokens` unchecked (capacity-overflow panic, exit 101).
+/// other text, exit 0); `ids.len() + tokens` wrapping (capacity-overflow panic, exit 101).
 #[test]
 fn generate_verifies_the_checkpoint_and_its_options() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,7 +356,8 @@ fn generate_verifies_the_checkpoint_and_its_options() {
 /// Leftover temp checkpoints (a kill mid-write) trip neither `report` nor `sweep --dry-run`,
 /// and the next save removes them.
 ///
-/// Planted, and seen to fail: the old loader (`{}` gave a row of NaN with an empty name).
+/// Planted, and seen to fail: the summary check removed (`{}` gave a row of NaN with an empty
+/// name and no warning).
 #[test]
 fn report_and_dry_run_survive_corrupt_and_leftover_files() {
     let dir = tempfile::tempdir().unwrap();
