@@ -234,8 +234,8 @@ mod tests {
         assert!(err.contains("sweep.exclude[0]") && err.contains("train.seed") && err.contains("not swept"), "{err}");
     }
 
-    /// Planted, and seen to fail: the old loop (an empty rule dropped every run, a rule of
-    /// values that match nothing was accepted).
+    /// Planted, and seen to fail, each alone: the empty-rule check removed (an empty rule
+    /// dropped every run); the no-match check removed (4.0 against swept 4 was accepted).
     #[test]
     fn empty_and_unmatched_exclusions_are_errors() {
         let err = |text: &str| {

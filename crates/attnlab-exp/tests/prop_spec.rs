@@ -3,8 +3,8 @@
 //! any override is accepted or refused with one line naming the file, never a panic; an
 //! accepted integer comes back unchanged in the typed config; an accepted float is finite.
 //!
-//! Planted, and seen to fail: `train.weight_decay` validated without `is_finite` (inf
-//! accepted); `--set` writing the value to the parent table's key (round trip broken).
+//! Planted, and seen to fail: `train.weight_decay` validated without `is_finite` (shrunk to
+//! `train.weight_decay = inf` accepted).
 
 use attnlab_exp::overrides::get_path;
 use attnlab_exp::sweep::load_experiment;
