@@ -1,32 +1,9 @@
 //! The binary: bad input exits with code 2 and one line before any compute, writing nothing;
 //! a tiny run trains and `generate` samples from it.
 
-use std::process::Command;
+mod common;
 
-fn attnlab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_attnlab"))
-}
-
-const TINY: &str = r#"
-name = "tiny"
-[data]
-corpus = "builtin"
-[model]
-d_model = 32
-layers = 1
-heads = 4
-max_seq = 48
-[model.attention]
-kind = "mha"
-[train]
-steps = 20
-batch = 4
-block = 16
-warmup = 2
-[eval]
-every = 10
-batches = 2
-"#;
+use common::{attnlab, TINY};
 
 #[test]
 fn bad_input_exits_2_with_one_line_and_writes_nothing() {

@@ -6,30 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn attnlab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_attnlab"))
-}
+mod common;
 
-const TINY: &str = r#"
-name = "tiny"
-[data]
-corpus = "builtin"
-[model]
-d_model = 32
-layers = 1
-heads = 4
-max_seq = 48
-[model.attention]
-kind = "mha"
-[train]
-steps = 12
-batch = 4
-block = 16
-warmup = 2
-[eval]
-every = 6
-batches = 2
-"#;
+use common::{attnlab, TINY};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
