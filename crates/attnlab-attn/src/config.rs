@@ -470,6 +470,10 @@ impl AttentionConfig {
                     positive("head_dim", *dk)?;
                 }
                 positive("expand_v", *expand_v)?;
+                let dk_or_default = dk.unwrap_or(d_model / heads.max(1));
+                if dk_or_default.checked_mul(*expand_v).is_none_or(|dv| dv > 1 << 16) {
+                    return Err(ConfigError::new("model.attention.expand_v", expand_v, format!("head_dim ({dk_or_default}) × expand_v must be ≤ 65536")));
+                }
                 positive("chunk", *chunk)?;
                 if let Self::Kda { lower_bound: Some(lb), .. } = self {
                     if !(-5.0..0.0).contains(lb) {

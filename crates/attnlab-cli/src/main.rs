@@ -39,7 +39,7 @@ struct Cli {
     command: Command,
     /// Memory bound for the checks made before any compute (e.g. 8G, 512MiB); default: this
     /// machine's memory. A config whose estimated need exceeds it is refused (exit 2).
-    #[arg(long, global = true, value_name = "SIZE")]
+    #[arg(long, global = true, value_name = "SIZE", env = "ATTNLAB_MAX_MEMORY")]
     max_memory: Option<String>,
 }
 
@@ -236,16 +236,23 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // `attnlab … | head`: a closed pipe ends the process quietly, as it does `cat` (Rust
+    // ignores SIGPIPE by default, and `println!` would panic on the EPIPE error).
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Plain lines (no colour codes) when stderr is a file or a pipe: a batch job's log.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let cli = Cli::parse();
     install_interrupt_handler();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() || e.downcast_ref::<StoppedBetweenRuns>().is_some() => {
             eprintln!("{e}");
             ExitCode::from(130)
         }
@@ -256,6 +263,10 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<Incomplete>().is_some() => {
             eprintln!("{e}");
             ExitCode::from(Incomplete::CODE)
+        }
+        Err(e) if e.downcast_ref::<Diverged>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(Diverged::CODE)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -320,6 +331,51 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A sweep stopped by a signal between two runs (nothing to checkpoint).
+#[derive(Debug)]
+struct StoppedBetweenRuns;
+
+impl std::fmt::Display for StoppedBetweenRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted between runs; run the same command again to continue the sweep")
+    }
+}
+
+impl std::error::Error for StoppedBetweenRuns {}
+
+/// `train` of a run that ended diverged (its summary is written; the sweep goes on instead).
+#[derive(Debug)]
+struct Diverged(String, Option<usize>);
+
+impl Diverged {
+    const CODE: u8 = 3;
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.1.map_or(String::new(), |s| format!(" at step {s}"));
+        write!(f, "run {} diverged{at} (exit {}); lower train.lr or raise train.warmup", self.0, Self::CODE)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
+/// The end of `train`: the few numbers a researcher looks at first, and where the rest is.
+fn print_summary(s: &attnlab_exp::Summary, out: &Path, already: bool) {
+    let dir = out.join(&s.experiment).join(&s.run_id);
+    let state = match (already, s.status.as_str()) {
+        (true, status) => format!("already {status}"),
+        (false, status) => status.to_string(),
+    };
+    let acc = s.final_test_accuracy.map_or(String::new(), |a| format!(", test accuracy {:.1}%", 100.0 * a));
+    println!(
+        "run {} ({}) {state}: best val loss {:.4}, final val loss {:.4}{acc}, {:.0} tokens/s, {:.0} s",
+        s.run_id, s.attention, s.best_val_loss, s.final_val_loss, s.train_tokens_per_sec, s.wall_seconds
+    );
+    println!("run folder: {}", dir.display());
+    println!("every metric: {}", dir.join("summary.json").display());
+}
+
 /// A sweep that ended with runs skipped because other processes hold their locks.
 #[derive(Debug)]
 struct Incomplete(Vec<String>);
@@ -366,6 +422,13 @@ fn install_interrupt_handler() {
     }
 }
 
+/// The backend for `device`; on an accelerator the memory check keeps to host-side terms.
+fn backend(device: &str) -> Result<burn::tensor::Device> {
+    let backend = parse_device(device)?;
+    attnlab_exp::budget::set_accelerator(device != "cpu");
+    Ok(backend)
+}
+
 fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
     let text = attnlab_exp::spec::read_spec_file(file)?;
     Ok(load_experiment(&text, &file.display().to_string(), sets)?)
@@ -374,11 +437,13 @@ fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
 fn run(cli: Cli) -> Result<()> {
     if let Some(size) = &cli.max_memory {
         attnlab_exp::budget::set_max_memory(attnlab_exp::budget::parse_bytes(size)?);
+        // The child processes of `bench train` / `bench scaling` read it from the environment.
+        std::env::set_var("ATTNLAB_MAX_MEMORY", size);
     }
     match cli.command {
         Command::Train(RunArgs { file, out, device, sets, quiet, lock_lease }) => {
             attnlab_exp::lock::set_lease(lock_lease)?;
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if exp.runs.len() != 1 {
                 return Err(SpecError::new(format!("{}: has a [sweep] of {} runs; use `attnlab sweep`", file.display(), exp.runs.len())).into());
@@ -395,8 +460,14 @@ fn run(cli: Cli) -> Result<()> {
                 "training"
             );
             let opts = TrainOptions { out, device: backend, device_name: device, progress: !quiet, stop_at: None, multi: None };
+            let out = opts.out.clone();
             match train(run, &opts)? {
-                RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) => println!("{}", serde_json::to_string_pretty(&s)?),
+                RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) if s.status == "diverged" => {
+                    print_summary(&s, &out, false);
+                    return Err(Diverged(s.run_id.clone(), s.diverged_at_step).into());
+                }
+                RunOutcome::Finished(s) => print_summary(&s, &out, false),
+                RunOutcome::AlreadyFinished(s) => print_summary(&s, &out, true),
                 RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
                 RunOutcome::Busy(holder) => return Err(anyhow::anyhow!("run {} is being trained by another process: {holder}", run.run_id)),
             }
@@ -404,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sweep { run: RunArgs { file, out, device, sets, quiet, lock_lease }, shard, dry_run, report } => {
             attnlab_exp::lock::set_lease(lock_lease)?;
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
             println!("{} runs of {} (output {}):", exp.runs.len(), exp.name, out.join(&exp.name).display());
@@ -426,7 +497,7 @@ fn run(cli: Cli) -> Result<()> {
             overall.set_style(indicatif::ProgressStyle::with_template("sweep {bar:30} {pos}/{len} runs [{elapsed_precise}<{eta_precise}]")?);
             for idx in mine {
                 if attnlab_exp::interrupt::requested() {
-                    return Err(anyhow::anyhow!("interrupted between runs; run the same command again to continue the sweep"));
+                    return Err(StoppedBetweenRuns.into());
                 }
                 let run = &exp.runs[idx];
                 let opts = TrainOptions { out: out.clone(), device: backend.clone(), device_name: device.clone(), progress: !quiet, stop_at: None, multi: Some(multi.clone()) };
@@ -462,7 +533,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Decode { file, device, sets, contexts, batches, tokens, json, plots } } => {
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if tokens == 0 || contexts.is_empty() || batches.is_empty() || batches.contains(&0) {
                 return Err(SpecError::new("bench decode: --tokens, --contexts and --batches must be non-empty and ≥ 1").into());
@@ -503,7 +574,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Scaling { file, device, sets, lengths, modes, batch, reps, json, plots } } => {
-            parse_device(&device)?;
+            backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if let Some(bad) = modes.iter().find(|m| !SCALING_MODES.contains(&m.as_str())) {
                 return Err(SpecError::new(format!("bench scaling: --modes: unknown mode {bad:?} (allowed: {})", SCALING_MODES.join(", "))).into());
@@ -553,7 +624,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::ScalingPoint { attention, d_model, heads, seq, batch, mode, reps, device } } => {
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             let shape = attnlab_model::ModelConfig {
                 d_model,
                 heads,
@@ -580,10 +651,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Train { file, device, sets, steps, warmup, json } } => {
-            parse_device(&device)?;
+            backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
-            if steps == 0 {
-                return Err(SpecError::new("bench train: --steps must be ≥ 1").into());
+            if steps == 0 || steps > 1_000_000 || warmup > 1_000_000 {
+                return Err(SpecError::new(format!("bench train: --steps = {steps}, --warmup = {warmup}: --steps must be in [1, 1000000] and --warmup ≤ 1000000")).into());
             }
             // One point per distinct config: seeds are ignored.
             let mut picked: Vec<(usize, String)> = Vec::new();
@@ -596,7 +667,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each", picked.len());
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             let peak = attnlab_exp::peak::peak_flops(&backend, &device);
             drop(backend);
             println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB");
@@ -626,15 +697,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::TrainPoint { file, index, steps, warmup, device, peak_flops, sets } } => {
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
+            if steps == 0 || steps > 1_000_000 || warmup > 1_000_000 || !(peak_flops.is_finite() && peak_flops > 0.0) {
+                return Err(SpecError::new("bench train-point: steps must be in [1, 1000000], warmup ≤ 1000000, peak_flops > 0").into());
+            }
             let exp = read_experiment(&file, &sets)?;
-            let run = exp.runs.get(index).ok_or_else(|| anyhow::anyhow!("no run {index}"))?;
+            let run = exp.runs.get(index).ok_or_else(|| SpecError::new(format!("bench train-point: no run {index} (the file has {})", exp.runs.len())))?;
             let p = attnlab_exp::bench::train_point(run, &exp.points[index].describe(), warmup, steps, &backend, peak_flops);
             println!("{}", serde_json::to_string(&p)?);
             Ok(())
         }
         Command::Bench { what: BenchCommand::Peak { device, size } } => {
-            let backend = parse_device(&device)?;
+            let backend = backend(&device)?;
             if size == 0 {
                 return Err(SpecError::new("bench peak: --size must be ≥ 1").into());
             }
@@ -658,7 +732,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate { run, prompt, tokens, temperature, top_k, seed, device } => {
-            let device = parse_device(&device)?;
+            let device = backend(&device)?;
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(SpecError::new(format!("--temperature = {temperature}: must be finite and ≥ 0 (0 = greedy)")).into());
             }

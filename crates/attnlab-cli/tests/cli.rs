@@ -37,11 +37,17 @@ fn a_tiny_run_trains_and_generates() {
     let out = dir.path().join("runs");
     let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // A short summary that says where the run is; every metric in its summary.json.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.lines().count() <= 4 && stdout.contains("best val loss"), "{stdout}");
+    let folder = stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).expect("the run folder is printed");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(folder).join("summary.json")).unwrap()).unwrap();
     for key in ["best_val_loss", "final_val_loss", "train_tokens_per_sec", "params", "kv_bytes_per_token", "wall_seconds", "device"] {
         assert!(summary.get(key).is_some(), "summary lacks {key}");
     }
+    assert!(stdout.contains(&format!("{:.4}", summary["best_val_loss"].as_f64().unwrap())), "{stdout}");
     let run_dir = out.join("tiny").join(summary["run_id"].as_str().unwrap());
+    assert_eq!(std::path::Path::new(folder), run_dir);
     for f in ["config.toml", "metrics.jsonl", "summary.json", "tokenizer.json", "checkpoint/model.bpk"] {
         assert!(run_dir.join(f).exists(), "missing {f}");
     }
@@ -213,4 +219,35 @@ fn a_repeated_warning_prints_once_per_command() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.lines().filter(|l| l.contains("new")).count(), 3, "three runs listed: {stdout}");
     assert_eq!(err.matches("Tiny Shakespeare not found").count(), 1, "{err}");
+}
+
+/// Under a batch job (stderr a file, `--quiet`), every evaluation is a plain log line (no
+/// colour codes) with the step, train and val loss and tokens/s; `| head` closing the pipe
+/// ends the process quietly.
+///
+/// Planted, and seen to fail: evaluation lines through the progress bar (`pb.println`: none
+/// in the log); the tracing subscriber with ANSI codes always on; SIGPIPE left ignored
+/// (`println!` panics: exit 101).
+#[test]
+fn batch_logs_are_plain_lines_and_a_closed_pipe_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, TINY).unwrap();
+    let log = std::fs::File::create(dir.path().join("job.log")).unwrap();
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(dir.path().join("runs")).arg(&file).stderr(log).output().unwrap();
+    assert!(o.status.success());
+    let log = std::fs::read_to_string(dir.path().join("job.log")).unwrap();
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log:?}");
+    let evals: Vec<&str> = log.lines().filter(|l| l.contains("val loss")).collect();
+    assert_eq!(evals.len(), 2, "steps 10 and 20: {log}");
+    assert!(evals.iter().all(|l| l.contains("train loss") && l.contains("tok/s") && l.contains("/20")), "{log}");
+
+    let sweep = dir.path().join("sweep.toml");
+    std::fs::write(&sweep, format!("{TINY}\n[sweep]\nseeds = [{}]\n", (0..400).map(|s| s.to_string()).collect::<Vec<_>>().join(", "))).unwrap();
+    let mut child = attnlab().args(["sweep", "--dry-run"]).arg(&sweep).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // `| head -0`: the reader is gone before the first line
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(101), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }

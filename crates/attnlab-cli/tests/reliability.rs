@@ -147,7 +147,7 @@ fn locks_of_dead_nodes_expire_and_a_skipped_run_is_not_silent() {
     // process's own pid is tested in attnlab-exp's reliability tests, in process.)
     std::fs::remove_file(run.join("summary.json")).unwrap();
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    plant_lock(&run, &format!("{} {} feedfacefeedface\n", sleeper.id(), attnlab_exp::lock::host()), 0);
+    plant_lock(&run, &format!("{} {} feedfacefeedface {}\n", sleeper.id(), attnlab_exp::lock::host(), attnlab_exp::lock::node()), 0);
     let o = sweep();
     assert_eq!(o.status.code(), Some(75), "a live local holder: {}", stderr(&o));
     sleeper.kill().unwrap();
@@ -278,7 +278,8 @@ fn divergence_is_caught_at_its_step_and_never_checkpointed() {
         let file = write_spec(dir.path(), &spec);
         let out = dir.path().join("runs");
         let o = train(&file, &out, &[]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(o.status.code(), Some(3), "a diverged `train` exits 3: {}", stderr(&o));
+        assert!(stderr(&o).contains("diverged"), "{}", stderr(&o));
         let run = run_dir(&out);
         let s = summary(&run);
         assert_eq!(s["status"], "diverged", "{s}");
@@ -413,12 +414,21 @@ fn a_signal_during_start_up_ends_the_process_before_anything_is_written() {
     let file = write_spec(dir.path(), &spec);
     let out = dir.path().join("runs");
     let child = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Ready when the handler is installed: SIGTERM (15) caught in /proc/<pid>/status.
+    let caught = || -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|m| u64::from_str_radix(m.trim(), 16).unwrap_or(0)).unwrap_or(0);
+        mask & (1 << (libc::SIGTERM - 1)) != 0
+    };
+    let ready = std::time::Instant::now();
+    while !caught() {
+        assert!(ready.elapsed().as_secs() < 20, "the handler was never installed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let started = std::time::Instant::now();
     let o = child.wait_with_output().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert!(o.status.code() == Some(130) || o.status.signal() == Some(libc::SIGTERM), "{:?}: {}", o.status, stderr(&o));
+    assert_eq!(o.status.code(), Some(130), "{:?}: {}", o.status, stderr(&o));
     assert!(started.elapsed().as_secs() < 5, "the process ended at once");
     assert!(!out.exists(), "nothing written during start-up");
 }

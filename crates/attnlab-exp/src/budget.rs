@@ -2,14 +2,16 @@
 //! impossible size (`model.d_model = 1e9`, `train.batch = 2^62`, `bench decode --contexts 1e12`)
 //! is a one-line error (exit 2) naming its largest term, not an allocator abort.
 //!
-//! The estimates are lower bounds (f64, so no product can wrap): weights, gradients and the two
-//! AdamW moments; the activations a step keeps for its backward (without attention's T × T
-//! scores); evaluation batches; the KV cache and RoPE tables at `max_seq`. The bound they are
-//! checked against is the machine's memory (the smaller of `MemTotal` and the cgroup limit), or
-//! `--max-memory`.
+//! The estimates are meant as lower bounds (f64, so no product can wrap): weights, gradients
+//! and the two AdamW moments; the activations a step keeps for its backward (without
+//! attention's T × T scores); evaluation batches; the decode state and RoPE tables at
+//! `max_seq`. The bound they are checked against is the machine's memory (`MemTotal`, or the
+//! root cgroup's `memory.max` when smaller; nested cgroup v2 and cgroup v1 limits are not
+//! read), or `--max-memory`. On an accelerator only the host-side terms are checked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use attnlab_attn::AttentionConfig;
 use attnlab_model::{MlpKind, ModelConfig};
 
 use crate::error::SpecError;
@@ -116,21 +118,40 @@ pub fn params(m: &ModelConfig) -> f64 {
     m.vocab as f64 * d + layers * (mixer + mlp + 2.0 * d) + d
 }
 
-/// Decode-state bytes per token of context for one sequence (KV caches; 0 for fixed-size
-/// recurrent states), and RoPE table bytes per position.
-fn per_token_state(m: &ModelConfig) -> (f64, f64) {
-    let head_dim = (m.d_model / m.heads.max(1)) as f64;
-    let layers = m.layers as f64;
-    if let Some(kv) = m.attention.kv_heads(m.heads.max(1)) {
-        (layers * 2.0 * kv as f64 * head_dim * F32, head_dim * F32)
-    } else if let Some((latent, rope)) = m.attention.mla_dims(m.d_model / m.heads.max(1)) {
-        (layers * (latent + rope) as f64 * F32, head_dim * F32)
+/// Decode-state bytes of one sequence at `capacity` tokens, all layers (a lower bound: the
+/// KV cache of softmax kinds, a sliding window's ring buffer, MLA's latents, and at least
+/// `d_model` floats a layer for the fixed-size state of a recurrent kind).
+pub fn state_bytes(m: &ModelConfig, capacity: usize) -> f64 {
+    let heads = m.heads.max(1);
+    let (d, head_dim) = (m.d_model as f64, (m.d_model / heads) as f64);
+    let tokens = match &m.attention {
+        AttentionConfig::SlidingWindow { window, global_tokens, .. } => window.saturating_add(*global_tokens).min(capacity),
+        _ => capacity,
+    } as f64;
+    let per_layer = if let Some(kv) = m.attention.kv_heads(heads) {
+        2.0 * kv as f64 * head_dim * F32 * tokens
+    } else if let Some((latent, rope)) = m.attention.mla_dims(m.d_model / heads) {
+        (latent + rope) as f64 * F32 * tokens
+    } else if matches!(m.attention, AttentionConfig::Differential {}) {
+        2.0 * d * F32 * tokens
     } else {
-        (0.0, 0.0)
-    }
+        d * F32
+    };
+    m.layers as f64 * per_layer
 }
 
-/// The model at rest: weights, and the decode state and RoPE tables at `max_seq`.
+/// RoPE tables: every softmax layer holds cos and sin for `max_seq` positions (recurrent kinds
+/// have none).
+fn rope_bytes(m: &ModelConfig) -> f64 {
+    let recurrent = matches!(m.attention, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. });
+    if recurrent {
+        return 0.0;
+    }
+    m.layers as f64 * m.max_seq as f64 * (m.d_model / m.heads.max(1)) as f64 * F32
+}
+
+/// The model at rest: weights (with gradients and AdamW moments when training) and its RoPE
+/// tables.
 fn model_terms(e: &mut Estimate, m: &ModelConfig, optimizer: bool) {
     let p = params(m);
     if optimizer {
@@ -138,26 +159,41 @@ fn model_terms(e: &mut Estimate, m: &ModelConfig, optimizer: bool) {
     } else {
         e.add(format!("weights ({p:.3e} parameters × 4 bytes)"), F32 * p);
     }
-    let (state, rope) = per_token_state(m);
-    e.add(format!("KV cache and RoPE tables at model.max_seq = {}", m.max_seq), m.max_seq as f64 * (state + rope));
+    e.add(format!("RoPE tables for model.max_seq = {} positions", m.max_seq), rope_bytes(m));
+}
+
+/// Whether the run's device is an accelerator, whose memory this check does not know.
+static ACCELERATOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Declares the device of the runs checked from now on: on an accelerator (wgpu, cuda) the
+/// model and activations live in its memory, which is not known here, so only host-side terms
+/// are checked.
+pub fn set_accelerator(on: bool) {
+    ACCELERATOR.store(on, Ordering::SeqCst);
 }
 
 /// Training memory of one run.
 pub fn training(spec: &ExperimentSpec) -> Estimate {
     let (m, t) = (&spec.model, &spec.train);
     let mut e = Estimate::default();
+    let tokens = t.batch as f64 * t.block as f64;
+    let sets = if spec.data.task.is_some() { 2.0 } else { 1.0 };
+    e.add(
+        format!("evaluation batches (eval.batches × train.batch × train.block = {:.3e} tokens)", spec.eval.batches as f64 * tokens * sets),
+        spec.eval.batches as f64 * tokens * sets * 16.0,
+    );
+    if ACCELERATOR.load(Ordering::SeqCst) {
+        return e;
+    }
     model_terms(&mut e, m, true);
+    // The summary measures the decode state of one sequence at max_seq.
+    e.add(format!("decode state at model.max_seq = {}", m.max_seq), state_bytes(m, m.max_seq));
     let tokens = t.batch as f64 * t.block as f64;
     let d = m.d_model as f64;
     let hidden = if m.mlp_hidden == 0 { 2.0 * d } else { m.mlp_hidden as f64 };
     e.add(
         format!("activations (train.batch × train.block = {tokens:.3e} tokens × {} layers)", m.layers),
         tokens * F32 * (m.layers as f64 * (6.0 * d + 2.0 * hidden) + 3.0 * m.vocab as f64),
-    );
-    let sets = if spec.data.task.is_some() { 2.0 } else { 1.0 };
-    e.add(
-        format!("evaluation batches (eval.batches × train.batch × train.block = {:.3e} tokens)", spec.eval.batches as f64 * tokens * sets),
-        spec.eval.batches as f64 * tokens * sets * 16.0,
     );
     e
 }
@@ -167,9 +203,11 @@ pub fn decode(m: &ModelConfig, batch: usize, capacity: usize) -> Estimate {
     let mut e = Estimate::default();
     let mut m = m.clone();
     m.max_seq = capacity;
+    if ACCELERATOR.load(Ordering::SeqCst) {
+        return e;
+    }
     model_terms(&mut e, &m, false);
-    let (state, _) = per_token_state(&m);
-    e.add(format!("KV cache of {batch} sequences × {capacity} tokens"), batch as f64 * capacity as f64 * state);
+    e.add(format!("decode state of {batch} sequences × {capacity} tokens"), batch as f64 * state_bytes(&m, capacity));
     e
 }
 

@@ -2,14 +2,15 @@
 //! batch job on a shared file system) never train the same run at once, and a lock left by a
 //! dead process or a dead node does not block a run for ever.
 //!
-//! - **Atomic with its content.** `<run>/lock` holds `<pid> <host> <token>` (the token is
-//!   random per acquisition). It is written whole into a per-process temp file first and then
+//! - **Atomic with its content.** `<run>/lock` holds `<pid> <host> <token> <node>` (the token
+//!   is random per acquisition; the node is the kernel's boot id and the PID namespace, which
+//!   is what makes a pid meaningful — a hostname does not: containers can share one). It is written whole into a per-process temp file first and then
 //!   hard-linked into place: `link` fails if the lock exists, and a lock that exists is complete.
 //! - **A lease.** While held, a heartbeat thread touches the lock every [`HEARTBEAT`]; a lock
 //!   whose heartbeat (mtime) is older than the lease ([`set_lease`], default [`DEFAULT_LEASE`]) is
-//!   stale on any host. On this host a lock is also stale when its process is gone, or when it
-//!   names this very process but is not one of its locks (a killed container's PID 1 lock read
-//!   by the next container's PID 1).
+//!   stale on any host. In the same PID namespace of the same boot a lock is also stale when its
+//!   process is gone, or when it names this very process but is not one of its locks (its pid
+//!   was reused). Anywhere else (another node, another container) only the lease decides.
 //! - **Take-over under a guard.** A stale lock is removed only under `<run>/lock.takeover`
 //!   (itself created atomically), and only if its content is still the content judged stale.
 //! - **Removal of one's own lock only.** Dropping a [`RunLock`] removes the file only if it
@@ -98,9 +99,26 @@ pub fn host() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname").or_else(|_| fs::read_to_string("/etc/hostname")).unwrap_or_default().trim().to_string()
 }
 
-/// True when process `pid` runs on this machine (Linux: `/proc/<pid>` exists).
+/// Where a pid means something: the kernel's boot id and this process's PID namespace
+/// (`<boot id>/<pid:[inode]>`); empty where Linux does not tell.
+pub fn node() -> String {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+    if boot.trim().is_empty() || ns.is_empty() {
+        return String::new();
+    }
+    format!("{}/{ns}", boot.trim())
+}
+
+/// True when process `pid` exists in this PID namespace (`kill(pid, 0)`; EPERM means it
+/// exists but belongs to another user, so it is alive).
 fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }
 
 /// A lock file as read: its text, holder and heartbeat age.
@@ -110,6 +128,7 @@ struct Seen {
     pid: Option<u32>,
     host: String,
     token: String,
+    node: String,
     age: Duration,
 }
 
@@ -121,7 +140,8 @@ impl Seen {
         let pid = parts.next().and_then(|p| p.parse().ok());
         let host = parts.next().unwrap_or("").to_string();
         let token = parts.next().unwrap_or("").to_string();
-        Some(Seen { text, pid, host, token, age })
+        let node = parts.next().unwrap_or("").to_string();
+        Some(Seen { text, pid, host, token, node, age })
     }
 
     fn describe(&self, path: &Path) -> String {
@@ -145,7 +165,9 @@ impl Seen {
             None if self.age > HEARTBEAT => return Some(format!("its content is not `<pid> <host> <token>` and it is {} s old", self.age.as_secs())),
             None => return None,
         };
-        if self.host != host() {
+        let here = node();
+        if self.node.is_empty() || here.is_empty() || self.node != here {
+            // Another node, another container, or an older lock format: the lease decides.
             return None;
         }
         if pid == std::process::id() && !held(&self.token) {
@@ -201,7 +223,7 @@ fn take_over(root: &Path, path: &Path, seen: &Seen, why: &str) -> Result<bool> {
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", guard.display())),
     }
     let result = match Seen::read(path) {
-        Some(now) if now.text == seen.text => {
+        Some(now) if now.text == seen.text && now.stale().is_some() => {
             tracing::warn!("taking over the stale lock {} ({}): {why}", path.display(), seen.text.trim());
             fs::remove_file(path).with_context(|| format!("cannot remove the stale lock {}", path.display()))
         }
@@ -217,7 +239,7 @@ impl RunLock {
     pub fn acquire(root: &Path) -> Result<Result<RunLock, String>> {
         let path = root.join(LOCK_FILE);
         let token = random_token();
-        let tmp = temp_file(root, LOCK_FILE, &format!("{} {} {token}\n", std::process::id(), host()))?;
+        let tmp = temp_file(root, LOCK_FILE, &format!("{} {} {token} {}\n", std::process::id(), host(), node()))?;
         // Registered before the link: another thread of this process that reads the new lock
         // must see it as one of this process's locks, not as a stale one naming its pid.
         set_held(&token, true);
@@ -227,6 +249,10 @@ impl RunLock {
                     Ok(()) => return Ok(Ok(())),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let Some(seen) = Seen::read(&path) else { continue }; // just released
+                        if seen.token == token {
+                            // A retried link (NFS) that had in fact succeeded.
+                            return Ok(Ok(()));
+                        }
                         match seen.stale() {
                             None => return Ok(Err(seen.describe(&path))),
                             Some(why) => {
@@ -262,16 +288,33 @@ impl RunLock {
         let heartbeat = {
             let (path, token, lost, stop) = (path.clone(), token.clone(), lost.clone(), stop.clone());
             let period = Duration::from_millis(HEARTBEAT_MS.load(Ordering::SeqCst));
-            std::thread::spawn(move || loop {
-                let (flag, cv) = &*stop;
-                let stopped = cv.wait_timeout_while(flag.lock().unwrap_or_else(|e| e.into_inner()), period, |s| !*s).map(|(s, _)| *s).unwrap_or(true);
-                if stopped {
-                    return;
-                }
-                if !beat(&path, &token) {
-                    tracing::error!("lost the lock {}: another process took it over", path.display());
-                    lost.store(true, Ordering::SeqCst);
-                    return;
+            std::thread::spawn(move || {
+                let mut failing_since: Option<std::time::Instant> = None;
+                loop {
+                    let (flag, cv) = &*stop;
+                    let stopped = cv.wait_timeout_while(flag.lock().unwrap_or_else(|e| e.into_inner()), period, |s| !*s).map(|(s, _)| *s).unwrap_or(true);
+                    if stopped {
+                        return;
+                    }
+                    match beat(&path, &token) {
+                        Beat::Refreshed => failing_since = None,
+                        Beat::TakenOver => {
+                            tracing::error!("lost the lock {}: another process took it over", path.display());
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        // A transient error (NFS): keep trying; give up once the lock may
+                        // have looked stale to others for half a lease.
+                        Beat::Failed(e) => {
+                            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                            tracing::warn!("cannot refresh the lock {}: {e}", path.display());
+                            if since.elapsed() > lease() / 2 {
+                                tracing::error!("lost the lock {}: no heartbeat for half a lease", path.display());
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
                 }
             })
         };
@@ -299,11 +342,29 @@ impl RunLock {
     }
 }
 
-/// Refreshes the heartbeat of the lock at `path` if it still holds `token`.
-fn beat(path: &Path, token: &str) -> bool {
-    match Seen::read(path) {
-        Some(s) if s.token == token => OpenOptions::new().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now())).is_ok(),
-        _ => false,
+enum Beat {
+    Refreshed,
+    TakenOver,
+    Failed(std::io::Error),
+}
+
+/// Refreshes the heartbeat of the lock at `path` if it still holds `token`, stamping the file
+/// system's own time (`futimens(UTIME_NOW)`: on NFS the server's clock, not this host's).
+fn beat(path: &Path, token: &str) -> Beat {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Beat::TakenOver,
+        Err(e) => return Beat::Failed(e),
+    };
+    if text.split_whitespace().nth(2) != Some(token) {
+        return Beat::TakenOver;
+    }
+    use std::os::fd::AsRawFd;
+    match OpenOptions::new().append(true).open(path) {
+        // SAFETY: a valid open descriptor; a null `times` means "now" for both stamps.
+        Ok(f) if unsafe { libc::futimens(f.as_raw_fd(), std::ptr::null()) } == 0 => Beat::Refreshed,
+        Ok(_) => Beat::Failed(std::io::Error::last_os_error()),
+        Err(e) => Beat::Failed(e),
     }
 }
 

@@ -13,7 +13,10 @@ pub fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+    // The pid and a counter are unique on one host; the random part keeps two hosts (or two
+    // containers) with the same pid apart.
+    let nonce = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), n);
+    path.with_file_name(format!(".{name}.{}-{n}-{:08x}.tmp", std::process::id(), nonce as u32))
 }
 
 /// Writes `bytes` to `path` atomically: a per-process temp file in the same folder, fsync,

@@ -158,7 +158,20 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
             set_path(&mut value, path, v.clone()).map_err(|e| SpecError::new(format!("{at}: {e}")))?;
         }
         let spec = ExperimentSpec::from_value(value, &at)?;
-        runs.push(spec.prepare(&at)?);
+        // Before the data is loaded or the task's evaluation sets are generated.
+        crate::budget::check(&crate::budget::training(&spec), &at)?;
+        let run = spec.prepare(&at)?;
+        if let Some(j) = runs.iter().position(|r: &PreparedRun| r.run_id == run.run_id) {
+            return Err(SpecError::new(format!(
+                "{at}: is the same run (id {}) as run {j} ({}): they differ only in bookkeeping fields (train.checkpoint_every, train.log_every, eval.every), which do not make a run",
+                run.run_id,
+                points[j].describe()
+            )));
+        }
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        return Err(SpecError::new(format!("{source}: the sweep's exclusions drop every run")));
     }
     let name = runs.first().map(|r| r.spec.name.clone()).unwrap_or_default();
     Ok(Experiment { name, points, runs })

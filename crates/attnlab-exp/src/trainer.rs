@@ -239,6 +239,18 @@ fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &T
     checkpoint::install(&tmp, &dir.checkpoint())
 }
 
+/// Logs a line through `tracing`, so that it reaches a log file under a batch job or
+/// `--quiet` (plain text when stderr is not a terminal); drawn above the progress bar when one
+/// is shown.
+fn say(pb: &ProgressBar, warn: bool, msg: String) {
+    let emit = || if warn { tracing::warn!("{msg}") } else { tracing::info!("{msg}") };
+    if pb.is_hidden() {
+        emit()
+    } else {
+        pb.suspend(emit)
+    }
+}
+
 /// Keeps the metric lines up to `step` (a resumed run redoes the rest).
 fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
     if !path.exists() {
@@ -271,6 +283,7 @@ fn check_data_hash(run: &PreparedRun, dir: &RunDir) -> Result<()> {
             dir.root.display()
         ))
         .into()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot read {}", path.display())),
         Err(_) if dir.checkpoint().exists() || crate::checkpoint::previous(&dir.checkpoint()).exists() => Err(crate::SpecError::new(format!(
             "run {}: has a checkpoint but no {}: cannot tell whether its data changed; move {} away to start over",
             run.run_id,
@@ -369,16 +382,24 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let started = Instant::now();
     let wall_before = state.wall_seconds;
     let mut timed_steps = 0usize;
+    // Tokens and seconds of the training steps since the last evaluation (for its log line).
+    let mut window = (0.0f64, 0.0f64);
     let mut diverged_at = None;
     let mut device_peak: Option<u64> = None;
     device.sync().ok();
     while state.step < t.steps {
         if opts.stop_at.is_some_and(|s| state.step >= s) || crate::interrupt::requested() {
             if crate::interrupt::requested() {
-                pb.println(format!("interrupt: writing a checkpoint at step {} (a second Ctrl-C aborts)", state.step));
+                say(&pb, true, format!("run {}: interrupted: writing a checkpoint at step {} (a second Ctrl-C aborts)", run.run_id, state.step));
             }
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             state.interrupted = true;
+            if non_finite_params(&model) > 0 {
+                // The last update overflowed the weights: diverged, not resumable from here.
+                say(&pb, true, format!("run {}: the weights are non-finite at step {}: stopping it as diverged", run.run_id, state.step));
+                diverged_at = Some(state.step);
+                break;
+            }
             save_checkpoint(&dir, &model, &optim, &state, &lock)?;
             pb.finish_and_clear();
             return Ok(RunOutcome::Stopped { step: state.step });
@@ -404,12 +425,13 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             device_peak = Some(device_peak.map_or(bytes, |p: u64| p.max(bytes)));
         }
         timed_steps += 1;
+        window = (window.0 + tokens_per_step, window.1 + ms / 1e3);
         if timed_steps > TIMING_WARMUP_STEPS {
             state.step_ms.push(ms);
         }
         state.step += 1;
         if !loss_now.is_finite() {
-            pb.println(format!("run {}: training loss is {loss_now} at step {}: stopping it as diverged", run.run_id, state.step));
+            say(&pb, true, format!("run {}: training loss is {loss_now} at step {}: stopping it as diverged", run.run_id, state.step));
             diverged_at = Some(state.step);
             break;
         }
@@ -438,7 +460,9 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             }
             log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss, val_accuracy: eval.accuracy, val_accuracy_by_bucket: eval.by_bucket })?;
             let acc = eval.accuracy.map_or(String::new(), |a| format!(", val accuracy {:.1}%", 100.0 * a));
-            pb.println(format!("step {:>6}: train loss {train_loss:.4}, val loss {val:.4}{acc}", state.step));
+            let speed = if window.1 > 0.0 { format!(", {:.0} tok/s", window.0 / window.1) } else { String::new() };
+            window = (0.0, 0.0);
+            say(&pb, false, format!("run {} step {:>6}/{}: train loss {train_loss:.4}, val loss {val:.4}{acc}{speed}", run.run_id, state.step, t.steps));
         }
         if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < t.steps {
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
@@ -447,7 +471,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
                     return Err(e);
                 }
                 // The update of this step made the weights non-finite: diverged.
-                pb.println(format!("run {}: {e:#}: stopping it as diverged", run.run_id));
+                say(&pb, true, format!("run {}: {e:#}: stopping it as diverged", run.run_id));
                 diverged_at = Some(state.step);
                 break;
             }
@@ -457,13 +481,13 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     if diverged_at.is_none() && non_finite_params(&model) > 0 {
         // The last update made the weights non-finite (the loss before it was finite).
         diverged_at = Some(state.step);
-        pb.println(format!("run {}: the weights are non-finite after step {}: marking it diverged", run.run_id, state.step));
+        say(&pb, true, format!("run {}: the weights are non-finite after step {}: marking it diverged", run.run_id, state.step));
     }
     // The final model's test score (tasks only): reported, never used to select.
     let test = (run.data.has_test() && diverged_at.is_none()).then(|| evaluate(&model.valid(), run, Split::Test, &device.clone().inner()));
     if let Some(test) = &test {
         let acc = test.accuracy.map_or(String::new(), |a| format!(", test accuracy {:.1}%", 100.0 * a));
-        pb.println(format!("final model: test loss {:.4}{acc}", test.loss));
+        say(&pb, false, format!("run {} final model: test loss {:.4}{acc}", run.run_id, test.loss));
     }
     pb.finish_and_clear();
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();

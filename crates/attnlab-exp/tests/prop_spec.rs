@@ -84,14 +84,22 @@ proptest! {
     fn an_accepted_integer_comes_back_unchanged(path in prop::sample::select(INT_PATHS), v in 0i64..100_000) {
         // model.vocab = 0 means "from the tokenizer": it comes back as the tokenizer's size.
         prop_assume!(!(path == "model.vocab" && v == 0));
-        if let Ok(spec) = load(&[format!("{path}={v}")]) {
+        let loaded = load(&[format!("{path}={v}")]);
+        if let Err(TestCaseError::Fail(f)) = loaded {
+            return Err(TestCaseError::Fail(f));
+        }
+        if let Ok(spec) = loaded {
             prop_assert_eq!(get_path(&spec, path).and_then(toml::Value::as_integer), Some(v), "{}", path);
         }
     }
 
     #[test]
     fn an_accepted_float_is_finite(path in prop::sample::select(FLOAT_PATHS), v in prop::num::f64::ANY) {
-        if let Ok(spec) = load(&[format!("{path}={}", toml_float(v))]) {
+        let loaded = load(&[format!("{path}={}", toml_float(v))]);
+        if let Err(TestCaseError::Fail(f)) = loaded {
+            return Err(TestCaseError::Fail(f));
+        }
+        if let Ok(spec) = loaded {
             let got = get_path(&spec, path).and_then(toml::Value::as_float).expect("a float field");
             prop_assert!(got.is_finite(), "{path} = {got} accepted");
         }

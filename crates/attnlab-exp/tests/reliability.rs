@@ -82,9 +82,10 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     let dir = run_dir(out.path(), &run);
     fs::create_dir_all(&dir).unwrap();
     let host = attnlab_exp::lock::host();
+    let node = attnlab_exp::lock::node();
     // A live process on this host: the run is busy, nothing is written.
     let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    fs::write(dir.join("lock"), format!("{} {host} 00000000000000aa\n", sleeper.id())).unwrap();
+    fs::write(dir.join("lock"), format!("{} {host} 00000000000000aa {node}\n", sleeper.id())).unwrap();
     match train(&run, &cpu_opts(out.path(), None)).unwrap() {
         RunOutcome::Busy(holder) => assert!(holder.contains(&sleeper.id().to_string()), "{holder}"),
         other => panic!("expected busy, got {other:?}"),
@@ -93,14 +94,18 @@ fn a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_taken_over() {
     sleeper.wait().unwrap();
     assert!(!dir.join("metrics.jsonl").exists() && !dir.join("config.toml").exists());
     // This very process's pid, but none of its locks (a PID namespace): stale.
-    fs::write(dir.join("lock"), format!("{} {host} 00000000000000bb\n", std::process::id())).unwrap();
+    fs::write(dir.join("lock"), format!("{} {host} 00000000000000bb {node}\n", std::process::id())).unwrap();
     assert!(attnlab_exp::lock::live_holder(&dir).is_none());
+    // The same lock from another PID namespace (another container with this hostname): its
+    // pid means nothing here, so only the lease decides: live while its heartbeat is fresh.
+    fs::write(dir.join("lock"), format!("{} {host} 00000000000000bb 0000/pid:[1]\n", std::process::id())).unwrap();
+    assert!(attnlab_exp::lock::live_holder(&dir).is_some());
     // A pid that cannot exist (above the kernel's pid_max), and an empty lock older than a
     // heartbeat (left by an older binary on a full disk): stale, taken over, removed at the end.
     // An empty lock younger than that may be an older binary's lock being written: busy.
     fs::write(dir.join("lock"), "").unwrap();
     assert!(attnlab_exp::lock::live_holder(&dir).is_some(), "a fresh unreadable lock is busy");
-    for planted in [format!("4294967295 {host}\n"), String::new()] {
+    for planted in [format!("4294967295 {host} 00000000000000cc {node}\n"), String::new()] {
         fs::write(dir.join("lock"), planted).unwrap();
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         fs::File::options().append(true).open(dir.join("lock")).unwrap().set_modified(old).unwrap();
@@ -162,13 +167,18 @@ fn the_heartbeat_refreshes_a_held_lock_and_notices_a_take_over() {
     let path = out.path().join("lock");
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(200);
     fs::File::options().append(true).open(&path).unwrap().set_modified(old).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    let age = fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap_or_default();
-    assert!(age.as_secs() < 5, "heartbeat {age:?} old");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let age = || fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap_or_default();
+    while age().as_secs() > 5 {
+        assert!(std::time::Instant::now() < deadline, "heartbeat still {:?} old", age());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(!lock.lost());
     fs::write(&path, "4242 node-b 1111222233334444\n").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    assert!(lock.lost(), "the heartbeat sees the lock taken over");
+    while !lock.lost() {
+        assert!(std::time::Instant::now() < deadline, "the heartbeat never saw the lock taken over");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
