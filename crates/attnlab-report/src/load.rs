@@ -120,9 +120,36 @@ pub fn load_store(dir: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
             Err(reason) => skipped.push(reason),
         }
     }
+    let mut runs = drop_duplicates(dir, runs, &mut skipped);
     runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     skipped.sort();
     Ok((runs, skipped))
+}
+
+/// Fields that do not make a run (left out of the run id since 2026-12-03).
+const BOOKKEEPING: &[&str] = &["train.checkpoint_every", "train.log_every", "eval.every"];
+
+/// Keeps one run per (config without bookkeeping fields, seed, data source): a store that holds
+/// a run under an id from before the run id changed and again under its new id would count it
+/// twice. The newest summary is kept; the others are listed as left out.
+fn drop_duplicates(dir: &Path, runs: Vec<RunRecord>, skipped: &mut Vec<String>) -> Vec<RunRecord> {
+    let key = |r: &RunRecord| {
+        let config: Vec<(&String, &String)> = r.config.iter().filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str())).collect();
+        format!("{config:?} {}", r.text("data_source"))
+    };
+    let modified = |r: &RunRecord| std::fs::metadata(dir.join(&r.run_id).join("summary.json")).and_then(|m| m.modified()).ok();
+    let mut kept: Vec<RunRecord> = Vec::new();
+    for run in runs {
+        match kept.iter().position(|k| key(k) == key(&run)) {
+            None => kept.push(run),
+            Some(i) => {
+                let (newer, older) = if modified(&run) > modified(&kept[i]) { (run, kept.swap_remove(i)) } else { (kept.swap_remove(i), run) };
+                skipped.push(format!("{}: the same config, seed and data as {} (newer, kept); left out so it is not counted twice", dir.join(&older.run_id).display(), newer.run_id));
+                kept.push(newer);
+            }
+        }
+    }
+    kept
 }
 
 /// Sets `mfu = 3 · flops_per_token · train_tokens_per_sec / peak` (and `peak_flops`) on a run

@@ -170,3 +170,24 @@ fn a_swept_learning_rate_is_chosen_on_validation() {
     assert!(md.contains("| mha | 0.001 | 90.0% | 50.0 ± 0.0% | 0/2 ["), "{md}");
     assert!(md.contains("0.001: 0/2, 0.003: 2/2"), "{md}");
 }
+
+/// A store that holds one run twice (under an id from before the run id changed, and under
+/// its new id) counts it once: the newest summary is kept, the other listed as left out.
+/// Planted, and seen to fail: `drop_duplicates` returning every run (two seeds counted).
+#[test]
+fn a_run_stored_twice_under_two_ids_is_counted_once() {
+    let store = tempfile::tempdir().unwrap();
+    let config = "name = \"dup\"\n[model]\nd_model = 32\n[model.attention]\nkind = \"mha\"\n[train]\nseed = 0\n";
+    for (id, checkpoint_every, loss) in [("aaaaaaaaaa", 0, 2.0), ("bbbbbbbbbb", 4, 1.5)] {
+        let dir = store.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), config.replace("seed = 0", &format!("seed = 0\ncheckpoint_every = {checkpoint_every}"))).unwrap();
+        let summary = serde_json::json!({"attention": "mha", "status": "finished", "best_val_loss": loss, "final_val_loss": loss, "data_source": "builtin"});
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (runs, skipped) = attnlab_report::load_store(store.path()).unwrap();
+    assert_eq!(runs.len(), 1, "{skipped:?}");
+    assert_eq!(runs[0].run_id, "bbbbbbbbbb", "the newest is kept");
+    assert!(skipped.len() == 1 && skipped[0].contains("aaaaaaaaaa") && skipped[0].contains("counted twice"), "{skipped:?}");
+}
