@@ -8,7 +8,7 @@ use attnlab_data::Tokenizer;
 use attnlab_exp::sweep::{in_shard, load_experiment, parse_shard, Experiment};
 use attnlab_exp::trainer::{run_status, RunOutcome};
 use attnlab_exp::{parse_device, train, ExperimentSpec, SpecError, TrainOptions};
-use attnlab_model::{generate, Gpt, Sampling};
+use attnlab_model::{generate_cropped, Gpt, Sampling};
 use burn::module::Module;
 use clap::{Parser, Subcommand};
 
@@ -174,8 +174,18 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train one run from an experiment file.
-    Train(RunArgs),
+    /// Train one run from an experiment file (of a file with a [sweep]: the point --point N).
+    Train {
+        #[command(flatten)]
+        run: RunArgs,
+        /// With a [sweep]: train its run N (the `#` column of `attnlab sweep --dry-run`).
+        #[arg(long)]
+        point: Option<usize>,
+        /// Continue the finished run in this folder to the file's (larger) train.steps, as a new
+        /// run (README: "Extending a run"; the schedule restarts from the old step count).
+        #[arg(long, value_name = "RUN")]
+        extend: Option<PathBuf>,
+    },
     /// Run every point of an experiment's [sweep] (all seeds), skipping finished runs and
     /// resuming interrupted ones.
     Sweep {
@@ -316,6 +326,9 @@ fn decode_plots(points: &[attnlab_exp::bench::DecodePoint], dir: &Path) -> Resul
     lines_svg(&axes("Decode state of the whole model, one sequence", "bytes (log scale)"), series(&|p| p.state_bytes_per_sequence as f64), &dir.join("decode_state.svg"))
 }
 
+/// Most tokens one `generate` call produces.
+const MAX_GENERATE: usize = 1_000_000;
+
 /// Modes of `bench scaling`.
 const SCALING_MODES: &[&str] = &["infer", "train", "train-ckpt"];
 
@@ -441,14 +454,22 @@ fn run(cli: Cli) -> Result<()> {
         std::env::set_var("ATTNLAB_MAX_MEMORY", size);
     }
     match cli.command {
-        Command::Train(RunArgs { file, out, device, sets, quiet, lock_lease }) => {
+        Command::Train { run: RunArgs { file, out, device, sets, quiet, lock_lease }, point, extend } => {
             attnlab_exp::lock::set_lease(lock_lease)?;
             let backend = backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
-            if exp.runs.len() != 1 {
-                return Err(SpecError::new(format!("{}: has a [sweep] of {} runs; use `attnlab sweep`", file.display(), exp.runs.len())).into());
+            let run = match (point, exp.runs.len()) {
+                (None, 1) => &exp.runs[0],
+                (None, n) => {
+                    return Err(SpecError::new(format!("{}: has a [sweep] of {n} runs; pick one with --point N (0 to {}), or use `attnlab sweep`", file.display(), n - 1)).into())
+                }
+                (Some(i), n) => exp.runs.get(i).ok_or_else(|| SpecError::new(format!("--point = {i}: {} has {n} runs (0 to {})", file.display(), n - 1)))?,
+            };
+            let mut run = run.clone();
+            if let Some(old) = &extend {
+                attnlab_exp::extend::extend(&mut run, old)?;
             }
-            let run = &exp.runs[0];
+            let run = &run;
             let counts = Gpt::new(&run.spec.model, &burn::tensor::Device::flex()).param_counts();
             tracing::info!(
                 run = %run.run_id,
@@ -764,15 +785,28 @@ fn run(cli: Cli) -> Result<()> {
             if bad > 0 {
                 return Err(anyhow::anyhow!("{}: {bad} parameter tensors hold NaN or infinity (a diverged run); nothing to sample from", weights.display()));
             }
+            if let (Tokenizer::Ids { vocab }, "\n") = (&tokenizer, prompt.as_str()) {
+                return Err(SpecError::new(format!(
+                    "--prompt: {} is a synthetic-task run whose tokens are ids below {vocab}: pass the input as space-separated ids, e.g. --prompt \"1 5 9\"",
+                    root.display()
+                ))
+                .into());
+            }
             let ids = tokenizer.encode(&prompt).map_err(|e| SpecError::new(format!("--prompt: {e}")))?;
             if ids.is_empty() {
                 return Err(SpecError::new("--prompt: must not be empty").into());
             }
-            if ids.len().checked_add(tokens).is_none_or(|n| n > spec.model.max_seq) {
-                return Err(SpecError::new(format!("--tokens = {tokens}: prompt ({}) + tokens must be ≤ model.max_seq = {}", ids.len(), spec.model.max_seq)).into());
+            if tokens > MAX_GENERATE {
+                return Err(SpecError::new(format!("--tokens = {tokens}: must be ≤ {MAX_GENERATE}")).into());
+            }
+            if spec.model.max_seq < 2 {
+                return Err(SpecError::new(format!("{}: model.max_seq = {}: generate needs ≥ 2", config.display(), spec.model.max_seq)).into());
+            }
+            if ids.len() + tokens > spec.model.max_seq {
+                tracing::info!("prompt + tokens = {} > model.max_seq = {}: the context is cropped to the last {} tokens (nanoGPT's rule)", ids.len() + tokens, spec.model.max_seq, spec.model.max_seq - 1);
             }
             let sampling = Sampling { temperature, top_k: Some(top_k), seed };
-            let out = generate(&model, &ids, tokens, sampling, &device);
+            let out = generate_cropped(&model, &ids, tokens, sampling, &device);
             println!("{}{}", prompt, tokenizer.decode(&out));
             Ok(())
         }

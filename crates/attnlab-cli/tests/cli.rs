@@ -251,3 +251,110 @@ fn batch_logs_are_plain_lines_and_a_closed_pipe_is_quiet() {
     assert_ne!(o.status.code(), Some(101), "{err}");
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
+
+/// `sweep --set` on a swept path is an error naming it (it was silently ignored); `train
+/// --point N` trains one point of a sweep; `generate` crops a long generation's context to
+/// `max_seq` (nanoGPT's rule) instead of refusing it; a task run with no prompt says what to
+/// pass.
+///
+/// Planted, and seen to fail: the swept-path check removed (exit 0, the --set ignored);
+/// `generate` back to plain `generate` (a panic past max_seq).
+#[test]
+fn overrides_points_long_generations_and_task_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sweep.toml");
+    std::fs::write(&file, format!("{TINY}\n[sweep]\nseeds = [0, 1]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"gqa\", kv_heads = 2}}]\n")).unwrap();
+    let out = dir.path().join("runs");
+    for set in ["train.seed=3", "model.attention.kv_heads=1", "model.attention={kind = \"mqa\"}"] {
+        let o = attnlab().args(["sweep", "--dry-run", "--set", set]).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains("is swept") && err.contains(set.split('=').next().unwrap()), "{set}: {err}");
+    }
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--point"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = attnlab().args(["train", "--quiet", "--point", "9", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = attnlab().args(["train", "--quiet", "--point", "3", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let folder = std::path::PathBuf::from(stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap());
+    let config = std::fs::read_to_string(folder.join("config.toml")).unwrap();
+    assert!(config.contains("seed = 1") && config.contains("gqa"), "point 3 = gqa, seed 1: {config}");
+
+    // max_seq = 48: a prompt of 4 and 100 new tokens.
+    let g = attnlab().arg("generate").arg(&folder).args(["--prompt", "The ", "--tokens", "100"]).output().unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let text = String::from_utf8_lossy(&g.stdout);
+    assert!(text.starts_with("The "));
+    assert_eq!(text.strip_suffix('\n').unwrap().chars().count(), 4 + 100, "{text:?}");
+
+    let task = dir.path().join("task.toml");
+    std::fs::write(&task, "name = \"task\"\n[data.task]\nkind = \"mqar\"\nvocab = 32\nseq_len = 32\nnum_pairs = 4\nnum_queries = 4\n[model]\nd_model = 32\nlayers = 1\nheads = 4\nmax_seq = 64\n[train]\nsteps = 2\nbatch = 2\nwarmup = 1\n[eval]\nevery = 2\nbatches = 1\n").unwrap();
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&task).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let folder = stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap().to_string();
+    let g = attnlab().arg("generate").arg(&folder).output().unwrap();
+    assert_eq!(g.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&g.stderr).contains("space-separated ids"), "{}", String::from_utf8_lossy(&g.stderr));
+    let g = attnlab().arg("generate").arg(&folder).args(["--prompt", "1 5 9", "--tokens", "3"]).output().unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+}
+
+/// `train --extend RUN` continues a finished run to more steps as a new run: RUN is left as it
+/// is, the new run's metrics start with RUN's and go on to the new count, its summary names
+/// RUN, and its id differs from a run trained for the new count from scratch. A config that
+/// differs in more than `train.steps`, or fewer steps, is refused naming the field.
+///
+/// Planted, and seen to fail: the extension starting from scratch (the first 20 steps'
+/// metrics differ from RUN's); the id not hashing RUN's (equal to the from-scratch run's).
+#[test]
+fn a_finished_run_extends_to_more_steps_as_a_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, TINY).unwrap();
+    let out = dir.path().join("runs");
+    let folder = |o: &std::process::Output| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap().to_string());
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success());
+    let old = folder(&o);
+    let old_metrics = std::fs::read_to_string(old.join("metrics.jsonl")).unwrap();
+    let old_summary = std::fs::read(old.join("summary.json")).unwrap();
+    let extend = |sets: &[&str]| {
+        let mut c = attnlab();
+        c.args(["train", "--quiet", "--out"]).arg(&out).arg(&file).arg("--extend").arg(&old);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        c.output().unwrap()
+    };
+    for (sets, needle) in [(&["train.steps=30", "train.lr=0.002"][..], "train.lr"), (&["train.steps=20"][..], "train.steps = 20")] {
+        let o = extend(sets);
+        assert_eq!(o.status.code(), Some(2), "{sets:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{sets:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = extend(&["train.steps=30"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new = folder(&o);
+    assert_ne!(new, old);
+    assert_eq!(std::fs::read(old.join("summary.json")).unwrap(), old_summary, "the extended run is left as it is");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(new.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 30);
+    assert_eq!(summary["extended_from"].as_str(), old.file_name().unwrap().to_str());
+    assert_eq!(summary["extended_from_step"], 20);
+    let metrics = std::fs::read_to_string(new.join("metrics.jsonl")).unwrap();
+    let losses = |text: &str, upto: u64| -> Vec<String> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["step"].as_u64().unwrap() <= upto)
+            .map(|v| format!("{} {} {}", v["step"], v["loss"], v["val_loss"]))
+            .collect()
+    };
+    assert_eq!(losses(&metrics, 20), losses(&old_metrics, 20), "the first 20 steps are the extended run's");
+    assert!(metrics.lines().any(|l| l.contains("\"step\":30")), "{metrics}");
+    let scratch = attnlab().args(["train", "--quiet", "--set", "train.steps=30", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(scratch.status.success());
+    assert_ne!(folder(&scratch), new, "a from-scratch 30-step run is another run");
+}

@@ -157,6 +157,8 @@ pub struct PreparedRun {
     /// generated from their config alone. Part of the run id, and checked again on resume.
     pub data_sha256: Option<String>,
     pub run_id: String,
+    /// Set by `--extend`: the finished run this one continues.
+    pub extends: Option<crate::extend::Extension>,
 }
 
 fn err(source: &str, field: &str, value: impl std::fmt::Display, allowed: &str) -> SpecError {
@@ -296,7 +298,7 @@ impl ExperimentSpec {
             return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
         }
         let run_id = run_id(&spec, &data_source, data_sha256.as_deref());
-        Ok(PreparedRun { spec, tokenizer, data, data_source, data_sha256, run_id })
+        Ok(PreparedRun { spec, tokenizer, data, data_source, data_sha256, run_id, extends: None })
     }
 
     /// The corpus (with the built-in fallback), its tokenizer and its token ids.

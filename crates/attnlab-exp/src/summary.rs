@@ -99,6 +99,11 @@ pub struct Summary {
     pub device: String,
     pub data_source: String,
     pub vocab: usize,
+    /// The run this one extends (`attnlab train --extend`), and the step it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_from_step: Option<usize>,
 }
 
 /// Serde for an `f64` that may be NaN or infinite: written as `null` (JSON has no NaN) and read

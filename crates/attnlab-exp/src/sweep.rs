@@ -147,6 +147,7 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
         apply_set(&mut base, set).map_err(|e| SpecError::new(format!("{source}: --set {set}: {e}")))?;
     }
     let points = expand(sweep.as_ref(), source)?;
+    refuse_sets_on_swept_paths(&points, sets, source)?;
     let mut runs = Vec::with_capacity(points.len());
     for point in &points {
         let mut value = base.clone();
@@ -175,6 +176,22 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
     }
     let name = runs.first().map(|r| r.spec.name.clone()).unwrap_or_default();
     Ok(Experiment { name, points, runs })
+}
+
+/// A `--set` on a swept path (or on a table above or below one) would be replaced by the
+/// sweep's values without a word: it is an error naming both.
+fn refuse_sets_on_swept_paths(points: &[SweepPoint], sets: &[String], source: &str) -> Result<(), SpecError> {
+    let overlaps = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."));
+    for set in sets {
+        let key = set.split_once('=').map_or(set.as_str(), |(k, _)| k).trim();
+        if let Some((swept, _)) = points.iter().flat_map(|p| &p.sets).find(|(k, _)| overlaps(key, k)) {
+            return Err(SpecError::new(format!(
+                "{source}: --set {set}: \"{key}\" is swept (sweep \"{swept}\"), so the sweep's values would replace it; \
+                 change the [sweep] instead, or pick one point with `attnlab train --point N`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Paths that may be absent from a file because they have defaults.

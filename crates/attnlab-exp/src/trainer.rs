@@ -351,7 +351,16 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         test_accuracy_at_best_val: None,
         best_val_step: None,
     };
-    let checkpoint = checkpoint::newest_valid(&dir.checkpoint());
+    let mut checkpoint = checkpoint::newest_valid(&dir.checkpoint());
+    if let (None, Some(ext)) = (&checkpoint, &run.extends) {
+        // A new extension: start from the extended run's final checkpoint and metrics.
+        tracing::info!(run = %run.run_id, extends = %ext.from_run, step = ext.from_step, "extending");
+        checkpoint = Some(ext.from_dir.join("checkpoint"));
+        if !dir.metrics().exists() {
+            let old = ext.from_dir.join("metrics.jsonl");
+            fs::copy(&old, dir.metrics()).with_context(|| format!("cannot copy {}", old.display()))?;
+        }
+    }
     if let Some(ckpt) = &checkpoint {
         model = model.try_load_file(ckpt.join("model.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint model: {e:?}"))?;
     }
@@ -539,6 +548,8 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         device: opts.device_name.clone(),
         data_source: run.data_source.clone(),
         vocab: spec.model.vocab,
+        extended_from: run.extends.as_ref().map(|e| e.from_run.clone()),
+        extended_from_step: run.extends.as_ref().map(|e| e.from_step),
     };
     lock.verify()?;
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;

@@ -134,5 +134,6 @@ fn random_files_and_overrides_never_panic() {
             Err(_) => panic!("case {case}: panic\n--- input ---\n{text}\n--- sets: {sets:?}"),
         }
     }
-    assert!(ok > 50 && errors > 500, "the mutations should produce both valid and invalid files: {ok} ok, {errors} errors");
+    // (43 valid of 1,500 since a `--set` on a swept path became an error.)
+    assert!(ok > 25 && errors > 500, "the mutations should produce both valid and invalid files: {ok} ok, {errors} errors");
 }

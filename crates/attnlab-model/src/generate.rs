@@ -44,6 +44,27 @@ pub fn generate(model: &Gpt, prompt: &[u32], tokens: usize, sampling: Sampling, 
     out
 }
 
+/// Continues `prompt` (non-empty) by `tokens` new ids with no length limit: the context is
+/// cropped to its last `max_seq − 1` tokens, as nanoGPT's `generate` crops to `block_size`.
+/// While prompt and output fit in `max_seq` this is [`generate`] (one prefill, then cached
+/// steps); past that, every new token re-prefills the last `max_seq − 1` tokens (a sliding
+/// window: `max_seq` positions of work per token), with the seed advanced per token.
+/// `model.max_seq` must be ≥ 2.
+pub fn generate_cropped(model: &Gpt, prompt: &[u32], tokens: usize, sampling: Sampling, device: &Device) -> Vec<u32> {
+    assert!(!prompt.is_empty(), "generate: empty prompt");
+    let window = model.max_seq.checked_sub(1).filter(|&w| w >= 1).expect("generate: model.max_seq must be ≥ 2");
+    let tail = |ids: &[u32]| ids[ids.len().saturating_sub(window)..].to_vec();
+    let context = tail(prompt);
+    let mut out = generate(model, &context, tokens.min(model.max_seq - context.len()), sampling, device);
+    let mut seed = sampling.seed;
+    while out.len() < tokens {
+        seed = seed.wrapping_add(1);
+        let all: Vec<u32> = prompt.iter().chain(&out).copied().collect();
+        out.extend(generate(model, &tail(&all), 1, Sampling { seed, ..sampling }, device));
+    }
+    out
+}
+
 /// Picks a token from logits with temperature and top-k.
 pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> u32 {
     let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0);

@@ -9,5 +9,5 @@ pub mod gpt;
 pub mod mlp;
 
 pub use config::{MlpKind, ModelConfig};
-pub use generate::{generate, Sampling};
+pub use generate::{generate, generate_cropped, Sampling};
 pub use gpt::{Gpt, ParamCounts};
