@@ -8,6 +8,7 @@ pub mod attention;
 pub mod config;
 pub mod differential;
 pub mod grouped_query;
+pub mod kinds;
 pub mod latent;
 pub mod linear;
 pub mod mask;

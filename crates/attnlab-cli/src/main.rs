@@ -219,6 +219,13 @@ enum Command {
         #[arg(long)]
         peak_gflops: Option<f64>,
     },
+    /// List every attention kind: its fields with defaults, what it is, its decode state (the
+    /// README's kinds table, from the same source).
+    Kinds {
+        /// Print the Markdown table instead of plain text.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Remove the lock of a run folder (runs/<experiment>/<run-id>) left by a process or node
     /// that died; a lock that looks live needs --force.
     Unlock {
@@ -746,6 +753,15 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
             let groups = attnlab_report::write_report(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
             println!("{} configs → {}", groups.len(), out.join("README.md").display());
+            Ok(())
+        }
+        Command::Kinds { markdown } => {
+            if markdown {
+                print!("{}", attnlab_attn::kinds::markdown_table());
+            } else {
+                let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
+                print!("{}", attnlab_attn::kinds::plain(width));
+            }
             Ok(())
         }
         Command::Unlock { run, force } => {

@@ -358,3 +358,17 @@ fn a_finished_run_extends_to_more_steps_as_a_new_run() {
     assert!(scratch.status.success());
     assert_ne!(folder(&scratch), new, "a from-scratch 30-step run is another run");
 }
+
+/// `attnlab kinds` lists every kind, with its fields; `--markdown` prints the README's table.
+#[test]
+fn kinds_lists_every_kind() {
+    let o = attnlab().arg("kinds").env("COLUMNS", "72").output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for kind in attnlab_attn::config::KINDS {
+        assert!(text.lines().any(|l| l == *kind), "{kind}: {text}");
+    }
+    assert!(text.contains("fields: kv_heads") && text.contains("Kimi Delta Attention"), "{text}");
+    let md = attnlab().args(["kinds", "--markdown"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&md.stdout), attnlab_attn::kinds::markdown_table());
+}

@@ -1,0 +1,139 @@
+//! The attention kinds as the docs describe them: one source for `attnlab kinds` and the
+//! README's kinds table (a test checks that the README holds [`markdown_table`] verbatim).
+
+/// One kind: its `kind` name, its fields with defaults, what it is, its decode state.
+#[derive(Debug, Clone, Copy)]
+pub struct KindDoc {
+    pub kind: &'static str,
+    /// Markdown: the fields and (defaults).
+    pub fields: &'static str,
+    /// Markdown: the mechanism, its paper, its defaults and labels.
+    pub what: &'static str,
+    /// Markdown: decode-state size per token and layer.
+    pub state: &'static str,
+}
+
+/// Every kind, in the order of [`crate::config::KINDS`].
+pub const DOCS: &[KindDoc] = &[
+    KindDoc {
+        kind: "mha",
+        fields: r#"–"#,
+        what: r#"multi-head attention (Vaswani et al. 2017)"#,
+        state: r#"2·h·d_h floats"#,
+    },
+    KindDoc {
+        kind: "mqa",
+        fields: r#"–"#,
+        what: r#"multi-query attention (Shazeer 2019): one K/V head"#,
+        state: r#"2·d_h"#,
+    },
+    KindDoc {
+        kind: "gqa",
+        fields: r#"`kv_heads`"#,
+        what: r#"grouped-query attention (Ainslie et al. 2023): `kv_heads` K/V heads, each shared by `heads/kv_heads` query heads"#,
+        state: r#"2·g·d_h"#,
+    },
+    KindDoc {
+        kind: "mla",
+        fields: r#"`kv_latent` (4·d_h), `q_latent` (none), `rope_dim` (d_h/2)"#,
+        what: r#"multi-head latent attention (DeepSeek-V2, 2024): K and V rebuilt from a shared latent c_kv; decoupled RoPE key shared by all heads. Left out, d_c and d_R take DeepSeek-V2's ratios to the head width; labels name what is set (`mla`, `mla-c16-r4`)"#,
+        state: r#"d_c + d_R"#,
+    },
+    KindDoc {
+        kind: "sliding_window",
+        fields: r#"`window`, `global_tokens` (0), `kv_heads` (= heads)"#,
+        what: r#"each token sees its last `window` tokens (itself included) plus the first `global_tokens` (attention sinks, Xiao et al. 2023; Longformer/Mistral-style window); decode keeps a ring buffer"#,
+        state: r#"2·g·d_h, for at most `window + global_tokens` tokens"#,
+    },
+    KindDoc {
+        kind: "strided_sparse",
+        fields: r#"`block`, `stride`, `kv_heads` (= heads)"#,
+        what: r#"Sparse Transformer's strided pattern (Child et al. 2019), factorised over heads: heads `0..h/2` see the last `block` tokens, heads `h/2..h` every `stride`-th token back"#,
+        state: r#"2·g·d_h (strided heads reach the whole past)"#,
+    },
+    KindDoc {
+        kind: "fixed_sparse",
+        fields: r#"`block`, `summary`, `kv_heads` (= heads)"#,
+        what: r#"Sparse Transformer's fixed pattern (Child et al. 2019): every head sees its own block of `block` tokens and the last `summary` tokens of every earlier block (the summary columns). Before this release `fixed_sparse` named the strided pattern: a file or run with `stride` gets an error naming `strided_sparse`"#,
+        state: r#"2·g·d_h (full cache; a compacting cache of block + summaries is not built)"#,
+    },
+    KindDoc {
+        kind: "tiled",
+        fields: r#"`block_q` (64), `block_k` (64), `kv_heads` (= heads)"#,
+        what: r#"causal attention computed tile by tile with FlashAttention's online softmax (Dao et al. 2022): same function as `mha`/`gqa`, never builds the T×T matrix"#,
+        state: r#"2·g·d_h"#,
+    },
+    KindDoc {
+        kind: "gated",
+        fields: r#"`kv_heads` (= heads), `gate_bias` (none)"#,
+        what: r#"gated attention (Qiu et al. 2025, Qwen3-Next): SDPA output × σ(x W_θ), an elementwise sigmoid gate per head from the block's normalised input; bias-free as the paper (σ(0) = 0.5 halves the output at init), or with a learnable bias initialised to `gate_bias` (label `gated-b3`)"#,
+        state: r#"2·g·d_h"#,
+    },
+    KindDoc {
+        kind: "differential",
+        fields: r#"–"#,
+        what: r#"Differential Transformer (Ye et al. 2024): h/2 heads, each (softmax(Q₁K₁ᵀ/√d) − λ softmax(Q₂K₂ᵀ/√d)) V with learnable λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, λ_init = 0.8 − 0.6·exp(−0.3·(layer−1)), per-head RMSNorm × (1 − λ_init)"#,
+        state: r#"2·h·d_h (as MHA)"#,
+    },
+    KindDoc {
+        kind: "linear",
+        fields: r#"`feature_map` (`elu1`; `relu`, `identity`, `hedgehog`), `normalize` (false), `chunk` (64)"#,
+        what: r#"linear attention (Katharopoulos et al. 2020): S_t = S_{t−1} + φ(k_t)v_tᵀ, o_t = φ(q_t)ᵀS_t per head; output RMSNorm per head (fla's layer) by default, or the normaliser φ(q)ᵀS/φ(q)ᵀz with `normalize = true` (needs a positive φ: `identity` is rejected). `hedgehog`: fla's learnable map softmax([2(xW+b), −2(xW+b)]), d_φ = 2·d_h, one map for q and one for k shared by heads (W = I, b = 0 at init). Labels `linear`, `linear-hedgehog-norm`"#,
+        state: r#"none: a fixed h·d_φ·d_h (+ h·d_φ) floats"#,
+    },
+    KindDoc {
+        kind: "gated_deltanet",
+        fields: r#"`head_dim` (d_model/heads), `expand_v` (2), `conv` (true), `gate` (true), `l2_norm` (true), `conv_init` (`kaiming`; `fla` = N(0, 0.02²)), `chunk` (32)"#,
+        what: r#"Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): S_t = α_t(I − β_t k_t k_tᵀ)S_{t−1} + β_t k_t v_tᵀ with α = e^g, g = −e^{A_log}·softplus(x W_a + dt_bias) per head, β = σ(x W_β); short causal convs (kernel 4) on q, k, v, SiLU, L2-normalised q, k; output RMSNorm ⊙ SiLU(x W_g). A ~ U(0,16), dt ∈ [1e-3, 0.1] log-uniform. `conv`/`gate`/`l2_norm = false` are the paper's ablations. Labels `gdn`, `gdn-noconv`, `gdn-d16-v1`"#,
+        state: r#"none: h·d_k·d_v + 3·(2h·d_k + h·d_v) floats (state + conv tails)"#,
+    },
+    KindDoc {
+        kind: "kda",
+        fields: r#"`head_dim` (d_model/heads), `expand_v` (1), `conv` (true), `lower_bound` (none), `conv_init`, `chunk` (16)"#,
+        what: r#"Kimi Delta Attention (Kimi Linear 2025): GDN's front with a per-key-channel decay S_t = (I − β_t k_t k_tᵀ)Diag(α_t)S_{t−1} + β_t k_t v_tᵀ, g = −e^{A_log_h}·softplus(x W_f↓W_f↑ + dt_bias) (low-rank gate, dt_bias per channel, A_log per head, A ~ U(1,16)), output RMSNorm ⊙ σ(x W_g↓W_g↑). `lower_bound = lb` ∈ [−5, 0): fla's bounded gate lb·σ(e^{A_log}(raw + dt_bias))"#,
+        state: r#"as `gated_deltanet`"#,
+    },
+];
+
+/// The README's kinds table (Markdown).
+pub fn markdown_table() -> String {
+    let mut t = String::from("| `kind` | fields | what it is | decode state per token per layer |\n|---|---|---|---|\n");
+    for d in DOCS {
+        t.push_str(&format!("| `{}` | {} | {} | {} |\n", d.kind, d.fields, d.what, d.state));
+    }
+    t
+}
+
+/// Plain text for a terminal: `kind`, then its fields, description and state, wrapped to
+/// `width` columns (Markdown backticks removed).
+pub fn plain(width: usize) -> String {
+    let width = width.max(40);
+    let mut out = String::new();
+    for d in DOCS {
+        out.push_str(d.kind);
+        out.push('\n');
+        for (label, text) in [("fields", d.fields), ("what", d.what), ("state", d.state)] {
+            out.push_str(&wrap(&format!("{label}: {}", text.replace('`', "")), width, "    "));
+        }
+    }
+    out
+}
+
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    for word in text.split_whitespace() {
+        if line.len() > indent.len() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = format!("{indent}  ");
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
