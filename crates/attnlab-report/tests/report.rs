@@ -52,7 +52,8 @@ fn report_groups_seeds_and_writes_every_output() {
 
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(md.contains("| mha | 3 |"), "{md}");
-    assert!(md.contains("2.1000 ± 0.1000"), "{md}");
+    // mean 2.1, s = 0.1, n = 3: t(0.975, 2) = 4.302653 (tables) · 0.1 / √3 = 0.2484.
+    assert!(md.contains("2.1000 ± 0.2484"), "{md}");
     assert!(md.contains("| gqa-2 | 3 |") && md.contains("0.500×") && md.contains("+0.5000"), "{md}");
     assert!(md.contains("worse than mha beyond seed noise"), "{md}");
     assert!(md.contains("Hand-written notes survive."));
@@ -137,7 +138,9 @@ fn task_reports_use_test_accuracy_and_count_solved_runs() {
     let out = tmp.path().join("report");
     attnlab_report::write_report(&store, &out, None).unwrap();
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
-    assert!(md.contains("| 70.7 ± 43.9% | 50.0 ± 0.0% | 2/4 ["), "{md}");
+    // s = 0.4389 over 3 seeds: t(0.975, 2) · s / √3 = 109.0 points (a t-interval is not
+    // clipped to [0, 100]%; the Wilson interval of the solved count is the bounded one).
+    assert!(md.contains("| 70.7 ± 109.0% | 50.0 ± 0.0% | 2/4 ["), "{md}");
     assert!(!md.contains("99.0%"), "a diverged run's validation accuracy is no test score: {md}");
     assert!(!md.contains("10.0%"), "{md}");
 }
@@ -190,4 +193,30 @@ fn a_run_stored_twice_under_two_ids_is_counted_once() {
     assert_eq!(runs.len(), 1, "{skipped:?}");
     assert_eq!(runs[0].run_id, "bbbbbbbbbb", "the newest is kept");
     assert!(skipped.len() == 1 && skipped[0].contains("aaaaaaaaaa") && skipped[0].contains("counted twice"), "{skipped:?}");
+}
+
+/// Student-t quantiles against printed tables; Welch's interval against a hand computation;
+/// one seed gives no interval (and no "± 0" claim).
+/// Planted, and seen to fail: the normal quantile 1.96 for every n; `ci95` for one seed as 0.
+#[test]
+fn t_intervals_match_tables_and_one_seed_has_none() {
+    use attnlab_report::stats::{ci95, t_quantile, welch95};
+    for (df, want) in [(1.0, 12.7062), (2.0, 4.3027), (4.0, 2.7764), (30.0, 2.0423)] {
+        assert!((t_quantile(df, 0.975) - want).abs() < 1e-3, "df {df}: {}", t_quantile(df, 0.975));
+    }
+    assert!((ci95(&[2.0, 2.2, 2.1]).unwrap() - 0.24841).abs() < 1e-4);
+    assert_eq!(ci95(&[2.0]), None);
+    // Equal spreads s = 0.1, n = 3 each: se = 0.08165, Welch df = 4, t = 2.7764 → 0.2267.
+    let (d, h) = welch95(&[2.5, 2.7, 2.6], &[2.0, 2.2, 2.1]).unwrap();
+    assert!((d - 0.5).abs() < 1e-12 && (h - 0.22669).abs() < 1e-4, "{d} {h}");
+    assert_eq!(welch95(&[1.0], &[2.0, 3.0]), None);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("fx");
+    fixture_run(&store, "mha0", "mha", 4096, 0, 2.0);
+    fixture_run(&store, "gqa0", "gqa", 2048, 0, 2.5);
+    let out = tmp.path().join("report");
+    attnlab_report::write_report(&store, &out, None).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("2.0000 (1 seed)") && md.contains("one seed, no interval") && !md.contains("± 0.0000"), "{md}");
 }
