@@ -11,7 +11,6 @@
 use std::time::Instant;
 
 use attnlab_model::{Gpt, ModelConfig};
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -91,7 +90,8 @@ pub struct TrainPoint {
 
 /// `peak` is the device's f32 matmul peak (FLOP/s) for MFU.
 /// Times `warmup + steps` training steps of `run` (AdamW at the run's peak LR, its batches);
-/// the first `warmup` are left out. tokens/s = batch·block·steps / synced time of the steps.
+/// the first `warmup` are left out. tokens/s = accumulate·batch·block·steps / synced time of
+/// the steps.
 pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, device: &Device, peak: f64) -> TrainPoint {
     let t = &run.spec.train;
     let ad = device.clone().autodiff();
@@ -102,9 +102,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     for i in 0..warmup + steps {
         ad.sync().ok();
         let t0 = Instant::now();
-        let batch = run.data.train_batch(&mut rng, t.batch, t.block);
-        let loss = crate::trainer::batch_loss(&model, batch, &ad);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, _) = crate::trainer::accumulated_grads(&model, run, &mut rng, &ad);
         model = crate::optim::step(&mut optim, model, grads, t.lr, t.grad_clip);
         ad.sync().ok();
         if i >= warmup {
@@ -112,7 +110,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         }
     }
     ms.sort_by(f64::total_cmp);
-    let tokens_per_sec = (t.batch * t.block * steps) as f64 / (ms.iter().sum::<f64>() / 1e3);
+    let tokens_per_sec = (t.accumulate * t.batch * t.block * steps) as f64 / (ms.iter().sum::<f64>() / 1e3);
     let flops = model.flops_per_token(t.block);
     TrainPoint {
         point: point.to_string(),

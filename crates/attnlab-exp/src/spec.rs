@@ -94,6 +94,15 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Record the training loss every this many steps.
     pub log_every: usize,
+    /// Gradient accumulation: each optimizer step averages the gradients of this many batches
+    /// of `train.batch` (nanoGPT's `gradient_accumulation_steps`); tokens per step =
+    /// accumulate · batch · block. 1 = off (left out of the saved config and the run id then).
+    #[serde(skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for TrainConfig {
@@ -113,6 +122,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 0,
             log_every: 10,
+            accumulate: 1,
         }
     }
 }
@@ -215,6 +225,9 @@ impl ExperimentSpec {
             ));
         }
         self.model.validate().map_err(|e| err(source, &e.field, &e.value, &e.allowed))?;
+        if !(1..=4096).contains(&t.accumulate) {
+            return Err(err(source, "train.accumulate", t.accumulate, "must be in [1, 4096] (batches per optimizer step)"));
+        }
         for (field, v) in [("train.steps", t.steps), ("train.batch", t.batch), ("train.block", t.block), ("train.log_every", t.log_every), ("eval.every", self.eval.every), ("eval.batches", self.eval.batches)] {
             if v == 0 {
                 return Err(err(source, field, v, "must be ≥ 1"));

@@ -265,6 +265,28 @@ fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
     write_atomic(path, kept.as_bytes())
 }
 
+/// The gradients of one optimizer step and its mean loss: `train.accumulate` batches of
+/// `train.batch`, each loss divided by their count, gradients summed (so the step sees the
+/// gradient of the mean loss over all of them, as one batch of accumulate · batch would).
+pub(crate) fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, device: &Device) -> (GradientsParams, f64) {
+    let t = &run.spec.train;
+    let k = t.accumulate.max(1);
+    let mut accumulator = burn::optim::GradientsAccumulator::<Gpt>::new();
+    let mut loss_sum = 0.0;
+    for _ in 0..k {
+        let batch = run.data.train_batch(rng, t.batch, t.block);
+        let loss = batch_loss(model, batch, device);
+        let loss = if k > 1 { loss / k as f32 } else { loss };
+        loss_sum += loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        if k == 1 {
+            return (grads, loss_sum);
+        }
+        accumulator.accumulate(model, grads);
+    }
+    (accumulator.grads(), loss_sum)
+}
+
 /// A run's data fingerprint (`data.sha256`): written when the run starts, compared on every
 /// resume, so a run never continues on other data than it began with (the run id hashes the
 /// data too; this catches a store written before it did, or a hand-copied folder).
@@ -387,7 +409,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     pb.set_prefix(format!("{} {}", run.run_id, spec.model.attention.label()));
     pb.set_position(state.step as u64);
 
-    let tokens_per_step = (t.batch * t.block) as f64;
+    let tokens_per_step = (t.accumulate * t.batch * t.block) as f64;
     let started = Instant::now();
     let wall_before = state.wall_seconds;
     let mut timed_steps = 0usize;
@@ -416,14 +438,19 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         let step = state.step;
         let lr = lr_at(step, t.steps, t.warmup, t.lr, t.min_lr);
         let t0 = Instant::now();
-        let batch = run.data.train_batch(&mut state.rng, t.batch, t.block);
-        let loss = batch_loss(&model, batch, &device);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        // Dropout masks from (seed, step), so a resumed run draws the same masks. The device's
+        // generator is global to the process: the step holds the init lock while it draws.
+        let seeded = (spec.model.dropout > 0.0).then(|| {
+            let guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            device.seed(t.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64));
+            guard
+        });
+        // The loss is read every step (a host sync the step's own `device.sync()` pays
+        // anyway), so a divergence is caught at the step it happens, not at the next log.
+        let (grads, loss_now) = accumulated_grads(&model, run, &mut state.rng, &device);
+        drop(seeded);
         model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
-        // Read every step (a host sync the step's own `device.sync()` pays anyway), so a
-        // divergence is caught at the step it happens, not at the next logging step.
-        let loss_now = loss.into_scalar::<f32>() as f64;
         let loss_value = log_now.then_some(loss_now);
         device.sync().ok();
         if lock.lost() {

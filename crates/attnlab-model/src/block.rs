@@ -17,11 +17,23 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by
+/// 1/(1 − p); the identity when `p = 0` or outside training (a device without autodiff, as
+/// evaluation and decode use). Draws from the device's seeded generator.
+pub fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
+    if p == 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - p));
+    x * keep / (1.0 - p)
+}
+
 impl Block {
-    /// x: `[batch, seq, d_model]`, causal.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(rms_norm(&self.attn_norm, x));
-        x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x))
+    /// x: `[batch, seq, d_model]`, causal; `dropout` on both branches before their residual
+    /// adds (training only: see [`dropout`]).
+    pub fn forward(&self, x: Tensor<3>, p: f64) -> Tensor<3> {
+        let x = x.clone() + dropout(self.attn.forward(rms_norm(&self.attn_norm, x)), p);
+        x.clone() + dropout(self.mlp.forward(rms_norm(&self.mlp_norm, x)), p)
     }
 
     /// Incremental forward of new tokens x: `[batch, new, d_model]` with this block's state.

@@ -28,6 +28,15 @@ pub struct ModelConfig {
     pub mlp_hidden: usize,
     pub rope_base: f32,
     pub attention: AttentionConfig,
+    /// Dropout probability in training (nanoGPT's places but the attention weights): on the
+    /// embeddings, and on the mixer's and the MLP's outputs before each residual add. 0 = off
+    /// (left out of the saved config and the run id then).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for ModelConfig {
@@ -42,6 +51,7 @@ impl Default for ModelConfig {
             mlp_hidden: 0,
             rope_base: 10_000.0,
             attention: AttentionConfig::Mha {},
+            dropout: 0.0,
         }
     }
 }
@@ -65,6 +75,9 @@ impl ModelConfig {
         }
         if !(self.rope_base > 1.0 && self.rope_base.is_finite()) {
             return Err(ConfigError::new("model.rope_base", self.rope_base, "must be finite and > 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ConfigError::new("model.dropout", self.dropout, "must be in [0, 1)"));
         }
         self.attention.validate(self.d_model, self.heads)
     }

@@ -17,6 +17,8 @@ pub struct Gpt {
     pub blocks: Vec<Block>,
     pub norm: RmsNorm,
     pub max_seq: usize,
+    /// `model.dropout` (training only).
+    pub dropout: f64,
 }
 
 /// Parameter counts (the tied embedding counted once).
@@ -48,6 +50,7 @@ impl Gpt {
             blocks,
             norm: RmsNormConfig::new(d).init(device),
             max_seq: config.max_seq,
+            dropout: config.dropout,
         }
     }
 
@@ -60,7 +63,8 @@ impl Gpt {
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let seq = tokens.dims()[1];
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
-        let h = self.blocks.iter().fold(self.embed.forward(tokens), |h, b| b.forward(h));
+        let p = self.dropout;
+        let h = self.blocks.iter().fold(crate::block::dropout(self.embed.forward(tokens), p), |h, b| b.forward(h, p));
         self.head(h)
     }
 
