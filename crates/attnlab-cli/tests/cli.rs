@@ -372,3 +372,37 @@ fn kinds_lists_every_kind() {
     let md = attnlab().args(["kinds", "--markdown"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&md.stdout), attnlab_attn::kinds::markdown_table());
 }
+
+/// A finished run has `history.jsonl` (W&B's layout: one row per step, slash-named scalars)
+/// matching `metrics.jsonl`, and a TensorBoard event file whose records are framed with valid
+/// CRCs (`bench/check_tensorboard.py` reads it with TensorBoard's own reader).
+#[test]
+fn runs_write_history_and_tensorboard_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, TINY.replace("[train]\n", "[train]\nlog_every = 5\n")).unwrap();
+    let out = dir.path().join("runs");
+    let o = attnlab().args(["train", "--quiet", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success());
+    let run = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap().to_string());
+    let history: Vec<serde_json::Value> = std::fs::read_to_string(run.join("history.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for m in &metrics {
+        let row = history.iter().find(|h| h["_step"] == m["step"]).expect("a row per step");
+        match m["kind"].as_str().unwrap() {
+            "train" => assert_eq!(row["train/loss"], m["loss"]),
+            _ => assert_eq!(row["val/loss"], m["val_loss"]),
+        }
+    }
+    let steps: Vec<u64> = history.iter().map(|h| h["_step"].as_u64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let events = std::fs::read(run.join("events.out.tfevents.attnlab")).unwrap();
+    let (mut at, mut records) = (0, 0);
+    while at < events.len() {
+        let len = u64::from_le_bytes(events[at..at + 8].try_into().unwrap()) as usize;
+        at += 12 + len + 4;
+        records += 1;
+    }
+    assert_eq!(at, events.len());
+    assert_eq!(records, 1 + metrics.len(), "the file version, then one event per metric line");
+}

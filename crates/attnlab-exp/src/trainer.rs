@@ -287,6 +287,14 @@ pub(crate) fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, d
     (accumulator.grads(), loss_sum)
 }
 
+/// `history.jsonl` (W&B layout) and a TensorBoard event file beside `metrics.jsonl`; a
+/// failure is a warning (they are derived files: `metrics.jsonl` holds everything).
+fn export_metrics(dir: &RunDir) {
+    if let Err(e) = crate::export_metrics::export(&dir.root) {
+        tracing::warn!("{e:#}: history.jsonl / the TensorBoard file not written");
+    }
+}
+
 /// A run's data fingerprint (`data.sha256`): written when the run starts, compared on every
 /// resume, so a run never continues on other data than it began with (the run id hashes the
 /// data too; this catches a store written before it did, or a hand-copied folder).
@@ -432,6 +440,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
                 break;
             }
             save_checkpoint(&dir, &model, &optim, &state, &lock)?;
+            export_metrics(&dir);
             pb.finish_and_clear();
             return Ok(RunOutcome::Stopped { step: state.step });
         }
@@ -579,6 +588,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         extended_from_step: run.extends.as_ref().map(|e| e.from_step),
     };
     lock.verify()?;
+    export_metrics(&dir);
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(RunOutcome::Finished(summary))
 }
