@@ -333,6 +333,36 @@ fn decode_plots(points: &[attnlab_exp::bench::DecodePoint], dir: &Path) -> Resul
     lines_svg(&axes("Decode state of the whole model, one sequence", "bytes (log scale)"), series(&|p| p.state_bytes_per_sequence as f64), &dir.join("decode_state.svg"))
 }
 
+/// Columns of the terminal on stdout (`TIOCGWINSZ`), else `$COLUMNS`; `None` when stdout is
+/// a file or a pipe (no wrapping then).
+fn terminal_width() -> Option<u16> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills the winsize struct of a terminal file descriptor.
+    if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
+        return Some(ws.ws_col);
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
+}
+
+/// An aligned table fitted to the terminal's width (cells wrap; no limit in a file or pipe).
+fn table(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::UTF8_BORDERS_ONLY).set_header(header).add_rows(rows);
+    if let Some(width) = terminal_width() {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic).set_width(width);
+    }
+    t.to_string()
+}
+
+/// The cells of a Markdown table's lines (header, then rows; the `|---|` line dropped).
+fn markdown_cells(lines: &[&str]) -> Vec<Vec<String>> {
+    lines
+        .iter()
+        .filter(|l| !l.trim_start_matches('|').starts_with("---"))
+        .map(|l| l.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
 /// Most tokens one `generate` call produces.
 const MAX_GENERATE: usize = 1_000_000;
 
@@ -507,11 +537,16 @@ fn run(cli: Cli) -> Result<()> {
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
             println!("{} runs of {} (output {}):", exp.runs.len(), exp.name, out.join(&exp.name).display());
-            println!("{:>4}  {:<10}  {:<12}  {}", "#", "run id", "status", "point");
-            for (point, run) in exp.points.iter().zip(&exp.runs) {
-                let status = if in_shard(point.index, shard) { run_status(&out, run) } else { "other shard".into() };
-                println!("{:>4}  {:<10}  {:<12}  {}", point.index, run.run_id, status, point.describe());
-            }
+            let rows: Vec<Vec<String>> = exp
+                .points
+                .iter()
+                .zip(&exp.runs)
+                .map(|(point, run)| {
+                    let status = if in_shard(point.index, shard) { run_status(&out, run) } else { "other shard".into() };
+                    vec![point.index.to_string(), run.run_id.clone(), status, point.describe()]
+                })
+                .collect();
+            println!("{}", table(["#", "run id", "status", "point"].map(String::from).to_vec(), rows));
             if dry_run {
                 return Ok(());
             }
@@ -555,8 +590,13 @@ fn run(cli: Cli) -> Result<()> {
                 attnlab_report::write_report(&runs, &dest, None)?;
                 let text = std::fs::read_to_string(dest.join("README.md"))?;
                 // The results table: from its heading to the next blank line after it.
-                let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("## Results")).skip(2).take_while(|l| !l.is_empty()).collect();
-                println!("\n{}\n\nreport: {}", table.join("\n"), dest.join("README.md").display());
+                let lines: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("## Results")).skip(2).take_while(|l| !l.is_empty()).collect();
+                let mut cells = markdown_cells(&lines);
+                if !cells.is_empty() {
+                    let header = cells.remove(0);
+                    println!("\n{}", table(header, cells));
+                }
+                println!("\nreport: {}", dest.join("README.md").display());
             }
             Ok(())
         }

@@ -406,3 +406,21 @@ fn runs_write_history_and_tensorboard_files() {
     assert_eq!(at, events.len());
     assert_eq!(records, 1 + metrics.len(), "the file version, then one event per metric line");
 }
+
+/// `sweep --report` prints the results as an aligned table that fits the terminal's width
+/// (`COLUMNS` when stdout is not a terminal); the run table of `--dry-run` too.
+/// Planted, and seen to fail: the Markdown lines printed as they are (wider than 70 columns).
+#[test]
+fn terminal_tables_fit_the_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, format!("{TINY}\n[sweep]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"mqa\"}}]\n")).unwrap();
+    let out = dir.path().join("runs");
+    let o = attnlab().env("COLUMNS", "70").args(["sweep", "--quiet", "--report", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let tables: Vec<&str> = text.lines().filter(|l| l.contains('│') || l.contains('═') || l.contains('─')).collect();
+    assert!(tables.len() > 4, "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 70), "{text}");
+    assert!(text.contains("mha") && text.contains("mqa") && text.contains("report: "), "{text}");
+}
