@@ -208,10 +208,12 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Tables and plots from a run store (runs/<experiment>).
+    /// Tables and plots from a run store (runs/<experiment>); several stores side by side
+    /// (`report runs/a runs/b`: each config once per store, labelled store=…).
     Report {
-        runs: PathBuf,
-        /// Output folder (default: reports/<experiment>).
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Output folder (default: reports/<experiment>, or reports/<a>-vs-<b> for several).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Device peak in GFLOP/s (from `attnlab bench peak`) for the MFU of runs whose
@@ -789,9 +791,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(g) = peak_gflops.filter(|g| !(g.is_finite() && *g > 0.0)) {
                 return Err(SpecError::new(format!("--peak-gflops = {g}: must be a finite number > 0 (from `attnlab bench peak`)")).into());
             }
-            let name = runs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
-            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
-            let groups = attnlab_report::write_report(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
+            let names: Vec<String> = runs.iter().map(|r| attnlab_report::store_name(r)).collect();
+            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(names.join("-vs-")));
+            let groups = attnlab_report::write_report_stores(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
             println!("{} configs → {}", groups.len(), out.join("README.md").display());
             Ok(())
         }

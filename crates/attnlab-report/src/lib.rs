@@ -18,7 +18,36 @@ use anyhow::{Context, Result};
 /// `out` (a human reading of the results) is kept and included in `README.md`.
 /// `peak_flops` fills in MFU for runs recorded before summaries carried it (older runs).
 pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Result<Vec<Group>> {
-    let (mut runs, skipped) = load_store(runs_dir)?;
+    write_report_stores(&[runs_dir.to_path_buf()], out, peak_flops)
+}
+
+/// The folder name of a store (its experiment's name), for labels.
+pub fn store_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string())
+}
+
+/// One report over several run stores side by side (`attnlab report A B`): every run gets a
+/// config field `store` (the store's folder name; the folder's path when two names clash), so
+/// configs present in several stores form one group per store, labelled `store=…`, and the
+/// noise check compares them. Run ids are shown as `store/run-id`. With one store this is the
+/// plain report.
+pub fn write_report_stores(stores: &[std::path::PathBuf], out: &Path, peak_flops: Option<f64>) -> Result<Vec<Group>> {
+    let (mut runs, mut skipped) = (Vec::new(), Vec::new());
+    let names: Vec<String> = stores.iter().map(|s| store_name(s)).collect();
+    for (i, dir) in stores.iter().enumerate() {
+        let (mut r, s) = load_store(dir)?;
+        if stores.len() > 1 {
+            let clash = names.iter().filter(|n| **n == names[i]).count() > 1;
+            let name = if clash { dir.display().to_string() } else { names[i].clone() };
+            for run in &mut r {
+                run.config.insert("store".into(), name.clone());
+                run.run_id = format!("{name}/{}", run.run_id);
+            }
+        }
+        runs.extend(r);
+        skipped.extend(s);
+    }
+    let runs_dir = stores.first().map(|p| p.as_path()).unwrap_or(Path::new("."));
     for reason in &skipped {
         eprintln!("warning: left out of the report: {reason}");
     }
@@ -27,7 +56,7 @@ pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Res
             load::fill_mfu(r, peak);
         }
     }
-    anyhow::ensure!(!runs.is_empty(), "{}: no finished runs (no */summary.json)", runs_dir.display());
+    anyhow::ensure!(!runs.is_empty(), "{}: no finished runs (no */summary.json)", if stores.len() > 1 { names.join(", ") } else { runs_dir.display().to_string() });
     let groups = group_runs(&runs);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let notes = std::fs::read_to_string(out.join("notes.md")).ok();

@@ -220,3 +220,24 @@ fn t_intervals_match_tables_and_one_seed_has_none() {
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(md.contains("2.0000 (1 seed)") && md.contains("one seed, no interval") && !md.contains("± 0.0000"), "{md}");
 }
+
+/// Two stores side by side: each config once per store (labelled store=…), the noise check
+/// comparing them, run ids prefixed with their store.
+/// Planted, and seen to fail: the `store` field not added (the two stores' mha runs pooled
+/// into one group of 4 seeds).
+#[test]
+fn two_stores_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("old").join("fx"), tmp.path().join("new").join("fx2"));
+    for (i, best) in [2.0, 2.2].iter().enumerate() {
+        fixture_run(&a, &format!("a{i}"), "mha", 4096, i as u64, *best);
+        fixture_run(&b, &format!("b{i}"), "mha", 4096, i as u64, best + 0.01);
+    }
+    let out = tmp.path().join("cmp");
+    let groups = attnlab_report::write_report_stores(&[a, b], &out, None).unwrap();
+    assert_eq!(groups.len(), 2, "{:?}", groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+    assert!(groups.iter().all(|g| g.runs.len() == 2));
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("mha store=fx ") || md.contains("mha store=fx |"), "{md}");
+    assert!(md.contains("mha store=fx2") && md.contains("within seed noise") && md.contains("fx2/b1"), "{md}");
+}
