@@ -255,16 +255,17 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    // `attnlab … | head`: a closed pipe ends the process quietly, as it does `cat` (Rust
-    // ignores SIGPIPE by default, and `println!` would panic on the EPIPE error).
-    // SAFETY: restoring the default disposition of a signal before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // `attnlab … | head`: a closed pipe ends the process quietly (Rust ignores SIGPIPE by
+    // default, and `println!` would panic on the EPIPE error); during training it asks for a
+    // checkpoint and a stop instead (see `on_signal`), so `train … | tee log` loses nothing.
     // Plain lines (no colour codes) when stderr is a file or a pipe: a batch job's log.
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must not panic (the default reports the failed write with eprintln!).
+        .log_internal_errors(false)
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -454,15 +455,21 @@ impl std::fmt::Display for Incomplete {
 
 impl std::error::Error for Incomplete {}
 
-/// First Ctrl-C or SIGTERM: the trainer finishes its step, checkpoints and stops.
-/// A second one exits at once (the last periodic checkpoint remains).
-extern "C" fn on_signal(_: libc::c_int) {
-    // Outside training (start-up, between runs) there is nothing to save: exit at once.
-    if attnlab_exp::interrupt::requested() || !attnlab_exp::interrupt::graceful() {
-        // Only async-signal-safe calls here.
-        unsafe { libc::_exit(130) };
+/// First Ctrl-C or SIGTERM during training: the trainer finishes its step, checkpoints and
+/// stops; a second one exits at once (the last periodic checkpoint remains). A closed pipe
+/// (SIGPIPE) during training also checkpoints and stops, however often it comes (the notices
+/// written while stopping raise it again). Outside training (start-up, between runs, read-only
+/// commands) there is nothing to save: the process exits at once, 130 (141 for a closed pipe).
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only async-signal-safe calls here.
+    if attnlab_exp::interrupt::graceful() {
+        if sig != libc::SIGPIPE && attnlab_exp::interrupt::requested() {
+            unsafe { libc::_exit(130) };
+        }
+        attnlab_exp::interrupt::request();
+        return;
     }
-    attnlab_exp::interrupt::request();
+    unsafe { libc::_exit(if sig == libc::SIGPIPE { 141 } else { 130 }) };
 }
 
 fn install_interrupt_handler() {
@@ -471,6 +478,7 @@ fn install_interrupt_handler() {
     unsafe {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGPIPE, handler);
     }
 }
 
@@ -857,11 +865,8 @@ fn run(cli: Cli) -> Result<()> {
             if tokens > MAX_GENERATE {
                 return Err(SpecError::new(format!("--tokens = {tokens}: must be ≤ {MAX_GENERATE}")).into());
             }
-            if spec.model.max_seq < 2 {
-                return Err(SpecError::new(format!("{}: model.max_seq = {}: generate needs ≥ 2", config.display(), spec.model.max_seq)).into());
-            }
-            if ids.len() + tokens > spec.model.max_seq {
-                tracing::info!("prompt + tokens = {} > model.max_seq = {}: the context is cropped to the last {} tokens (nanoGPT's rule)", ids.len() + tokens, spec.model.max_seq, spec.model.max_seq - 1);
+            if ids.len() + tokens > spec.model.max_seq + 1 {
+                tracing::info!("prompt + tokens = {} > model.max_seq = {}: each token sees the last {} tokens (nanoGPT's crop)", ids.len() + tokens, spec.model.max_seq, spec.model.max_seq);
             }
             let sampling = Sampling { temperature, top_k: Some(top_k), seed };
             let out = generate_cropped(&model, &ids, tokens, sampling, &device);

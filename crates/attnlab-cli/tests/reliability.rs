@@ -432,3 +432,29 @@ fn a_signal_during_start_up_ends_the_process_before_anything_is_written() {
     assert!(started.elapsed().as_secs() < 5, "the process ended at once");
     assert!(!out.exists(), "nothing written during start-up");
 }
+
+/// A log pipe that closes during training (`train … 2>&1 | tee log`, tee killed) makes the run
+/// checkpoint and stop, as Ctrl-C does, instead of dying with its work.
+/// Planted, and seen to fail: SIGPIPE at its default (the process killed, no checkpoint).
+#[test]
+fn a_closed_log_pipe_during_training_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_spec(dir.path(), &TINY.replace("steps = 20", "steps = 100000").replace("every = 10", "every = 5"));
+    let out = dir.path().join("runs");
+    let mut child = attnlab().args(["train", "--out"]).arg(&out).arg(&file).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut evals = 0;
+    while evals < 2 {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "stderr ended early");
+        evals += usize::from(line.contains("val loss"));
+    }
+    drop(err); // the reader dies
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(130) | Some(141)), "{status:?}");
+    let run = run_dir(&out);
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["interrupted"], true, "{state}");
+    assert!(state["step"].as_u64().unwrap() >= 10);
+}

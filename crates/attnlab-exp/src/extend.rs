@@ -83,6 +83,9 @@ pub fn extend(run: &mut PreparedRun, old: &Path) -> Result<(), SpecError> {
     }
     let stored = std::fs::read_to_string(old.join("data.sha256")).unwrap_or_default();
     if let Some(sha) = &run.data_sha256 {
+        if stored.trim().is_empty() {
+            return Err(bad("it has no data.sha256 (a run from before 2026-12-03): its data cannot be checked, so it is not extended".into()));
+        }
         if stored.trim() != sha {
             return Err(bad(format!("it was trained on other data (sha256 {:?}; now {sha})", stored.trim())));
         }

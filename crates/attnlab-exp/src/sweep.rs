@@ -196,7 +196,12 @@ fn refuse_sets_on_swept_paths(points: &[SweepPoint], sets: &[String], source: &s
 
 /// Paths that may be absent from a file because they have defaults.
 fn known_path(path: &str) -> bool {
-    let defaults = toml::Value::try_from(ExperimentSpec::defaults()).expect("defaults serialise");
+    // Fields left out of a saved config at their defaults are set off-default here so that
+    // they are listed too.
+    let mut spec = ExperimentSpec::defaults();
+    spec.model.dropout = 0.5;
+    spec.train.accumulate = 2;
+    let defaults = toml::Value::try_from(spec).expect("defaults serialise");
     get_path(&defaults, path).is_some() || path.starts_with("model.attention.")
 }
 

@@ -42,7 +42,7 @@ fn accumulating_two_half_batches_equals_one_batch() {
     finish(a.path(), &one);
     let s = finish(b.path(), &two);
     let (la, lb) = (losses(a.path(), &one), losses(b.path(), &two));
-    assert_eq!(la.len(), 12);
+    assert_eq!((la.len(), lb.len()), (12, 12));
     for ((sa, x), (sb, y)) in la.iter().zip(&lb) {
         assert_eq!(sa, sb);
         assert!((x - y).abs() <= 1e-4 * x.abs(), "step {sa}: {x} vs {y}");

@@ -21,11 +21,11 @@ impl Default for Sampling {
     }
 }
 
-/// Continues `prompt` (non-empty) by `tokens` new token ids. `prompt.len() + tokens` must not
-/// exceed `model.max_seq`.
+/// Continues `prompt` (non-empty) by `tokens` new token ids. The last new token is never fed
+/// back, so `prompt.len() + tokens − 1` must not exceed `model.max_seq`.
 pub fn generate(model: &Gpt, prompt: &[u32], tokens: usize, sampling: Sampling, device: &Device) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generate: empty prompt");
-    let capacity = prompt.len() + tokens;
+    let capacity = prompt.len() + tokens.saturating_sub(1);
     assert!(capacity <= model.max_seq, "generate: prompt + tokens = {capacity} exceeds model.max_seq = {}", model.max_seq);
     let mut rng = Rng::new(sampling.seed);
     let mut states = model.init_states(1, capacity, device);
@@ -44,18 +44,18 @@ pub fn generate(model: &Gpt, prompt: &[u32], tokens: usize, sampling: Sampling, 
     out
 }
 
-/// Continues `prompt` (non-empty) by `tokens` new ids with no length limit: the context is
-/// cropped to its last `max_seq − 1` tokens, as nanoGPT's `generate` crops to `block_size`.
-/// While prompt and output fit in `max_seq` this is [`generate`] (one prefill, then cached
-/// steps); past that, every new token re-prefills the last `max_seq − 1` tokens (a sliding
-/// window: `max_seq` positions of work per token), with the seed advanced per token.
-/// `model.max_seq` must be ≥ 2.
+/// Continues `prompt` (non-empty) by `tokens` new ids with no length limit: each token is
+/// predicted from the last `max_seq` tokens at most, as nanoGPT's `generate` crops to
+/// `block_size`. While prompt and output fit this is [`generate`] (one prefill, then cached
+/// steps); past that, every new token re-prefills the last `max_seq` tokens (a sliding window:
+/// `max_seq` positions of work per token), with the seed advanced per token.
 pub fn generate_cropped(model: &Gpt, prompt: &[u32], tokens: usize, sampling: Sampling, device: &Device) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generate: empty prompt");
-    let window = model.max_seq.checked_sub(1).filter(|&w| w >= 1).expect("generate: model.max_seq must be ≥ 2");
+    let window = model.max_seq.max(1);
     let tail = |ids: &[u32]| ids[ids.len().saturating_sub(window)..].to_vec();
     let context = tail(prompt);
-    let mut out = generate(model, &context, tokens.min(model.max_seq - context.len()), sampling, device);
+    // The last token generated is never fed back: max_seq − len + 1 fit in the cache.
+    let mut out = generate(model, &context, tokens.min(window - context.len() + 1), sampling, device);
     let mut seed = sampling.seed;
     while out.len() < tokens {
         seed = seed.wrapping_add(1);

@@ -23,7 +23,8 @@ pub fn write_report(runs_dir: &Path, out: &Path, peak_flops: Option<f64>) -> Res
 
 /// The folder name of a store (its experiment's name), for labels.
 pub fn store_name(dir: &Path) -> String {
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string())
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into())
 }
 
 /// One report over several run stores side by side (`attnlab report A B`): every run gets a

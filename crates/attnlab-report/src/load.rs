@@ -90,6 +90,16 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
     let config: toml::Value = toml::from_str(&config_text).map_err(|e| format!("{}: not TOML: {}", config_path.display(), e.message()))?;
     let mut flat = BTreeMap::new();
     flatten("", &config, &mut flat);
+    // Fields a config leaves out at their defaults (so older run ids stay): present for
+    // grouping, so a dropout run is never pooled with a run without it.
+    for (key, default) in [("model.dropout", "0.0"), ("train.accumulate", "1")] {
+        flat.entry(key.to_string()).or_insert_with(|| default.to_string());
+    }
+    // An extension (`train --extend`) has the config of a run trained from scratch to the same
+    // steps; it is another run, grouped apart.
+    if let Some(from) = summary.get("extended_from").and_then(Json::as_str) {
+        flat.insert("extended_from".into(), from.to_string());
+    }
     let val_curve = std::fs::read(root.join("metrics.jsonl"))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()

@@ -31,22 +31,23 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
-/// The `p` quantile of Student's t with `df` degrees of freedom (statrs).
+/// The `p` quantile of Student's t with `df` degrees of freedom (statrs); NaN unless df is
+/// finite and > 0.
 pub fn t_quantile(df: f64, p: f64) -> f64 {
-    StudentsT::new(0.0, 1.0, df).expect("df > 0").inverse_cdf(p)
+    StudentsT::new(0.0, 1.0, df).map_or(f64::NAN, |t| t.inverse_cdf(p))
 }
 
 /// Half-width of the 95% confidence interval of the mean of `xs` (Student's t, n − 1 degrees
 /// of freedom); `None` for fewer than two values (one seed gives no interval).
 pub fn ci95(xs: &[f64]) -> Option<f64> {
     let n = xs.len();
-    (n >= 2).then(|| t_quantile((n - 1) as f64, 0.975) * std(xs) / (n as f64).sqrt())
+    (n >= 2 && xs.iter().all(|x| x.is_finite())).then(|| t_quantile((n - 1) as f64, 0.975) * std(xs) / (n as f64).sqrt())
 }
 
 /// Welch's 95% interval of mean(a) − mean(b): `(difference, half-width)`; `None` unless both
 /// have at least two values. With no spread in either (every seed equal) the half-width is 0.
 pub fn welch95(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
-    if a.len() < 2 || b.len() < 2 {
+    if a.len() < 2 || b.len() < 2 || !a.iter().chain(b).all(|x| x.is_finite()) {
         return None;
     }
     let (va, vb) = (std(a).powi(2) / a.len() as f64, std(b).powi(2) / b.len() as f64);
@@ -55,5 +56,6 @@ pub fn welch95(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
         return Some((d, 0.0));
     }
     let df = (va + vb).powi(2) / (va.powi(2) / (a.len() - 1) as f64 + vb.powi(2) / (b.len() - 1) as f64);
-    Some((d, t_quantile(df, 0.975) * (va + vb).sqrt()))
+    let t = t_quantile(df, 0.975);
+    t.is_finite().then(|| (d, t * (va + vb).sqrt()))
 }

@@ -78,10 +78,13 @@ pub fn has_accuracy(groups: &[Group]) -> bool {
 
 /// Groups runs by the config fields (other than the seed) whose values differ between runs.
 pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
+    // A key some runs lack (an extension's `extended_from`, a field newer than a run) counts
+    // as the value "–" for them, so its presence alone separates groups.
+    let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.config.keys().map(String::as_str)).collect();
     let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for r in runs {
-        for (k, v) in &r.config {
-            values.entry(k).or_default().insert(v);
+        for k in &keys {
+            values.entry(k).or_default().insert(r.config.get(*k).map_or("–", String::as_str));
         }
     }
     let mut varying: Vec<&str> = values.iter().filter(|(k, v)| v.len() > 1 && !IGNORED.contains(k)).map(|(k, _)| *k).collect();
@@ -92,7 +95,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let fields: BTreeMap<String, String> =
-            varying.iter().map(|k| (k.to_string(), r.config.get(*k).cloned().unwrap_or_default())).collect();
+            varying.iter().map(|k| (k.to_string(), r.config.get(*k).cloned().unwrap_or_else(|| "–".into()))).collect();
         match groups.iter_mut().find(|g| g.fields == fields) {
             Some(g) => g.runs.push(i),
             None => {
@@ -109,7 +112,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
     for g in &mut groups {
         // Diverged runs are listed in the per-run table but left out of the statistics.
         let kept: Vec<usize> = g.runs.iter().copied().filter(|&i| runs[i].text("status") != "diverged").collect();
-        g.best_val = kept.iter().map(|&i| runs[i].num("best_val_loss")).collect();
+        g.best_val = kept.iter().map(|&i| runs[i].num("best_val_loss")).filter(|v| v.is_finite()).collect();
         g.accuracy = kept.iter().map(|&i| test_accuracy(&runs[i])).filter(|a| a.is_finite()).collect();
         g.accuracy_at_best_val = kept.iter().map(|&i| runs[i].num("test_accuracy_at_best_val")).filter(|a| a.is_finite()).collect();
         g.val_accuracy = kept.iter().map(|&i| runs[i].num("final_val_accuracy")).filter(|a| a.is_finite()).collect();
@@ -154,6 +157,11 @@ fn mfu(v: f64) -> String {
 
 /// Mean over seeds ± the 95% t-interval's half-width (none for one seed).
 fn pm(xs: &[f64]) -> String {
+    let xs: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if xs.is_empty() {
+        return "–".into();
+    }
+    let xs = &xs[..];
     match ci95(xs) {
         Some(h) => format!("{:.4} ± {h:.4}", mean(xs)),
         None => format!("{:.4} (1 seed)", mean(xs)),

@@ -241,3 +241,30 @@ fn two_stores_side_by_side() {
     assert!(md.contains("mha store=fx ") || md.contains("mha store=fx |"), "{md}");
     assert!(md.contains("mha store=fx2") && md.contains("within seed noise") && md.contains("fx2/b1"), "{md}");
 }
+
+/// An extension (`train --extend`, same config as a from-scratch run), a run with dropout (a
+/// field its config omits at 0) and a run whose best val loss is null each stay apart from the
+/// plain runs, and nothing panics on the null.
+/// Planted, and seen to fail: `extended_from` not read into the config (the extension
+/// deduplicated away as a copy of the from-scratch run).
+#[test]
+fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("fx");
+    fixture_run(&store, "plain", "mha", 4096, 0, 2.0);
+    fixture_run(&store, "ext", "mha", 4096, 0, 1.9);
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("ext/summary.json")).unwrap()).unwrap();
+    s["extended_from"] = serde_json::json!("plain");
+    std::fs::write(store.join("ext/summary.json"), s.to_string()).unwrap();
+    fixture_run(&store, "drop", "mha", 4096, 0, 2.1);
+    let config = std::fs::read_to_string(store.join("drop/config.toml")).unwrap().replace("[model]\n", "[model]\ndropout = 0.1\n");
+    std::fs::write(store.join("drop/config.toml"), config).unwrap();
+    fixture_run(&store, "nan", "mha", 4096, 1, 2.0);
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("nan/summary.json")).unwrap()).unwrap();
+    s["best_val_loss"] = serde_json::Value::Null;
+    std::fs::write(store.join("nan/summary.json"), s.to_string()).unwrap();
+    let (runs, skipped) = attnlab_report::load_store(&store).unwrap();
+    assert_eq!(runs.len(), 4, "{skipped:?}");
+    let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
+    assert_eq!(groups.len(), 3, "{:?}", groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+}
