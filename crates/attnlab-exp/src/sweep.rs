@@ -151,7 +151,8 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
     let mut runs = Vec::with_capacity(points.len());
     for point in &points {
         let mut value = base.clone();
-        let at = format!("{source}: run {} ({})", point.index, point.describe());
+        // A file without a sweep is named alone; a sweep's errors name the run and its point.
+        let at = if point.sets.is_empty() { source.to_string() } else { format!("{source}: run {} ({})", point.index, point.describe()) };
         for (path, v) in &point.sets {
             if get_path(&value, path).is_none() && !known_path(path) {
                 return Err(SpecError::new(format!("{at}: sweep path \"{path}\" is not a config field")));
