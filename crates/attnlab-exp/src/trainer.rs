@@ -222,11 +222,13 @@ fn remove_temp_checkpoints(dir: &RunDir) {
     }
 }
 
-/// Writes a checkpoint (into a per-process temp folder, then renamed into place), never one
-/// with non-finite weights, and only while this process still holds the run's lock.
-fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState, lock: &RunLock) -> Result<()> {
-    let bad = non_finite_params(model);
-    anyhow::ensure!(bad == 0, "not writing a checkpoint at step {}: {bad} parameter tensors hold NaN or infinity", state.step);
+/// Writes a checkpoint (into a per-process temp folder, then renamed into place), only while
+/// this process still holds the run's lock. Never one with non-finite weights: then nothing is
+/// written and the answer is `Ok(false)` (the last update overflowed them: the run diverged).
+fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &TrainerState, lock: &RunLock) -> Result<bool> {
+    if non_finite_params(model) > 0 {
+        return Ok(false);
+    }
     lock.verify()?;
     remove_temp_checkpoints(dir);
     let tmp = crate::store::temp_path(&dir.checkpoint());
@@ -236,7 +238,8 @@ fn save_checkpoint(dir: &RunDir, model: &Gpt, optim: &ModuleOptimizer, state: &T
     write_atomic(&tmp.join("state.json"), serde_json::to_string(state)?.as_bytes())?;
     checkpoint::seal(&tmp)?;
     lock.verify()?;
-    checkpoint::install(&tmp, &dir.checkpoint())
+    checkpoint::install(&tmp, &dir.checkpoint())?;
+    Ok(true)
 }
 
 /// Logs a line through `tracing`, so that it reaches a log file under a batch job or
@@ -433,13 +436,11 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             }
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             state.interrupted = true;
-            if non_finite_params(&model) > 0 {
-                // The last update overflowed the weights: diverged, not resumable from here.
+            if !save_checkpoint(&dir, &model, &optim, &state, &lock)? {
                 say(&pb, true, format!("run {}: the weights are non-finite at step {}: stopping it as diverged", run.run_id, state.step));
                 diverged_at = Some(state.step);
                 break;
             }
-            save_checkpoint(&dir, &model, &optim, &state, &lock)?;
             export_metrics(&dir);
             pb.finish_and_clear();
             return Ok(RunOutcome::Stopped { step: state.step });
@@ -512,12 +513,9 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         }
         if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < t.steps {
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-            if let Err(e) = save_checkpoint(&dir, &model, &optim, &state, &lock) {
-                if non_finite_params(&model) == 0 {
-                    return Err(e);
-                }
+            if !save_checkpoint(&dir, &model, &optim, &state, &lock)? {
                 // The update of this step made the weights non-finite: diverged.
-                say(&pb, true, format!("run {}: {e:#}: stopping it as diverged", run.run_id));
+                say(&pb, true, format!("run {}: the weights are non-finite at step {}: stopping it as diverged", run.run_id, state.step));
                 diverged_at = Some(state.step);
                 break;
             }
