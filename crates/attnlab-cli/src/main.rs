@@ -7,9 +7,8 @@ use anyhow::{Context, Result};
 use attnlab_data::Tokenizer;
 use attnlab_exp::sweep::{in_shard, load_experiment, parse_shard, Experiment};
 use attnlab_exp::trainer::{run_status, RunOutcome};
-use attnlab_exp::{parse_device, train, ExperimentSpec, SpecError, TrainOptions};
+use attnlab_exp::{parse_device, train, SpecError, TrainOptions};
 use attnlab_model::{generate_cropped, Gpt, Sampling};
-use burn::module::Module;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -235,6 +234,19 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a trained run's weights as safetensors for PyTorch and other tools (README:
+    /// "Exporting to PyTorch"): model.safetensors, config.json and probe.safetensors (probe
+    /// tokens and this model's logits, to check a re-implementation against).
+    Export {
+        /// The run folder (runs/<experiment>/<run-id>) or its checkpoint folder.
+        run: PathBuf,
+        /// Only safetensors for now.
+        #[arg(long, default_value = "safetensors")]
+        format: String,
+        /// Output folder, which must not exist (default: <run>/export).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Sample text from a trained run (its folder or its checkpoint folder).
     Generate {
         run: PathBuf,
@@ -250,6 +262,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Sample with these weights instead of the checkpoint's: a safetensors file with the
+        /// names and shapes `attnlab export` writes (e.g. edited or trained in PyTorch).
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
     },
 }
 
@@ -818,7 +834,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", attnlab_exp::lock::unlock(&run, force)?);
             Ok(())
         }
-        Command::Generate { run, prompt, tokens, temperature, top_k, seed, device } => {
+        Command::Export { run, format, out } => {
+            if format != "safetensors" {
+                return Err(SpecError::new(format!("--format = {format:?}: allowed: safetensors")).into());
+            }
+            let loaded = attnlab_exp::export::load_run(&run, &burn::tensor::Device::flex())?;
+            let out = out.unwrap_or_else(|| loaded.root.join("export"));
+            for file in attnlab_exp::export::export_run(&loaded, &out)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
+        Command::Generate { run, prompt, tokens, temperature, top_k, seed, device, weights } => {
             let device = backend(&device)?;
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(SpecError::new(format!("--temperature = {temperature}: must be finite and ≥ 0 (0 = greedy)")).into());
@@ -826,30 +853,9 @@ fn run(cli: Cli) -> Result<()> {
             if top_k == 0 {
                 return Err(SpecError::new("--top-k = 0: must be ≥ 1 (1 = greedy; the vocabulary size = no cut)").into());
             }
-            let root = if run.join("config.toml").exists() { run.clone() } else { run.parent().map(Path::to_path_buf).unwrap_or_default() };
-            let config = root.join("config.toml");
-            if !config.exists() {
-                return Err(SpecError::new(format!("{}: no config.toml here or in its parent folder; give a run folder (runs/<experiment>/<run-id>)", run.display())).into());
-            }
-            let spec = ExperimentSpec::load(&config, &[])?;
-            let tokenizer_path = root.join("tokenizer.json");
-            let tokenizer: Tokenizer = serde_json::from_str(&std::fs::read_to_string(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?)
-                .map_err(|e| SpecError::new(format!("{}: not a tokenizer: {e}", tokenizer_path.display())))?;
-            if tokenizer.vocab_size() != spec.model.vocab {
-                return Err(SpecError::new(format!("{}: model.vocab = {} but tokenizer.json has {} tokens", config.display(), spec.model.vocab, tokenizer.vocab_size())).into());
-            }
-            let checkpoint = root.join("checkpoint");
-            // The same checksums a resume checks: a damaged checkpoint is refused, not sampled.
-            attnlab_exp::checkpoint::verify(&checkpoint).map_err(|e| {
-                anyhow::anyhow!("{e:#}: the checkpoint is damaged{}", if attnlab_exp::checkpoint::previous(&checkpoint).exists() { " (checkpoint.prev/ holds the one before it)" } else { "" })
-            })?;
-            let weights = checkpoint.join("model.bpk");
-            let model = Gpt::new(&spec.model, &device)
-                .try_load_file(&weights)
-                .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", weights.display()))?;
-            let bad = attnlab_exp::trainer::non_finite_params(&model);
-            if bad > 0 {
-                return Err(anyhow::anyhow!("{}: {bad} parameter tensors hold NaN or infinity (a diverged run); nothing to sample from", weights.display()));
+            let attnlab_exp::export::LoadedRun { root, spec, tokenizer, mut model } = attnlab_exp::export::load_run(&run, &device)?;
+            if let Some(file) = &weights {
+                model = attnlab_exp::export::import_safetensors(&spec.model, file, &device)?;
             }
             if let (Tokenizer::Ids { vocab }, "\n") = (&tokenizer, prompt.as_str()) {
                 return Err(SpecError::new(format!(

@@ -55,6 +55,38 @@ fn a_tiny_run_trains_and_generates() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     let text = String::from_utf8_lossy(&g.stdout);
     assert!(text.starts_with("The ") && text.trim_end().chars().count() >= 4 + 10, "{text:?}");
+    // `export` writes the three files; an existing output folder and an unknown format are
+    // input errors (exit 2) that write nothing.
+    let e = attnlab().arg("export").arg(&run_dir).output().unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let listed: Vec<String> = String::from_utf8_lossy(&e.stdout).lines().map(String::from).collect();
+    let export = run_dir.join("export");
+    for f in ["model.safetensors", "config.json", "probe.safetensors"] {
+        assert!(listed.contains(&export.join(f).display().to_string()), "{listed:?}");
+    }
+    let before = std::fs::read(export.join("model.safetensors")).unwrap();
+    for args in [&["--out"][..], &["--format", "onnx", "--out"][..]] {
+        let e = attnlab().arg("export").arg(&run_dir).args(args).arg(if args.len() == 1 { export.clone() } else { dir.path().join("x") }).output().unwrap();
+        assert_eq!(e.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&e.stderr));
+    }
+    assert_eq!(std::fs::read(export.join("model.safetensors")).unwrap(), before);
+    assert!(!dir.path().join("x").exists());
+    // `generate --weights` imports them: the same greedy text as from the checkpoint; a file
+    // of another model is refused naming the mismatch.
+    let greedy = |extra: &[&std::path::Path]| {
+        let mut c = attnlab();
+        c.arg("generate").arg(&run_dir).args(["--prompt", "The ", "--tokens", "12", "--temperature", "0"]);
+        for w in extra {
+            c.arg("--weights").arg(w);
+        }
+        c.output().unwrap()
+    };
+    let (a, b) = (greedy(&[]), greedy(&[&export.join("model.safetensors")]));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    let w = greedy(&[&export.join("probe.safetensors")]);
+    assert_eq!(w.status.code(), Some(2), "{}", String::from_utf8_lossy(&w.stderr));
+    assert!(String::from_utf8_lossy(&w.stderr).contains("embed.weight: missing"), "{}", String::from_utf8_lossy(&w.stderr));
     // A tokenizer that does not match the checkpoint's vocabulary is refused, naming both.
     std::fs::write(run_dir.join("tokenizer.json"), r#"{"kind":"char","chars":["a","b","c"]}"#).unwrap();
     let g = attnlab().arg("generate").arg(&run_dir).args(["--prompt", "a"]).output().unwrap();
