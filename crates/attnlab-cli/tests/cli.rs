@@ -456,3 +456,32 @@ fn terminal_tables_fit_the_width() {
     assert!(text.lines().all(|l| l.chars().count() <= 70), "{text}");
     assert!(text.contains("mha") && text.contains("mqa") && text.contains("report: "), "{text}");
 }
+
+/// `data.tokenizer = "bpe"`: a run learns its vocabulary, saves it, and `generate` reads it
+/// back; two processes learn byte-identical vocabularies (a resume compares them, and the
+/// `tokenizers` crate's hash maps are seeded per process). The merge rule itself is tested
+/// against a naive BPE in `attnlab-data/tests/bpe.rs`.
+#[test]
+fn a_bpe_run_saves_its_vocabulary_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, TINY).unwrap();
+    let train = |out: &str| {
+        let o = attnlab()
+            .args(["train", "--quiet", "--set", "data.tokenizer=\"bpe\"", "--set", "data.vocab_size=300", "--out"])
+            .arg(dir.path().join(out))
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        std::path::PathBuf::from(stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).expect("run folder"))
+    };
+    let (a, b) = (train("a"), train("b"));
+    let saved = std::fs::read(a.join("tokenizer.json")).unwrap();
+    assert_eq!(saved, std::fs::read(b.join("tokenizer.json")).unwrap());
+    assert!(String::from_utf8_lossy(&saved).starts_with(r#"{"kind":"bpe","tokenizer":{"#));
+    let g = attnlab().arg("generate").arg(&a).args(["--prompt", "The quick ", "--tokens", "8"]).output().unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert!(String::from_utf8_lossy(&g.stdout).starts_with("The quick "));
+}

@@ -36,6 +36,8 @@ pub enum DataError {
     TooShort { name: String, tokens: usize, split: &'static str, split_tokens: usize, needed: usize },
     #[error("character {0:?} is not in the tokenizer's vocabulary")]
     UnknownChar(char),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     #[error("{word:?} is not a token id below {vocab} (a task's input is space-separated ids)")]
     BadId { word: String, vocab: usize },
 }

@@ -2,6 +2,7 @@
 //! and seeded random-window batching. No Burn dependency: batches are plain token ids.
 
 pub mod batcher;
+pub mod bpe;
 pub mod builtin;
 pub mod corpus;
 pub mod dataset;
@@ -9,6 +10,7 @@ pub mod rng;
 pub mod tasks;
 pub mod tokenizer;
 
+pub use bpe::Bpe;
 pub use batcher::{Batch, Split, TokenSplits};
 pub use corpus::{Corpus, DataError, DataSource};
 pub use dataset::{Dataset, EvalBatch};

@@ -1,7 +1,9 @@
-//! Tokenizers: characters (vocabulary from the corpus, saved with the run) or raw bytes.
+//! Tokenizers: characters (vocabulary from the corpus, saved with the run), raw bytes, or
+//! byte-level BPE ([`Bpe`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::bpe::Bpe;
 use crate::corpus::DataError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +15,8 @@ pub enum Tokenizer {
     Byte,
     /// Bare token ids `0..vocab` of a synthetic task, written as space-separated numbers.
     Ids { vocab: usize },
+    /// Byte-level BPE: learned from the corpus or loaded from a `tokenizer.json`.
+    Bpe(Bpe),
 }
 
 impl Tokenizer {
@@ -29,6 +33,7 @@ impl Tokenizer {
             Tokenizer::Char { chars } => chars.len(),
             Tokenizer::Byte => 256,
             Tokenizer::Ids { vocab } => *vocab,
+            Tokenizer::Bpe(bpe) => bpe.vocab_size(),
         }
     }
 
@@ -49,6 +54,7 @@ impl Tokenizer {
                     _ => Err(DataError::BadId { word: w.to_string(), vocab: *vocab }),
                 })
                 .collect(),
+            Tokenizer::Bpe(bpe) => bpe.encode(text).map_err(DataError::Tokenizer),
         }
     }
 
@@ -69,6 +75,7 @@ impl Tokenizer {
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             Tokenizer::Ids { .. } => ids.iter().map(|i| format!(" {i}")).collect(),
+            Tokenizer::Bpe(bpe) => bpe.decode(ids),
         }
     }
 }

@@ -44,6 +44,8 @@ pub enum CorpusKind {
 pub enum TokenizerKind {
     Char,
     Byte,
+    /// Byte-level BPE: learned with `data.vocab_size` tokens, or read from `data.tokenizer_file`.
+    Bpe,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,14 @@ pub struct DataConfig {
     /// is absent, instead of failing.
     pub fallback_builtin: bool,
     pub tokenizer: TokenizerKind,
+    /// With `tokenizer = "bpe"`: learn a vocabulary of this many tokens (≥ 257: the 256 bytes
+    /// and at least one merge) from the training part of the corpus (its first 1 − val_fraction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// With `tokenizer = "bpe"`: a Hugging Face `tokenizer.json` to use instead of learning one
+    /// (its bytes are part of the run id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer_file: Option<PathBuf>,
     /// Fraction of tokens at the end of the corpus held out for validation.
     pub val_fraction: f64,
     /// A synthetic task instead of language modelling (`[data.task]`, `kind = "mqar"`,
@@ -68,7 +78,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, val_fraction: 0.1, task: None }
+        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, vocab_size: None, tokenizer_file: None, val_fraction: 0.1, task: None }
     }
 }
 
@@ -265,6 +275,7 @@ impl ExperimentSpec {
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(err(source, "data.val_fraction", self.data.val_fraction, "must be in (0, 1)"));
         }
+        self.validate_tokenizer(source)?;
         match (&self.data.corpus, &self.data.path) {
             (CorpusKind::File, None) => return Err(err(source, "data.path", "(missing)", "required when data.corpus = \"file\"")),
             (CorpusKind::Builtin | CorpusKind::Tinyshakespeare, Some(p)) => {
@@ -275,6 +286,58 @@ impl ExperimentSpec {
         Ok(())
     }
 
+    /// `data.tokenizer` with `data.vocab_size` / `data.tokenizer_file`.
+    fn validate_tokenizer(&self, source: &str) -> Result<(), SpecError> {
+        let d = &self.data;
+        match (d.tokenizer, d.vocab_size, &d.tokenizer_file) {
+            (TokenizerKind::Bpe, Some(_), Some(_)) => {
+                Err(err(source, "data.tokenizer_file", "(set)", "give data.vocab_size (learn a BPE) or data.tokenizer_file (load one), not both"))
+            }
+            (TokenizerKind::Bpe, None, None) => Err(err(
+                source,
+                "data.tokenizer",
+                "\"bpe\"",
+                "needs data.vocab_size (learn a BPE from the corpus, e.g. 1024) or data.tokenizer_file (a tokenizer.json)",
+            )),
+            (TokenizerKind::Bpe, Some(v), None) if !(attnlab_data::bpe::MIN_VOCAB..=1 << 20).contains(&v) => {
+                Err(err(source, "data.vocab_size", v, &format!("must be in [{}, {}] (256 bytes and at least one merge)", attnlab_data::bpe::MIN_VOCAB, 1 << 20)))
+            }
+            (TokenizerKind::Char | TokenizerKind::Byte, Some(v), _) => Err(err(source, "data.vocab_size", v, "only used with data.tokenizer = \"bpe\"")),
+            (TokenizerKind::Char | TokenizerKind::Byte, _, Some(p)) => {
+                Err(err(source, "data.tokenizer_file", format!("{p:?}"), "only used with data.tokenizer = \"bpe\""))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The tokenizer of `corpus` as `data` asks: characters seen, bytes, or BPE (learned from
+    /// the training part, or read from `data.tokenizer_file`). Also returns the sha256 of the
+    /// tokenizer file, which enters the run id.
+    fn tokenizer(&self, corpus: &Corpus, source: &str) -> Result<(Tokenizer, Option<String>), SpecError> {
+        let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
+        Ok(match (self.data.tokenizer, self.data.vocab_size, &self.data.tokenizer_file) {
+            (TokenizerKind::Char, ..) => (Tokenizer::char_from_text(corpus.text().map_err(data_err)?), None),
+            (TokenizerKind::Byte, ..) => (Tokenizer::Byte, None),
+            (TokenizerKind::Bpe, _, Some(path)) => {
+                let bad = |why: String| err(source, "data.tokenizer_file", format!("{path:?}"), &why);
+                let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+                let json = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8".into()))?;
+                let bpe = attnlab_data::Bpe::from_json(json).map_err(|e| bad(format!("not a tokenizer.json the tokenizers crate reads: {e}")))?;
+                (Tokenizer::Bpe(bpe), Some(attnlab_data::corpus::sha256_hex(&bytes)))
+            }
+            (TokenizerKind::Bpe, Some(vocab), None) => {
+                let text = corpus.text().map_err(data_err)?;
+                let mut end = (text.len() as f64 * (1.0 - self.data.val_fraction)) as usize;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let bpe = attnlab_data::Bpe::train(&text[..end], vocab).map_err(|e| SpecError::new(format!("{source}: data.tokenizer = \"bpe\": learning the vocabulary failed: {e}")))?;
+                (Tokenizer::Bpe(bpe), None)
+            }
+            (TokenizerKind::Bpe, None, None) => unreachable!("validated"),
+        })
+    }
+
     /// Loads and tokenizes the data (or generates the task's test set), fixes the vocabulary
     /// and computes the run id.
     pub fn prepare(&self, source: &str) -> Result<PreparedRun, SpecError> {
@@ -282,10 +345,12 @@ impl ExperimentSpec {
         let task_err = |e: attnlab_data::tasks::TaskError| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed);
         let test_examples = self.eval.batches * self.train.batch;
         let mut data_sha256 = None;
+        let mut tokenizer_sha256 = None;
         let (tokenizer, data, data_source) = match &self.data.task {
             Some(TaskConfig::Needle(needle)) => {
-                let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                let (corpus, tokenizer, tokens, file_sha) = self.load_text(source)?;
                 data_sha256 = Some(corpus.sha256());
+                tokenizer_sha256 = file_sha;
                 let mut needle = needle.clone();
                 needle.text_vocab = tokenizer.vocab_size();
                 needle.text = tokens;
@@ -298,8 +363,9 @@ impl ExperimentSpec {
                 (Tokenizer::Ids { vocab }, Dataset::Task(TaskData::new(task.clone(), test_examples).map_err(task_err)?), format!("task:{}", task.kind()))
             }
             None => {
-                let (corpus, tokenizer, tokens) = self.load_text(source)?;
+                let (corpus, tokenizer, tokens, file_sha) = self.load_text(source)?;
                 data_sha256 = Some(corpus.sha256());
+                tokenizer_sha256 = file_sha;
                 let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
                 (tokenizer, Dataset::Text(splits), corpus.name)
             }
@@ -310,12 +376,17 @@ impl ExperimentSpec {
         } else if spec.model.vocab < tokenizer.vocab_size() {
             return Err(err(source, "model.vocab", spec.model.vocab, &format!("must be ≥ the tokenizer's {} tokens (or 0 = from the tokenizer)", tokenizer.vocab_size())));
         }
-        let run_id = run_id(&spec, &data_source, data_sha256.as_deref());
+        // A tokenizer file is data too: its bytes enter the id (the path alone is in the spec).
+        let id_source = match &tokenizer_sha256 {
+            Some(sha) => format!("{data_source}+tokenizer:{sha}"),
+            None => data_source.clone(),
+        };
+        let run_id = run_id(&spec, &id_source, data_sha256.as_deref());
         Ok(PreparedRun { spec, tokenizer, data, data_source, data_sha256, run_id, extends: None })
     }
 
     /// The corpus (with the built-in fallback), its tokenizer and its token ids.
-    fn load_text(&self, source: &str) -> Result<(Corpus, Tokenizer, Vec<u32>), SpecError> {
+    fn load_text(&self, source: &str) -> Result<(Corpus, Tokenizer, Vec<u32>, Option<String>), SpecError> {
         let data_err = |e: attnlab_data::DataError| SpecError::new(format!("{source}: {e}"));
         let wanted = match (&self.data.corpus, &self.data.path) {
             (CorpusKind::Builtin, _) => DataSource::Builtin,
@@ -330,12 +401,9 @@ impl ExperimentSpec {
             }
             other => other.map_err(data_err)?,
         };
-        let tokenizer = match self.data.tokenizer {
-            TokenizerKind::Char => Tokenizer::char_from_text(corpus.text().map_err(data_err)?),
-            TokenizerKind::Byte => Tokenizer::Byte,
-        };
+        let (tokenizer, file_sha256) = self.tokenizer(&corpus, source)?;
         let tokens = tokenizer.encode_bytes(&corpus.bytes, &corpus.name).map_err(data_err)?;
-        Ok((corpus, tokenizer, tokens))
+        Ok((corpus, tokenizer, tokens, file_sha256))
     }
 }
 
