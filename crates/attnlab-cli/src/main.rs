@@ -437,9 +437,11 @@ fn print_summary(s: &attnlab_exp::Summary, out: &Path, already: bool) {
         (false, status) => status.to_string(),
     };
     let acc = s.final_test_accuracy.map_or(String::new(), |a| format!(", test accuracy {:.1}%", 100.0 * a));
+    // Throughput leaves out the first steps (warm-up); a run too short to have others has none.
+    let speed = if s.train_tokens_per_sec.is_finite() { format!("{:.0} tokens/s", s.train_tokens_per_sec) } else { "tokens/s n/a (too few steps)".into() };
     println!(
-        "run {} ({}) {state}: best val loss {:.4}, final val loss {:.4}{acc}, {:.0} tokens/s, {:.0} s",
-        s.run_id, s.attention, s.best_val_loss, s.final_val_loss, s.train_tokens_per_sec, s.wall_seconds
+        "run {} ({}) {state}: best val loss {:.4}, final val loss {:.4}{acc}, {speed}, {:.0} s",
+        s.run_id, s.attention, s.best_val_loss, s.final_val_loss, s.wall_seconds
     );
     println!("run folder: {}", dir.display());
     println!("every metric: {}", dir.join("summary.json").display());
