@@ -15,6 +15,8 @@ pub struct RunRecord {
     pub config: BTreeMap<String, String>,
     /// (step, val loss) at every evaluation.
     pub val_curve: Vec<(usize, f64)>,
+    /// (step, training loss) every `train.log_every` steps.
+    pub train_curve: Vec<(usize, f64)>,
 }
 
 impl RunRecord {
@@ -100,16 +102,22 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
     if let Some(from) = summary.get("extended_from").and_then(Json::as_str) {
         flat.insert("extended_from".into(), from.to_string());
     }
-    let val_curve = std::fs::read(root.join("metrics.jsonl"))
+    let metrics: Vec<Json> = std::fs::read(root.join("metrics.jsonl"))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter(|m| m.get("kind").and_then(Json::as_str) == Some("eval"))
-        .filter_map(|m| Some((m.get("step")?.as_u64()? as usize, m.get("val_loss")?.as_f64()?)))
         .collect();
+    let curve = |kind: &str, key: &str| -> Vec<(usize, f64)> {
+        metrics
+            .iter()
+            .filter(|m| m.get("kind").and_then(Json::as_str) == Some(kind))
+            .filter_map(|m| Some((m.get("step")?.as_u64()? as usize, m.get(key)?.as_f64()?)))
+            .collect()
+    };
+    let (val_curve, train_curve) = (curve("eval", "val_loss"), curve("train", "loss"));
     let run_id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Some(RunRecord { run_id, summary, config: flat, val_curve }))
+    Ok(Some(RunRecord { run_id, summary, config: flat, val_curve, train_curve }))
 }
 
 /// All finished runs below `dir`, sorted by run id, and one line per run folder left out

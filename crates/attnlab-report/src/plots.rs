@@ -1,11 +1,14 @@
-//! SVG plots with plotters: validation-loss curves (seed band) and the loss vs KV-cache Pareto
-//! plot (log x axis).
+//! SVG plots with plotters: loss curves (validation with a seed band, training dashed; one
+//! panel per value of the fields other than the attention), the quality vs KV-cache Pareto plot
+//! (log x; accuracy for tasks) and accuracy against a swept number. Legends sit in their own
+//! column to the right of the plots.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
+use crate::stats::std;
 use crate::tables::Group;
 
 const COLORS: &[RGBColor] = &[
@@ -22,10 +25,22 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 
-/// The chart frame every plot shares: title, margins, axis label areas.
+/// Sizes for print: a plot (one panel and its legend) is 660 px wide; plotters writes these
+/// font sizes × 0.81 into the SVG (13–16 px), so printed 5.5 in wide (one column of a
+/// single-column paper) the smallest text is about 7.7 pt. Up to three facets stack in one
+/// column to keep that width.
+const PANEL_W: u32 = 470;
+const PANEL_H: u32 = 320;
+const LEGEND_W: u32 = 190;
+const TITLE_PX: u32 = 20;
+const AXIS_PX: u32 = 18;
+const TICK_PX: u32 = 16;
+const LEGEND_PX: u32 = 16;
+
+/// The chart frame every panel shares: title, margins, axis label areas.
 fn styled<'a, DB: DrawingBackend>(root: &'a DrawingArea<DB, plotters::coord::Shift>, title: &str) -> ChartBuilder<'a, 'static, DB> {
     let mut builder = ChartBuilder::on(root);
-    builder.caption(title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(65);
+    builder.caption(title, ("sans-serif", TITLE_PX)).margin(10).x_label_area_size(40).y_label_area_size(58);
     builder
 }
 
@@ -34,84 +49,223 @@ fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-/// Validation loss against step: mean over seeds (line) and min–max over seeds (band).
-pub fn loss_svg(groups: &[Group], path: &Path) -> Result<()> {
-    let points = groups.iter().flat_map(|g| g.curve.iter());
-    let (mut x_max, mut y_lo, mut y_hi) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(s, _, lo, hi) in points {
-        x_max = x_max.max(s as f64);
-        y_lo = y_lo.min(lo);
-        y_hi = y_hi.max(hi);
+/// A legend entry: its colour, its text, and its key: a line, or marker shape `n` ([`marker`]).
+struct Entry {
+    color: RGBColor,
+    text: String,
+    marker: Option<usize>,
+}
+
+/// Marker shape `shape` (circle, triangle, square, cross, cycling) at `at`.
+fn marker<DB: DrawingBackend, C: Into<ShapeStyle>>(area: &DrawingArea<DB, plotters::coord::Shift>, shape: usize, at: (i32, i32), style: C) -> Result<()> {
+    let style: ShapeStyle = style.into();
+    let (x, y) = at;
+    match shape % 4 {
+        0 => area.draw(&Circle::new(at, 5, style.filled())),
+        1 => area.draw(&Polygon::new(vec![(x, y - 6), (x - 6, y + 5), (x + 6, y + 5)], style.filled())),
+        2 => area.draw(&Rectangle::new([(x - 5, y - 5), (x + 5, y + 5)], style.filled())),
+        _ => area.draw(&Cross::new(at, 5, style.stroke_width(2))),
     }
-    if !y_lo.is_finite() {
-        return Ok(());
-    }
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = styled(&root, "Validation loss (mean over seeds; band = min–max)")
-        .build_cartesian_2d(0f64..x_max, padded(y_lo, y_hi))
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("training step")
-        .y_desc("validation loss (nats/token)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()
-        .map_err(err)?;
-    for (i, g) in groups.iter().enumerate() {
-        let c = color(i);
-        if g.runs.len() > 1 {
-            let mut band: Vec<(f64, f64)> = g.curve.iter().map(|&(s, _, lo, _)| (s as f64, lo)).collect();
-            band.extend(g.curve.iter().rev().map(|&(s, _, _, hi)| (s as f64, hi)));
-            chart.draw_series(std::iter::once(Polygon::new(band, c.mix(0.15)))).map_err(err)?;
+    .map_err(err)
+}
+
+/// Ticks for a log axis over `lo..hi`: 1, 2 and 5 times the powers of ten inside it (plotters
+/// alone draws only the powers of ten, often a single tick).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    for e in (lo.log10().floor() as i32)..=(hi.log10().ceil() as i32) {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powi(e);
+            if v >= lo && v <= hi {
+                ticks.push(v);
+            }
         }
-        chart
-            .draw_series(LineSeries::new(g.curve.iter().map(|&(s, m, _, _)| (s as f64, m)), c.stroke_width(2)))
-            .map_err(err)?
-            .label(format!("{} (n={})", g.label, g.runs.len()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
-    root.present().map_err(err)?;
+    ticks
+}
+
+/// Draws the legend in its own area to the right of the plots, so it never covers data.
+/// Long entries are cut to the width with "…".
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, entries: &[Entry], notes: &[&str]) -> Result<()> {
+    let style = ("sans-serif", LEGEND_PX).into_font().color(&BLACK);
+    let max_chars = ((LEGEND_W - 36) / 8) as usize;
+    let mut y = 40;
+    for e in entries {
+        let c = e.color;
+        match e.marker {
+            Some(shape) => marker(area, shape, (14, y), c)?,
+            None => area.draw(&PathElement::new(vec![(4, y), (26, y)], c.stroke_width(3))).map_err(err)?,
+        }
+        let text = if e.text.chars().count() > max_chars { format!("{}…", e.text.chars().take(max_chars - 1).collect::<String>()) } else { e.text.clone() };
+        area.draw(&Text::new(text, (32, y - LEGEND_PX as i32 / 2), style.clone())).map_err(err)?;
+        y += LEGEND_PX as i32 + 8;
+    }
+    y += 6;
+    for note in notes {
+        area.draw(&Text::new(note.to_string(), (4, y - LEGEND_PX as i32 / 2), style.clone())).map_err(err)?;
+        y += LEGEND_PX as i32 + 6;
+    }
     Ok(())
 }
 
-/// Best validation loss (mean ± std over seeds) against KV-cache bytes per token, log x.
+/// How a plot splits its groups: one colour per value of the line field (the attention when it
+/// varies, else the first varying field) and one panel per combination of the other varying
+/// fields ("small multiples"), so a label names only what differs within its panel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub line_field: Option<String>,
+    pub facet_fields: Vec<String>,
+}
+
+/// The [`Layout`] of `groups`.
+pub fn layout(groups: &[Group]) -> Layout {
+    let fields: Vec<String> = groups.first().map(|g| g.fields.keys().cloned().collect()).unwrap_or_default();
+    let line_field = if fields.iter().any(|f| f == "model.attention") { Some("model.attention".to_string()) } else { fields.first().cloned() };
+    let facet_fields = fields.into_iter().filter(|f| Some(f) != line_field.as_ref()).collect();
+    Layout { line_field, facet_fields }
+}
+
+fn short(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+impl Layout {
+    /// The group's value of the line field (its attention label for the attention).
+    fn line_name(&self, g: &Group) -> String {
+        match self.line_field.as_deref() {
+            Some("model.attention") => attention_name(g),
+            Some(f) => format!("{}={}", short(f), g.fields[f]),
+            None => g.label.clone(),
+        }
+    }
+
+    /// The group's panel: its values of the facet fields.
+    fn facet_name(&self, g: &Group) -> String {
+        self.facet_fields.iter().map(|f| format!("{}={}", short(f), g.fields[f])).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Distinct values in first-seen order.
+fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Validation loss against step, one panel per facet: per line value the mean over seeds
+/// (line with markers at the evaluations), the min–max over seeds (band) and the mean logged
+/// training loss (dashed). Returns the number of panels drawn.
+pub fn loss_svg(groups: &[Group], path: &Path) -> Result<usize> {
+    let (mut x_max, mut y_lo, mut y_hi) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for g in groups {
+        for &(s, _, lo, hi) in &g.curve {
+            (x_max, y_lo, y_hi) = (x_max.max(s as f64), y_lo.min(lo), y_hi.max(hi));
+        }
+        for &(s, v) in &g.train_curve {
+            (x_max, y_lo, y_hi) = (x_max.max(s as f64), y_lo.min(v), y_hi.max(v));
+        }
+    }
+    if !y_lo.is_finite() {
+        return Ok(0);
+    }
+    let layout = layout(groups);
+    let lines = distinct(groups.iter().map(|g| layout.line_name(g)));
+    let facets = distinct(groups.iter().map(|g| layout.facet_name(g)));
+    let cols = if facets.len() <= 3 { 1 } else { 2 };
+    let rows = facets.len().div_ceil(cols);
+    let root = SVGBackend::new(path, (cols as u32 * PANEL_W + LEGEND_W, rows as u32 * PANEL_H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (plots, legend) = root.split_horizontally(cols as u32 * PANEL_W);
+    for (panel, facet) in plots.split_evenly((rows, cols)).iter().zip(&facets) {
+        let title = if facet.is_empty() { "Loss (mean over seeds)".to_string() } else { facet.clone() };
+        let mut chart = styled(panel, &title).build_cartesian_2d(0f64..x_max, padded(y_lo, y_hi)).map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("loss (nats/token)")
+            .axis_desc_style(("sans-serif", AXIS_PX))
+            .label_style(("sans-serif", TICK_PX))
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(err)?;
+        for g in groups.iter().filter(|g| layout.facet_name(g) == *facet) {
+            let c = color(lines.iter().position(|l| *l == layout.line_name(g)).unwrap_or(0));
+            if g.runs.len() > 1 {
+                let mut band: Vec<(f64, f64)> = g.curve.iter().map(|&(s, _, lo, _)| (s as f64, lo)).collect();
+                band.extend(g.curve.iter().rev().map(|&(s, _, _, hi)| (s as f64, hi)));
+                chart.draw_series(std::iter::once(Polygon::new(band, c.mix(0.15)))).map_err(err)?;
+            }
+            let train: Vec<(f64, f64)> = g.train_curve.iter().map(|&(s, v)| (s as f64, v)).collect();
+            chart.draw_series(DashedLineSeries::new(train, 4, 3, c.mix(0.8).stroke_width(1))).map_err(err)?;
+            let val: Vec<(f64, f64)> = g.curve.iter().map(|&(s, m, _, _)| (s as f64, m)).collect();
+            chart.draw_series(LineSeries::new(val.clone(), c.stroke_width(2))).map_err(err)?;
+            chart.draw_series(val.into_iter().map(|p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+        }
+    }
+    let entries: Vec<Entry> = lines.iter().enumerate().map(|(i, l)| Entry { color: color(i), text: l.clone(), marker: None }).collect();
+    let seeds = groups.iter().map(|g| g.runs.len()).max().unwrap_or(1);
+    let n = format!("n ≤ {seeds} seeds per line");
+    draw_legend(&legend, &entries, &["solid, dots: validation", "band: min–max over seeds", "dashed: training loss", &n])?;
+    root.present().map_err(err)?;
+    Ok(facets.len())
+}
+
+/// The Pareto view: quality against KV-cache bytes per token (log x), mean ± std over seeds.
+/// Quality is the test accuracy for synthetic tasks (higher is better), else the best
+/// validation loss.
 pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
+    let accuracy = crate::tables::has_accuracy(groups);
+    let quality = |g: &Group| if accuracy { (100.0 * g.accuracy_mean(), 100.0 * std(&g.accuracy)) } else { (g.best_mean(), g.best_std()) };
     let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (f64::INFINITY, 0.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for g in groups {
-        x_lo = x_lo.min(g.kv_bytes);
-        x_hi = x_hi.max(g.kv_bytes);
-        y_lo = y_lo.min(g.best_mean() - g.best_std());
-        y_hi = y_hi.max(g.best_mean() + g.best_std());
+        let (m, s) = quality(g);
+        (x_lo, x_hi) = (x_lo.min(g.kv_bytes), x_hi.max(g.kv_bytes));
+        (y_lo, y_hi) = (y_lo.min(m - s), y_hi.max(m + s));
     }
     if !(x_lo > 0.0 && y_lo.is_finite()) {
         return Ok(());
     }
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (PANEL_W + LEGEND_W, PANEL_H + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut chart = styled(&root, "Best validation loss vs KV cache (mean ± std over seeds)")
-        .build_cartesian_2d((x_lo / 1.5..x_hi * 1.5).log_scale(), padded(y_lo, y_hi))
-        .map_err(err)?;
+    let (plot, legend) = root.split_horizontally(PANEL_W);
+    let (title, y_desc, y_range) = if accuracy {
+        ("Test accuracy vs KV cache", "test accuracy (%)", 0f64..(y_hi * 1.05).clamp(1.0, 105.0))
+    } else {
+        ("Best val loss vs KV cache", "best val loss (nats/token)", padded(y_lo, y_hi))
+    };
+    let x_range = (x_lo / 1.5, x_hi * 1.5);
+    let mut chart = styled(&plot, title).build_cartesian_2d((x_range.0..x_range.1).log_scale().with_key_points(log_ticks(x_range.0, x_range.1)), y_range).map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("KV-cache bytes per token, all layers (f32, log scale)")
-        .y_desc("best validation loss (nats/token)")
+        .x_desc("KV-cache bytes/token (log)")
+        .y_desc(y_desc)
+        .axis_desc_style(("sans-serif", AXIS_PX))
+        .label_style(("sans-serif", TICK_PX))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(err)?;
-    for (i, g) in groups.iter().enumerate() {
-        let c = color(i);
-        let (x, m, s) = (g.kv_bytes, g.best_mean(), g.best_std());
+    // Colour: the line field (the attention); marker shape: the panel a loss plot would use.
+    let layout = layout(groups);
+    let lines = distinct(groups.iter().map(|g| layout.line_name(g)));
+    let facets = distinct(groups.iter().map(|g| layout.facet_name(g)));
+    for g in groups {
+        let c = color(lines.iter().position(|l| *l == layout.line_name(g)).unwrap_or(0));
+        let shape = facets.iter().position(|f| *f == layout.facet_name(g)).unwrap_or(0);
+        let (x, (m, s)) = (g.kv_bytes, quality(g));
         chart.draw_series(std::iter::once(PathElement::new(vec![(x, m - s), (x, m + s)], c.stroke_width(2)))).map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((x, m), 5, c.filled())))
-            .map_err(err)?
-            .label(format!("{} (n={})", g.label, g.runs.len()))
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
-        chart.draw_series(std::iter::once(Text::new(g.label.clone(), (x * 1.06, m), ("sans-serif", 14)))).map_err(err)?;
+        let at = chart.backend_coord(&(x, m));
+        marker(&plot, shape, at, c)?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+    let mut entries: Vec<Entry> = lines.iter().enumerate().map(|(i, l)| Entry { color: color(i), text: l.clone(), marker: Some(0) }).collect();
+    if facets.len() > 1 {
+        entries.extend(facets.iter().enumerate().map(|(i, f)| Entry { color: BLACK, text: f.clone(), marker: Some(i) }));
+    }
+    draw_legend(&legend, &entries, &["bars: ± std over seeds", if accuracy { "higher is better" } else { "lower is better" }])?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -175,27 +329,33 @@ pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: 
     if !(x_lo > 0.0 && x_hi > x_lo && y_lo.is_finite() && (!axes.log_y || y_lo > 0.0)) {
         return Ok(());
     }
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (PANEL_W + LEGEND_W, PANEL_H + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut builder = styled(&root, &axes.title);
-    let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale();
+    let (plot, legend) = root.split_horizontally(PANEL_W);
+    let entries: Vec<Entry> = series.iter().enumerate().map(|(i, (name, _))| Entry { color: color(i), text: name.clone(), marker: None }).collect();
+    draw_legend(&legend, &entries, &[])?;
+    let mut builder = styled(&plot, &axes.title);
+    let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale().with_key_points(log_ticks(x_lo / 1.2, x_hi * 1.2));
     for s in &mut series {
         s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
-            chart.configure_mesh().x_desc(axes.x.as_str()).y_desc(axes.y.as_str()).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
-            for (i, (name, pts)) in series.into_iter().enumerate() {
+            chart
+                .configure_mesh()
+                .x_desc(axes.x.as_str())
+                .y_desc(axes.y.as_str())
+                .axis_desc_style(("sans-serif", AXIS_PX))
+                .label_style(("sans-serif", TICK_PX))
+                .x_label_formatter(&|x| format!("{x}"))
+                .draw()
+                .map_err(err)?;
+            for (i, (_, pts)) in series.into_iter().enumerate() {
                 let c = color(i);
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
-                chart
-                    .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-                    .map_err(err)?
-                    .label(name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                chart.draw_series(LineSeries::new(pts, c.stroke_width(2))).map_err(err)?;
             }
-            chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
         }};
     }
     if axes.log_y {

@@ -48,6 +48,8 @@ pub struct Group {
     pub kv_bytes: f64,
     /// Mean val-loss curve over seeds: (step, mean, min, max).
     pub curve: Vec<(usize, f64, f64, f64)>,
+    /// Mean logged training loss over seeds: (step, mean) at steps every run logged.
+    pub train_curve: Vec<(usize, f64)>,
 }
 
 impl Group {
@@ -105,7 +107,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
                         label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
                     }
                 }
-                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], task_runs: 0, kv_bytes: 0.0, curve: vec![] });
+                groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], task_runs: 0, kv_bytes: 0.0, curve: vec![], train_curve: vec![] });
             }
         }
     }
@@ -128,9 +130,27 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
             .into_iter()
             .map(|(s, v)| (s, mean(&v), v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max)))
             .collect();
+        let mut train: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for &i in &g.runs {
+            for &(s, v) in &runs[i].train_curve {
+                train.entry(s).or_default().push(v);
+            }
+        }
+        // A mean over fewer runs than the group has would jump where a run stops logging.
+        g.train_curve = train.into_iter().filter(|(_, v)| v.len() == g.runs.len() && v.iter().all(|x| x.is_finite())).map(|(s, v)| (s, mean(&v))).collect();
     }
     groups.sort_by(|a, b| b.kv_bytes.total_cmp(&a.kv_bytes).then(a.label.cmp(&b.label)));
     groups
+}
+
+/// Δ of a group from the baseline: test accuracy in percentage points for tasks, else best
+/// validation loss.
+fn delta(g: &Group, base: &Group, accuracy: bool) -> f64 {
+    if accuracy {
+        100.0 * (g.accuracy_mean() - base.accuracy_mean())
+    } else {
+        g.best_mean() - base.best_mean()
+    }
 }
 
 /// The group runs are compared against: `mha` if present, else the one with the most KV bytes.
@@ -172,7 +192,6 @@ fn pm(xs: &[f64]) -> String {
 pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> String {
     let first = &runs[0];
     let base = baseline(groups);
-    let base_best = base.best_mean();
     let mut md = String::new();
     md.push_str(&format!("# Report: {}\n\n", first.text("experiment")));
     let devices: BTreeSet<String> = runs.iter().map(|r| r.text("device")).collect();
@@ -194,9 +213,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     md.push_str("## Results\n\n");
     md.push_str("| config | seeds | params | attention params | KV bytes/token | KV vs ");
     md.push_str(&base.label);
-    md.push_str(" | best val loss | Δ vs ");
-    md.push_str(&base.label);
     let accuracy = has_accuracy(groups);
+    md.push_str(if accuracy { " | best val loss | Δ test acc. (pp) vs " } else { " | best val loss | Δ vs " });
+    md.push_str(&base.label);
     md.push_str(" | final val loss |");
     if accuracy {
         md.push_str(&format!(" test accuracy (final) | test acc. at best val² | solved (≥ {:.0}%), 95% CI³ |", 100.0 * SOLVED));
@@ -229,7 +248,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             g.kv_bytes,
             g.kv_bytes / base.kv_bytes,
             pm(&g.best_val),
-            g.best_mean() - base_best,
+            delta(g, base, accuracy),
             pm(&finals),
             group_mean(runs, g, "train_tokens_per_sec"),
             group_mean(runs, g, "ms_per_step_median"),
@@ -267,22 +286,26 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         md.push_str(&depths);
     }
     md.push_str("## Noise check\n\n");
+    let (measure, unit, scale) = if accuracy { ("final test accuracy", " pp", 100.0) } else { ("best val loss", "", 1.0) };
     md.push_str(&format!(
-        "A difference Δ of best val loss from {} counts as resolved when its 95% Welch interval (Student's t with the \
+        "A difference Δ of {measure} from {} counts as resolved when its 95% Welch interval (Student's t with the \
          Welch–Satterthwaite degrees of freedom) excludes 0. With one seed on either side there is no interval.\n\n",
         base.label
     ));
     for g in groups.iter().filter(|g| !std::ptr::eq(*g, base)) {
         let kv = format!("KV cache {:.1}% of {}", 100.0 * g.kv_bytes / base.kv_bytes, base.label);
-        let line = match welch95(&g.best_val, &base.best_val) {
-            None => format!("Δ = {:+.4}: one seed, no interval", g.best_mean() - base_best),
+        let (ours, theirs) = if accuracy { (&g.accuracy, &base.accuracy) } else { (&g.best_val, &base.best_val) };
+        let line = match welch95(ours, theirs) {
+            None => format!("Δ = {:+.4}{unit}: one seed, no interval", delta(g, base, accuracy)),
             Some((d, h)) => {
+                let better = if accuracy { d > 0.0 } else { d < 0.0 };
                 let verdict = if d - h > 0.0 || d + h < 0.0 {
-                    format!("{} than {} beyond seed noise", if d > 0.0 { "worse" } else { "better" }, base.label)
+                    format!("{} than {} beyond seed noise", if better { "better" } else { "worse" }, base.label)
                 } else {
                     "within seed noise".to_string()
                 };
-                format!("Δ = {d:+.4}, 95% interval [{:+.4}, {:+.4}]: {verdict}", d - h, d + h)
+                let (d, h) = (scale * d, scale * h);
+                format!("Δ = {d:+.4}{unit}, 95% interval [{:+.4}, {:+.4}]: {verdict}", d - h, d + h)
             }
         };
         md.push_str(&format!("- **{}**: {line}; {kv}.\n", g.label));

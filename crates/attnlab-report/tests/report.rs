@@ -68,7 +68,7 @@ fn report_groups_seeds_and_writes_every_output() {
         assert!(text.starts_with("<svg") && text.contains("gqa-2") && text.contains("mha"), "{svg}");
     }
     let pareto = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
-    assert!(pareto.contains("KV-cache bytes per token"));
+    assert!(pareto.contains("KV-cache bytes/token (log)"));
 }
 
 #[test]
@@ -267,4 +267,91 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     assert_eq!(runs.len(), 4, "{skipped:?}");
     let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
     assert_eq!(groups.len(), 3, "{:?}", groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+}
+
+/// Plots for a paper: a two-factor sweep (attention × learning rate) gets one loss panel per
+/// learning rate with only the attention in the legend, the legend lies right of every panel,
+/// the training loss is drawn (dashed) beside the validation points, the log axis of the
+/// Pareto plot has 1-2-5 ticks, and a task's Pareto plot shows test accuracy. The PNG look at
+/// print size was checked by eye (README: "Plots").
+///
+/// Planted and seen to fail: the legend inside the plot (plotters' series labels, upper
+/// right); no facets (one panel, legend entries "mha lr=0.001"); the training curve left out;
+/// plotters' own log ticks (powers of ten only); a task's Pareto plot on loss.
+#[test]
+fn plots_facet_a_second_factor_keep_legends_outside_and_show_training_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    for (kind, kv) in [("mha", 4096), ("gqa", 2048), ("mqa", 256)] {
+        for lr in ["0.001", "0.003"] {
+            for seed in 0..2u64 {
+                let id = format!("{kind}-{lr}-{seed}");
+                fixture_run(&store, &id, kind, kv, seed, 2.0 + seed as f64 * 0.1);
+                let dir = store.join(&id);
+                let config = std::fs::read_to_string(dir.join("config.toml")).unwrap().replace("steps = 100", &format!("steps = 100\nlr = {lr}"));
+                std::fs::write(dir.join("config.toml"), config).unwrap();
+                let train: String = (0..10).map(|i| format!("{{\"kind\":\"train\",\"step\":{},\"loss\":{}}}\n", 1 + 10 * i, 4.0 - 0.1 * i as f64)).collect();
+                let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+                std::fs::write(dir.join("metrics.jsonl"), train + &metrics).unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("report");
+    let groups = attnlab_report::write_report(&store, &out, None).unwrap();
+    assert_eq!(groups.len(), 6);
+    // The training curve is the mean over seeds at each logged step.
+    assert_eq!(groups[0].train_curve.len(), 10);
+    assert!((groups[0].train_curve[3].1 - 3.7).abs() < 1e-9, "{:?}", groups[0].train_curve);
+    let layout = attnlab_report::plots::layout(&groups);
+    assert_eq!(layout.line_field.as_deref(), Some("model.attention"));
+    assert_eq!(layout.facet_fields, vec!["train.lr".to_string()]);
+
+    let loss = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    // Two panels stacked (470 × 320 px each) and a 190 px legend column.
+    assert!(loss.contains("width=\"660\" height=\"640\""), "{}", &loss[..200]);
+    let texts = svg_texts(&loss);
+    assert!(texts.iter().any(|(_, t)| t == "lr=0.001") && texts.iter().any(|(_, t)| t == "lr=0.003"), "panel titles: {texts:?}");
+    for name in ["mha", "gqa-2", "mqa"] {
+        let (x, _) = texts.iter().find(|(_, t)| t == name).unwrap_or_else(|| panic!("legend entry {name}: {texts:?}"));
+        assert!(*x >= 470.0, "legend entry {name} at x = {x}, inside the plots");
+    }
+    assert!(!texts.iter().any(|(_, t)| t.contains("lr=0.001 ") || t.starts_with("mha lr")), "labels name only what differs: {texts:?}");
+    // The training curves are dashed: many short segments, one polyline each.
+    let without_train = {
+        let mut g = groups.clone();
+        g.iter_mut().for_each(|g| g.train_curve.clear());
+        let p = tmp.path().join("no_train.svg");
+        attnlab_report::plots::loss_svg(&g, &p).unwrap();
+        std::fs::read_to_string(p).unwrap().matches("<polyline").count()
+    };
+    assert!(loss.matches("<polyline").count() > without_train + 6 * 10, "training curves drawn");
+
+    let pareto = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
+    let ticks: Vec<String> = svg_texts(&pareto).into_iter().map(|(_, t)| t).collect();
+    for tick in ["200", "500", "1000", "2000", "5000"] {
+        assert!(ticks.iter().any(|t| t == tick), "tick {tick}: {ticks:?}");
+    }
+    assert!(pareto.contains("best val loss (nats/token)"));
+
+    // A task: the Pareto plot shows accuracy.
+    for id in ["mha-0.001-0", "mqa-0.001-0"] {
+        let path = store.join(id).join("summary.json");
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        s["final_test_accuracy"] = serde_json::json!(0.5);
+        std::fs::write(path, s.to_string()).unwrap();
+    }
+    attnlab_report::write_report(&store, &out, None).unwrap();
+    let pareto = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
+    assert!(pareto.contains("test accuracy (%)") && !pareto.contains("best val loss"), "a task's Pareto plot is on accuracy");
+}
+
+/// (x, text) of every `<text>` element of an SVG written by plotters.
+fn svg_texts(svg: &str) -> Vec<(f64, String)> {
+    svg.split("<text").skip(1)
+        .filter_map(|t| {
+            let x = t.split("x=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            let body = t.split('>').nth(1)?.split('<').next()?.trim().to_string();
+            Some((x, body))
+        })
+        .collect()
 }
