@@ -240,7 +240,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             String::new()
         };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {:+.4} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
             g.label,
             n,
             group_mean(runs, g, "params"),
@@ -248,7 +248,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             g.kv_bytes,
             g.kv_bytes / base.kv_bytes,
             pm(&g.best_val),
-            delta(g, base, accuracy),
+            format!("{:+.*}", if accuracy { 1 } else { 4 }, delta(g, base, accuracy)),
             pm(&finals),
             group_mean(runs, g, "train_tokens_per_sec"),
             group_mean(runs, g, "ms_per_step_median"),
@@ -286,7 +286,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         md.push_str(&depths);
     }
     md.push_str("## Noise check\n\n");
-    let (measure, unit, scale) = if accuracy { ("final test accuracy", " pp", 100.0) } else { ("best val loss", "", 1.0) };
+    let (measure, unit, scale, p) = if accuracy { ("final test accuracy", " pp", 100.0, 1) } else { ("best val loss", "", 1.0, 4) };
     md.push_str(&format!(
         "A difference Δ of {measure} from {} counts as resolved when its 95% Welch interval (Student's t with the \
          Welch–Satterthwaite degrees of freedom) excludes 0. With one seed on either side there is no interval.\n\n",
@@ -296,7 +296,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         let kv = format!("KV cache {:.1}% of {}", 100.0 * g.kv_bytes / base.kv_bytes, base.label);
         let (ours, theirs) = if accuracy { (&g.accuracy, &base.accuracy) } else { (&g.best_val, &base.best_val) };
         let line = match welch95(ours, theirs) {
-            None => format!("Δ = {:+.4}{unit}: one seed, no interval", delta(g, base, accuracy)),
+            None => format!("Δ = {:+.p$}{unit}: one seed, no interval", delta(g, base, accuracy)),
             Some((d, h)) => {
                 let better = if accuracy { d > 0.0 } else { d < 0.0 };
                 let verdict = if d - h > 0.0 || d + h < 0.0 {
@@ -305,7 +305,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                     "within seed noise".to_string()
                 };
                 let (d, h) = (scale * d, scale * h);
-                format!("Δ = {d:+.4}{unit}, 95% interval [{:+.4}, {:+.4}]: {verdict}", d - h, d + h)
+                format!("Δ = {d:+.p$}{unit}, 95% interval [{:+.p$}, {:+.p$}]: {verdict}", d - h, d + h)
             }
         };
         md.push_str(&format!("- **{}**: {line}; {kv}.\n", g.label));
