@@ -71,6 +71,10 @@ fn a_tiny_run_trains_and_generates() {
     }
     assert_eq!(std::fs::read(export.join("model.safetensors")).unwrap(), before);
     assert!(!dir.path().join("x").exists());
+    // An empty --out (an unset shell variable) writes nothing into the working directory.
+    let e = attnlab().current_dir(dir.path()).arg("export").arg(&run_dir).args(["--out", ""]).output().unwrap();
+    assert_eq!(e.status.code(), Some(2), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(!dir.path().join("model.safetensors").exists());
     // `generate --weights` imports them: the same greedy text as from the checkpoint; a file
     // of another model is refused naming the mismatch.
     let greedy = |extra: &[&std::path::Path]| {
@@ -367,6 +371,13 @@ fn a_finished_run_extends_to_more_steps_as_a_new_run() {
         assert_eq!(o.status.code(), Some(2), "{sets:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{sets:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
+    // Another tokenizer in the old run (a rewritten tokenizer file, say) is refused.
+    let tokenizer = std::fs::read(old.join("tokenizer.json")).unwrap();
+    std::fs::write(old.join("tokenizer.json"), r#"{"kind":"byte"}"#).unwrap();
+    let o = extend(&["train.steps=30"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json differs"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(old.join("tokenizer.json"), tokenizer).unwrap();
     let o = extend(&["train.steps=30"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let new = folder(&o);

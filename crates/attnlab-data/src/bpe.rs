@@ -86,14 +86,25 @@ impl Bpe {
         &self.json
     }
 
-    /// Tokens, added tokens included.
+    /// One more than the largest token id, added tokens included (a loaded file may leave
+    /// ids unused: the embedding must still cover the largest).
     pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1)
+    }
+
+    /// Tokens the vocabulary holds (≤ [`Bpe::vocab_size`]).
+    pub fn tokens(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text` (no special tokens added).
+    /// Token ids of `text` (no special tokens added), encoded a line at a time as the
+    /// vocabulary was learned (and so that a large corpus never becomes one `Encoding`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        Ok(self.inner.encode(text, false).map_err(|e| e.to_string())?.get_ids().to_vec())
+        let mut ids = Vec::new();
+        for line in text.split_inclusive('\n') {
+            ids.extend_from_slice(self.inner.encode(line, false).map_err(|e| e.to_string())?.get_ids());
+        }
+        Ok(ids)
     }
 
     /// Text of token ids (unknown ids are skipped by the decoder).

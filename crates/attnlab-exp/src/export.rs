@@ -207,13 +207,13 @@ pub fn decode_safetensors(bytes: &[u8], name: &str) -> Result<(Vec<NamedTensor>,
         let e: Entry = serde_json::from_value(entry).map_err(|e| bad(format!("{key}: {e}")))?;
         let [begin, end] = e.data_offsets;
         let raw = data.get(begin..end).ok_or_else(|| bad(format!("{key}: data_offsets [{begin}, {end}] outside the data ({} bytes)", data.len())))?;
-        let count: usize = e.shape.iter().product();
+        let count = e.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("{key}: shape {:?} overflows", e.shape)))?;
         let (width, values) = match e.dtype.as_str() {
             "F32" => (4, Values::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())),
             "I64" => (8, Values::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect())),
             other => return Err(bad(format!("{key}: dtype {other}; attnlab reads F32 and I64"))),
         };
-        if raw.len() != count * width {
+        if Some(raw.len()) != count.checked_mul(width) {
             return Err(bad(format!("{key}: {} bytes for shape {:?} of {}", raw.len(), e.shape, e.dtype)));
         }
         tensors.push((begin, NamedTensor { name: key, shape: e.shape, values }));
@@ -268,6 +268,9 @@ fn probe_tokens(vocab: usize, len: usize) -> Vec<i64> {
 /// (`tokens` `[1, T]` I64 and the model's `logits` `[1, T, vocab]`, T = min(max_seq, 64)) to
 /// `out`, which must not exist yet. Returns the files written.
 pub fn export_run(loaded: &LoadedRun, out: &Path) -> Result<Vec<PathBuf>> {
+    let Some(name) = out.file_name() else {
+        return Err(SpecError::new(format!("--out {:?}: give a folder name (it must not exist yet)", out.display().to_string())).into());
+    };
     if out.exists() {
         return Err(SpecError::new(format!("--out {}: already exists; give a new folder (an export never overwrites)", out.display())).into());
     }
@@ -287,17 +290,24 @@ pub fn export_run(loaded: &LoadedRun, out: &Path) -> Result<Vec<PathBuf>> {
         NamedTensor { name: "tokens".into(), shape: vec![1, t], values: Values::I64(tokens) },
         NamedTensor { name: "logits".into(), shape: vec![1, t, m.vocab], values: Values::F32(logits) },
     ];
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Written whole into a hidden sibling folder, then renamed: a failed export leaves nothing.
+    let tmp = out.parent().unwrap_or(Path::new("")).join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let files = [
         ("model.safetensors", encode_safetensors(&tensors, &metadata)),
         ("config.json", serde_json::to_vec_pretty(m)?),
         ("probe.safetensors", encode_safetensors(&probe, &BTreeMap::new())),
     ];
-    for (name, bytes) in &files {
-        std::fs::write(tmp.join(name), bytes).with_context(|| format!("writing {}", tmp.join(name).display()))?;
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for (name, bytes) in &files {
+            std::fs::write(tmp.join(name), bytes).with_context(|| format!("writing {}", tmp.join(name).display()))?;
+        }
+        std::fs::rename(&tmp, out).with_context(|| format!("moving {} to {}", tmp.display(), out.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("moving {} to {}", tmp.display(), out.display()))?;
+    written?;
     Ok(files.iter().map(|(name, _)| out.join(name)).collect())
 }
 
@@ -305,5 +315,9 @@ pub fn export_run(loaded: &LoadedRun, out: &Path) -> Result<Vec<PathBuf>> {
 pub fn import_safetensors(config: &attnlab_model::ModelConfig, file: &Path, device: &Device) -> Result<Gpt> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let (tensors, _) = decode_safetensors(&bytes, &file.display().to_string())?;
+    let non_finite: Vec<&str> = tensors.iter().filter(|t| matches!(&t.values, Values::F32(v) if v.iter().any(|x| !x.is_finite()))).map(|t| t.name.as_str()).collect();
+    if !non_finite.is_empty() {
+        return Err(SpecError::new(format!("{}: NaN or infinity in {}", file.display(), non_finite.join(", "))).into());
+    }
     Ok(load_named(Gpt::new(config, device), &tensors).map_err(|e| SpecError::new(format!("{}: {e}", file.display())))?)
 }

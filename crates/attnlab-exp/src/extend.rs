@@ -90,6 +90,16 @@ pub fn extend(run: &mut PreparedRun, old: &Path) -> Result<(), SpecError> {
             return Err(bad(format!("it was trained on other data (sha256 {:?}; now {sha})", stored.trim())));
         }
     }
+    // The same token ids: a rewritten tokenizer file, or a learned BPE that came out otherwise,
+    // would continue the old weights on other tokens.
+    let stored: Option<attnlab_data::Tokenizer> = std::fs::read_to_string(old.join("tokenizer.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if stored.as_ref() != Some(&run.tokenizer) {
+        return Err(bad(format!(
+            "its tokenizer.json {} the tokenizer of this config ({} tokens here)",
+            if stored.is_some() { "differs from" } else { "is missing or unreadable, so it cannot be checked against" },
+            run.tokenizer.vocab_size()
+        )));
+    }
     let checkpoint = old.join("checkpoint");
     crate::checkpoint::verify(&checkpoint).map_err(|e| bad(format!("{e:#}")))?;
     let from_run = old.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

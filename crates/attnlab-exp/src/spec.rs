@@ -302,6 +302,9 @@ impl ExperimentSpec {
             (TokenizerKind::Bpe, Some(v), None) if !(attnlab_data::bpe::MIN_VOCAB..=1 << 20).contains(&v) => {
                 Err(err(source, "data.vocab_size", v, &format!("must be in [{}, {}] (256 bytes and at least one merge)", attnlab_data::bpe::MIN_VOCAB, 1 << 20)))
             }
+            (TokenizerKind::Bpe, ..) if matches!(d.task, Some(ref t) if !matches!(t, TaskConfig::Needle(_))) => {
+                Err(err(source, "data.tokenizer", "\"bpe\"", "a synthetic task other than the needle has its own token ids; leave data.tokenizer out"))
+            }
             (TokenizerKind::Char | TokenizerKind::Byte, Some(v), _) => Err(err(source, "data.vocab_size", v, "only used with data.tokenizer = \"bpe\"")),
             (TokenizerKind::Char | TokenizerKind::Byte, _, Some(p)) => {
                 Err(err(source, "data.tokenizer_file", format!("{p:?}"), "only used with data.tokenizer = \"bpe\""))
@@ -332,6 +335,14 @@ impl ExperimentSpec {
                     end -= 1;
                 }
                 let bpe = attnlab_data::Bpe::train(&text[..end], vocab).map_err(|e| SpecError::new(format!("{source}: data.tokenizer = \"bpe\": learning the vocabulary failed: {e}")))?;
+                if bpe.vocab_size() < vocab {
+                    return Err(err(
+                        source,
+                        "data.vocab_size",
+                        vocab,
+                        &format!("the corpus gives only {} tokens (no pair left that occurs twice); use at most {}", bpe.vocab_size(), bpe.vocab_size()),
+                    ));
+                }
                 (Tokenizer::Bpe(bpe), None)
             }
             (TokenizerKind::Bpe, None, None) => unreachable!("validated"),
@@ -403,6 +414,17 @@ impl ExperimentSpec {
         };
         let (tokenizer, file_sha256) = self.tokenizer(&corpus, source)?;
         let tokens = tokenizer.encode_bytes(&corpus.bytes, &corpus.name).map_err(data_err)?;
+        if let Tokenizer::Bpe(_) = &tokenizer {
+            // A loaded tokenizer may normalise text or drop what it cannot encode: refuse one
+            // that does not give the corpus back.
+            let text = corpus.text().map_err(data_err)?;
+            let back = tokenizer.decode(&tokens);
+            if back != text {
+                let at = text.chars().zip(back.chars()).take_while(|(a, b)| a == b).count();
+                let lost: String = text.chars().skip(at).take(12).collect();
+                return Err(err(source, "data.tokenizer", "\"bpe\"", &format!("the tokenizer does not give the corpus back (first difference at character {at}: {lost:?}); use a byte-level BPE")));
+            }
+        }
         Ok((corpus, tokenizer, tokens, file_sha256))
     }
 }

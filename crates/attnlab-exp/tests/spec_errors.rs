@@ -180,4 +180,17 @@ fn bpe_fields_are_checked_and_a_tokenizer_file_is_part_of_the_run_id() {
     assert_ne!(other.json(), bpe.json());
     std::fs::write(&file, other.json()).unwrap();
     assert_ne!(from_file(&file).run_id, a.run_id, "a rewritten tokenizer file is a new run");
+
+    // A tokenizer that does not give the corpus back (here: it lowercases) is refused.
+    let mut json: serde_json::Value = serde_json::from_str(bpe.json()).unwrap();
+    json["normalizer"] = serde_json::json!({"type": "Lowercase"});
+    std::fs::write(&file, json.to_string()).unwrap();
+    assert_mentions(&error(&["data.tokenizer=\"bpe\"", &format!("data.tokenizer_file={:?}", file.display().to_string())]), &["does not give the corpus back"]);
+    // A vocabulary larger than the corpus can give, and BPE on a task with its own ids.
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "ab ab ab cd cd ".repeat(40)).unwrap();
+    let sets = ["data.corpus=\"file\"".to_string(), format!("data.path={:?}", small.display().to_string()), "data.tokenizer=\"bpe\"".into(), "data.vocab_size=5000".into()];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    assert_mentions(&error(&sets), &["data.vocab_size = 5000", "the corpus gives only"]);
+    assert_mentions(&error(&["model.max_seq=128", "data.task={kind = \"mqar\"}", "data.tokenizer=\"bpe\"", "data.vocab_size=300"]), &["data.tokenizer", "own token ids"]);
 }

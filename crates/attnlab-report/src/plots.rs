@@ -70,8 +70,29 @@ fn marker<DB: DrawingBackend, C: Into<ShapeStyle>>(area: &DrawingArea<DB, plotte
 }
 
 /// Ticks for a log axis over `lo..hi`: 1, 2 and 5 times the powers of ten inside it (plotters
-/// alone draws only the powers of ten, often a single tick).
-fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+/// alone draws only the powers of ten, often a single tick); the data's own values `xs` when
+/// that gives fewer than two.
+fn log_ticks(lo: f64, hi: f64, xs: &[f64]) -> Vec<f64> {
+    let ticks = nice_log_ticks(lo, hi);
+    if ticks.len() >= 2 {
+        return ticks;
+    }
+    let mut xs: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite() && *x > 0.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    xs
+}
+
+/// A tick label: an integer as one, anything else with three significant digits.
+fn tick_label(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e9 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3e}").parse::<f64>().map(|v| v.to_string()).unwrap_or_default()
+    }
+}
+
+fn nice_log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let mut ticks = Vec::new();
     for e in (lo.log10().floor() as i32)..=(hi.log10().ceil() as i32) {
         for m in [1.0, 2.0, 5.0] {
@@ -222,8 +243,11 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
     let accuracy = crate::tables::has_accuracy(groups);
     let quality = |g: &Group| if accuracy { (100.0 * g.accuracy_mean(), 100.0 * std(&g.accuracy)) } else { (g.best_mean(), g.best_std()) };
     let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (f64::INFINITY, 0.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for g in groups {
+    // A group with no value (every seed diverged, or no accuracy) has no point to draw.
+    let drawn: Vec<&Group> = groups.iter().filter(|g| quality(g).0.is_finite() && g.kv_bytes > 0.0).collect();
+    for g in &drawn {
         let (m, s) = quality(g);
+        let s = if s.is_finite() { s } else { 0.0 };
         (x_lo, x_hi) = (x_lo.min(g.kv_bytes), x_hi.max(g.kv_bytes));
         (y_lo, y_hi) = (y_lo.min(m - s), y_hi.max(m + s));
     }
@@ -239,25 +263,28 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
         ("Best val loss vs KV cache", "best val loss (nats/token)", padded(y_lo, y_hi))
     };
     let x_range = (x_lo / 1.5, x_hi * 1.5);
-    let mut chart = styled(&plot, title).build_cartesian_2d((x_range.0..x_range.1).log_scale().with_key_points(log_ticks(x_range.0, x_range.1)), y_range).map_err(err)?;
+    let kv: Vec<f64> = drawn.iter().map(|g| g.kv_bytes).collect();
+    let mut chart = styled(&plot, title).build_cartesian_2d((x_range.0..x_range.1).log_scale().with_key_points(log_ticks(x_range.0, x_range.1, &kv)), y_range).map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("KV-cache bytes/token (log)")
         .y_desc(y_desc)
         .axis_desc_style(("sans-serif", AXIS_PX))
         .label_style(("sans-serif", TICK_PX))
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| tick_label(*x))
         .draw()
         .map_err(err)?;
     // Colour: the line field (the attention); marker shape: the panel a loss plot would use.
     let layout = layout(groups);
-    let lines = distinct(groups.iter().map(|g| layout.line_name(g)));
-    let facets = distinct(groups.iter().map(|g| layout.facet_name(g)));
-    for g in groups {
+    let lines = distinct(drawn.iter().map(|g| layout.line_name(g)));
+    let facets = distinct(drawn.iter().map(|g| layout.facet_name(g)));
+    for g in &drawn {
         let c = color(lines.iter().position(|l| *l == layout.line_name(g)).unwrap_or(0));
         let shape = facets.iter().position(|f| *f == layout.facet_name(g)).unwrap_or(0);
         let (x, (m, s)) = (g.kv_bytes, quality(g));
-        chart.draw_series(std::iter::once(PathElement::new(vec![(x, m - s), (x, m + s)], c.stroke_width(2)))).map_err(err)?;
+        if s.is_finite() {
+            chart.draw_series(std::iter::once(PathElement::new(vec![(x, m - s), (x, m + s)], c.stroke_width(2)))).map_err(err)?;
+        }
         let at = chart.backend_coord(&(x, m));
         marker(&plot, shape, at, c)?;
     }
@@ -335,7 +362,8 @@ pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: 
     let entries: Vec<Entry> = series.iter().enumerate().map(|(i, (name, _))| Entry { color: color(i), text: name.clone(), marker: None }).collect();
     draw_legend(&legend, &entries, &[])?;
     let mut builder = styled(&plot, &axes.title);
-    let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale().with_key_points(log_ticks(x_lo / 1.2, x_hi * 1.2));
+    let xs: Vec<f64> = pts().map(|(x, _)| x).collect();
+    let x_range = (x_lo / 1.2..x_hi * 1.2).log_scale().with_key_points(log_ticks(x_lo / 1.2, x_hi * 1.2, &xs));
     for s in &mut series {
         s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
@@ -348,7 +376,7 @@ pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: 
                 .y_desc(axes.y.as_str())
                 .axis_desc_style(("sans-serif", AXIS_PX))
                 .label_style(("sans-serif", TICK_PX))
-                .x_label_formatter(&|x| format!("{x}"))
+                .x_label_formatter(&|x| tick_label(*x))
                 .draw()
                 .map_err(err)?;
             for (i, (_, pts)) in series.into_iter().enumerate() {

@@ -131,13 +131,13 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
             .map(|(s, v)| (s, mean(&v), v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max)))
             .collect();
         let mut train: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-        for &i in &g.runs {
+        for &i in &kept {
             for &(s, v) in &runs[i].train_curve {
                 train.entry(s).or_default().push(v);
             }
         }
-        // A mean over fewer runs than the group has would jump where a run stops logging.
-        g.train_curve = train.into_iter().filter(|(_, v)| v.len() == g.runs.len() && v.iter().all(|x| x.is_finite())).map(|(s, v)| (s, mean(&v))).collect();
+        // Non-diverged runs only; a mean over fewer runs would jump where a run stops logging.
+        g.train_curve = train.into_iter().filter(|(_, v)| v.len() == kept.len() && v.iter().all(|x| x.is_finite())).map(|(s, v)| (s, mean(&v))).collect();
     }
     groups.sort_by(|a, b| b.kv_bytes.total_cmp(&a.kv_bytes).then(a.label.cmp(&b.label)));
     groups
