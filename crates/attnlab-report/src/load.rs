@@ -153,7 +153,9 @@ const BOOKKEEPING: &[&str] = &["train.checkpoint_every", "train.log_every", "eva
 fn drop_duplicates(dir: &Path, runs: Vec<RunRecord>, skipped: &mut Vec<String>) -> Vec<RunRecord> {
     let key = |r: &RunRecord| {
         let config: Vec<(&String, &String)> = r.config.iter().filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str())).collect();
-        format!("{config:?} {}", r.text("data_source"))
+        // The saved tokenizer too: runs that differ only in a tokenizer file's bytes are two runs.
+        let tokenizer = std::fs::read(dir.join(&r.run_id).join("tokenizer.json")).unwrap_or_default();
+        format!("{config:?} {} {}", r.text("data_source"), String::from_utf8_lossy(&tokenizer))
     };
     let modified = |r: &RunRecord| std::fs::metadata(dir.join(&r.run_id).join("summary.json")).and_then(|m| m.modified()).ok();
     let mut kept: Vec<RunRecord> = Vec::new();

@@ -53,7 +53,9 @@ pub fn welch95(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
     let (va, vb) = (std(a).powi(2) / a.len() as f64, std(b).powi(2) / b.len() as f64);
     let d = mean(a) - mean(b);
     if va + vb == 0.0 {
-        return Some((d, 0.0));
+        // Every seed equal on both sides (common for quantised accuracies): no spread to
+        // judge a difference against, so no interval rather than a point that "excludes 0".
+        return None;
     }
     let df = (va + vb).powi(2) / (va.powi(2) / (a.len() - 1) as f64 + vb.powi(2) / (b.len() - 1) as f64);
     let t = t_quantile(df, 0.975);

@@ -296,7 +296,8 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         let kv = format!("KV cache {:.1}% of {}", 100.0 * g.kv_bytes / base.kv_bytes, base.label);
         let (ours, theirs) = if accuracy { (&g.accuracy, &base.accuracy) } else { (&g.best_val, &base.best_val) };
         let line = match welch95(ours, theirs) {
-            None => format!("Δ = {:+.p$}{unit}: one seed, no interval", delta(g, base, accuracy)),
+            None if ours.len() < 2 || theirs.len() < 2 => format!("Δ = {:+.p$}{unit}: one seed, no interval", delta(g, base, accuracy)),
+            None => format!("Δ = {:+.p$}{unit}: every seed equal on both sides, no spread to judge it by", delta(g, base, accuracy)),
             Some((d, h)) => {
                 let better = if accuracy { d > 0.0 } else { d < 0.0 };
                 let verdict = if d - h > 0.0 || d + h < 0.0 {

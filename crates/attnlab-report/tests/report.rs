@@ -193,6 +193,10 @@ fn a_run_stored_twice_under_two_ids_is_counted_once() {
     assert_eq!(runs.len(), 1, "{skipped:?}");
     assert_eq!(runs[0].run_id, "bbbbbbbbbb", "the newest is kept");
     assert!(skipped.len() == 1 && skipped[0].contains("aaaaaaaaaa") && skipped[0].contains("counted twice"), "{skipped:?}");
+    // Runs whose saved tokenizers differ (a rewritten data.tokenizer_file) are two runs.
+    std::fs::write(store.path().join("aaaaaaaaaa").join("tokenizer.json"), r#"{"kind":"byte"}"#).unwrap();
+    let (runs, skipped) = attnlab_report::load_store(store.path()).unwrap();
+    assert_eq!(runs.len(), 2, "{skipped:?}");
 }
 
 /// Student-t quantiles against printed tables; Welch's interval against a hand computation;
@@ -210,6 +214,9 @@ fn t_intervals_match_tables_and_one_seed_has_none() {
     let (d, h) = welch95(&[2.5, 2.7, 2.6], &[2.0, 2.2, 2.1]).unwrap();
     assert!((d - 0.5).abs() < 1e-12 && (h - 0.22669).abs() < 1e-4, "{d} {h}");
     assert_eq!(welch95(&[1.0], &[2.0, 3.0]), None);
+    // No spread on either side (seeds with identical accuracies): no interval, not a point
+    // that "excludes 0" (planted: `Some((d, 0.0))`, seen to fail).
+    assert_eq!(welch95(&[0.5, 0.5], &[1.0, 1.0]), None);
 
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("fx");
