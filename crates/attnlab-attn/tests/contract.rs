@@ -40,8 +40,7 @@ fn prefill_then_token_by_token_equals_the_full_forward() {
     let dev = cpu();
     let (d_model, heads, t) = (32, 4, 13);
     for config in kinds() {
-        dev.seed(7);
-        let m = sharpen(config.init(d_model, heads, 32, 10_000.0, &dev), SHARP);
+        let m = sharpen(seeded(&dev, 7, || config.init(d_model, heads, 32, 10_000.0, &dev)), SHARP);
         let x = random_input(2, t, d_model, 3, &dev);
         let full = m.forward(x.clone());
         for prefill in [1, 5] {
@@ -62,7 +61,7 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
     let dev = cpu();
     let (d_model, heads, head_dim) = (64, 8, 8);
     for config in kinds() {
-        let m = config.init(d_model, heads, 64, 10_000.0, &dev);
+        let m = locked(|| config.init(d_model, heads, 64, 10_000.0, &dev));
         let state = m.init_state(2, 50, &dev);
         assert_eq!(m.state_bytes(50), state.bytes(), "{config:?}");
         let kv_floats = |kv_heads: Option<usize>| 2 * kv_heads.unwrap_or(heads) * head_dim;
@@ -125,8 +124,7 @@ impl ModuleVisitor for GradCheck<'_> {
 fn every_parameter_receives_a_nonzero_gradient() {
     let dev = cpu().autodiff();
     for config in kinds() {
-        dev.seed(2);
-        let m = config.init(32, 4, 16, 10_000.0, &dev);
+        let m = seeded(&dev, 2, || config.init(32, 4, 16, 10_000.0, &dev));
         let x = random_input(2, 9, 32, 1, &dev).require_grad();
         let loss = m.forward(x.clone()).powi_scalar(2).mean();
         let grads = loss.backward();
@@ -146,8 +144,7 @@ fn changing_later_tokens_leaves_earlier_outputs_unchanged() {
     let dev = cpu();
     let (d_model, heads, t, p) = (32, 4, 13, 9);
     for config in kinds() {
-        dev.seed(4);
-        let m = sharpen(config.init(d_model, heads, 32, 10_000.0, &dev), SHARP);
+        let m = sharpen(seeded(&dev, 4, || config.init(d_model, heads, 32, 10_000.0, &dev)), SHARP);
         let x = random_input(2, t, d_model, 8, &dev);
         let later = random_input(2, t - p, d_model, 9, &dev);
         let changed = Tensor::cat(vec![x.clone().narrow(1, 0, p), later], 1);

@@ -150,15 +150,13 @@ fn moderate_a_log(n: usize, dev: &Device) -> Param<Tensor<1>> {
 }
 
 fn gdn(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> GatedDeltaNet {
-    dev.seed(seed);
-    let Attention::GatedDeltaNet(mut m) = config.init(d_model, heads, 64, 10_000.0, dev) else { panic!("expected GDN") };
+    let Attention::GatedDeltaNet(mut m) = seeded(dev, seed, || config.init(d_model, heads, 64, 10_000.0, dev)) else { panic!("expected GDN") };
     m.a_log = moderate_a_log(heads, dev);
     regime(m)
 }
 
 fn kda(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> Kda {
-    dev.seed(seed);
-    let Attention::Kda(mut m) = config.init(d_model, heads, 64, 10_000.0, dev) else { panic!("expected KDA") };
+    let Attention::Kda(mut m) = seeded(dev, seed, || config.init(d_model, heads, 64, 10_000.0, dev)) else { panic!("expected KDA") };
     if m.lower_bound.is_none() {
         m.a_log = moderate_a_log(heads, dev);
     }
@@ -280,9 +278,8 @@ fn kda_gradients_match_finite_differences_of_the_reference() {
 #[test]
 fn initialisation_follows_the_papers() {
     let dev = cpu();
-    dev.seed(1);
-    let Attention::GatedDeltaNet(g) = gdn_config(32).init(64, 8, 64, 10_000.0, &dev) else { panic!() };
-    let Attention::Kda(k) = kda_variants().remove(3).init(64, 8, 64, 10_000.0, &dev) else { panic!() };
+    let (g, k) = seeded(&dev, 1, || (gdn_config(32).init(64, 8, 64, 10_000.0, &dev), kda_variants().remove(3).init(64, 8, 64, 10_000.0, &dev)));
+    let (Attention::GatedDeltaNet(g), Attention::Kda(k)) = (g, k) else { panic!() };
     let dt = |v: &[f64]| v.iter().map(|b| softplus(*b)).collect::<Vec<_>>();
     assert_eq!(g.dt_bias.dims(), [8]);
     assert_eq!(k.dt_bias.dims(), [8 * 8]);

@@ -71,8 +71,7 @@ fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize)
 }
 
 fn mla(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> LatentAttention {
-    dev.seed(seed);
-    let Attention::Latent(m) = config.init(d_model, heads, 64, ROPE_BASE as f32, dev) else { panic!("expected MLA") };
+    let Attention::Latent(m) = seeded(dev, seed, || config.init(d_model, heads, 64, ROPE_BASE as f32, dev)) else { panic!("expected MLA") };
     sharpen(m, SHARP)
 }
 
@@ -132,7 +131,7 @@ fn mla_gradients_match_finite_differences_of_the_reference() {
 #[test]
 fn mla_defaults_are_deepseek_v2_ratios() {
     let config = AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None };
-    let Attention::Latent(m) = config.init(64, 4, 16, 10_000.0, &cpu()) else { panic!() };
+    let Attention::Latent(m) = locked(|| config.init(64, 4, 16, 10_000.0, &cpu())) else { panic!() };
     assert_eq!((m.head_dim, m.kv_latent, m.rope_dim), (16, 64, 8));
     assert_eq!(config.label(), "mla");
     assert_eq!(AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(4) }.label(), "mla-c16-r4");
@@ -142,7 +141,7 @@ fn mla_defaults_are_deepseek_v2_ratios() {
 fn mla_state_holds_only_the_latent_and_the_rope_key() {
     let dev = cpu();
     let (kv_latent, rope_dim) = (20, 8);
-    let m = AttentionConfig::Mla { kv_latent: Some(kv_latent), q_latent: None, rope_dim: Some(rope_dim) }.init(64, 4, 64, 10_000.0, &dev);
+    let m = locked(|| AttentionConfig::Mla { kv_latent: Some(kv_latent), q_latent: None, rope_dim: Some(rope_dim) }.init(64, 4, 64, 10_000.0, &dev));
     let mut state = m.init_state(3, 40, &dev);
     assert_eq!(state.bytes(), (kv_latent + rope_dim) * 4 * 40);
     assert_eq!(m.state_bytes(40), state.bytes());

@@ -102,8 +102,7 @@ fn configs() -> Vec<AttentionConfig> {
 }
 
 fn linear(config: &AttentionConfig, seed: u64, dev: &Device) -> LinearAttention {
-    dev.seed(seed);
-    let Attention::Linear(m) = config.init(D_MODEL, HEADS, 64, 10_000.0, dev) else { panic!("expected linear attention") };
+    let Attention::Linear(m) = seeded(dev, seed, || config.init(D_MODEL, HEADS, 64, 10_000.0, dev)) else { panic!("expected linear attention") };
     sharpen(m, 4.0)
 }
 
@@ -158,7 +157,7 @@ fn the_normaliser_with_identity_is_rejected_and_hedgehog_doubles_the_state() {
     let err = AttentionConfig::Linear { feature_map: FeatureMap::Identity, normalize: true, chunk: 64 }.validate(16, 2).unwrap_err();
     assert_eq!(err.field, "model.attention.normalize");
     let dev = cpu();
-    let m = AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 }.init(64, 4, 64, 1e4, &dev);
+    let m = locked(|| AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 }.init(64, 4, 64, 1e4, &dev));
     // 4 heads × d_φ = 32 × (d_h + 1 = 17) floats, whatever the context.
     assert_eq!(m.state_bytes(10), 4 * 32 * 17 * 4);
     assert_eq!(m.state_bytes(100_000), 4 * 32 * 17 * 4);

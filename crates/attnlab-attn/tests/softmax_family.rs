@@ -127,10 +127,11 @@ fn tiled_attention_matches_the_reference_for_block_sizes_that_do_and_do_not_divi
     let dev = cpu();
     let (b, h, dk, dv, scale) = (2, 3, 8, 6, 1.0);
     for t in LENGTHS {
-        dev.seed(t as u64);
-        let q = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
-        let k = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
-        let v = Tensor::<4>::random([b, h, t, dv], Distribution::Normal(0.0, 1.0), &dev);
+        let (q, k, v) = seeded(&dev, t as u64, || {
+            let q = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([b, h, t, dk], Distribution::Normal(0.0, 1.0), &dev);
+            (q, k, Tensor::<4>::random([b, h, t, dv], Distribution::Normal(0.0, 1.0), &dev))
+        });
         let rows = |x: &Tensor<4>, bi: usize, hi: usize, d: usize| -> Vec<Vec<f64>> {
             let all = to_vec(x.clone().narrow(0, bi, 1).narrow(1, hi, 1));
             all.chunks(d).map(|c| c.to_vec()).collect()
@@ -191,9 +192,8 @@ fn differential(layer: usize, seed: u64) -> Differential {
 }
 
 fn differential_on(layer: usize, seed: u64, dev: &attnlab_attn::burn::tensor::Device) -> Differential {
-    dev.seed(seed);
     let config = AttentionConfig::Differential {};
-    match config.init_layer(32, 4, 128, ROPE_BASE as f32, layer, dev) {
+    match seeded(dev, seed, || config.init_layer(32, 4, 128, ROPE_BASE as f32, layer, dev)) {
         Attention::Differential(m) => sharpen(m, SHARP),
         other => panic!("expected differential attention, got {other:?}"),
     }
