@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use attnlab_data::Tokenizer;
-use attnlab_exp::sweep::{in_shard, load_experiment, parse_shard, Experiment};
+use attnlab_exp::sweep::{in_shard, load_experiment, load_point, parse_shard, Experiment};
 use attnlab_exp::trainer::{run_status, RunOutcome};
 use attnlab_exp::{parse_device, train, SpecError, TrainOptions};
 use attnlab_model::{generate_cropped, Gpt, Sampling};
@@ -522,13 +522,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { run: RunArgs { file, out, device, sets, quiet, lock_lease }, point, extend } => {
             attnlab_exp::lock::set_lease(lock_lease)?;
             let backend = backend(&device)?;
-            let exp = read_experiment(&file, &sets)?;
+            let exp = match point {
+                None => read_experiment(&file, &sets)?,
+                Some(i) => load_point(&attnlab_exp::spec::read_spec_file(&file)?, &file.display().to_string(), &sets, i)?,
+            };
             let run = match (point, exp.runs.len()) {
                 (None, 1) => &exp.runs[0],
                 (None, n) => {
                     return Err(SpecError::new(format!("{}: has a [sweep] of {n} runs; pick one with --point N (0 to {}), or use `attnlab sweep`", file.display(), n - 1)).into())
                 }
-                (Some(i), n) => exp.runs.get(i).ok_or_else(|| SpecError::new(format!("--point = {i}: {} has {n} runs (0 to {})", file.display(), n - 1)))?,
+                // load_point prepared that one run alone.
+                (Some(_), _) => &exp.runs[0],
             };
             let mut run = run.clone();
             if let Some(old) = &extend {

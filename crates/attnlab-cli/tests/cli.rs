@@ -289,7 +289,8 @@ fn batch_logs_are_plain_lines_and_a_closed_pipe_is_quiet() {
 }
 
 /// `sweep --set` on a swept path is an error naming it (it was silently ignored); `train
-/// --point N` trains one point of a sweep; `generate` crops a long generation's context to
+/// --point N` trains one point of a sweep, where a `--set` of a swept field overrides that
+/// point; `generate` crops a long generation's context to
 /// `max_seq` (nanoGPT's rule) instead of refusing it; a task run with no prompt says what to
 /// pass.
 ///
@@ -318,6 +319,13 @@ fn overrides_points_long_generations_and_task_prompts() {
     let folder = std::path::PathBuf::from(stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap());
     let config = std::fs::read_to_string(folder.join("config.toml")).unwrap();
     assert!(config.contains("seed = 1") && config.contains("gqa"), "point 3 = gqa, seed 1: {config}");
+    // On one point, a --set of a swept field overrides that point (here GQA-2 → GQA-1).
+    let o = attnlab().args(["train", "--quiet", "--point", "3", "--set", "model.attention.kv_heads=1", "--out"]).arg(&out).arg(&file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let over = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap().to_string());
+    let config = std::fs::read_to_string(over.join("config.toml")).unwrap();
+    assert!(config.contains("seed = 1") && config.contains("gqa") && config.contains("kv_heads = 1"), "point 3 with kv_heads = 1: {config}");
+    assert_ne!(over, folder);
 
     // max_seq = 48: a prompt of 4 and 100 new tokens.
     let g = attnlab().arg("generate").arg(&folder).args(["--prompt", "The ", "--tokens", "100"]).output().unwrap();

@@ -137,6 +137,16 @@ pub struct Experiment {
 /// Reads an experiment file, applies `--set` overrides to the base, expands the sweep and
 /// validates and prepares **every** run before returning, so nothing starts on a bad point.
 pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Experiment, SpecError> {
+    load(text, source, sets, None)
+}
+
+/// Only run `point` of the file's sweep (`train --point N`), with the `--set` overrides applied
+/// over the point's own values: on one point an override of a swept field is unambiguous.
+pub fn load_point(text: &str, source: &str, sets: &[String], point: usize) -> Result<Experiment, SpecError> {
+    load(text, source, sets, Some(point))
+}
+
+fn load(text: &str, source: &str, sets: &[String], only: Option<usize>) -> Result<Experiment, SpecError> {
     let mut base = parse_toml(text).map_err(|e| SpecError::new(format!("{source}: {}", crate::spec::one_line(&e))))?;
     let sweep = match base.as_table_mut().and_then(|t| t.remove("sweep")) {
         None => None,
@@ -146,8 +156,13 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
     for set in sets {
         apply_set(&mut base, set).map_err(|e| SpecError::new(format!("{source}: --set {set}: {e}")))?;
     }
-    let points = expand(sweep.as_ref(), source)?;
-    refuse_sets_on_swept_paths(&points, sets, source)?;
+    let mut points = expand(sweep.as_ref(), source)?;
+    if let Some(i) = only {
+        let n = points.len();
+        points = vec![points.into_iter().nth(i).ok_or_else(|| SpecError::new(format!("--point = {i}: {source} has {n} runs (0 to {})", n - 1)))?];
+    } else {
+        refuse_sets_on_swept_paths(&points, sets, source)?;
+    }
     let mut runs = Vec::with_capacity(points.len());
     for point in &points {
         let mut value = base.clone();
@@ -158,6 +173,11 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
                 return Err(SpecError::new(format!("{at}: sweep path \"{path}\" is not a config field")));
             }
             set_path(&mut value, path, v.clone()).map_err(|e| SpecError::new(format!("{at}: {e}")))?;
+        }
+        if only.is_some() {
+            for set in sets.iter().filter(|set| point.sets.iter().any(|(k, _)| overlaps(set.split_once('=').map_or(set.as_str(), |(k, _)| k).trim(), k))) {
+                apply_set(&mut value, set).map_err(|e| SpecError::new(format!("{at}: --set {set}: {e}")))?;
+            }
         }
         let spec = ExperimentSpec::from_value(value, &at)?;
         // Before the data is loaded or the task's evaluation sets are generated.
@@ -182,7 +202,6 @@ pub fn load_experiment(text: &str, source: &str, sets: &[String]) -> Result<Expe
 /// A `--set` on a swept path (or on a table above or below one) would be replaced by the
 /// sweep's values without a word: it is an error naming both.
 fn refuse_sets_on_swept_paths(points: &[SweepPoint], sets: &[String], source: &str) -> Result<(), SpecError> {
-    let overlaps = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."));
     for set in sets {
         let key = set.split_once('=').map_or(set.as_str(), |(k, _)| k).trim();
         if let Some((swept, _)) = points.iter().flat_map(|p| &p.sets).find(|(k, _)| overlaps(key, k)) {
@@ -193,6 +212,11 @@ fn refuse_sets_on_swept_paths(points: &[SweepPoint], sets: &[String], source: &s
         }
     }
     Ok(())
+}
+
+/// Whether two dotted paths are the same field, or one is a table above the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
 }
 
 /// Paths that may be absent from a file because they have defaults.
