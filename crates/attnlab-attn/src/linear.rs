@@ -20,3 +20,12 @@ pub fn apply<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     debug_assert!(layer.bias.is_none(), "attnlab projections are bias-free");
     attnlab_kernels::linear(x, layer.weight.val())
 }
+
+/// Output columns `from..from + len` of [`apply`]: `x · W[:, from..from + len]`. Layers that keep
+/// one fused input projection (one parameter, as the reference code) take their parts this
+/// way: slicing the weight costs a `d_in × len` copy and its gradient a `d_in × d_out` buffer,
+/// where slicing the output would cost a `[rows, d_out]` zero-filled buffer per part backward.
+pub fn apply_columns<const D: usize>(layer: &Linear, x: Tensor<D>, from: usize, len: usize) -> Tensor<D> {
+    debug_assert!(layer.bias.is_none(), "attnlab projections are bias-free");
+    attnlab_kernels::linear(x, layer.weight.val().narrow(1, from, len))
+}

@@ -19,11 +19,11 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
-use burn::tensor::Tensor;
+use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::tensor::{contiguous, from_vec, slice};
@@ -71,6 +71,9 @@ impl Dims {
 }
 
 /// `Σ a_i b_i` in 8 independent lanes (a float reduction the compiler can vectorise).
+///
+/// The kernels use `mul_add` (one FMA instruction in the AVX2+FMA build, and on aarch64; a
+/// library call only in the baseline x86 build for CPUs without FMA).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
@@ -78,7 +81,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+            lanes[l] = x[l].mul_add(y[l], lanes[l]);
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -87,7 +90,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += α x`.
 #[inline(always)]
 fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+    y.iter_mut().zip(x).for_each(|(y, x)| *y = alpha.mul_add(*x, *y));
 }
 
 /// `e^{g_{t,c}}` for every key row of token `t`.
@@ -136,7 +139,7 @@ fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut
         let (ac, kc) = (a[c], k[c]);
         s[c * dv..(c + 1) * dv].iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
             *r *= ac;
-            *p += *r * kc;
+            *p = r.mul_add(kc, *p);
         });
     }
     let v = &x.v[t * dv..(t + 1) * dv];
@@ -156,7 +159,7 @@ fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32]
     let dv = d.dv;
     for c in 0..d.dk {
         let kc = k[c];
-        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r += kc * u);
+        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r = kc.mul_add(*u, *r));
     }
 }
 
@@ -170,8 +173,8 @@ fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32
     for c in 0..d.dk {
         let (kc, qc) = (k[c], q[c]);
         s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).zip(o.iter_mut()).for_each(|((r, u), o)| {
-            *r += kc * u;
-            *o += qc * *r;
+            *r = kc.mul_add(*u, *r);
+            *o = qc.mul_add(*r, *o);
         });
     }
 }
@@ -307,12 +310,82 @@ fn backward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32], 
     [cat(&|h| &h.dq), cat(&|h| &h.dk), cat(&|h| &h.dv), cat(&|h| &h.dbeta), cat(&|h| &h.dg)]
 }
 
+/// The layout the layers produce and consume (token-major, heads side by side): qkv
+/// `[b, t, h·(2d_k + d_v)]` (all q heads, then all k heads, then all v heads), β `[b, t, h]`,
+/// g `[b, t, h·e]`, o `[b, t, h·d_v]`. The kernels above work head-major (`[b·h, t, d]`); the
+/// moves between the two are parallel copies here, not separate tensor ops (each of which would
+/// cost a copy forward and one backward).
+#[derive(Clone, Copy, Debug)]
+struct Packed {
+    b: usize,
+    t: usize,
+    h: usize,
+    dk: usize,
+    dv: usize,
+    e: usize,
+}
+
+impl Packed {
+    fn of(qkv: &Shape, beta: &Shape, g: &Shape, h: usize, dk: usize) -> Self {
+        let (s, bs, gs) = (qkv.as_slice(), beta.as_slice(), g.as_slice());
+        assert!(s.len() == 3 && h > 0 && s[2] > 2 * h * dk && (s[2] - 2 * h * dk) % h == 0, "delta_rule: qkv {s:?} is not [b, t, h·(2·{dk} + d_v)] with h = {h}");
+        assert!(bs == [s[0], s[1], h], "delta_rule: beta {bs:?} is not [b, t, h] = {:?}", [s[0], s[1], h]);
+        assert!(gs.len() == 3 && gs[..2] == s[..2] && (gs[2] == h || gs[2] == h * dk), "delta_rule: g {gs:?} is not [b, t, h] or [b, t, h·d_k]");
+        Self { b: s[0], t: s[1], h, dk, dv: (s[2] - 2 * h * dk) / h, e: gs[2] / h }
+    }
+
+    fn width(&self) -> usize {
+        self.h * (2 * self.dk + self.dv)
+    }
+
+    fn dims(&self, options: RuleOptions) -> Dims {
+        Dims { heads: self.b * self.h, t: self.t, dk: self.dk, dv: self.dv, e: self.e, delta: options.delta, l2: options.l2, scale: options.scale }
+    }
+
+    /// Head-major `[b·h, t, d]` from column block `offset + head·d` of token-major rows of `width`.
+    fn heads_of(&self, src: &[f32], d: usize, width: usize, offset: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.b * self.h * self.t * d];
+        out.par_chunks_mut((self.t * d).max(1)).enumerate().for_each(|(bh, head)| {
+            let (bi, hi) = (bh / self.h, bh % self.h);
+            for (tau, dst) in head.chunks_exact_mut(d).enumerate() {
+                dst.copy_from_slice(&src[(bi * self.t + tau) * width + offset + hi * d..][..d]);
+            }
+        });
+        out
+    }
+
+    /// The inverse of [`Packed::heads_of`]: head-major `x` into column block `offset + head·d`
+    /// of the token-major rows of `width` in `out`.
+    fn tokens_of(&self, x: &[f32], d: usize, width: usize, offset: usize, out: &mut [f32]) {
+        out.par_chunks_mut((self.t * width).max(1)).enumerate().for_each(|(bi, rows)| {
+            for hi in 0..self.h {
+                let head = &x[(bi * self.h + hi) * self.t * d..][..self.t * d];
+                for (tau, src) in head.chunks_exact(d).enumerate() {
+                    rows[tau * width + offset + hi * d..][..d].copy_from_slice(src);
+                }
+            }
+        });
+    }
+}
+
+/// What the backward keeps: the head-major inputs, the saved states and the shapes.
+#[derive(Clone, Debug)]
+struct Saved {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    beta: Vec<f32>,
+    g: Vec<f32>,
+    states: Vec<f32>,
+    packed: Packed,
+    dims: Dims,
+}
+
 /// The op as a backend extension: Flex runs the kernels, autodiff over Flex adds the backward.
 #[backend_extension(Flex, Autodiff)]
 pub trait DeltaRuleBackend: Backend {
-    /// q, k: `[b, h, t, d_k]`, v: `[b, h, t, d_v]`, beta: `[b, h, t]`, g: `[b, h, t, e]` → o `[b, h, t, d_v]`.
-    #[allow(clippy::too_many_arguments)]
-    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, options: RuleOptions) -> FloatTensor<Self>;
+    /// qkv `[b, t, h·(2d_k + d_v)]`, beta `[b, t, h]`, g `[b, t, h·e]` → o `[b, t, h·d_v]`.
+    fn delta_rule(qkv: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, heads: usize, key_dim: usize, options: RuleOptions) -> FloatTensor<Self>;
 }
 
 /// The rule's switches: the delta rule (else additive), L2-normalised q and k, the factor on q.
@@ -323,69 +396,76 @@ pub struct RuleOptions {
     pub scale: f32,
 }
 
-fn dims(q: &FlexTensor, v: &FlexTensor, g: &FlexTensor, o: RuleOptions) -> Dims {
-    let [b, h, t, dk] = q.shape().as_slice().try_into().expect("q is [b, h, t, d_k]");
-    let dv = v.shape().as_slice()[3];
-    let e = g.shape().as_slice()[3];
-    assert!(e == 1 || e == dk, "delta_rule: g's last dim {e} is neither 1 nor d_k = {dk}");
-    Dims { heads: b * h, t, dk, dv, e, delta: o.delta, l2: o.l2, scale: o.scale }
-}
-
-fn forward_flex(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, options: RuleOptions) -> (FlexTensor, Vec<f32>) {
-    let (q, k, v, beta, g) = (contiguous(q), contiguous(k), contiguous(v), contiguous(beta), contiguous(g));
-    let d = dims(&q, &v, &g, options);
-    let (o, saved) = forward(&d, slice(&q), slice(&k), slice(&v), slice(&beta), slice(&g));
-    (from_vec(o, v.shape()), saved)
+fn run(qkv: FlexTensor, beta: FlexTensor, g: FlexTensor, h: usize, dk: usize, options: RuleOptions) -> (FlexTensor, Saved) {
+    let p = Packed::of(&qkv.shape(), &beta.shape(), &g.shape(), h, dk);
+    let (qkv, beta, g) = (contiguous(qkv), contiguous(beta), contiguous(g));
+    let (src, w) = (slice(&qkv), p.width());
+    let (q, k, v) = (p.heads_of(src, dk, w, 0), p.heads_of(src, dk, w, h * dk), p.heads_of(src, p.dv, w, 2 * h * dk));
+    let (beta, g) = (p.heads_of(slice(&beta), 1, h, 0), p.heads_of(slice(&g), p.e, h * p.e, 0));
+    let dims = p.dims(options);
+    let (o, states) = forward(&dims, &q, &k, &v, &beta, &g);
+    let mut out = vec![0.0f32; o.len()];
+    p.tokens_of(&o, p.dv, h * p.dv, 0, &mut out);
+    (from_vec(out, Shape::new([p.b, p.t, h * p.dv])), Saved { q, k, v, beta, g, states, packed: p, dims })
 }
 
 impl DeltaRuleBackend for Flex {
-    fn delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, beta: FlexTensor, g: FlexTensor, options: RuleOptions) -> FlexTensor {
-        forward_flex(q, k, v, beta, g, options).0
+    fn delta_rule(qkv: FlexTensor, beta: FlexTensor, g: FlexTensor, heads: usize, key_dim: usize, options: RuleOptions) -> FlexTensor {
+        run(qkv, beta, g, heads, key_dim, options).0
     }
 }
 
 #[derive(Debug)]
 struct DeltaRuleBackward;
 
-impl Backward<Flex, 5> for DeltaRuleBackward {
-    /// Checkpoints of (q, k, v, β, g), the saved states and the rule.
-    type State = ([NodeId; 5], Vec<f32>, RuleOptions);
+impl Backward<Flex, 3> for DeltaRuleBackward {
+    type State = Saved;
 
-    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let (ids, saved, options) = ops.state;
-        let inputs: Vec<FlexTensor> = ids.iter().map(|id| contiguous(checkpointer.retrieve_node_output(*id))).collect();
-        let d_o = contiguous(grads.consume::<Flex>(&ops.node));
-        let d = dims(&inputs[0], &inputs[2], &inputs[4], options);
-        let [q, k, v, beta, g] = [0, 1, 2, 3, 4].map(|i| slice(&inputs[i]));
-        let out = backward(&d, q, k, v, beta, g, &saved, slice(&d_o));
-        for ((node, grad), input) in ops.parents.into_iter().zip(out).zip(&inputs) {
+    fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let Saved { q, k, v, beta, g, states, packed: p, dims } = ops.state;
+        let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+        let d_o = p.heads_of(slice(&d_out), p.dv, p.h * p.dv, 0);
+        let [dq, dk, dv, dbeta, dg] = backward(&dims, &q, &k, &v, &beta, &g, &states, &d_o);
+        let (h, w) = (p.h, p.width());
+        let mut dqkv = vec![0.0f32; p.b * p.t * w];
+        p.tokens_of(&dq, p.dk, w, 0, &mut dqkv);
+        p.tokens_of(&dk, p.dk, w, h * p.dk, &mut dqkv);
+        p.tokens_of(&dv, p.dv, w, 2 * h * p.dk, &mut dqkv);
+        let tokens = |x: &[f32], d: usize| {
+            let mut out = vec![0.0f32; x.len()];
+            p.tokens_of(x, d, h * d, 0, &mut out);
+            out
+        };
+        let outs = [(dqkv, w), (tokens(&dbeta, 1), h), (tokens(&dg, p.e), h * p.e)];
+        for (node, (grad, width)) in ops.parents.into_iter().zip(outs) {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, from_vec(grad, input.shape()));
+                grads.register::<Flex>(node.id, from_vec(grad, Shape::new([p.b, p.t, width])));
             }
         }
     }
 }
 
 impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
-    fn delta_rule(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, options: RuleOptions) -> FloatTensor<Self> {
-        match DeltaRuleBackward.prepare::<C>([q.node(), k.node(), v.node(), beta.node(), g.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let ids = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v), prep.checkpoint(&beta), prep.checkpoint(&g)];
-                let (o, saved) =
-                    forward_flex(q.primitive().clone(), k.primitive().clone(), v.primitive().clone(), beta.primitive().clone(), g.primitive().clone(), options);
-                prep.finish((ids, saved, options), o)
+    fn delta_rule(qkv: FloatTensor<Self>, beta: FloatTensor<Self>, g: FloatTensor<Self>, heads: usize, key_dim: usize, options: RuleOptions) -> FloatTensor<Self> {
+        match DeltaRuleBackward.prepare::<C>([qkv.node(), beta.node(), g.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (o, saved) = run(qkv.primitive().clone(), beta.primitive().clone(), g.primitive().clone(), heads, key_dim, options);
+                prep.finish(saved, o)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::delta_rule(q.into_primitive(), k.into_primitive(), v.into_primitive(), beta.into_primitive(), g.into_primitive(), options))
+                prep.finish(Flex::delta_rule(qkv.into_primitive(), beta.into_primitive(), g.into_primitive(), heads, key_dim, options))
             }
         }
     }
 }
 
-/// The recurrence from S = 0 on the CPU backend (call only where [`crate::fused`] holds).
-/// q, k: `[b, h, t, d_k]` (raw: normalised and scaled inside as `options` say), v: `[b, h, t, d_v]`,
-/// beta: `[b, h, t]` (ignored unless `options.delta`), g: `[b, h, t, 1]` or `[b, h, t, d_k]` → o `[b, h, t, d_v]`.
-pub fn delta_rule(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, options: RuleOptions) -> Tensor<4> {
-    let out = Dispatch::delta_rule(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), beta.into_dispatch(), g.into_dispatch(), options);
+/// The recurrence from S = 0 on the CPU backend (call only where [`crate::fused`] holds), in the
+/// layers' token-major layout: qkv `[b, t, h·(2d_k + d_v)]` (q heads, k heads, v heads; q and k
+/// raw: normalised and scaled inside as `options` say), beta `[b, t, h]` (ignored unless
+/// `options.delta`), g `[b, t, h]` (per-head log-decay) or `[b, t, h·d_k]` (per channel)
+/// → o `[b, t, h·d_v]`.
+pub fn delta_rule(qkv: Tensor<3>, beta: Tensor<3>, g: Tensor<3>, heads: usize, key_dim: usize, options: RuleOptions) -> Tensor<3> {
+    assert!(crate::fused(&qkv), "delta_rule: the fused kernel needs f32 tensors on the CPU (flex) device");
+    let out = Dispatch::delta_rule(qkv.into_dispatch(), beta.into_dispatch(), g.into_dispatch(), heads, key_dim, options);
     Tensor::from_dispatch(out)
 }

@@ -28,6 +28,8 @@
 
 use burn::tensor::{Bool, Device, Tensor};
 
+use super::{merge_heads, split_heads};
+
 /// Large negative value put in the exponent of masked (future) pairs: `e^{−1e30} = 0`, with a
 /// zero gradient.
 const MASKED: f32 = -1e30;
@@ -75,12 +77,7 @@ impl Rule {
     /// 2.9× and 4.3× faster; `reports/linear_family/`).
     /// `ATTNLAB_RECURRENT=fused` forces the fused op for the additive rule too.
     pub fn forward(self, chunk: usize) -> Tensor<4> {
-        let fused = attnlab_kernels::fused(&self.q) && match recurrent_path() {
-            Path::Chunked => false,
-            Path::Fused => true,
-            Path::Default => self.beta.is_some(),
-        };
-        if !fused {
+        if !takes_fused(&self.q, self.beta.is_some()) {
             let [b, h, _, dk] = self.q.dims();
             let s0 = Tensor::zeros([b, h, dk, self.v.dims()[3]], &self.q.device());
             return self.chunked(s0, chunk).0;
@@ -89,14 +86,17 @@ impl Rule {
     }
 
     /// The fused CPU op from S = 0 ([`attnlab_kernels::delta_rule`]; only where
-    /// [`attnlab_kernels::fused`] holds): o `[b, h, t, d_v]`.
+    /// [`attnlab_kernels::fused`] holds): o `[b, h, t, d_v]`. The op takes the layers'
+    /// token-major layout; this packs the head-major tensors into it (the layers call the op
+    /// directly, [`super::delta_heads`]).
     pub fn fused(self) -> Tensor<4> {
-        let [b, h, t, _] = self.q.dims();
+        let [b, h, t, dk] = self.q.dims();
         let device = self.q.device();
         let options = attnlab_kernels::RuleOptions { delta: self.beta.is_some(), l2: self.l2, scale: self.scale as f32 };
-        let beta = self.beta.unwrap_or_else(|| Tensor::zeros([b, h, t], &device));
-        let g = self.g.unwrap_or_else(|| Tensor::zeros([b, h, t, 1], &device));
-        attnlab_kernels::delta_rule(self.q, self.k, self.v, beta, g, options)
+        let beta = self.beta.map_or_else(|| Tensor::zeros([b, t, h], &device), |beta| beta.swap_dims(1, 2));
+        let g = self.g.map_or_else(|| Tensor::zeros([b, t, h], &device), merge_heads);
+        let qkv = Tensor::cat(vec![merge_heads(self.q), merge_heads(self.k), merge_heads(self.v)], 2);
+        split_heads(attnlab_kernels::delta_rule(qkv, beta, g, h, dk, options), h)
     }
 
     /// One token of the recurrence.
@@ -189,6 +189,17 @@ enum Path {
     Default,
     Chunked,
     Fused,
+}
+
+/// Whether a training forward of the rule on `x`'s device runs the fused CPU op (see
+/// [`Rule::forward`]): the delta rule by default, the additive rule when forced.
+pub fn takes_fused<const D: usize>(x: &Tensor<D>, delta: bool) -> bool {
+    attnlab_kernels::fused(x)
+        && match recurrent_path() {
+            Path::Chunked => false,
+            Path::Fused => true,
+            Path::Default => delta,
+        }
 }
 
 fn recurrent_path() -> Path {

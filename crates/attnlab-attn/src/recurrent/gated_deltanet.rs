@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor};
 use super::short_conv::ShortConv;
 use super::{delta_heads, gates, rule_flops, Recurrent};
 use crate::config::ConvInit;
-use crate::linear::{apply, linear};
+use crate::linear::{apply, apply_columns, linear};
 use crate::state::RecurrentState;
 
 /// Gated DeltaNet with one fused input projection.
@@ -108,12 +108,11 @@ impl Recurrent for GatedDeltaNet {
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
-        let p = apply(&self.proj, x);
-        let per_head = |from: usize| p.clone().narrow(2, from, h).swap_dims(1, 2); // [b, h, t]
-        let beta = sigmoid(per_head(width));
-        let g = gates::log_decay(per_head(width + h), self.a_log.val().reshape([1, h, 1]), self.dt_bias.val().reshape([1, h, 1]));
-        let gate = self.gated.then(|| silu(p.clone().narrow(2, width + 2 * h, h * dv)));
-        let o = delta_heads(p.narrow(2, 0, width), self.conv.as_ref(), state, (h, dk), beta, g.unsqueeze_dim(3), self.l2, &self.norm, self.chunk, fresh);
+        let part = |from: usize, len: usize| apply_columns(&self.proj, x.clone(), from, len);
+        let beta = sigmoid(part(width, h));
+        let g = gates::log_decay(part(width + h, h), self.a_log.val().reshape([1, 1, h]), self.dt_bias.val().reshape([1, 1, h]));
+        let gate = self.gated.then(|| silu(part(width + 2 * h, h * dv)));
+        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (h, dk), beta, g, self.l2, &self.norm, self.chunk, fresh);
         apply(&self.out, match gate {
             Some(gate) => o * gate,
             None => o,

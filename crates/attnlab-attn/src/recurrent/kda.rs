@@ -20,9 +20,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use super::short_conv::ShortConv;
-use super::{delta_heads, gates, rule_flops, split_heads, Recurrent};
+use super::{delta_heads, gates, rule_flops, Recurrent};
 use crate::config::ConvInit;
-use crate::linear::{apply, linear};
+use crate::linear::{apply, apply_columns, linear};
 use crate::state::RecurrentState;
 
 /// Kimi Delta Attention with one fused input projection.
@@ -91,16 +91,18 @@ impl Kda {
 
 
 
-    /// The per-channel log-decays `[b, h, t, d_k]` from the gate's low-rank input `[b, t, d_v]`.
-    fn log_decay(&self, f_down: Tensor<3>) -> Tensor<4> {
+    /// The per-channel log-decays `[b, t, h·d_k]` from the gate's low-rank input `[b, t, d_v]`.
+    fn log_decay(&self, f_down: Tensor<3>) -> Tensor<3> {
         let (h, dk) = (self.heads, self.key_dim);
-        let raw = split_heads(apply(&self.f_up, f_down), h);
-        let a_log = self.a_log.val().reshape([1, h, 1, 1]);
-        let dt_bias = self.dt_bias.val().reshape([1, h, 1, dk]);
-        match self.lower_bound {
+        let [b, t, _] = f_down.dims();
+        let raw = apply(&self.f_up, f_down).reshape([b, t, h, dk]);
+        let a_log = self.a_log.val().reshape([1, 1, h, 1]);
+        let dt_bias = self.dt_bias.val().reshape([1, 1, h, dk]);
+        let g = match self.lower_bound {
             Some(lb) => gates::bounded_log_decay(raw, a_log, dt_bias, lb as f32),
             None => gates::log_decay(raw, a_log, dt_bias),
-        }
+        };
+        g.reshape([b, t, h * dk])
     }
 
 
@@ -127,11 +129,11 @@ impl Recurrent for Kda {
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
-        let p = apply(&self.proj, x);
-        let beta = sigmoid(p.clone().narrow(2, width, h).swap_dims(1, 2));
-        let g = self.log_decay(p.clone().narrow(2, width + h, dv));
-        let gate = sigmoid(apply(&self.g_up, p.clone().narrow(2, width + h + dv, dv)));
-        let o = delta_heads(p.narrow(2, 0, width), self.conv.as_ref(), state, (h, dk), beta, g, true, &self.norm, self.chunk, fresh);
+        let part = |from: usize, len: usize| apply_columns(&self.proj, x.clone(), from, len);
+        let beta = sigmoid(part(width, h));
+        let g = self.log_decay(part(width + h, dv));
+        let gate = sigmoid(apply(&self.g_up, part(width + h + dv, dv)));
+        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (h, dk), beta, g, true, &self.norm, self.chunk, fresh);
         apply(&self.out, o * gate)
     }
 }

@@ -87,9 +87,12 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     x / norm
 }
 
-/// The shared middle of Gated DeltaNet and KDA: q | k | v columns through [`delta_qkv`], the delta
-/// rule with β `[b, h, t]` and log-decays g `[b, h, t, 1 or d_k]` (q scaled by d_k^−½, q and k
-/// L2-normalised when `l2`), then the per-head RMSNorm over d_v and the head merge: `[b, t, h·d_v]`.
+/// The shared middle of Gated DeltaNet and KDA: q | k | v columns `[b, t, 2·h·d_k + h·d_v]`
+/// through [`conv_silu`], the delta rule with β `[b, t, h]` and log-decays g `[b, t, h]` (per
+/// head) or `[b, t, h·d_k]` (per channel) (q scaled by d_k^−½, q and k L2-normalised when `l2`),
+/// then the per-head RMSNorm over d_v: `[b, t, h·d_v]`. A training forward on the CPU backend
+/// runs the fused op on this token-major layout as it is ([`chunk::takes_fused`]); every other
+/// path splits the heads for [`Rule`].
 #[allow(clippy::too_many_arguments)]
 pub fn delta_heads(
     qkv: Tensor<3>,
@@ -97,24 +100,34 @@ pub fn delta_heads(
     state: &mut RecurrentState,
     (heads, dk): (usize, usize),
     beta: Tensor<3>,
-    g: Tensor<4>,
+    g: Tensor<3>,
     l2: bool,
     norm: &burn::nn::RmsNorm,
     chunk: usize,
     fresh: bool,
 ) -> Tensor<3> {
-    let (q, k, v) = delta_qkv(qkv, conv, state, heads, dk, fresh);
-    let rule = Rule { q, k, v, beta: Some(beta), g: Some(g), l2, scale: 1.0 / (dk as f64).sqrt() };
+    let qkv = conv_silu(qkv, conv, state, fresh);
+    let [b, t, width] = qkv.dims();
+    let (hk, dv) = (heads * dk, (width - 2 * heads * dk) / heads);
+    let scale = 1.0 / (dk as f64).sqrt();
+    if fresh && chunk::takes_fused(&qkv, true) {
+        state.len += t;
+        let options = attnlab_kernels::RuleOptions { delta: true, l2, scale: scale as f32 };
+        let o = attnlab_kernels::delta_rule(qkv, beta, g, heads, dk, options).reshape([b, t, heads, dv]);
+        return attnlab_kernels::rms_norm(norm, o).reshape([b, t, heads * dv]);
+    }
+    let q = split_heads(qkv.clone().narrow(2, 0, hk), heads);
+    let k = split_heads(qkv.clone().narrow(2, hk, hk), heads);
+    let v = split_heads(qkv.narrow(2, 2 * hk, heads * dv), heads);
+    let rule = Rule { q, k, v, beta: Some(beta.swap_dims(1, 2)), g: Some(split_heads(g, heads)), l2, scale };
     merge_heads(attnlab_kernels::rms_norm(norm, run_rule(rule, state, chunk, fresh)))
 }
 
-/// The q | k | v columns `[b, t, 2·h·d_k + h·d_v]` through the short conv (continuing `state`'s
-/// tail and updating it) and SiLU: q, k `[b, h, t, d_k]` (not yet L2-normalised: [`Rule`] does
-/// that), v `[b, h, t, d_v]`. For a training forward (`fresh`: empty state, discarded) on the
-/// CPU backend, conv and SiLU are one fused op.
-pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, heads: usize, dk: usize, fresh: bool) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-    let width = qkv.dims()[2];
-    let qkv = match conv {
+/// The q | k | v columns `[b, t, c]` through the short conv (continuing `state`'s tail and
+/// updating it) and SiLU. For a training forward (`fresh`: empty state, discarded) on the CPU
+/// backend, conv and SiLU are one fused op.
+pub fn conv_silu(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
+    match conv {
         Some(conv) if fresh && attnlab_kernels::fused(&qkv) => attnlab_kernels::short_conv_silu(qkv, conv.weight.val()),
         Some(conv) => {
             let tail = state.conv.take().expect("a conv tail in the state");
@@ -123,12 +136,7 @@ pub fn delta_qkv(qkv: Tensor<3>, conv: Option<&ShortConv>, state: &mut Recurrent
             attnlab_kernels::silu(y)
         }
         None => attnlab_kernels::silu(qkv),
-    };
-    let hk = heads * dk;
-    let q = split_heads(qkv.clone().narrow(2, 0, hk), heads);
-    let k = split_heads(qkv.clone().narrow(2, hk, hk), heads);
-    let v = split_heads(qkv.narrow(2, 2 * hk, width - 2 * hk), heads);
-    (q, k, v)
+    }
 }
 
 /// Forward FLOPs per token and head of the chunked rule at chunk `c` (≤ context), counted as
