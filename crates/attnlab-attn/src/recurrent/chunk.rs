@@ -71,10 +71,10 @@ impl Rule {
     /// one fused op (the token recurrence with its own backward, [`attnlab_kernels::delta_rule`]);
     /// elsewhere the chunked form: on wgpu, with `ATTNLAB_FUSED=0` or `ATTNLAB_RECURRENT=chunked`
     /// (to measure one against the other), and for the additive rule (linear attention), whose
-    /// chunked form is only matrix products and is as fast or faster on CPU (one layer, d_k = d_v
-    /// = 32, forward + backward, median of 100: 5.4 vs 7.0 ms at T = 64, 21.6 vs 24.0 ms at
-    /// T = 256; for GDN the fused op is at parity at T = 64 and 1.4× faster at T = 256, for KDA
-    /// 2.9× and 4.3× faster; `reports/linear_family/`).
+    /// chunked form is only matrix products and is faster on CPU (`cargo bench -p attnlab-attn`:
+    /// one layer, batch 4, forward + backward, median of 100, 2-core AVX-512 Xeon: chunked 5.5
+    /// vs fused 6.8 ms at T = 64, 18.5 vs 26.7 ms at T = 256; for GDN the fused op is 1.9× faster
+    /// at T = 64 and 1.8× at T = 256, for KDA 2.8× and 3.7×; `reports/linear_family/`).
     /// `ATTNLAB_RECURRENT=fused` forces the fused op for the additive rule too.
     pub fn forward(self, chunk: usize) -> Tensor<4> {
         if !takes_fused(&self.q, self.beta.is_some()) {
