@@ -6,7 +6,9 @@
 //! Mutations planted and seen to fail (see `tests/README.md`): exclusive cumsum; w without e^G
 //! (decay after the correction); no end-of-chunk decay; A's mask with the diagonal; padding with
 //! ones; per-channel decay on the value axis (token step and chunk form); the fused op's segment
-//! recompute from S = 0 (caught only by the 37-token gradient check here).
+//! recompute from S = 0 (caught only by the 37-token gradient check here); the fused op's
+//! token-major packing with batch and head swapped (`the_chunked_form_matches_the_token_loop`);
+//! its backward writing dk into q's columns (the gradient check).
 
 mod common;
 

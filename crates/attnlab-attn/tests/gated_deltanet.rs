@@ -12,7 +12,9 @@
 //! - per-channel dt_bias read per head (`dt_bias[h]` broadcast) → `kda_forward_matches_the_reference`;
 //! - KDA's output gate SiLU instead of sigmoid → `kda_forward_matches_the_reference`;
 //! - scale 1/d_k instead of 1/√d_k → `gdn_forward_…`, `gdn_decode_…`, `gdn_gradients_…`;
-//! - the fused CPU op: S read before its decay; dk without Ŝ·dp; dg × 1.1 → forward or gradient tests.
+//! - the fused CPU op: S read before its decay; dk without Ŝ·dp; dg × 1.1 → forward or gradient tests;
+//! - GDN's β read from the decay's projection columns → `gdn_forward_…`, `gdn_decode_…`, `gdn_gradients_…`;
+//! - the fused op's backward writing dk into q's columns of d(qkv) → `*_gradients_…`.
 
 mod common;
 
