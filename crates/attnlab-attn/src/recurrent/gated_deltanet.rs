@@ -81,11 +81,6 @@ impl GatedDeltaNet {
         }
     }
 
-
-
-
-
-
     /// Projections (2 per weight), the conv (2·K per channel) and the chunked rule
     /// ([`rule_flops`]) per head.
     pub fn flops_per_token(&self, context: usize) -> u64 {

@@ -89,8 +89,6 @@ impl Kda {
         }
     }
 
-
-
     /// The per-channel log-decays `[b, t, h·d_k]` from the gate's low-rank input `[b, t, d_v]`.
     fn log_decay(&self, f_down: Tensor<3>) -> Tensor<3> {
         let (h, dk) = (self.heads, self.key_dim);
@@ -104,9 +102,6 @@ impl Kda {
         };
         g.reshape([b, t, h * dk])
     }
-
-
-
 
     /// Projections (2 per weight), the conv and the chunked rule with per-channel decays.
     pub fn flops_per_token(&self, context: usize) -> u64 {

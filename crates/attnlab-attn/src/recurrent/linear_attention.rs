@@ -117,11 +117,6 @@ impl LinearAttention {
         }
     }
 
-
-
-
-
-
     /// Projections (2 per weight), the Hedgehog maps and the chunked rule per head.
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let proj = self.qkv.weight.shape().num_elements() + self.out.weight.shape().num_elements();
