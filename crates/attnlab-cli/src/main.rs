@@ -131,7 +131,12 @@ enum BenchCommand {
         /// Untimed steps first.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        /// Also write the results as JSON here.
+        /// Run every point this many times, interleaved (A B C A B C …), and end with each
+        /// point's median tokens/s and its ratio to the first point within each round (median,
+        /// min–max): on a shared machine whose speed drifts, compare the ratios.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Also write the results as JSON here (every measurement, with its round).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -750,11 +755,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&attnlab_exp::scaling::scaling_point(&case, &backend))?);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { file, device, sets, steps, warmup, json } } => {
+        Command::Bench { what: BenchCommand::Train { file, device, sets, steps, warmup, rounds, json } } => {
             backend(&device)?;
             let exp = read_experiment(&file, &sets)?;
             if steps == 0 || steps > 1_000_000 || warmup > 1_000_000 {
                 return Err(SpecError::new(format!("bench train: --steps = {steps}, --warmup = {warmup}: --steps must be in [1, 1000000] and --warmup ≤ 1000000")).into());
+            }
+            if !(1..=100).contains(&rounds) {
+                return Err(SpecError::new(format!("bench train: --rounds = {rounds}: must be in [1, 100]")).into());
             }
             // One point per distinct config: seeds are ignored.
             let mut picked: Vec<(usize, String)> = Vec::new();
@@ -766,30 +774,45 @@ fn run(cli: Cli) -> Result<()> {
                     picked.push((point.index, key));
                 }
             }
-            println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each", picked.len());
+            let each = if rounds > 1 { format!(", {rounds} rounds (points interleaved)") } else { String::new() };
+            println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each{each}", picked.len());
             let backend = backend(&device)?;
             let peak = attnlab_exp::peak::peak_flops(&backend, &device);
             drop(backend);
-            println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB");
+            println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}{}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB", if rounds > 1 { "  round" } else { "" });
             let exe = std::env::current_exe()?;
             let mut results = Vec::new();
-            for (index, _) in picked {
-                let mut cmd = std::process::Command::new(&exe);
-                cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
-                for set in &sets {
-                    cmd.args(["--set", set]);
+            for round in 1..=rounds {
+                for (index, _) in &picked {
+                    let mut cmd = std::process::Command::new(&exe);
+                    cmd.args(["bench", "train-point"]).arg(&file).args([*index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
+                    for set in &sets {
+                        cmd.args(["--set", set]);
+                    }
+                    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+                    if !out.status.success() {
+                        return Err(anyhow::anyhow!("training point {index} failed ({})", out.status));
+                    }
+                    let mut p: attnlab_exp::bench::TrainPoint = serde_json::from_slice(&out.stdout)?;
+                    p.round = round;
+                    let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
+                    let tag = if rounds > 1 { format!("  {round:>5}") } else { String::new() };
+                    println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}{tag}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
+                    results.push(p);
                 }
-                let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
-                if !out.status.success() {
-                    return Err(anyhow::anyhow!("training point {index} failed ({})", out.status));
-                }
-                let p: attnlab_exp::bench::TrainPoint = serde_json::from_slice(&out.stdout)?;
-                let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
-                println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
-                results.push(p);
             }
             if let Some(p) = results.first() {
                 println!("peak (f32 matmul {n}³): {:.1} GFLOP/s", p.peak_flops / 1e9, n = attnlab_exp::peak::PEAK_SIZE);
+            }
+            if rounds > 1 {
+                let summary = attnlab_exp::bench::round_summary(&results, picked.len());
+                println!("over {rounds} rounds: median (min–max)");
+                println!("{:<24} {:>24} {:>24}", "attention", "tokens/s", format!("ratio to {}", summary[0].attention));
+                for s in &summary {
+                    let [t, t0, t1] = s.tokens_per_sec;
+                    let [r, r0, r1] = s.ratio;
+                    println!("{:<24} {:>24} {:>24}", s.attention, format!("{t:.0} ({t0:.0}–{t1:.0})"), format!("{r:.3} ({r0:.3}–{r1:.3})"));
+                }
             }
             if let Some(path) = json {
                 attnlab_exp::store::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())?;

@@ -216,15 +216,22 @@ fn bench_train_scaling_and_peak_smoke() {
     let file = dir.path().join("tiny.toml");
     std::fs::write(&file, format!("{TINY}\n[sweep]\nseeds = [0, 1]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"tiled\", block_q = 8, block_k = 8}}]\n")).unwrap();
     let json = dir.path().join("train.json");
-    let o = attnlab().args(["bench", "train"]).arg(&file).args(["--steps", "2", "--warmup", "1", "--json"]).arg(&json).output().unwrap();
+    let o = attnlab().args(["bench", "train"]).arg(&file).args(["--steps", "2", "--warmup", "1", "--rounds", "2", "--json"]).arg(&json).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 2, "one point per config, seeds ignored");
+    assert_eq!(rows.len(), 2 * 2, "one point per config (seeds ignored) per round");
+    let order: Vec<(u64, &str)> = rows.iter().map(|r| (r["round"].as_u64().unwrap(), r["attention"].as_str().unwrap())).collect();
+    assert_eq!(order, [(1, "mha"), (1, "tiled-8x8"), (2, "mha"), (2, "tiled-8x8")], "points interleaved round by round");
     for r in rows {
         let mfu = r["mfu"].as_f64().unwrap();
         assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0 && mfu > 0.0 && mfu < 1.0, "{r}");
     }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("over 2 rounds") && out.contains("ratio to mha"), "{out}");
+    let bad = attnlab().args(["bench", "train"]).arg(&file).args(["--rounds", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds = 0: must be in [1, 100]"));
 
     let json = dir.path().join("scaling.json");
     let o = attnlab().args(["bench", "scaling"]).arg(&file).args(["--lengths", "8,24", "--modes", "infer,train", "--reps", "1", "--json"]).arg(&json).output().unwrap();

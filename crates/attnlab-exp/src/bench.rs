@@ -86,6 +86,42 @@ pub struct TrainPoint {
     pub peak_flops: f64,
     /// Peak resident memory of the process (run it in a fresh process for a per-point figure).
     pub peak_rss_bytes: Option<u64>,
+    /// The round of `bench train --rounds` this measurement belongs to (1-based; 0: not set).
+    #[serde(default)]
+    pub round: usize,
+}
+
+/// One point of `bench train --rounds` over all rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSummary {
+    pub attention: String,
+    /// Median, min and max of the point's tokens/s over the rounds.
+    pub tokens_per_sec: [f64; 3],
+    /// Median, min and max over the rounds of (this point's tokens/s / the first point's, same round).
+    pub ratio: [f64; 3],
+}
+
+/// Median (the mean of the two middle values for an even count), min and max; `values` non-empty.
+fn spread(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+    [median, values[0], values[n - 1]]
+}
+
+/// Summary of `bench train --rounds`: `results` holds `points` measurements per round, in the
+/// same point order every round (round-robin). Ratios are taken within a round, so that a drift
+/// of the machine's speed between rounds cancels out.
+pub fn round_summary(results: &[TrainPoint], points: usize) -> Vec<RoundSummary> {
+    assert!(points > 0 && !results.is_empty() && results.len() % points == 0, "round_summary: {} results for {points} points per round", results.len());
+    let rounds: Vec<&[TrainPoint]> = results.chunks(points).collect();
+    (0..points)
+        .map(|i| RoundSummary {
+            attention: rounds[0][i].attention.clone(),
+            tokens_per_sec: spread(rounds.iter().map(|r| r[i].tokens_per_sec).collect()),
+            ratio: spread(rounds.iter().map(|r| r[i].tokens_per_sec / r[0].tokens_per_sec).collect()),
+        })
+        .collect()
 }
 
 /// `peak` is the device's f32 matmul peak (FLOP/s) for MFU.
@@ -123,5 +159,33 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         mfu: crate::peak::mfu(flops, tokens_per_sec, peak),
         peak_flops: peak,
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
+        round: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(attention: &str, tokens_per_sec: f64) -> TrainPoint {
+        TrainPoint { point: attention.into(), attention: attention.into(), params: 1, steps: 1, tokens_per_sec, ms_per_step_median: 1.0, ms_per_step_p90: 1.0, mfu: 0.1, peak_flops: 1.0, peak_rss_bytes: None, round: 0 }
+    }
+
+    /// Three rounds of (a, b, c) on a machine whose speed drifts (a runs at 100, 200, 50
+    /// tokens/s): b is half of a in rounds 1–2 and a quarter in round 3, c equals a, then half.
+    /// An even count of rounds takes the mean of the middle two. Planted and seen to fail:
+    /// ratios against the first round's a (b's min 0.125); the upper middle as the median of an
+    /// even count (0.6); ratios against the previous point instead of the first (c's 2.0).
+    #[test]
+    fn ratios_are_taken_within_a_round() {
+        let r = [point("a", 100.0), point("b", 50.0), point("c", 100.0), point("a", 200.0), point("b", 100.0), point("c", 100.0), point("a", 50.0), point("b", 12.5), point("c", 25.0)];
+        let s = round_summary(&r, 3);
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].attention.as_str(), s[0].ratio), ("a", [1.0, 1.0, 1.0]));
+        assert_eq!(s[1].tokens_per_sec, [50.0, 12.5, 100.0]);
+        assert_eq!(s[1].ratio, [0.5, 0.25, 0.5]);
+        assert_eq!(s[2].ratio, [0.5, 0.5, 1.0]);
+        let four: Vec<TrainPoint> = [100.0, 80.0, 100.0, 60.0, 100.0, 40.0, 100.0, 20.0].iter().zip(["a", "b"].iter().cycle()).map(|(v, n)| point(n, *v)).collect();
+        assert_eq!(round_summary(&four, 2)[1].ratio, [0.5, 0.2, 0.8]);
     }
 }
