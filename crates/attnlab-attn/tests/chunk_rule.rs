@@ -8,7 +8,8 @@
 //! ones; per-channel decay on the value axis (token step and chunk form); the fused op's segment
 //! recompute from S = 0 (caught only by the 37-token gradient check here); the fused op's
 //! token-major packing with batch and head swapped (`the_chunked_form_matches_the_token_loop`);
-//! its backward writing dk into q's columns (the gradient check).
+//! its backward writing dk into q's columns (the gradient check); per-channel g read at the
+//! per-head offset (both), dg written there (the gradient check).
 
 mod common;
 

@@ -48,25 +48,43 @@ struct Dims {
     scale: f32,
 }
 
-/// One head's inputs.
+/// One head's inputs, read in place from the token-major tensors ([`Packed`]): token t's q is
+/// `q[t·rows.0..][..d_k]` (likewise k, v), its β `beta[t·rows.1]`, its log-decays
+/// `g[t·rows.2..][..e]`.
 struct Head<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
     beta: &'a [f32],
     g: &'a [f32],
+    /// Row strides of (qkv, β, g).
+    rows: (usize, usize, usize),
 }
 
-impl Dims {
-    fn head<'a>(&self, i: usize, q: &'a [f32], k: &'a [f32], v: &'a [f32], beta: &'a [f32], g: &'a [f32]) -> Head<'a> {
-        let (t, dk, dv, e) = (self.t, self.dk, self.dv, self.e);
-        Head {
-            q: &q[i * t * dk..(i + 1) * t * dk],
-            k: &k[i * t * dk..(i + 1) * t * dk],
-            v: &v[i * t * dv..(i + 1) * t * dv],
-            beta: &beta[i * t..(i + 1) * t],
-            g: &g[i * t * e..(i + 1) * t * e],
-        }
+impl Head<'_> {
+    #[inline(always)]
+    fn q(&self, d: &Dims, t: usize) -> &[f32] {
+        &self.q[t * self.rows.0..][..d.dk]
+    }
+
+    #[inline(always)]
+    fn k(&self, d: &Dims, t: usize) -> &[f32] {
+        &self.k[t * self.rows.0..][..d.dk]
+    }
+
+    #[inline(always)]
+    fn v(&self, d: &Dims, t: usize) -> &[f32] {
+        &self.v[t * self.rows.0..][..d.dv]
+    }
+
+    #[inline(always)]
+    fn beta(&self, t: usize) -> f32 {
+        self.beta[t * self.rows.1]
+    }
+
+    #[inline(always)]
+    fn g(&self, d: &Dims, t: usize) -> &[f32] {
+        &self.g[t * self.rows.2..][..d.e]
     }
 }
 
@@ -97,9 +115,9 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 #[inline(always)]
 fn decays(d: &Dims, x: &Head, t: usize, out: &mut [f32]) {
     if d.e == 1 {
-        out.fill(exp(x.g[t]));
+        out.fill(exp(x.g(d, t)[0]));
     } else {
-        out.iter_mut().zip(&x.g[t * d.e..(t + 1) * d.e]).for_each(|(a, g)| *a = exp(*g));
+        out.iter_mut().zip(x.g(d, t)).for_each(|(a, g)| *a = exp(*g));
     }
 }
 
@@ -142,9 +160,9 @@ fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut
             *p = r.mul_add(kc, *p);
         });
     }
-    let v = &x.v[t * dv..(t + 1) * dv];
+    let v = &x.v(d, t)[..dv];
     if d.delta {
-        let beta = x.beta[t];
+        let beta = x.beta(t);
         u.iter_mut().zip(v).zip(p.iter()).for_each(|((u, v), p)| *u = beta * (v - p));
     } else {
         u.copy_from_slice(v);
@@ -190,8 +208,8 @@ fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
         if t % SEGMENT == 0 {
             saved[t / SEGMENT * dk * dv..(t / SEGMENT + 1) * dk * dv].copy_from_slice(&s);
         }
-        prepare(&x.k[t * dk..(t + 1) * dk], d.l2, 1.0, &mut k);
-        prepare(&x.q[t * dk..(t + 1) * dk], d.l2, d.scale, &mut q);
+        prepare(x.k(d, t), d.l2, 1.0, &mut k);
+        prepare(x.q(d, t), d.l2, d.scale, &mut q);
         advance_read(d, x, t, &k, &q, &mut s, &mut a, &mut p, &mut u, &mut o[t * dv..(t + 1) * dv]);
     }
 }
@@ -200,17 +218,21 @@ fn segments(t: usize) -> usize {
     t.div_ceil(SEGMENT)
 }
 
-/// (o, saved states) for all heads.
-fn forward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// o (token-major, `[b, t, h·d_v]`) and the saved states (head by head) for all heads.
+fn forward(p: &Packed, d: &Dims, qkv: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (t, dk, dv) = (d.t, d.dk, d.dv);
-    let mut o = vec![0.0f32; d.heads * t * dv];
+    let mut out = vec![0.0f32; d.heads * t * dv];
     let per_head = segments(t) * dk * dv;
     let mut saved = vec![0.0f32; d.heads * per_head];
-    o.par_chunks_mut(t * dv).zip(saved.par_chunks_mut(per_head.max(1))).enumerate().for_each(|(i, (o, saved))| {
-        let x = d.head(i, q, k, v, beta, g);
-        with_avx2!(forward_head(d, &x, o, saved))
+    let rows = Rows::new(&mut out);
+    saved.par_chunks_mut(per_head.max(1)).enumerate().for_each(|(i, saved)| {
+        let x = p.head(i, qkv, beta, g);
+        let mut o = vec![0.0f32; t * dv];
+        with_avx2!(forward_head(d, &x, &mut o, saved));
+        // SAFETY: head i alone writes its column block of o.
+        unsafe { rows.put(p.o_start(i), p.h * dv, dv, &o) };
     });
-    (o, saved)
+    (out, saved)
 }
 
 /// One head's gradients: dq, dk `[t, d_k]`, dv `[t, d_v]`, dβ `[t]`, dg `[t, e]`.
@@ -223,7 +245,8 @@ struct HeadGrads {
 }
 
 #[inline(always)]
-fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
+/// `d_o`: the head's output gradients, token t's at `d_o[t·o_row..][..d_v]`.
+fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32], o_row: usize) -> HeadGrads {
     let (t_len, dk, dv, e) = (d.t, d.dk, d.dv, d.e);
     let mut gr = HeadGrads { dq: vec![0.0; t_len * dk], dk: vec![0.0; t_len * dk], dv: vec![0.0; t_len * dv], dbeta: vec![0.0; t_len], dg: vec![0.0; t_len * e] };
     let mut ds = vec![0.0f32; dk * dv];
@@ -241,7 +264,7 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             let (before, after) = states.split_at_mut((j + 1) * dk * dv);
             let s = &mut after[..dk * dv];
             s.copy_from_slice(&before[j * dk * dv..]);
-            prepare(&x.k[(start + j) * dk..(start + j + 1) * dk], d.l2, 1.0, &mut k);
+            prepare(x.k(d, start + j), d.l2, 1.0, &mut k);
             advance(d, x, start + j, &k, s, &mut a, &mut p, &mut u);
             ps[j * dv..(j + 1) * dv].copy_from_slice(&p);
             us[j * dv..(j + 1) * dv].copy_from_slice(&u);
@@ -251,10 +274,10 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
             let s_prev = &states[j * dk * dv..(j + 1) * dk * dv];
             let s_cur = &states[(j + 1) * dk * dv..(j + 2) * dk * dv];
             let (p, u) = (&ps[j * dv..(j + 1) * dv], &us[j * dv..(j + 1) * dv]);
-            let (q_raw, k_raw) = (&x.q[t * dk..(t + 1) * dk], &x.k[t * dk..(t + 1) * dk]);
+            let (q_raw, k_raw) = (x.q(d, t), x.k(d, t));
             let n_q = prepare(q_raw, d.l2, d.scale, &mut q);
             let n_k = prepare(k_raw, d.l2, 1.0, &mut k);
-            let d_ot = &d_o[t * dv..(t + 1) * dv];
+            let d_ot = &d_o[t * o_row..][..dv];
             decays(d, x, t, &mut a);
             // dq = S dO; dS += q dOᵀ; dk = dS u; du = dSᵀ k.
             du.iter_mut().for_each(|v| *v = 0.0);
@@ -265,9 +288,9 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
                 gr.dk[t * dk + c] = dot(row, u);
                 axpy(&mut du, k[c], row);
             }
-            let v = &x.v[t * dv..(t + 1) * dv];
+            let v = x.v(d, t);
             if d.delta {
-                let beta = x.beta[t];
+                let beta = x.beta(t);
                 gr.dbeta[t] = du.iter().zip(v).zip(p).map(|((du, v), p)| du * (v - p)).sum();
                 for jj in 0..dv {
                     gr.dv[t * dv + jj] = beta * du[jj];
@@ -295,26 +318,59 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32]) -> HeadGrads {
     gr
 }
 
-/// (dq, dk, dv, dβ, dg) for all heads.
-fn backward(d: &Dims, q: &[f32], k: &[f32], v: &[f32], beta: &[f32], g: &[f32], saved: &[f32], d_o: &[f32]) -> [Vec<f32>; 5] {
-    let (t, dk, dv) = (d.t, d.dk, d.dv);
+/// d(qkv), dβ, dg for all heads, token-major like the inputs; `d_o` is `[b, t, h·d_v]`.
+fn backward(p: &Packed, d: &Dims, (qkv, beta, g): (&[f32], &[f32], &[f32]), saved: &[f32], d_o: &[f32]) -> [Vec<f32>; 3] {
+    let (t, dk, dv, e, h, w) = (d.t, d.dk, d.dv, d.e, p.h, p.width());
     let per_head = segments(t) * dk * dv;
-    let heads: Vec<HeadGrads> = (0..d.heads)
-        .into_par_iter()
-        .map(|i| {
-            let x = d.head(i, q, k, v, beta, g);
-            with_avx2!(backward_head(d, &x, &saved[i * per_head..(i + 1) * per_head], &d_o[i * t * dv..(i + 1) * t * dv]))
-        })
-        .collect();
-    let cat = |f: &dyn Fn(&HeadGrads) -> &Vec<f32>| heads.iter().flat_map(|h| f(h).iter().copied()).collect::<Vec<f32>>();
-    [cat(&|h| &h.dq), cat(&|h| &h.dk), cat(&|h| &h.dv), cat(&|h| &h.dbeta), cat(&|h| &h.dg)]
+    let (mut dqkv, mut dbeta, mut dg) = (vec![0.0f32; qkv.len()], vec![0.0f32; beta.len()], vec![0.0f32; g.len()]);
+    let (to_qkv, to_beta, to_g) = (Rows::new(&mut dqkv), Rows::new(&mut dbeta), Rows::new(&mut dg));
+    (0..d.heads).into_par_iter().for_each(|i| {
+        let x = p.head(i, qkv, beta, g);
+        let gr = with_avx2!(backward_head(d, &x, &saved[i * per_head..(i + 1) * per_head], &d_o[p.o_start(i)..], h * dv));
+        let [q, k, v] = p.qkv_starts(i);
+        // SAFETY: head i alone writes its column blocks of d(qkv), dβ and dg.
+        unsafe {
+            to_qkv.put(q, w, dk, &gr.dq);
+            to_qkv.put(k, w, dk, &gr.dk);
+            to_qkv.put(v, w, dv, &gr.dv);
+            to_beta.put(p.beta_start(i), h, 1, &gr.dbeta);
+            to_g.put(p.beta_start(i) * e, h * e, e, &gr.dg);
+        }
+    });
+    [dqkv, dbeta, dg]
+}
+
+/// A token-major output that the parallel heads fill, each head its own column blocks.
+struct Rows<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buffer: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the heads write disjoint elements (`Rows::put`'s contract).
+unsafe impl Sync for Rows<'_> {}
+
+impl<'a> Rows<'a> {
+    fn new(buffer: &'a mut [f32]) -> Self {
+        Self { ptr: buffer.as_mut_ptr(), len: buffer.len(), _buffer: std::marker::PhantomData }
+    }
+
+    /// Writes the rows of `d` values of `src` (one per token) at `start + t·stride`.
+    /// SAFETY: no two concurrent calls write the same element.
+    unsafe fn put(&self, start: usize, stride: usize, d: usize, src: &[f32]) {
+        for (t, row) in src.chunks_exact(d).enumerate() {
+            let at = start + t * stride;
+            assert!(at + d <= self.len, "delta_rule: row {t} at {at} + {d} past {}", self.len);
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(at), d) };
+        }
+    }
 }
 
 /// The layout the layers produce and consume (token-major, heads side by side): qkv
 /// `[b, t, h·(2d_k + d_v)]` (all q heads, then all k heads, then all v heads), β `[b, t, h]`,
-/// g `[b, t, h·e]`, o `[b, t, h·d_v]`. The kernels above work head-major (`[b·h, t, d]`); the
-/// moves between the two are parallel copies here, not separate tensor ops (each of which would
-/// cost a copy forward and one backward).
+/// g `[b, t, h·e]`, o `[b, t, h·d_v]`. Each head reads its rows in place (strided, [`Head`]) and
+/// writes its own column blocks of the outputs ([`Rows`]): no head split or merge, forward or
+/// backward (as separate tensor ops, each would be a copy).
 #[derive(Clone, Copy, Debug)]
 struct Packed {
     b: usize,
@@ -342,40 +398,37 @@ impl Packed {
         Dims { heads: self.b * self.h, t: self.t, dk: self.dk, dv: self.dv, e: self.e, delta: options.delta, l2: options.l2, scale: options.scale }
     }
 
-    /// Head-major `[b·h, t, d]` from column block `offset + head·d` of token-major rows of `width`.
-    fn heads_of(&self, src: &[f32], d: usize, width: usize, offset: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.b * self.h * self.t * d];
-        out.par_chunks_mut((self.t * d).max(1)).enumerate().for_each(|(bh, head)| {
-            let (bi, hi) = (bh / self.h, bh % self.h);
-            for (tau, dst) in head.chunks_exact_mut(d).enumerate() {
-                dst.copy_from_slice(&src[(bi * self.t + tau) * width + offset + hi * d..][..d]);
-            }
-        });
-        out
+    /// Where head i = (batch bi, head hi) starts in qkv: its (q, k, v) column blocks of row bi·t.
+    fn qkv_starts(&self, i: usize) -> [usize; 3] {
+        let (bi, hi, h) = (i / self.h, i % self.h, self.h);
+        let row = bi * self.t * self.width();
+        [row + hi * self.dk, row + (h + hi) * self.dk, row + 2 * h * self.dk + hi * self.dv]
     }
 
-    /// The inverse of [`Packed::heads_of`]: head-major `x` into column block `offset + head·d`
-    /// of the token-major rows of `width` in `out`.
-    fn tokens_of(&self, x: &[f32], d: usize, width: usize, offset: usize, out: &mut [f32]) {
-        out.par_chunks_mut((self.t * width).max(1)).enumerate().for_each(|(bi, rows)| {
-            for hi in 0..self.h {
-                let head = &x[(bi * self.h + hi) * self.t * d..][..self.t * d];
-                for (tau, src) in head.chunks_exact(d).enumerate() {
-                    rows[tau * width + offset + hi * d..][..d].copy_from_slice(src);
-                }
-            }
-        });
+    /// Where head i's β of token 0 is (its g: `e` times that).
+    fn beta_start(&self, i: usize) -> usize {
+        (i / self.h) * self.t * self.h + i % self.h
+    }
+
+    /// Where head i's output of token 0 is in o `[b, t, h·d_v]`.
+    fn o_start(&self, i: usize) -> usize {
+        self.beta_start(i) * self.dv
+    }
+
+    /// Head i's inputs, in place.
+    fn head<'a>(&self, i: usize, qkv: &'a [f32], beta: &'a [f32], g: &'a [f32]) -> Head<'a> {
+        let [q, k, v] = self.qkv_starts(i);
+        let b = self.beta_start(i);
+        Head { q: &qkv[q..], k: &qkv[k..], v: &qkv[v..], beta: &beta[b..], g: &g[b * self.e..], rows: (self.width(), self.h, self.h * self.e) }
     }
 }
 
-/// What the backward keeps: the head-major inputs, the saved states and the shapes.
+/// What the backward keeps: the (contiguous) inputs, the saved states and the shapes.
 #[derive(Clone, Debug)]
 struct Saved {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    beta: Vec<f32>,
-    g: Vec<f32>,
+    qkv: FlexTensor,
+    beta: FlexTensor,
+    g: FlexTensor,
     states: Vec<f32>,
     packed: Packed,
     dims: Dims,
@@ -399,14 +452,9 @@ pub struct RuleOptions {
 fn run(qkv: FlexTensor, beta: FlexTensor, g: FlexTensor, h: usize, dk: usize, options: RuleOptions) -> (FlexTensor, Saved) {
     let p = Packed::of(&qkv.shape(), &beta.shape(), &g.shape(), h, dk);
     let (qkv, beta, g) = (contiguous(qkv), contiguous(beta), contiguous(g));
-    let (src, w) = (slice(&qkv), p.width());
-    let (q, k, v) = (p.heads_of(src, dk, w, 0), p.heads_of(src, dk, w, h * dk), p.heads_of(src, p.dv, w, 2 * h * dk));
-    let (beta, g) = (p.heads_of(slice(&beta), 1, h, 0), p.heads_of(slice(&g), p.e, h * p.e, 0));
     let dims = p.dims(options);
-    let (o, states) = forward(&dims, &q, &k, &v, &beta, &g);
-    let mut out = vec![0.0f32; o.len()];
-    p.tokens_of(&o, p.dv, h * p.dv, 0, &mut out);
-    (from_vec(out, Shape::new([p.b, p.t, h * p.dv])), Saved { q, k, v, beta, g, states, packed: p, dims })
+    let (o, states) = forward(&p, &dims, slice(&qkv), slice(&beta), slice(&g));
+    (from_vec(o, Shape::new([p.b, p.t, h * p.dv])), Saved { qkv, beta, g, states, packed: p, dims })
 }
 
 impl DeltaRuleBackend for Flex {
@@ -422,21 +470,10 @@ impl Backward<Flex, 3> for DeltaRuleBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Saved { q, k, v, beta, g, states, packed: p, dims } = ops.state;
+        let Saved { qkv, beta, g, states, packed: p, dims } = ops.state;
         let d_out = contiguous(grads.consume::<Flex>(&ops.node));
-        let d_o = p.heads_of(slice(&d_out), p.dv, p.h * p.dv, 0);
-        let [dq, dk, dv, dbeta, dg] = backward(&dims, &q, &k, &v, &beta, &g, &states, &d_o);
-        let (h, w) = (p.h, p.width());
-        let mut dqkv = vec![0.0f32; p.b * p.t * w];
-        p.tokens_of(&dq, p.dk, w, 0, &mut dqkv);
-        p.tokens_of(&dk, p.dk, w, h * p.dk, &mut dqkv);
-        p.tokens_of(&dv, p.dv, w, 2 * h * p.dk, &mut dqkv);
-        let tokens = |x: &[f32], d: usize| {
-            let mut out = vec![0.0f32; x.len()];
-            p.tokens_of(x, d, h * d, 0, &mut out);
-            out
-        };
-        let outs = [(dqkv, w), (tokens(&dbeta, 1), h), (tokens(&dg, p.e), h * p.e)];
+        let grads_in = backward(&p, &dims, (slice(&qkv), slice(&beta), slice(&g)), &states, slice(&d_out));
+        let outs = grads_in.into_iter().zip([p.width(), p.h, p.h * p.e]);
         for (node, (grad, width)) in ops.parents.into_iter().zip(outs) {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, from_vec(grad, Shape::new([p.b, p.t, width])));
