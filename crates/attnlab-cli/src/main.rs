@@ -131,7 +131,7 @@ enum BenchCommand {
         /// Untimed steps first.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        /// Run every point this many times, interleaved (A B C A B C …), and end with each
+        /// Run every point this many times, interleaved (A B C C B A A B C …), and end with each
         /// point's median tokens/s and its ratio to the first point within each round (median,
         /// min–max): on a shared machine whose speed drifts, compare the ratios.
         #[arg(long, default_value_t = 1)]
@@ -783,9 +783,14 @@ fn run(cli: Cli) -> Result<()> {
             let exe = std::env::current_exe()?;
             let mut results = Vec::new();
             for round in 1..=rounds {
-                for (index, _) in &picked {
+                // Every other round runs the points in reverse, so that no point always runs first
+                // (a position effect would not cancel in the within-round ratios otherwise).
+                let mut this_round: Vec<Option<attnlab_exp::bench::TrainPoint>> = vec![None; picked.len()];
+                let order: Vec<usize> = if round % 2 == 0 { (0..picked.len()).rev().collect() } else { (0..picked.len()).collect() };
+                for slot in order {
+                    let index = picked[slot].0;
                     let mut cmd = std::process::Command::new(&exe);
-                    cmd.args(["bench", "train-point"]).arg(&file).args([*index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
+                    cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
                     for set in &sets {
                         cmd.args(["--set", set]);
                     }
@@ -798,8 +803,9 @@ fn run(cli: Cli) -> Result<()> {
                     let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
                     let tag = if rounds > 1 { format!("  {round:>5}") } else { String::new() };
                     println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}{tag}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
-                    results.push(p);
+                    this_round[slot] = Some(p);
                 }
+                results.extend(this_round.into_iter().flatten());
             }
             if let Some(p) = results.first() {
                 println!("peak (f32 matmul {n}³): {:.1} GFLOP/s", p.peak_flops / 1e9, n = attnlab_exp::peak::PEAK_SIZE);

@@ -109,15 +109,17 @@ fn spread(mut values: Vec<f64>) -> [f64; 3] {
     [median, values[0], values[n - 1]]
 }
 
-/// Summary of `bench train --rounds`: `results` holds `points` measurements per round, in the
-/// same point order every round (round-robin). Ratios are taken within a round, so that a drift
-/// of the machine's speed between rounds cancels out.
+/// Summary of `bench train --rounds`: `results` holds `points` measurements per round, listed in
+/// the same point order every round. Ratios are taken within a round, so that a drift of the
+/// machine's speed between rounds cancels out. A point is named by its attention label, or by its
+/// sweep point where two points share a label (configs differing outside the attention).
 pub fn round_summary(results: &[TrainPoint], points: usize) -> Vec<RoundSummary> {
     assert!(points > 0 && !results.is_empty() && results.len() % points == 0, "round_summary: {} results for {points} points per round", results.len());
     let rounds: Vec<&[TrainPoint]> = results.chunks(points).collect();
+    let shared = |i: usize| rounds[0].iter().filter(|p| p.attention == rounds[0][i].attention).count() > 1;
     (0..points)
         .map(|i| RoundSummary {
-            attention: rounds[0][i].attention.clone(),
+            attention: if shared(i) { rounds[0][i].point.clone() } else { rounds[0][i].attention.clone() },
             tokens_per_sec: spread(rounds.iter().map(|r| r[i].tokens_per_sec).collect()),
             ratio: spread(rounds.iter().map(|r| r[i].tokens_per_sec / r[0].tokens_per_sec).collect()),
         })
@@ -175,7 +177,8 @@ mod tests {
     /// tokens/s): b is half of a in rounds 1–2 and a quarter in round 3, c equals a, then half.
     /// An even count of rounds takes the mean of the middle two. Planted and seen to fail:
     /// ratios against the first round's a (b's min 0.125); the upper middle as the median of an
-    /// even count (0.6); ratios against the previous point instead of the first (c's 2.0).
+    /// even count (0.6); ratios against the previous point instead of the first (c's 2.0);
+    /// points always named by their attention label (the last case).
     #[test]
     fn ratios_are_taken_within_a_round() {
         let r = [point("a", 100.0), point("b", 50.0), point("c", 100.0), point("a", 200.0), point("b", 100.0), point("c", 100.0), point("a", 50.0), point("b", 12.5), point("c", 25.0)];
@@ -187,5 +190,10 @@ mod tests {
         assert_eq!(s[2].ratio, [0.5, 0.5, 1.0]);
         let four: Vec<TrainPoint> = [100.0, 80.0, 100.0, 60.0, 100.0, 40.0, 100.0, 20.0].iter().zip(["a", "b"].iter().cycle()).map(|(v, n)| point(n, *v)).collect();
         assert_eq!(round_summary(&four, 2)[1].ratio, [0.5, 0.2, 0.8]);
+        // Two points with one attention label (they differ elsewhere) are named by their point.
+        let mut same = [point("gdn", 1.0), point("gdn", 2.0), point("mha", 3.0)];
+        (same[0].point, same[1].point) = ("model.d_model=64".into(), "model.d_model=128".into());
+        let names: Vec<String> = round_summary(&same, 3).into_iter().map(|s| s.attention).collect();
+        assert_eq!(names, ["model.d_model=64", "model.d_model=128", "mha"]);
     }
 }

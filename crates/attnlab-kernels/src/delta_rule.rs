@@ -323,6 +323,9 @@ fn backward(p: &Packed, d: &Dims, (qkv, beta, g): (&[f32], &[f32], &[f32]), save
     let (t, dk, dv, e, h, w) = (d.t, d.dk, d.dv, d.e, p.h, p.width());
     let per_head = segments(t) * dk * dv;
     let (mut dqkv, mut dbeta, mut dg) = (vec![0.0f32; qkv.len()], vec![0.0f32; beta.len()], vec![0.0f32; g.len()]);
+    if t == 0 {
+        return [dqkv, dbeta, dg];
+    }
     let (to_qkv, to_beta, to_g) = (Rows::new(&mut dqkv), Rows::new(&mut dbeta), Rows::new(&mut dg));
     (0..d.heads).into_par_iter().for_each(|i| {
         let x = p.head(i, qkv, beta, g);
@@ -358,6 +361,7 @@ impl<'a> Rows<'a> {
     /// Writes the rows of `d` values of `src` (one per token) at `start + t·stride`.
     /// SAFETY: no two concurrent calls write the same element.
     unsafe fn put(&self, start: usize, stride: usize, d: usize, src: &[f32]) {
+        debug_assert_eq!(src.len() % d, 0, "delta_rule: {} values are not rows of {d}", src.len());
         for (t, row) in src.chunks_exact(d).enumerate() {
             let at = start + t * stride;
             assert!(at + d <= self.len, "delta_rule: row {t} at {at} + {d} past {}", self.len);
