@@ -21,11 +21,34 @@ pub fn apply<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     attnlab_kernels::linear(x, layer.weight.val())
 }
 
-/// Output columns `from..from + len` of [`apply`]: `x · W[:, from..from + len]`. Layers that keep
-/// one fused input projection (one parameter, as the reference code) take their parts this
-/// way: slicing the weight costs a `d_in × len` copy and its gradient a `d_in × d_out` buffer,
-/// where slicing the output would cost a `[rows, d_out]` zero-filled buffer per part backward.
+/// Output columns `from..from + len` of [`apply`]: `x · W[:, from..from + len]`.
 pub fn apply_columns<const D: usize>(layer: &Linear, x: Tensor<D>, from: usize, len: usize) -> Tensor<D> {
     debug_assert!(layer.bias.is_none(), "attnlab projections are bias-free");
     attnlab_kernels::linear(x, layer.weight.val().narrow(1, from, len))
+}
+
+/// The column parts of one fused projection `x · W`, for layers that keep one parameter (as the
+/// reference code) but use its output in parts. With `x` in an autodiff graph each part is its
+/// own product with a slice of W ([`apply_columns`]): slicing the output instead would cost a
+/// zero-filled `[rows, d_out]` buffer per part in the backward. Otherwise (decode, evaluation)
+/// one product, sliced: slicing W would copy it on every decode step.
+pub struct Columns<'a, const D: usize> {
+    layer: &'a Linear,
+    x: Tensor<D>,
+    product: Option<Tensor<D>>,
+}
+
+impl<'a, const D: usize> Columns<'a, D> {
+    pub fn new(layer: &'a Linear, x: Tensor<D>) -> Self {
+        let product = (!x.is_tracked()).then(|| apply(layer, x.clone()));
+        Self { layer, x, product }
+    }
+
+    /// Columns `from..from + len` of `x · W`.
+    pub fn part(&self, from: usize, len: usize) -> Tensor<D> {
+        match &self.product {
+            Some(p) => p.clone().narrow(D - 1, from, len),
+            None => apply_columns(self.layer, self.x.clone(), from, len),
+        }
+    }
 }

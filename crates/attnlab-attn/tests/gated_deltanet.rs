@@ -14,6 +14,8 @@
 //! - scale 1/d_k instead of 1/√d_k → `gdn_forward_…`, `gdn_decode_…`, `gdn_gradients_…`;
 //! - the fused CPU op: S read before its decay; dk without Ŝ·dp; dg × 1.1 → forward or gradient tests;
 //! - GDN's β read from the decay's projection columns → `gdn_forward_…`, `gdn_decode_…`, `gdn_gradients_…`;
+//! - a projection part shifted by one column, in the training path (by weight columns) →
+//!   `*_gradients_…`; in the untracked path (one product, sliced) → `*_forward_…`, `*_decode_…`;
 //! - the fused op's backward writing dk into q's columns of d(qkv) → `*_gradients_…`;
 //! - the fused op reading (writing) KDA's per-channel g (dg) at the per-head offset →
 //!   `kda_forward_…` and `kda_gradients_…` (`kda_gradients_…`).

@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor};
 use super::short_conv::ShortConv;
 use super::{delta_heads, gates, rule_flops, Recurrent};
 use crate::config::ConvInit;
-use crate::linear::{apply, apply_columns, linear};
+use crate::linear::{apply, linear, Columns};
 use crate::state::RecurrentState;
 
 /// Gated DeltaNet with one fused input projection.
@@ -103,7 +103,8 @@ impl Recurrent for GatedDeltaNet {
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
-        let part = |from: usize, len: usize| apply_columns(&self.proj, x.clone(), from, len);
+        let columns = Columns::new(&self.proj, x);
+        let part = |from: usize, len: usize| columns.part(from, len);
         let beta = sigmoid(part(width, h));
         let g = gates::log_decay(part(width + h, h), self.a_log.val().reshape([1, 1, h]), self.dt_bias.val().reshape([1, 1, h]));
         let gate = self.gated.then(|| silu(part(width + 2 * h, h * dv)));

@@ -22,7 +22,7 @@ use burn::tensor::{Device, Tensor};
 use super::short_conv::ShortConv;
 use super::{delta_heads, gates, rule_flops, Recurrent};
 use crate::config::ConvInit;
-use crate::linear::{apply, apply_columns, linear};
+use crate::linear::{apply, linear, Columns};
 use crate::state::RecurrentState;
 
 /// Kimi Delta Attention with one fused input projection.
@@ -124,7 +124,8 @@ impl Recurrent for Kda {
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
         let width = 2 * h * dk + h * dv;
-        let part = |from: usize, len: usize| apply_columns(&self.proj, x.clone(), from, len);
+        let columns = Columns::new(&self.proj, x);
+        let part = |from: usize, len: usize| columns.part(from, len);
         let beta = sigmoid(part(width, h));
         let g = self.log_decay(part(width + h, dv));
         let gate = sigmoid(apply(&self.g_up, part(width + h + dv, dv)));
