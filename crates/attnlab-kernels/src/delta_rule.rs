@@ -160,7 +160,7 @@ fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut
             *p = r.mul_add(kc, *p);
         });
     }
-    let v = &x.v(d, t)[..dv];
+    let v = x.v(d, t);
     if d.delta {
         let beta = x.beta(t);
         u.iter_mut().zip(v).zip(p.iter()).for_each(|((u, v), p)| *u = beta * (v - p));

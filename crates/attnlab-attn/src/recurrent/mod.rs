@@ -109,6 +109,7 @@ pub fn delta_heads(
     let qkv = conv_silu(qkv, conv, state, fresh);
     let [b, t, width] = qkv.dims();
     let (hk, dv) = (heads * dk, (width - 2 * heads * dk) / heads);
+    assert_eq!(width, heads * (2 * dk + dv), "delta_heads: qkv width {width} is not h·(2·d_k + d_v) with h = {heads}, d_k = {dk}");
     let scale = 1.0 / (dk as f64).sqrt();
     if fresh && chunk::takes_fused(&qkv, true) {
         state.len += t;
