@@ -28,9 +28,9 @@ bench:
     cargo run --release -p attnlab-cli -- bench train experiments/linear_family.toml --json runs/bench-train-recurrent.json
     cargo run --release -p attnlab-cli -- bench decode experiments/linear_family.toml --contexts 256,1024,4096,16384 --batches 1 --json runs/bench-decode-recurrent.json --plots runs/bench-decode-recurrent
 
-# attnlab vs the PyTorch eager reference (bench/pytorch_reference.py) on the baby config, back to back (installs torch into .venv-bench/ once).
-bench-compare STEPS="50":
-    bash bench/compare.sh {{STEPS}}
+# attnlab vs the PyTorch eager reference (bench/pytorch_reference.py), back to back: DEVICE cpu|gpu (wgpu vs cuda), PRESET baby|gpu, DTYPE f32|tf32|bf16|f16 (PyTorch's).
+bench-compare STEPS="50" DEVICE="cpu" PRESET="baby" DTYPE="f32":
+    bash bench/compare.sh {{STEPS}} {{DEVICE}} {{PRESET}} {{DTYPE}}
 
 # Sample from a trained run: just generate runs/baby_shakespeare/<run-id>
 generate RUN *ARGS:

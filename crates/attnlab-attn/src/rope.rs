@@ -61,8 +61,9 @@ impl Rope {
             return attnlab_kernels::rope(x, self.cos.clone(), self.sin.clone(), start);
         }
         let half = dim / 2;
-        let cos = self.cos.clone().narrow(0, start, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, start, seq).unsqueeze::<4>();
+        // The tables in x's type (f32 tables; a half-precision training forward casts them).
+        let cos = self.cos.clone().narrow(0, start, seq).cast(x.dtype()).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, seq).cast(x.dtype()).unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);
         let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();

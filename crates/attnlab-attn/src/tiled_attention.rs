@@ -11,7 +11,7 @@
 //! Under autodiff the graph keeps every tile's intermediates for the backward pass, so training
 //! memory still grows with T² (see the README: linear training memory needs a fused backward).
 
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 /// Stand-in for −∞ in masked scores and the initial running max: keeps `exp(m − m')` finite
 /// (0) when a row has seen only masked keys so far.
@@ -32,6 +32,13 @@ pub fn tiled_attention(
     block_q: usize,
     block_k: usize,
 ) -> Tensor<4> {
+    let dtype = q.dtype();
+    if dtype != DType::F32 {
+        // A half-precision training forward: the online softmax in f32 (its −1e30 stand-in for
+        // −∞ is no f16 value), the output in the input's type.
+        let (q, k, v) = (q.cast(DType::F32), k.cast(DType::F32), v.cast(DType::F32));
+        return tiled_attention(q, k, v, q_pos, k_pos, scale, block_q, block_k).cast(dtype);
+    }
     let [b, h, t, _] = q.dims();
     let [_, _, s, dv] = v.dims();
     assert_eq!((q_pos.len(), k_pos.len()), (t, s), "tiled_attention: position lists do not match q/k");

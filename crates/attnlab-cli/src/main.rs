@@ -140,13 +140,17 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// The device's f32 matmul peak (the denominator of MFU).
+    /// The device's matmul peak (the denominator of MFU): square products of growing size
+    /// (256 up to 8192, while one product takes under 50 ms), best of 5 each, and the best of them.
     Peak {
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Matmul side n (2·n³ FLOPs per product).
-        #[arg(long, default_value_t = attnlab_exp::peak::PEAK_SIZE)]
-        size: usize,
+        /// One matmul side n only (2·n³ FLOPs per product) instead of the sweep.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Element type of the products: f32, f16 or bf16 (where the device computes in it).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// One training point (the child process of `bench train`); prints it as JSON.
     #[command(hide = true)]
@@ -544,6 +548,7 @@ fn run(cli: Cli) -> Result<()> {
                 attnlab_exp::extend::extend(&mut run, old)?;
             }
             let run = &run;
+            attnlab_exp::trainer::check_precision(run.spec.train.precision, &backend, &device)?;
             let counts = Gpt::new(&run.spec.model, &burn::tensor::Device::flex()).param_counts();
             tracing::info!(
                 run = %run.run_id,
@@ -573,6 +578,9 @@ fn run(cli: Cli) -> Result<()> {
             let backend = backend(&device)?;
             let shard = shard.as_deref().map(parse_shard).transpose()?;
             let exp = read_experiment(&file, &sets)?;
+            for run in &exp.runs {
+                attnlab_exp::trainer::check_precision(run.spec.train.precision, &backend, &device)?;
+            }
             println!("{} runs of {} (output {}):", exp.runs.len(), exp.name, out.join(&exp.name).display());
             let rows: Vec<Vec<String>> = exp
                 .points
@@ -777,7 +785,16 @@ fn run(cli: Cli) -> Result<()> {
             let each = if rounds > 1 { format!(", {rounds} rounds (points interleaved)") } else { String::new() };
             println!("training benchmark on {device}: {} points, {warmup} warm-up + {steps} timed steps each{each}", picked.len());
             let backend = backend(&device)?;
-            let peak = attnlab_exp::peak::peak_flops(&backend, &device);
+            if let Some(gpu) = attnlab_exp::device::describe(&backend) {
+                println!("device: {gpu}");
+            }
+            // MFU against the matmul peak in each point's compute type (train.precision).
+            let mut peaks = Vec::new();
+            for (index, _) in &picked {
+                let precision = exp.runs[*index].spec.train.precision;
+                attnlab_exp::trainer::check_precision(precision, &backend, &device)?;
+                peaks.push((precision, attnlab_exp::peak::peak_flops_for(&backend, &device, precision.dtype())));
+            }
             drop(backend);
             println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}{}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB", if rounds > 1 { "  round" } else { "" });
             let exe = std::env::current_exe()?;
@@ -790,7 +807,7 @@ fn run(cli: Cli) -> Result<()> {
                 for slot in order {
                     let index = picked[slot].0;
                     let mut cmd = std::process::Command::new(&exe);
-                    cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peak.to_string());
+                    cmd.args(["bench", "train-point"]).arg(&file).args([index, steps, warmup].map(|v| v.to_string())).arg(&device).arg(peaks[slot].1.to_string());
                     for set in &sets {
                         cmd.args(["--set", set]);
                     }
@@ -802,13 +819,23 @@ fn run(cli: Cli) -> Result<()> {
                     p.round = round;
                     let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
                     let tag = if rounds > 1 { format!("  {round:>5}") } else { String::new() };
-                    println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}% {:>10}{tag}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
+                    let star = if p.peak_exceeded { "*" } else { "%" };
+                    println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}{star} {:>10}{tag}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
                     this_round[slot] = Some(p);
                 }
                 results.extend(this_round.into_iter().flatten());
             }
-            if let Some(p) = results.first() {
-                println!("peak (f32 matmul {n}³): {:.1} GFLOP/s", p.peak_flops / 1e9, n = attnlab_exp::peak::PEAK_SIZE);
+            if !results.is_empty() {
+                let mut seen = Vec::new();
+                for (precision, peak) in &peaks {
+                    if !seen.contains(precision) {
+                        seen.push(*precision);
+                        println!("peak (best {} matmul over sizes, `bench peak --dtype {0}`): {:.1} GFLOP/s", precision.name(), peak / 1e9);
+                    }
+                }
+                if results.iter().any(|p| p.peak_exceeded) {
+                    println!("note: points marked * achieved more FLOP/s than the measured peak; their MFU is taken against the achieved figure (100%)");
+                }
             }
             if rounds > 1 {
                 let summary = attnlab_exp::bench::round_summary(&results, picked.len());
@@ -836,14 +863,36 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&p)?);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Peak { device, size } } => {
-            let backend = backend(&device)?;
-            if size == 0 {
+        Command::Bench { what: BenchCommand::Peak { device, size, dtype } } => {
+            let dt = match dtype.as_str() {
+                "f32" => burn::tensor::DType::F32,
+                "f16" => burn::tensor::DType::F16,
+                "bf16" => burn::tensor::DType::BF16,
+                other => return Err(SpecError::new(format!("bench peak: --dtype = {other:?}: allowed: f32, f16, bf16")).into()),
+            };
+            if size == Some(0) {
                 return Err(SpecError::new("bench peak: --size must be ≥ 1").into());
             }
-            attnlab_exp::budget::check(&attnlab_exp::budget::matmul(size), &format!("bench peak --size {size}"))?;
-            let flops = attnlab_exp::peak::measure_peak_flops(&backend, size, 5);
-            println!("{device}: f32 matmul {size}×{size}·{size}×{size}: {:.1} GFLOP/s (best of 5)", flops / 1e9);
+            let largest = size.unwrap_or(attnlab_exp::peak::SIZES[attnlab_exp::peak::SIZES.len() - 1]);
+            attnlab_exp::budget::check(&attnlab_exp::budget::matmul(largest), &format!("bench peak --size {largest}"))?;
+            let backend = backend(&device)?;
+            if !backend.supports_dtype(dt) {
+                return Err(SpecError::new(format!("bench peak: --dtype = {dtype}: the {device} device does not compute in it")).into());
+            }
+            if let Some(gpu) = attnlab_exp::device::describe(&backend) {
+                println!("device: {gpu}");
+            }
+            let sweep = match size {
+                Some(n) => {
+                    let (flops, seconds) = attnlab_exp::peak::measure_matmul(&backend, n, 5, dt);
+                    vec![attnlab_exp::peak::SizePeak { n, flops, seconds }]
+                }
+                None => attnlab_exp::peak::peak_sweep(&backend, dt, 5),
+            };
+            for p in &sweep {
+                println!("{device}: {dtype} matmul {n}×{n}·{n}×{n}: {:.1} GFLOP/s ({:.3} ms, best of 5)", p.flops / 1e9, p.seconds * 1e3, n = p.n);
+            }
+            println!("{device}: {dtype} peak: {:.1} GFLOP/s", attnlab_exp::peak::best(&sweep) / 1e9);
             Ok(())
         }
         Command::Report { runs, out, peak_gflops } => {

@@ -82,8 +82,13 @@ pub struct TrainPoint {
     pub tokens_per_sec: f64,
     pub ms_per_step_median: f64,
     pub ms_per_step_p90: f64,
+    /// MFU, never above 1 (see [`crate::peak::mfu`]).
     pub mfu: f64,
+    /// The peak MFU is taken against: the measured one, or the achieved FLOP/s where larger.
     pub peak_flops: f64,
+    /// The achieved FLOP/s exceeded the measured peak (then `peak_flops` is the achieved figure).
+    #[serde(default)]
+    pub peak_exceeded: bool,
     /// Peak resident memory of the process (run it in a fresh process for a per-point figure).
     pub peak_rss_bytes: Option<u64>,
     /// The round of `bench train --rounds` this measurement belongs to (1-based; 0: not set).
@@ -126,7 +131,7 @@ pub fn round_summary(results: &[TrainPoint], points: usize) -> Vec<RoundSummary>
         .collect()
 }
 
-/// `peak` is the device's f32 matmul peak (FLOP/s) for MFU.
+/// `peak` is the device's measured matmul peak (FLOP/s) for MFU.
 /// Times `warmup + steps` training steps of `run` (AdamW at the run's peak LR, its batches);
 /// the first `warmup` are left out. tokens/s = accumulate·batch·block·steps / synced time of
 /// the steps.
@@ -150,6 +155,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     ms.sort_by(f64::total_cmp);
     let tokens_per_sec = (t.accumulate * t.batch * t.block * steps) as f64 / (ms.iter().sum::<f64>() / 1e3);
     let flops = model.flops_per_token(t.block);
+    let mfu = crate::peak::mfu(flops, tokens_per_sec, peak);
     TrainPoint {
         point: point.to_string(),
         attention: run.spec.model.attention.label(),
@@ -158,8 +164,9 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         tokens_per_sec,
         ms_per_step_median: ms[ms.len() / 2],
         ms_per_step_p90: ms[((ms.len() - 1) as f64 * 0.9).round() as usize],
-        mfu: crate::peak::mfu(flops, tokens_per_sec, peak),
-        peak_flops: peak,
+        mfu: mfu.value,
+        peak_flops: mfu.peak,
+        peak_exceeded: mfu.exceeded,
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         round: 0,
     }
@@ -170,7 +177,7 @@ mod tests {
     use super::*;
 
     fn point(attention: &str, tokens_per_sec: f64) -> TrainPoint {
-        TrainPoint { point: attention.into(), attention: attention.into(), params: 1, steps: 1, tokens_per_sec, ms_per_step_median: 1.0, ms_per_step_p90: 1.0, mfu: 0.1, peak_flops: 1.0, peak_rss_bytes: None, round: 0 }
+        TrainPoint { point: attention.into(), attention: attention.into(), params: 1, steps: 1, tokens_per_sec, ms_per_step_median: 1.0, ms_per_step_p90: 1.0, mfu: 0.1, peak_flops: 1.0, peak_exceeded: false, peak_rss_bytes: None, round: 0 }
     }
 
     /// Three rounds of (a, b, c) on a machine whose speed drifts (a runs at 100, 200, 50

@@ -30,3 +30,14 @@ pub fn parse_device(name: &str) -> Result<Device, SpecError> {
         ))),
     }
 }
+
+/// The part and what its kernels are compiled for (e.g. `NVIDIA H200`, `wgpu<spirv>…` or
+/// `wgpu<wgsl>…`), for the logs and benchmark tables of GPU runs; `None` on CPU.
+pub fn describe(device: &Device) -> Option<String> {
+    #[cfg(feature = "wgpu")]
+    if let Some(id) = device.identity() {
+        return Some(format!("{} ({})", id.name, id.fingerprint));
+    }
+    let _ = device;
+    None
+}

@@ -68,20 +68,28 @@ pub fn global_grad_norm<M: Module>(grads: &GradientsParams, model: &M) -> f64 {
     v.total.map_or(0.0, |t| (t.into_scalar::<f32>() as f64).sqrt())
 }
 
+/// Every gradient of `model` times `factor`.
+pub fn scale_grads<M: Module>(mut grads: GradientsParams, model: &M, factor: f32) -> GradientsParams {
+    model.visit(&mut Scale { grads: &mut grads, factor });
+    grads
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f32,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
 /// Scales every gradient by `min(1, max_norm / (‖g‖ + 1e-6))` with ‖g‖ the global norm, as
 /// `clip_grad_norm_` does. Returns the gradients and the norm before clipping.
 pub fn clip_global_norm<M: Module>(mut grads: GradientsParams, model: &M, max_norm: f64) -> (GradientsParams, f64) {
-    struct Scale<'a> {
-        grads: &'a mut GradientsParams,
-        factor: f32,
-    }
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
     let norm = global_grad_norm(&grads, model);
     let coef = max_norm / (norm + 1e-6);
     // A non-finite norm scales too (to NaN, as torch does): the divergence check then stops

@@ -109,6 +109,55 @@ pub struct TrainConfig {
     /// accumulate · batch · block. 1 = off (left out of the saved config and the run id then).
     #[serde(skip_serializing_if = "is_one")]
     pub accumulate: usize,
+    /// The element type the training forward and backward compute in (see [`Precision`]).
+    /// f32 (the default) is left out of the saved config and the run id.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// `train.precision`: mixed precision with f32 master weights. The parameters, their gradients
+/// and AdamW's moments stay f32; each training step casts the parameters to the half type
+/// (a differentiable cast: gradients come back to the f32 parameters as f32), so matmuls,
+/// attention, activations and their gradients are in the half type, while RMSNorm's statistics,
+/// the delta-rule/linear recurrences, the logits' softmax and the loss are computed in f32.
+/// Evaluation, decode and checkpoints are f32. f16 multiplies the loss by
+/// [`Precision::loss_scale`] before the backward pass and divides the gradients by it after (a
+/// static scale: gradients below f16's range would otherwise flush to zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The compute dtype.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Precision::F32 => burn::tensor::DType::F32,
+            Precision::F16 => burn::tensor::DType::F16,
+            Precision::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+
+    /// The static loss scale (f16: 1024 = 2¹⁰; 1 otherwise, bf16 having f32's exponent range).
+    pub fn loss_scale(self) -> f32 {
+        if self == Precision::F16 { 1024.0 } else { 1.0 }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 fn is_one(v: &usize) -> bool {
@@ -133,6 +182,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             log_every: 10,
             accumulate: 1,
+            precision: Precision::F32,
         }
     }
 }

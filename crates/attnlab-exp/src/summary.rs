@@ -84,12 +84,17 @@ pub struct Summary {
     pub kv_bytes_per_token_measured: usize,
     /// Forward FLOPs per token at the training block length.
     pub flops_per_token: u64,
-    /// Model FLOPs utilisation: 3 · flops_per_token · train_tokens_per_sec / peak_flops.
+    /// Model FLOPs utilisation: 3 · flops_per_token · train_tokens_per_sec / peak_flops (never
+    /// above 1, see `peak_exceeded`).
     #[serde(default)]
     pub mfu: Option<f64>,
-    /// The device's measured f32 matmul peak (FLOP/s), see `attnlab bench peak`.
+    /// The device's measured matmul peak (FLOP/s), see `attnlab bench peak`; where the run's
+    /// achieved FLOP/s exceeded it, those instead.
     #[serde(default)]
     pub peak_flops: Option<f64>,
+    /// The run's achieved FLOP/s exceeded the measured peak (so `mfu` is 1).
+    #[serde(default)]
+    pub peak_exceeded: bool,
     pub peak_rss_bytes: Option<u64>,
     /// GPU backends: the device allocator's reserved bytes, highest value seen at a step's end
     /// (`memory_pool_usage`); `None` on CPU.
@@ -97,6 +102,9 @@ pub struct Summary {
     pub device_memory_peak_bytes: Option<u64>,
     pub wall_seconds: f64,
     pub device: String,
+    /// GPU runs: the part and what its kernels were compiled for (`wgpu<spirv>`/`wgpu<wgsl>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_detail: Option<String>,
     pub data_source: String,
     pub vocab: usize,
     /// The run this one extends (`attnlab train --extend`), and the step it started from.

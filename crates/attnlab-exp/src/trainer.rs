@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::peak_rss_bytes;
 use crate::schedule::lr_at;
-use crate::spec::PreparedRun;
+use crate::spec::{PreparedRun, Precision};
 use crate::checkpoint;
 use crate::lock::RunLock;
 use crate::store::{write_atomic, RunDir};
@@ -114,6 +114,35 @@ pub fn seeded_model(config: &attnlab_model::ModelConfig, seed: u64, device: &Dev
     model
 }
 
+/// `train.precision` on `device`: an error naming the field, value and what the device allows
+/// (exit 2, before anything is written) where the device cannot compute in the type — bf16 on
+/// Vulkan, where it is a storage type only.
+pub fn check_precision(precision: Precision, device: &Device, device_name: &str) -> Result<(), crate::SpecError> {
+    if device.supports_dtype(precision.dtype()) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = [Precision::F32, Precision::F16, Precision::Bf16].into_iter().filter(|p| device.supports_dtype(p.dtype())).map(Precision::name).collect();
+    Err(crate::SpecError::new(format!(
+        "train.precision = {:?}: the {device_name} device does not compute in it (allowed on this device: {})",
+        precision.name(),
+        allowed.join(", ")
+    )))
+}
+
+/// The model the training forward runs: `model` itself in f32, else a copy whose parameters
+/// are cast to the compute type. The cast is part of the autodiff graph, so the backward pass
+/// brings f32 gradients back to `model`'s f32 parameters (take them with `model`, not the copy).
+pub fn compute_model(model: &Gpt, precision: Precision) -> Option<Gpt> {
+    struct Cast(burn::tensor::DType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| t.cast(dtype))
+        }
+    }
+    (precision != Precision::F32).then(|| model.clone().map(&mut Cast(precision.dtype())))
+}
+
 /// Mean cross-entropy of `model` on a batch (over the positions of its loss mask, if any).
 /// Returns the loss tensor `[1]`.
 pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
@@ -124,7 +153,8 @@ pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
 /// `−Σ mask·log p(target) / Σ mask`, or the plain mean without a mask.
 fn batch_logits_loss(model: &Gpt, batch: Batch, device: &Device) -> (Tensor<3>, Tensor<1>) {
     let (b, t) = (batch.batch, batch.block);
-    let logits = model.forward(tokens_tensor(batch.inputs, [b, t], device));
+    // The softmax and the loss in f32 whatever the compute type (a no-op in f32).
+    let logits = model.forward(tokens_tensor(batch.inputs, [b, t], device)).cast(burn::tensor::DType::F32);
     let vocab = logits.dims()[2];
     let flat = logits.clone().reshape([b * t, vocab]);
     let loss = match batch.loss_mask {
@@ -271,17 +301,23 @@ fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
 /// The gradients of one optimizer step and its mean loss: `train.accumulate` batches of
 /// `train.batch`, each loss divided by their count, gradients summed (so the step sees the
 /// gradient of the mean loss over all of them, as one batch of accumulate · batch would).
-pub(crate) fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, device: &Device) -> (GradientsParams, f64) {
+pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, device: &Device) -> (GradientsParams, f64) {
     let t = &run.spec.train;
     let k = t.accumulate.max(1);
     let mut accumulator = burn::optim::GradientsAccumulator::<Gpt>::new();
     let mut loss_sum = 0.0;
+    let half = compute_model(model, t.precision);
+    let scale = t.precision.loss_scale();
     for _ in 0..k {
         let batch = run.data.train_batch(rng, t.batch, t.block);
-        let loss = batch_loss(model, batch, device);
+        let loss = batch_loss(half.as_ref().unwrap_or(model), batch, device);
         let loss = if k > 1 { loss / k as f32 } else { loss };
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let backward = if scale == 1.0 { loss.backward() } else { (loss * scale).backward() };
+        let mut grads = GradientsParams::from_grads(backward, model);
+        if scale != 1.0 {
+            grads = crate::optim::scale_grads(grads, model, 1.0 / scale);
+        }
         if k == 1 {
             return (grads, loss_sum);
         }
@@ -334,6 +370,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let spec = &run.spec;
     let t = &spec.train;
     let dir = RunDir::new(&opts.out, &spec.name, &run.run_id);
+    check_precision(t.precision, &opts.device, &opts.device_name)?;
     if let Ok(text) = fs::read_to_string(dir.summary()) {
         let summary: Summary = serde_json::from_str(&text).with_context(|| format!("reading {}", dir.summary().display()))?;
         return Ok(RunOutcome::AlreadyFinished(summary));
@@ -547,7 +584,11 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let inner = device.clone().inner();
     let tokens_per_sec = if timed_ms > 0.0 { tokens_per_step * sorted.len() as f64 / (timed_ms / 1e3) } else { f64::NAN };
     let flops_per_token = model.flops_per_token(t.block);
-    let peak = crate::peak::peak_flops(&inner, &opts.device_name);
+    let peak = crate::peak::peak_flops_for(&inner, &opts.device_name, t.precision.dtype());
+    let mfu = tokens_per_sec.is_finite().then(|| crate::peak::mfu(flops_per_token, tokens_per_sec, peak));
+    if let Some(m) = mfu.filter(|m| m.exceeded) {
+        tracing::warn!("achieved {:.1} GFLOP/s exceed the measured matmul peak {:.1} GFLOP/s: MFU taken against the achieved figure (100%)", m.peak / 1e9, peak / 1e9);
+    }
     let summary = Summary {
         run_id: run.run_id.clone(),
         experiment: spec.name.clone(),
@@ -575,12 +616,14 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         kv_bytes_per_token: model.state_bytes(model.max_seq) / model.max_seq,
         kv_bytes_per_token_measured: measured_state_bytes(&model.valid(), &inner),
         flops_per_token,
-        mfu: tokens_per_sec.is_finite().then(|| crate::peak::mfu(flops_per_token, tokens_per_sec, peak)),
-        peak_flops: Some(peak),
+        mfu: mfu.map(|m| m.value),
+        peak_flops: Some(mfu.map_or(peak, |m| m.peak)),
+        peak_exceeded: mfu.is_some_and(|m| m.exceeded),
         peak_rss_bytes: peak_rss_bytes(),
         device_memory_peak_bytes: device_peak,
         wall_seconds: state.wall_seconds,
         device: opts.device_name.clone(),
+        device_detail: crate::device::describe(&inner),
         data_source: run.data_source.clone(),
         vocab: spec.model.vocab,
         extended_from: run.extends.as_ref().map(|e| e.from_run.clone()),

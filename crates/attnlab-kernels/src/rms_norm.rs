@@ -13,7 +13,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::RmsNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::tensor::{contiguous, from_vec, slice};
@@ -122,11 +122,18 @@ impl<C: CheckpointStrategy> RmsNormBackend for Autodiff<Flex, C> {
 }
 
 /// `norm.forward(x)` for burn's [`RmsNorm`]: one fused op (and backward) on the CPU backend.
+/// In a half-precision forward (x or the gain not f32) the statistics are computed in f32 and
+/// the result is in the gain's type: `(x / √(mean(x²) + ε)) · γ`, x cast to f32 first.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    if crate::fused(&x) {
-        let out = Dispatch::rms_norm(x.into_dispatch(), norm.gamma.val().into_dispatch(), norm.epsilon as f32);
+    let gamma = norm.gamma.val();
+    if crate::fused(&x) && gamma.dtype() == DType::F32 {
+        let out = Dispatch::rms_norm(x.into_dispatch(), gamma.into_dispatch(), norm.epsilon as f32);
         Tensor::from_dispatch(out)
-    } else {
+    } else if x.dtype() == DType::F32 && gamma.dtype() == DType::F32 {
         norm.forward(x)
+    } else {
+        let x = x.cast(DType::F32);
+        let inv = (x.clone().square().mean_dim(D - 1) + norm.epsilon).sqrt().recip();
+        (x * inv).cast(gamma.dtype()) * gamma.unsqueeze()
     }
 }

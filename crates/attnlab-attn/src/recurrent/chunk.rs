@@ -50,6 +50,18 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The same rule with every tensor in `dtype` (no copy where it already is).
+    pub fn cast(self, dtype: burn::tensor::DType) -> Rule {
+        Rule {
+            q: self.q.cast(dtype),
+            k: self.k.cast(dtype),
+            v: self.v.cast(dtype),
+            beta: self.beta.map(|b| b.cast(dtype)),
+            g: self.g.map(|g| g.cast(dtype)),
+            ..self
+        }
+    }
+
     /// The same rule with q and k normalised and scaled (`l2 = false`, `scale = 1`).
     pub fn prepared(self) -> Rule {
         let (q, k) = if self.l2 { (super::l2_normalize(self.q), super::l2_normalize(self.k)) } else { (self.q, self.k) };

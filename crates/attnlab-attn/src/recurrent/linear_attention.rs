@@ -144,7 +144,7 @@ impl Recurrent for LinearAttention {
         let k = self.phi(part(1), true);
         let v = match self.norm {
             Some(_) => part(2),
-            None => Tensor::cat(vec![part(2), Tensor::ones([b, h, t, 1], &qkv.device())], 3),
+            None => Tensor::cat(vec![part(2), Tensor::ones([b, h, t, 1], (&qkv.device(), qkv.dtype()))], 3),
         };
         let scale = 1.0 / (self.feature_dim() as f64).sqrt();
         let o = run_rule(Rule { q, k, v, beta: None, g: None, l2: false, scale }, state, self.chunk, fresh);
@@ -152,6 +152,7 @@ impl Recurrent for LinearAttention {
             Some(norm) => rms_norm(norm, o),
             None => o.clone().narrow(3, 0, d) / (o.narrow(3, d, 1) + NORMALIZER_EPS),
         };
-        apply(&self.out, merge_heads(o))
+        // o is f32 after a half-precision training forward's recurrence: back to the weights' type.
+        apply(&self.out, merge_heads(o).cast(qkv.dtype()))
     }
 }

@@ -58,11 +58,12 @@ pub trait Recurrent {
 }
 
 /// Runs the rule from `state` and updates it, or, for a training forward (`fresh`: `state` is
-/// empty and discarded), [`Rule::forward`] (the fused op on CPU).
+/// empty and discarded), [`Rule::forward`] (the fused op on CPU). A half-precision training
+/// forward runs the recurrence in f32 and returns o in f32 (for the normalisation after it).
 pub fn run_rule(rule: Rule, state: &mut RecurrentState, chunk: usize, fresh: bool) -> Tensor<4> {
     state.len += rule.q.dims()[2];
     if fresh {
-        return rule.forward(chunk);
+        return rule.cast(burn::tensor::DType::F32).forward(chunk);
     }
     let (o, s) = rule.run(state.s.clone(), chunk);
     state.s = s;

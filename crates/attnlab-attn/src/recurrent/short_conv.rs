@@ -42,7 +42,8 @@ impl ShortConv {
     /// x `[b, t, c]` after `tail` `[b, K − 1, c]` → (y `[b, t, c]`, the new tail).
     pub fn forward(&self, x: Tensor<3>, tail: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let [_, t, c] = x.dims();
-        let padded = Tensor::cat(vec![tail, x], 1);
+        // The tail in x's type (a fresh f32 tail meets a half-precision training forward).
+        let padded = Tensor::cat(vec![tail.cast(x.dtype()), x], 1);
         let w = self.weight.val();
         let y = (0..KERNEL)
             .map(|j| padded.clone().narrow(1, j, t) * w.clone().narrow(1, j, 1).reshape([1, 1, c]))
