@@ -38,7 +38,7 @@ fn wgpu_device() -> Option<Device> {
 }
 
 fn flat(model: &Gpt) -> Vec<f32> {
-    model.embed.weight.val().into_data().try_intry_to_vec::<f32>().unwrap()
+    model.embed.weight.val().into_data().try_into_vec::<f32>().unwrap()
 }
 
 /// Loss before the step, loss after it, and the embedding after it.
@@ -137,13 +137,14 @@ fn grad_vector(grads: &GradientsParams, model: &Gpt) -> Vec<f64> {
 }
 
 /// `train.precision` on wgpu: an f16 step (f32 master weights, parameters cast in the graph,
-/// loss scale undone) gives the f32 CPU step's gradients within 3% relative L2 error; bf16,
-/// which Vulkan stores but does not compute in, is refused by `check_precision` with a message
-/// naming the field and what the device allows (or, where a driver computes in it, matches
-/// within 8%).
+/// loss scale undone) gives the f32 CPU step's loss within 1% and gradients within 1% relative
+/// L2 error (lavapipe, 2026-12-04: 0.0008); bf16, which Vulkan stores but does not compute in,
+/// is refused by `check_precision` with a message naming the field and what the device allows
+/// (where a driver computes in it, it must match within 6%).
 ///
-/// Planted, and seen to fail: the loss scale left in (error ≈ 1023); RoPE's tables not cast
-/// (the wgpu kernels read f32 tables as f16: garbage).
+/// Planted, and seen to fail: RoPE's f32 tables not cast to the half type (Burn's fusion IR
+/// stops with `DTypeMismatch`). The loss-scale plant is shared code, seen failing in
+/// `tests/precision.rs`.
 #[test]
 fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
     use attnlab_exp::spec::Precision;
@@ -159,9 +160,10 @@ fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
     let g32 = grad_vector(&g32, &model);
     let gpu_ad = gpu.clone().autodiff();
     let on_gpu = model.clone().fork(&gpu_ad);
-    for (precision, tol) in [(Precision::F16, 0.03), (Precision::Bf16, 0.08)] {
+    for (precision, tol) in [(Precision::F16, 0.01), (Precision::Bf16, 0.06)] {
         if let Err(e) = attnlab_exp::trainer::check_precision(precision, &gpu, "wgpu") {
             let msg = e.to_string();
+            eprintln!("{}: refused on this adapter: {msg}", precision.name());
             assert!(!gpu.supports_dtype(precision.dtype()), "{msg}");
             assert!(msg.contains(&format!("train.precision = \"{}\"", precision.name())) && msg.contains("allowed on this device: f32"), "{msg}");
             continue;
@@ -170,6 +172,7 @@ fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
         let g = grad_vector(&g, &on_gpu);
         let diff: f64 = g32.iter().zip(&g).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
         let err = diff / g32.iter().map(|a| a * a).sum::<f64>().sqrt();
+        eprintln!("{} on wgpu: loss {l:.5} (f32 on CPU {l32:.5}), gradients' relative error {err:.5}", precision.name());
         assert!((l - l32).abs() <= 0.01 * l32, "{}: loss {l} vs f32 on CPU {l32}", precision.name());
         assert!(err <= tol, "{}: gradients differ from f32 on CPU by {err:.4}", precision.name());
     }
