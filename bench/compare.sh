@@ -3,7 +3,8 @@
 #   bench/compare.sh [STEPS] [DEVICE] [PRESET] [DTYPE]      (`just bench-compare ...`)
 #   DEVICE: cpu (attnlab cpu vs PyTorch cpu) or gpu (attnlab wgpu vs PyTorch cuda)
 #   PRESET: baby (experiments/baby_shakespeare.toml) or gpu (experiments/shakespeare_gpu.toml)
-#   DTYPE:  PyTorch's precision: f32, tf32, bf16 or f16 (attnlab trains in f32)
+#   DTYPE:  PyTorch's precision: f32, tf32, bf16 or f16; attnlab trains in f16 (train.precision)
+#           when DTYPE is f16, else in f32 (wgpu has no TF32 and computes in f16, not bf16)
 # ATTNLAB_BIN=path runs that binary instead of `cargo run --release` (a GPU machine without
 # Rust); PYTHON=python3 uses that interpreter (with torch) instead of installing torch into
 # .venv-bench/ (done once, on the CPU path).
@@ -33,7 +34,9 @@ for f in datasets/tinyshakespeare/input.txt ../shared/datasets/tinyshakespeare/i
 done
 if [ -n "${ATTNLAB_BIN:-}" ]; then attnlab=("$ATTNLAB_BIN"); else attnlab=(cargo run --release -p attnlab-cli --); fi
 mkdir -p runs
-"${attnlab[@]}" bench train "$toml" --device "$ours" --steps "$steps" --json runs/bench-compare-attnlab.json
+precision=f32
+if [ "$dtype" = f16 ]; then precision=f16; fi
+"${attnlab[@]}" bench train "$toml" --device "$ours" --steps "$steps" --set "train.precision=$precision" --json runs/bench-compare-attnlab.json
 "$python" bench/pytorch_reference.py --preset "$preset" --device "$theirs" --dtype "$dtype" --steps "$steps" "${data[@]}" --json | tee runs/bench-compare-pytorch.json
 "$python" - <<'PY'
 import json

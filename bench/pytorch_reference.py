@@ -39,7 +39,7 @@ class Rope(nn.Module):
 
     def forward(self, x):  # x: [b, h, t, d]
         t, half = x.shape[2], x.shape[3] // 2
-        cos, sin = self.cos[:t], self.sin[:t]
+        cos, sin = self.cos[:t].to(x.dtype), self.sin[:t].to(x.dtype)  # no f32 promotion under autocast
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -66,7 +66,9 @@ class Block(nn.Module):
         q, k = self.rope(q), self.rope(k)
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hd)
-        att = self.drop(att.masked_fill(~mask, float("-inf")).softmax(dim=-1))
+        # No dropout on the attention weights: attnlab's model has none there (its fused kernels
+        # keep no probabilities); dropout on the embeddings and both residual branches, as attnlab.
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.drop(self.out(y))
         h = self.up(self.mlp_norm(x))

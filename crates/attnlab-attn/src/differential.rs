@@ -92,7 +92,8 @@ impl Differential {
         let s = k.dims()[2];
         let h = sub_heads / 2;
         let mask = causal_mask(t, s, &q.device()).unsqueeze();
-        let w = masked_softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f32).sqrt()), Some(mask));
+        // q scaled before the product: the raw q·k of a half-precision forward could overflow f16.
+        let w = masked_softmax((q * (1.0 / (d as f32).sqrt())).matmul(k.swap_dims(2, 3)), Some(mask));
         let w = w.reshape([b, h, 2, t * s]);
         let w1 = w.clone().narrow(2, 0, 1).reshape([b, h, t, s]);
         let w2 = w.narrow(2, 1, 1).reshape([b, h, t, s]);

@@ -31,7 +31,8 @@ pub fn softmax_attention(
     mask: Option<Tensor<3, Bool>>,
     scale: f32,
 ) -> Tensor<4> {
-    masked_softmax(q.matmul(k.swap_dims(2, 3)) * scale, mask).matmul(v)
+    // q scaled before the product: the raw q·k of a half-precision forward could overflow f16.
+    masked_softmax((q * scale).matmul(k.swap_dims(2, 3)), mask).matmul(v)
 }
 
 /// Attention weights from scaled scores `[batch, heads, q_len, k_len]`: softmax over keys,

@@ -146,7 +146,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         ad.sync().ok();
         let t0 = Instant::now();
         let (grads, _) = crate::trainer::accumulated_grads(&model, run, &mut rng, &ad);
-        model = crate::optim::step(&mut optim, model, grads, t.lr, t.grad_clip);
+        model = crate::optim::step(&mut optim, model, grads, t.lr, t.grad_clip, t.precision);
         ad.sync().ok();
         if i >= warmup {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);

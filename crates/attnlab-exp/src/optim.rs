@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use crate::spec::{Decay, TrainConfig};
+use crate::spec::{Decay, Precision, TrainConfig};
 
 /// AdamW with the run's betas and `weight_decay` (no clipping: see [`clip_global_norm`]).
 pub fn adamw(t: &TrainConfig) -> AdamWConfig {
@@ -100,8 +100,18 @@ pub fn clip_global_norm<M: Module>(mut grads: GradientsParams, model: &M, max_no
     (grads, norm)
 }
 
-/// One optimiser step: global-norm clipping (when `grad_clip > 0`), then AdamW.
-pub fn step<M: Module>(optim: &mut ModuleOptimizer, model: M, grads: GradientsParams, lr: f64, grad_clip: f64) -> M {
+/// One optimiser step: global-norm clipping (when `grad_clip > 0`), then AdamW. In f16
+/// (`precision`), gradients that overflowed the half type under the loss scale (a non-finite
+/// global norm) skip the step, with a warning, as PyTorch's GradScaler does; in f32 and bf16 they
+/// go through (NaN weights), and the divergence check stops the run.
+pub fn step<M: Module>(optim: &mut ModuleOptimizer, model: M, grads: GradientsParams, lr: f64, grad_clip: f64, precision: Precision) -> M {
+    if precision == Precision::F16 {
+        let norm = global_grad_norm(&grads, &model);
+        if !norm.is_finite() {
+            tracing::warn!("f16 gradients overflowed at loss scale {}: optimizer step skipped", precision.loss_scale());
+            return model;
+        }
+    }
     let grads = if grad_clip > 0.0 { clip_global_norm(grads, &model, grad_clip).0 } else { grads };
     optim.step(lr, model, grads)
 }

@@ -122,7 +122,8 @@ pub struct TrainConfig {
 /// the delta-rule/linear recurrences, the logits' softmax and the loss are computed in f32.
 /// Evaluation, decode and checkpoints are f32. f16 multiplies the loss by
 /// [`Precision::loss_scale`] before the backward pass and divides the gradients by it after (a
-/// static scale: gradients below f16's range would otherwise flush to zero).
+/// static scale: gradients below f16's range would otherwise flush to zero); a step whose
+/// gradients overflowed is skipped (`optim::step`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {

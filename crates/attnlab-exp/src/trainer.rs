@@ -306,9 +306,11 @@ pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, device: 
     let k = t.accumulate.max(1);
     let mut accumulator = burn::optim::GradientsAccumulator::<Gpt>::new();
     let mut loss_sum = 0.0;
-    let half = compute_model(model, t.precision);
     let scale = t.precision.loss_scale();
     for _ in 0..k {
+        // A fresh cast per micro-batch: a backward pass consumes the graph through the cast
+        // nodes (only the f32 leaves outlive it).
+        let half = compute_model(model, t.precision);
         let batch = run.data.train_batch(rng, t.batch, t.block);
         let loss = batch_loss(half.as_ref().unwrap_or(model), batch, device);
         let loss = if k > 1 { loss / k as f32 } else { loss };
@@ -497,7 +499,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         // anyway), so a divergence is caught at the step it happens, not at the next log.
         let (grads, loss_now) = accumulated_grads(&model, run, &mut state.rng, &device);
         drop(seeded);
-        model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip);
+        model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip, t.precision);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
         let loss_value = log_now.then_some(loss_now);
         device.sync().ok();

@@ -94,7 +94,7 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
     flatten("", &config, &mut flat);
     // Fields a config leaves out at their defaults (so older run ids stay): present for
     // grouping, so a dropout run is never pooled with a run without it.
-    for (key, default) in [("model.dropout", "0.0"), ("train.accumulate", "1")] {
+    for (key, default) in [("model.dropout", "0.0"), ("train.accumulate", "1"), ("train.precision", "\"f32\"")] {
         flat.entry(key.to_string()).or_insert_with(|| default.to_string());
     }
     // An extension (`train --extend`) has the config of a run trained from scratch to the same
@@ -178,10 +178,14 @@ pub fn fill_mfu(r: &mut RunRecord, peak: f64) {
     if r.summary.get("mfu").is_some_and(|v| !v.is_null()) {
         return;
     }
-    let mfu = 3.0 * r.num("flops_per_token") * r.num("train_tokens_per_sec") / peak;
+    // Never above 100%: achieved FLOP/s above the given peak become the peak (as in training).
+    let achieved = 3.0 * r.num("flops_per_token") * r.num("train_tokens_per_sec");
+    let used = achieved.max(peak);
+    let mfu = achieved / used;
     if let (Some(obj), true) = (r.summary.as_object_mut(), mfu.is_finite()) {
         obj.insert("mfu".into(), serde_json::json!(mfu));
-        obj.insert("peak_flops".into(), serde_json::json!(peak));
+        obj.insert("peak_flops".into(), serde_json::json!(used));
+        obj.insert("peak_exceeded".into(), serde_json::json!(achieved > peak));
         obj.insert("mfu_source".into(), serde_json::json!("report"));
     }
 }
