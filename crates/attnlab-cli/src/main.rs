@@ -796,7 +796,7 @@ fn run(cli: Cli) -> Result<()> {
                 peaks.push((precision, attnlab_exp::peak::peak_flops_for(&backend, &device, precision.dtype())));
             }
             drop(backend);
-            println!("{:<24} {:>10} {:>10} {:>9} {:>7} {:>10}{}", "attention", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB", if rounds > 1 { "  round" } else { "" });
+            println!("{:<24} {:>5} {:>10} {:>10} {:>9} {:>7} {:>10}{}", "attention", "dtype", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB", if rounds > 1 { "  round" } else { "" });
             let exe = std::env::current_exe()?;
             let mut results = Vec::new();
             for round in 1..=rounds {
@@ -820,7 +820,7 @@ fn run(cli: Cli) -> Result<()> {
                     let mib = p.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
                     let tag = if rounds > 1 { format!("  {round:>5}") } else { String::new() };
                     let star = if p.peak_exceeded { "*" } else { "%" };
-                    println!("{:<24} {:>10.0} {:>10.1} {:>9.1} {:>6.1}{star} {:>10}{tag}", p.attention, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
+                    println!("{:<24} {:>5} {:>10.0} {:>10.1} {:>9.1} {:>6.1}{star} {:>10}{tag}", p.attention, p.precision, p.tokens_per_sec, p.ms_per_step_median, p.ms_per_step_p90, 100.0 * p.mfu, mib);
                     this_round[slot] = Some(p);
                 }
                 results.extend(this_round.into_iter().flatten());

@@ -91,9 +91,16 @@ pub struct TrainPoint {
     pub peak_exceeded: bool,
     /// Peak resident memory of the process (run it in a fresh process for a per-point figure).
     pub peak_rss_bytes: Option<u64>,
+    /// `train.precision` of the point (the type the step computes in).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// The round of `bench train --rounds` this measurement belongs to (1-based; 0: not set).
     #[serde(default)]
     pub round: usize,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// One point of `bench train --rounds` over all rounds.
@@ -167,6 +174,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
         mfu: mfu.value,
         peak_flops: mfu.peak,
         peak_exceeded: mfu.exceeded,
+        precision: t.precision.name().into(),
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         round: 0,
     }
@@ -177,7 +185,7 @@ mod tests {
     use super::*;
 
     fn point(attention: &str, tokens_per_sec: f64) -> TrainPoint {
-        TrainPoint { point: attention.into(), attention: attention.into(), params: 1, steps: 1, tokens_per_sec, ms_per_step_median: 1.0, ms_per_step_p90: 1.0, mfu: 0.1, peak_flops: 1.0, peak_exceeded: false, peak_rss_bytes: None, round: 0 }
+        TrainPoint { point: attention.into(), attention: attention.into(), params: 1, steps: 1, tokens_per_sec, ms_per_step_median: 1.0, ms_per_step_p90: 1.0, mfu: 0.1, peak_flops: 1.0, peak_exceeded: false, precision: "f32".into(), peak_rss_bytes: None, round: 0 }
     }
 
     /// Three rounds of (a, b, c) on a machine whose speed drifts (a runs at 100, 200, 50
