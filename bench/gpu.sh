@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the README's "GPUs" section, in one go, on a machine with an NVIDIA GPU,
 # its Vulkan driver and PyTorch (CUDA), and no Rust: release binaries built elsewhere.
-#   bench/gpu.sh OUT_DIR BIN [BIN...]
+#   bench/gpu.sh OUT_DIR BIN [BIN...]        (BIN a path: ./attnlab, not attnlab)
 # Each BIN is an attnlab release binary (e.g. the default build and one with `--features spirv`);
 # a binary's first run of a config autotunes its kernels (a minute or more per config on an H200;
 # allow for it in any timeout);
