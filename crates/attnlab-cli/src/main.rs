@@ -793,7 +793,7 @@ fn run(cli: Cli) -> Result<()> {
             for (index, _) in &picked {
                 let precision = exp.runs[*index].spec.train.precision;
                 attnlab_exp::trainer::check_precision(precision, &backend, &device)?;
-                peaks.push((precision, attnlab_exp::peak::peak_flops_for(&backend, &device, precision.dtype())));
+                peaks.push((precision, attnlab_exp::peak::peak_flops(&backend, &device, precision.dtype())));
             }
             drop(backend);
             println!("{:<24} {:>5} {:>10} {:>10} {:>9} {:>7} {:>10}{}", "attention", "dtype", "tokens/s", "ms/step", "p90 ms", "MFU", "peak MiB", if rounds > 1 { "  round" } else { "" });
@@ -864,11 +864,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Peak { device, size, dtype } } => {
-            let dt = match dtype.as_str() {
-                "f32" => burn::tensor::DType::F32,
-                "f16" => burn::tensor::DType::F16,
-                "bf16" => burn::tensor::DType::BF16,
-                other => return Err(SpecError::new(format!("bench peak: --dtype = {other:?}: allowed: f32, f16, bf16")).into()),
+            use attnlab_exp::spec::Precision;
+            let Some(dt) = Precision::ALL.into_iter().find(|p| p.name() == dtype).map(Precision::dtype) else {
+                return Err(SpecError::new(format!("bench peak: --dtype = {dtype:?}: allowed: f32, f16, bf16")).into());
             };
             if size == Some(0) {
                 return Err(SpecError::new("bench peak: --size must be ≥ 1").into());

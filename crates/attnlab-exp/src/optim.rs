@@ -89,15 +89,17 @@ impl ModuleVisitor for Scale<'_> {
 
 /// Scales every gradient by `min(1, max_norm / (‖g‖ + 1e-6))` with ‖g‖ the global norm, as
 /// `clip_grad_norm_` does. Returns the gradients and the norm before clipping.
-pub fn clip_global_norm<M: Module>(mut grads: GradientsParams, model: &M, max_norm: f64) -> (GradientsParams, f64) {
+pub fn clip_global_norm<M: Module>(grads: GradientsParams, model: &M, max_norm: f64) -> (GradientsParams, f64) {
     let norm = global_grad_norm(&grads, model);
+    (clip_to_norm(grads, model, max_norm, norm), norm)
+}
+
+/// [`clip_global_norm`] with the global norm already known.
+fn clip_to_norm<M: Module>(grads: GradientsParams, model: &M, max_norm: f64, norm: f64) -> GradientsParams {
     let coef = max_norm / (norm + 1e-6);
     // A non-finite norm scales too (to NaN, as torch does): the divergence check then stops
     // the run instead of stepping on unclipped gradients.
-    if !(coef >= 1.0) {
-        model.visit(&mut Scale { grads: &mut grads, factor: coef as f32 });
-    }
-    (grads, norm)
+    if coef >= 1.0 { grads } else { scale_grads(grads, model, coef as f32) }
 }
 
 /// One optimiser step: global-norm clipping (when `grad_clip > 0`), then AdamW. In f16
@@ -105,13 +107,15 @@ pub fn clip_global_norm<M: Module>(mut grads: GradientsParams, model: &M, max_no
 /// global norm) skip the step, with a warning, as PyTorch's GradScaler does; in f32 and bf16 they
 /// go through (NaN weights), and the divergence check stops the run.
 pub fn step<M: Module>(optim: &mut ModuleOptimizer, model: M, grads: GradientsParams, lr: f64, grad_clip: f64, precision: Precision) -> M {
-    if precision == Precision::F16 {
-        let norm = global_grad_norm(&grads, &model);
-        if !norm.is_finite() {
-            tracing::warn!("f16 gradients overflowed at loss scale {}: optimizer step skipped", precision.loss_scale());
-            return model;
-        }
+    // One norm (one read back from the device) serves the overflow check and the clipping.
+    let norm = (grad_clip > 0.0 || precision == Precision::F16).then(|| global_grad_norm(&grads, &model));
+    if precision == Precision::F16 && norm.is_some_and(|n| !n.is_finite()) {
+        tracing::warn!("f16 gradients overflowed at loss scale {}: optimizer step skipped", precision.loss_scale());
+        return model;
     }
-    let grads = if grad_clip > 0.0 { clip_global_norm(grads, &model, grad_clip).0 } else { grads };
+    let grads = match norm {
+        Some(norm) if grad_clip > 0.0 => clip_to_norm(grads, &model, grad_clip, norm),
+        _ => grads,
+    };
     optim.step(lr, model, grads)
 }

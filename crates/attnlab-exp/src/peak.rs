@@ -1,7 +1,7 @@
 //! The device's measured peak: matmul throughput in the dtype training computes in, the
 //! denominator of MFU.
 //!
-//! `peak_flops` times square `n × n · n × n` matmuls (2·n³ FLOPs) at growing sizes
+//! [`peak_flops`] times square `n × n · n × n` matmuls (2·n³ FLOPs) at growing sizes
 //! ([`SIZES`]: 256 up to 8192, doubling while one product still takes under
 //! [`GROW_BELOW_S`], so a GPU reaches the sizes where its matmul kernels saturate and a slow
 //! device stops early), each after one warm-up (autotune picks its kernel there), synced, the
@@ -47,11 +47,6 @@ pub fn measure_matmul(device: &Device, n: usize, reps: usize, dtype: DType) -> (
     (2.0 * (n as f64).powi(3) / best, best)
 }
 
-/// FLOP/s of the best of `reps` f32 `n³` matmuls on `device`.
-pub fn measure_peak_flops(device: &Device, n: usize, reps: usize) -> f64 {
-    measure_matmul(device, n, reps, DType::F32).0
-}
-
 /// One size of a peak sweep.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SizePeak {
@@ -85,15 +80,10 @@ pub fn peak_sweep(device: &Device, dtype: DType, reps: usize) -> Vec<SizePeak> {
 }
 
 /// The peak of `device` (named `name`) in `dtype`, measured on first use in this process.
-pub fn peak_flops_for(device: &Device, name: &str, dtype: DType) -> f64 {
+pub fn peak_flops(device: &Device, name: &str, dtype: DType) -> f64 {
     let key = format!("{name}/{dtype:?}");
     let mut cache = CACHE.lock().expect("peak cache");
     *cache.get_or_insert_with(HashMap::new).entry(key).or_insert_with(|| best(&peak_sweep(device, dtype, 10)))
-}
-
-/// The f32 peak of `device` (named `name`), measured on first use in this process.
-pub fn peak_flops(device: &Device, name: &str) -> f64 {
-    peak_flops_for(device, name, DType::F32)
 }
 
 /// Model FLOPs utilisation, never above 1.

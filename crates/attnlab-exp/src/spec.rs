@@ -134,6 +134,9 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Every value, in the order of the docs.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
     fn is_f32(&self) -> bool {
         *self == Precision::F32
     }

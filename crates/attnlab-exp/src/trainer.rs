@@ -121,7 +121,7 @@ pub fn check_precision(precision: Precision, device: &Device, device_name: &str)
     if device.supports_dtype(precision.dtype()) {
         return Ok(());
     }
-    let allowed: Vec<&str> = [Precision::F32, Precision::F16, Precision::Bf16].into_iter().filter(|p| device.supports_dtype(p.dtype())).map(Precision::name).collect();
+    let allowed: Vec<&str> = Precision::ALL.into_iter().filter(|p| device.supports_dtype(p.dtype())).map(Precision::name).collect();
     Err(crate::SpecError::new(format!(
         "train.precision = {:?}: the {device_name} device does not compute in it (allowed on this device: {})",
         precision.name(),
@@ -586,7 +586,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let inner = device.clone().inner();
     let tokens_per_sec = if timed_ms > 0.0 { tokens_per_step * sorted.len() as f64 / (timed_ms / 1e3) } else { f64::NAN };
     let flops_per_token = model.flops_per_token(t.block);
-    let peak = crate::peak::peak_flops_for(&inner, &opts.device_name, t.precision.dtype());
+    let peak = crate::peak::peak_flops(&inner, &opts.device_name, t.precision.dtype());
     let mfu = tokens_per_sec.is_finite().then(|| crate::peak::mfu(flops_per_token, tokens_per_sec, peak));
     if let Some(m) = mfu.filter(|m| m.exceeded) {
         tracing::warn!("achieved {:.1} GFLOP/s exceed the measured matmul peak {:.1} GFLOP/s: MFU taken against the achieved figure (100%)", m.peak / 1e9, peak / 1e9);
