@@ -939,6 +939,13 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(file) = &weights {
                 model = attnlab_exp::export::import_safetensors(&spec.model, file, &device)?;
             }
+            if spec.model.head == attnlab_model::Head::Autoencoder {
+                return Err(SpecError::new(format!(
+                    "{}: model.head = \"autoencoder\" rebuilds a whole sequence from its last position; it has no token-by-token generation (allowed: runs with model.head = \"lm\")",
+                    root.display()
+                ))
+                .into());
+            }
             if let (Tokenizer::Ids { vocab }, "\n") = (&tokenizer, prompt.as_str()) {
                 return Err(SpecError::new(format!(
                     "--prompt: {} is a synthetic-task run whose tokens are ids below {vocab}: pass the input as space-separated ids, e.g. --prompt \"1 5 9\"",

@@ -511,3 +511,33 @@ fn a_bpe_run_saves_its_vocabulary_and_generates() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     assert!(String::from_utf8_lossy(&g.stdout).starts_with("The quick "));
 }
+
+/// MAD's bad inputs (issue 21) exit 2 before any compute, naming field, value and what is
+/// allowed, and write nothing.
+#[test]
+fn bad_mad_input_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mad.toml");
+    std::fs::write(&file, "name = \"m\"\n[data.task]\nkind = \"mad_recall\"\nvocab = 16\nseq_len = 32\n[model]\nd_model = 16\nheads = 2\nlayers = 1\nmax_seq = 64\n[train]\nbatch = 4\n[eval]\nbatches = 2\n").unwrap();
+    let out = dir.path().join("runs");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "data.task.seq_len=31"], "data.task.seq_len = 31"),
+        (&["--set", "data.task={kind=\"mad_selective_copy\", vocab=16, seq_len=33, num_tokens=16}"], "data.task.seq_len = 33"),
+        (&["--set", "data.task={kind=\"mad_fuzzy_recall\", vocab=6, seq_len=32}"], "data.task.vocab = 6"),
+        (&["--set", "data.task={kind=\"mad_noisy_recall\", vocab=17, noise_vocab=16, seq_len=32}"], "data.task.vocab = 17"),
+        (&["--set", "data.train_samples=0"], "data.train_samples = 0"),
+        (&["--set", "model.head=\"autoencoder\""], "model.head = \"autoencoder\""),
+        (&["--set", "data.task={kind=\"mad_compression\"}"], "model.head = \"lm\""),
+        (&["--set", "train.epochs=3"], "data.train_samples"),
+        (&["--set", "data.train_samples=64", "--set", "train.epochs=3", "--set", "train.steps=9"], "train.steps = 9"),
+    ];
+    for (args, needle) in cases {
+        let o = attnlab().arg("train").arg(&file).arg("--out").arg(&out).args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: stderr {err}");
+        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(error_lines.len(), 1, "{args:?}: {err}");
+        assert!(error_lines[0].contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing may be written on bad input");
+    }
+}

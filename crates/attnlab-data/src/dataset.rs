@@ -2,7 +2,7 @@
 
 use crate::batcher::{Batch, Split, TokenSplits};
 use crate::rng::Rng;
-use crate::tasks::{to_batch, TaskData};
+use crate::tasks::{to_batch, Example, TaskData};
 
 #[derive(Debug, Clone)]
 pub enum Dataset {
@@ -18,11 +18,12 @@ pub struct EvalBatch {
 }
 
 impl Dataset {
-    /// A training batch drawn from `rng`.
-    pub fn train_batch(&self, rng: &mut Rng, batch: usize, block: usize) -> Batch {
+    /// The training batch of micro-batch number `index` (counted over the whole run): drawn
+    /// from `rng`, or a task's fixed training set read in epochs.
+    pub fn train_batch(&self, rng: &mut Rng, batch: usize, block: usize, index: usize) -> Batch {
         match self {
             Dataset::Text(splits) => splits.sample(Split::Train, rng, batch, block),
-            Dataset::Task(task) => task.train_batch(rng, batch),
+            Dataset::Task(task) => task.train_batch(rng, batch, index),
         }
     }
 
@@ -35,14 +36,17 @@ impl Dataset {
                 .map(|_| EvalBatch { batch: splits.sample(split, &mut rng, batch, block), buckets: vec![None; batch] })
                 .collect(),
             Dataset::Task(task) => {
-                let examples = match split {
-                    Split::Val => task.val.clone(),
-                    Split::Test => task.test.clone(),
-                    Split::Train => (0..batches * batch).map(|_| task.train_example(&mut rng)).collect(),
+                let examples: Vec<Example> = match split {
+                    Split::Val => task.val.to_vec(),
+                    Split::Test => task.test.to_vec(),
+                    Split::Train => match &task.train_set {
+                        Some(set) => (0..set.samples.min(batches * batch)).map(|i| task.train_set_example(i)).collect(),
+                        None => (0..batches * batch).map(|_| task.train_example(&mut rng)).collect(),
+                    },
                 };
                 examples
                     .chunks(batch)
-                    .map(|chunk| EvalBatch { batch: to_batch(chunk), buckets: chunk.iter().map(|e| e.bucket).collect() })
+                    .map(|chunk| EvalBatch { batch: to_batch(chunk, false), buckets: chunk.iter().map(|e| e.bucket).collect() })
                     .collect()
             }
         }

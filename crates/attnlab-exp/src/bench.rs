@@ -152,7 +152,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     for i in 0..warmup + steps {
         ad.sync().ok();
         let t0 = Instant::now();
-        let (grads, _) = crate::trainer::accumulated_grads(&model, run, &mut rng, &ad);
+        let (grads, _) = crate::trainer::accumulated_grads(&model, run, &mut rng, i, &ad);
         model = crate::optim::step(&mut optim, model, grads, t.lr, t.grad_clip, t.precision);
         ad.sync().ok();
         if i >= warmup {

@@ -1,6 +1,7 @@
 //! Experiments: TOML specs (with `--set` overrides), validation before any compute, the
 //! training loop, metrics and the on-disk run store.
 
+pub mod accuracy;
 pub mod bench;
 pub mod budget;
 pub mod checkpoint;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use attnlab_data::tasks::TASKS;
 use attnlab_data::{Corpus, DataSource, Dataset, TaskConfig, TaskData, TokenSplits, Tokenizer};
-use attnlab_model::ModelConfig;
+use attnlab_model::{Head, ModelConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -74,11 +74,16 @@ pub struct DataConfig {
     /// its validation set and the final model is scored on its disjoint test set, each of
     /// `eval.batches × train.batch` examples.
     pub task: Option<TaskConfig>,
+    /// With a task: train on a fixed set of this many examples (drawn from `train.seed`,
+    /// disjoint from validation and test), read in epochs and reshuffled per epoch, instead
+    /// of a fresh stream (MAD trains on 800–12,800 samples). See `train.epochs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_samples: Option<usize>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, vocab_size: None, tokenizer_file: None, val_fraction: 0.1, task: None }
+        Self { corpus: CorpusKind::Builtin, path: None, fallback_builtin: false, tokenizer: TokenizerKind::Char, vocab_size: None, tokenizer_file: None, val_fraction: 0.1, task: None, train_samples: None }
     }
 }
 
@@ -113,6 +118,10 @@ pub struct TrainConfig {
     /// f32 (the default) is left out of the saved config and the run id.
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// With `data.train_samples = N`: train this many epochs; `train.steps` is then derived,
+    /// `⌈epochs · ⌈N / batch⌉ / accumulate⌉`, and must not be given as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
 }
 
 /// `train.precision`: mixed precision with f32 master weights. The parameters, their gradients
@@ -187,6 +196,7 @@ impl Default for TrainConfig {
             log_every: 10,
             accumulate: 1,
             precision: Precision::F32,
+            epochs: None,
         }
     }
 }
@@ -211,11 +221,20 @@ pub struct EvalConfig {
     pub every: usize,
     /// Validation batches per evaluation (the same windows every time, for every run).
     pub batches: usize,
+    /// Tasks: also follow MAD's published protocol (the test set scored at every evaluation,
+    /// selection on it; `published_test_macro_accuracy` in the summary). Off by default:
+    /// attnlab selects on validation.
+    #[serde(skip_serializing_if = "is_false")]
+    pub published_protocol: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 100, batches: 20 }
+        Self { every: 100, batches: 20, published_protocol: false }
     }
 }
 
@@ -257,6 +276,7 @@ impl ExperimentSpec {
 
     /// Typed spec from a parsed (and overridden) TOML value, validated.
     pub fn from_value(value: toml::Value, source: &str) -> Result<Self, SpecError> {
+        let steps_given = value.get("train").and_then(|t| t.get("steps")).is_some();
         let mut spec: ExperimentSpec = value.try_into().map_err(|e: toml::de::Error| {
             let msg = one_line(&e.to_string());
             if msg.contains("unknown variant") && msg.contains("data.task") {
@@ -267,6 +287,17 @@ impl ExperimentSpec {
         })?;
         if let Some(task) = &spec.data.task {
             spec.train.block = task.generator().len();
+        }
+        if let Some(epochs) = spec.train.epochs {
+            if steps_given {
+                return Err(err(source, "train.steps", spec.train.steps, "must be left out with train.epochs (the steps are derived from the epochs)"));
+            }
+            if epochs == 0 {
+                return Err(err(source, "train.epochs", epochs, "must be ≥ 1"));
+            }
+            let samples = spec.data.train_samples.ok_or_else(|| err(source, "train.epochs", epochs, "needs data.train_samples (a fixed training set to read in epochs)"))?;
+            let (batch, accumulate) = (spec.train.batch.max(1), spec.train.accumulate.max(1));
+            spec.train.steps = (epochs * samples.div_ceil(batch)).div_ceil(accumulate);
         }
         spec.validate(source)?;
         Ok(spec)
@@ -297,8 +328,8 @@ impl ExperimentSpec {
                 return Err(err(source, field, v, "must be ≥ 1"));
             }
         }
+        self.validate_task(source)?;
         if let Some(task) = &self.data.task {
-            task.generator().validate().map_err(|e| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed))?;
             if task.generator().len() > self.model.max_seq {
                 return Err(err(source, "data.task", task.kind(), &format!("its sequences have {} tokens; must be ≤ model.max_seq = {}", task.generator().len(), self.model.max_seq)));
             }
@@ -338,6 +369,35 @@ impl ExperimentSpec {
             _ => {}
         }
         Ok(())
+    }
+
+    /// `[data.task]` with `data.train_samples` and `model.head`.
+    fn validate_task(&self, source: &str) -> Result<(), SpecError> {
+        let task = self.data.task.as_ref();
+        if let Some(task) = task {
+            task.generator().validate().map_err(|e| err(source, &format!("data.task.{}", e.field), &e.value, &e.allowed))?;
+        }
+        match (self.data.train_samples, task) {
+            (Some(0), _) => return Err(err(source, "data.train_samples", 0, "must be ≥ 1 (or left out for a fresh stream of examples)")),
+            (Some(n), None) => return Err(err(source, "data.train_samples", n, "needs a synthetic task ([data.task]); text runs read the corpus")),
+            _ => {}
+        }
+        let compression = matches!(task, Some(TaskConfig::MadCompression(_)));
+        match (self.model.head, compression) {
+            (Head::Autoencoder, false) => Err(err(
+                source,
+                "model.head",
+                "\"autoencoder\"",
+                &format!("only with data.task.kind = \"mad_compression\" (here: {}); allowed: \"lm\"", task.map_or("no task", |t| t.kind())),
+            )),
+            (Head::Lm, true) => Err(err(
+                source,
+                "model.head",
+                "\"lm\"",
+                "must be \"autoencoder\" with data.task.kind = \"mad_compression\" (its targets are its own inputs: an LM head would copy them)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// `data.tokenizer` with `data.vocab_size` / `data.tokenizer_file`.
@@ -434,6 +494,10 @@ impl ExperimentSpec {
                 let splits = TokenSplits::new(&corpus.name, tokens, self.data.val_fraction, self.train.block).map_err(data_err)?;
                 (tokenizer, Dataset::Text(splits), corpus.name)
             }
+        };
+        let data = match (data, self.data.train_samples) {
+            (Dataset::Task(task), Some(n)) => Dataset::Task(task.with_train_samples(n, self.train.seed)),
+            (data, _) => data,
         };
         let mut spec = self.clone();
         if spec.model.vocab == 0 {

@@ -64,6 +64,18 @@ pub struct Summary {
     pub final_test_accuracy_by_bucket: Option<Vec<f64>>,
     #[serde(default)]
     pub test_accuracy_at_best_val: Option<f64>,
+    /// The same two test scores as macro accuracy (mean per-class recall, MAD's metric).
+    #[serde(default)]
+    pub test_macro_accuracy_at_best_val: Option<f64>,
+    #[serde(default)]
+    pub final_test_macro_accuracy: Option<f64>,
+    /// `eval.published_protocol`: MAD's published figure — macro test accuracy at the
+    /// evaluation with the lowest test loss, up to the first evaluation with test accuracy
+    /// ≥ 0.999 (selection on the test set, as the paper's code does), and that step.
+    #[serde(default)]
+    pub published_test_macro_accuracy: Option<f64>,
+    #[serde(default)]
+    pub published_step: Option<usize>,
     #[serde(default)]
     pub best_val_step: Option<usize>,
     #[serde(with = "non_finite_as_null")]

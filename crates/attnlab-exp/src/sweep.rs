@@ -14,6 +14,18 @@
 //! The run list is the cartesian product of the lists (in file order, seeds innermost), minus
 //! excluded points (rules may name `train.seed`; every path they name must be swept), plus
 //! included points (each crossed with the seeds).
+//!
+//! Not every study is a product. `[[sweep.baseline]]` entries give settings as a baseline and
+//! its changes one factor at a time (MAD's difficulty grid); each setting is then crossed with
+//! the lists and the seeds:
+//! ```toml
+//! [[sweep.baseline]]
+//! "data.task" = {kind = "mad_recall", vocab = 16, seq_len = 128}
+//! "data.train_samples" = 12800
+//! [sweep.baseline.one_at_a_time]          # → 1 + 3 + 2 settings
+//! "data.task.vocab" = [32, 64, 128]
+//! "data.train_samples" = [6400, 800]
+//! ```
 
 use toml::{Table, Value};
 
@@ -58,6 +70,7 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
     let mut seeds: Option<Vec<Value>> = None;
     let mut include = Vec::new();
     let mut exclude = Vec::new();
+    let mut settings: Vec<Vec<(String, Value)>> = vec![vec![]];
     for (key, value) in sweep {
         let list = |v: &Value| -> Result<Vec<Value>, SpecError> {
             match v.as_array() {
@@ -70,10 +83,11 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
             "seeds" => seeds = Some(list(value)?),
             "include" => include = list(value)?,
             "exclude" => exclude = list(value)?,
+            "baseline" => settings = baselines(&list(value)?, source)?,
             path => axes.push((path.to_string(), list(value)?)),
         }
     }
-    let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
+    let mut points = settings;
     for (path, values) in &axes {
         points = points
             .into_iter()
@@ -124,6 +138,41 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
     let included: Vec<Vec<(String, Value)>> = include.iter().enumerate().map(|(i, inc)| as_point(inc, &format!("{source}: sweep.include[{i}]"))).collect::<Result<_, _>>()?;
     points.extend(with_seeds(included));
     Ok(points.into_iter().enumerate().map(|(index, sets)| SweepPoint { index, sets }).collect())
+}
+
+/// The settings of `[[sweep.baseline]]` entries: each baseline, then for each path of its
+/// `one_at_a_time` table and each of its values, the baseline with that one path changed.
+fn baselines(entries: &[Value], source: &str) -> Result<Vec<Vec<(String, Value)>>, SpecError> {
+    let mut settings = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("{source}: sweep.baseline[{i}]");
+        let mut table = entry.as_table().cloned().ok_or_else(|| SpecError::new(format!("{at}: must be a table of dotted paths")))?;
+        let changes = match table.remove("one_at_a_time") {
+            None => Table::new(),
+            Some(Value::Table(t)) => t,
+            Some(other) => return Err(SpecError::new(format!("{at}.one_at_a_time = {}: must be a table of path = [values]", inline(&other)))),
+        };
+        let base = as_point(&Value::Table(table), &at)?;
+        settings.push(base.clone());
+        for (path, values) in &changes {
+            let values = match values.as_array() {
+                Some(a) if !a.is_empty() => a,
+                _ => return Err(SpecError::new(format!("{at}.one_at_a_time.\"{path}\" = {}: must be a non-empty list of values", inline(values)))),
+            };
+            for v in values {
+                let mut setting = base.clone();
+                match setting.iter_mut().find(|(k, _)| k == path) {
+                    Some(slot) => slot.1 = v.clone(),
+                    None => setting.push((path.clone(), v.clone())),
+                }
+                settings.push(setting);
+            }
+        }
+    }
+    if settings.is_empty() {
+        return Err(SpecError::new(format!("{source}: sweep.baseline = []: give at least one baseline")));
+    }
+    Ok(settings)
 }
 
 /// A whole experiment file: its base config and its expanded, validated runs.
@@ -225,9 +274,13 @@ fn known_path(path: &str) -> bool {
     // they are listed too.
     let mut spec = ExperimentSpec::defaults();
     spec.model.dropout = 0.5;
+    spec.model.head = attnlab_model::Head::Autoencoder;
     spec.train.accumulate = 2;
+    spec.train.epochs = Some(1);
+    spec.data.train_samples = Some(1);
+    spec.eval.published_protocol = true;
     let defaults = toml::Value::try_from(spec).expect("defaults serialise");
-    get_path(&defaults, path).is_some() || path.starts_with("model.attention.")
+    get_path(&defaults, path).is_some() || path.starts_with("model.attention.") || path == "data.task" || path.starts_with("data.task.")
 }
 
 /// `i/n`: this shard's runs are those with `index % n == i`.

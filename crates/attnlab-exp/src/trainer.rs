@@ -87,6 +87,40 @@ struct TrainerState {
     test_accuracy_at_best_val: Option<f64>,
     #[serde(default)]
     best_val_step: Option<usize>,
+    #[serde(default)]
+    test_macro_accuracy_at_best_val: Option<f64>,
+    /// `eval.published_protocol`: MAD's selection on the test set.
+    #[serde(default)]
+    published: Option<Published>,
+}
+
+/// MAD's published protocol, followed on the side (`eval.published_protocol`): the test set
+/// is scored at every evaluation; the reported figure is the macro test accuracy at the
+/// evaluation with the lowest test loss, among the evaluations up to the first whose test
+/// accuracy reaches 0.999 (MAD's early stop; attnlab trains on, for its own selection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Published {
+    test_loss: f64,
+    macro_accuracy: Option<f64>,
+    step: usize,
+    /// The step at which MAD would have stopped.
+    stopped_at: Option<usize>,
+}
+
+impl Published {
+    /// Folds in the test evaluation at `step`.
+    fn update(current: Option<Published>, test: &Evaluation, step: usize) -> Option<Published> {
+        match current {
+            Some(p) if p.stopped_at.is_some() => Some(p),
+            Some(p) if p.test_loss <= test.loss => Some(Published { stopped_at: reached(test).then_some(step), ..p }),
+            _ => Some(Published { test_loss: test.loss, macro_accuracy: test.macro_accuracy, step, stopped_at: reached(test).then_some(step) }),
+        }
+    }
+}
+
+/// MAD's early-stopping threshold on test accuracy.
+fn reached(test: &Evaluation) -> bool {
+    test.accuracy.is_some_and(|a| a >= 0.999)
 }
 
 fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
@@ -178,6 +212,8 @@ fn batch_logits_loss(model: &Gpt, batch: Batch, device: &Device) -> (Tensor<3>, 
 struct Evaluation {
     loss: f64,
     accuracy: Option<f64>,
+    /// Mean per-class recall (see [`crate::accuracy`]).
+    macro_accuracy: Option<f64>,
     by_bucket: Option<Vec<f64>>,
 }
 
@@ -187,7 +223,8 @@ fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Ev
     let t = &run.spec.train;
     let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
     let buckets = run.data.buckets();
-    let (mut loss_sum, mut right, mut total) = (0.0, 0usize, 0usize);
+    let mut loss_sum = 0.0;
+    let mut confusion = crate::accuracy::Confusion::default();
     let (mut bucket_right, mut bucket_total) = (vec![0usize; buckets], vec![0usize; buckets]);
     for eb in &batches {
         let (logits, loss) = batch_logits_loss(model, eb.batch.clone(), device);
@@ -196,8 +233,7 @@ fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Ev
         let predicted: Vec<i64> = logits.argmax(2).into_data().convert::<i64>().try_into_vec::<i64>().expect("argmax ids");
         for (i, (&m, (&p, &y))) in mask.iter().zip(predicted.iter().zip(&eb.batch.targets)).enumerate() {
             if m > 0.0 {
-                total += 1;
-                right += usize::from(p == y);
+                confusion.add(p, y);
                 if let Some(bucket) = eb.buckets[i / eb.batch.block] {
                     bucket_total[bucket] += 1;
                     bucket_right[bucket] += usize::from(p == y);
@@ -208,7 +244,8 @@ fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Ev
     let ratio = |r: usize, n: usize| if n == 0 { f64::NAN } else { r as f64 / n as f64 };
     Evaluation {
         loss: loss_sum / batches.len().max(1) as f64,
-        accuracy: (total > 0).then(|| ratio(right, total)),
+        accuracy: confusion.micro(),
+        macro_accuracy: confusion.macro_accuracy(),
         by_bucket: (buckets > 0).then(|| bucket_right.iter().zip(&bucket_total).map(|(&r, &n)| ratio(r, n)).collect()),
     }
 }
@@ -301,17 +338,18 @@ fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
 /// The gradients of one optimizer step and its mean loss: `train.accumulate` batches of
 /// `train.batch`, each loss divided by their count, gradients summed (so the step sees the
 /// gradient of the mean loss over all of them, as one batch of accumulate · batch would).
-pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, device: &Device) -> (GradientsParams, f64) {
+/// `step` places the micro-batches in a fixed training set's epochs (`data.train_samples`).
+pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, step: usize, device: &Device) -> (GradientsParams, f64) {
     let t = &run.spec.train;
     let k = t.accumulate.max(1);
     let mut accumulator = burn::optim::GradientsAccumulator::<Gpt>::new();
     let mut loss_sum = 0.0;
     let scale = t.precision.loss_scale();
-    for _ in 0..k {
+    for i in 0..k {
         // A fresh cast per micro-batch: a backward pass consumes the graph through the cast
         // nodes (only the f32 leaves outlive it).
         let half = compute_model(model, t.precision);
-        let batch = run.data.train_batch(rng, t.batch, t.block);
+        let batch = run.data.train_batch(rng, t.batch, t.block, step * k + i);
         let loss = batch_loss(half.as_ref().unwrap_or(model), batch, device);
         let loss = if k > 1 { loss / k as f32 } else { loss };
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
@@ -422,6 +460,8 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         last_val_accuracy_by_bucket: None,
         test_accuracy_at_best_val: None,
         best_val_step: None,
+        test_macro_accuracy_at_best_val: None,
+        published: None,
     };
     let mut checkpoint = checkpoint::newest_valid(&dir.checkpoint());
     if let (None, Some(ext)) = (&checkpoint, &run.extends) {
@@ -497,7 +537,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         });
         // The loss is read every step (a host sync the step's own `device.sync()` pays
         // anyway), so a divergence is caught at the step it happens, not at the next log.
-        let (grads, loss_now) = accumulated_grads(&model, run, &mut state.rng, &device);
+        let (grads, loss_now) = accumulated_grads(&model, run, &mut state.rng, step, &device);
         drop(seeded);
         model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip, t.precision);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
@@ -541,8 +581,14 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
                     // The model selected on validation is scored on test now, not kept.
                     state.best_val_accuracy = Some(acc);
                     state.best_val_step = Some(state.step);
-                    state.test_accuracy_at_best_val = evaluate(&valid, run, Split::Test, &inner).accuracy;
+                    let test = evaluate(&valid, run, Split::Test, &inner);
+                    state.test_accuracy_at_best_val = test.accuracy;
+                    state.test_macro_accuracy_at_best_val = test.macro_accuracy;
                 }
+            }
+            if spec.eval.published_protocol && run.data.has_test() {
+                let test = evaluate(&valid, run, Split::Test, &inner);
+                state.published = Published::update(state.published.take(), &test, state.step);
             }
             log(&MetricLine::Eval { step: state.step, val_loss: val, train_loss, val_accuracy: eval.accuracy, val_accuracy_by_bucket: eval.by_bucket })?;
             let acc = eval.accuracy.map_or(String::new(), |a| format!(", val accuracy {:.1}%", 100.0 * a));
@@ -608,6 +654,10 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         final_test_accuracy: test.as_ref().and_then(|t| t.accuracy),
         final_test_accuracy_by_bucket: test.as_ref().and_then(|t| t.by_bucket.clone()),
         test_accuracy_at_best_val: state.test_accuracy_at_best_val,
+        test_macro_accuracy_at_best_val: state.test_macro_accuracy_at_best_val,
+        final_test_macro_accuracy: test.as_ref().and_then(|t| t.macro_accuracy),
+        published_test_macro_accuracy: state.published.as_ref().and_then(|p| p.macro_accuracy),
+        published_step: state.published.as_ref().map(|p| p.step),
         best_val_step: state.best_val_step,
         final_train_loss: state.last_train_loss,
         train_tokens_per_sec: tokens_per_sec,

@@ -68,12 +68,12 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
         let kind_set = format!("model.attention={config}");
         let reference = tiny_run("precision", &[&kind_set]);
         let model = seeded_model(&reference.spec.model, 0, &device);
-        let (g32, l32) = accumulated_grads(&model, &reference, &mut Rng::new(3), &device);
+        let (g32, l32) = accumulated_grads(&model, &reference, &mut Rng::new(3), 0, &device);
         let g32 = grad_vector(&g32, &model);
         for (precision, loss_tol, grad_tol) in [(Precision::F16, 1e-3, 0.01), (Precision::Bf16, 1e-3, 0.06)] {
             let run = tiny_run("precision", &[&kind_set, &format!("train.precision={}", precision.name())]);
             assert_eq!(run.spec.train.precision, precision);
-            let (g, l) = accumulated_grads(&model, &run, &mut Rng::new(3), &device);
+            let (g, l) = accumulated_grads(&model, &run, &mut Rng::new(3), 0, &device);
             let err = relative_error(&g32, &grad_vector(&g, &model));
             let what = format!("{kind} in {}", precision.name());
             eprintln!("{what}: loss {l:.5} (f32 {l32:.5}), gradients' relative error {err:.5}");
@@ -114,8 +114,8 @@ fn half_precision_with_gradient_accumulation() {
     let reference = tiny_run("precision", &["train.accumulate=2"]);
     let half = tiny_run("precision", &["train.accumulate=2", "train.precision=f16"]);
     let model = seeded_model(&reference.spec.model, 0, &device);
-    let (g32, _) = accumulated_grads(&model, &reference, &mut Rng::new(3), &device);
-    let (g16, _) = accumulated_grads(&model, &half, &mut Rng::new(3), &device);
+    let (g32, _) = accumulated_grads(&model, &reference, &mut Rng::new(3), 0, &device);
+    let (g16, _) = accumulated_grads(&model, &half, &mut Rng::new(3), 0, &device);
     let err = relative_error(&grad_vector(&g32, &model), &grad_vector(&g16, &model));
     assert!(err <= 0.01, "accumulated f16 gradients differ from f32 by {err:.4}");
 }
@@ -133,7 +133,7 @@ fn an_f16_overflow_skips_the_step() {
     for (precision, skips) in [(Precision::F16, true), (Precision::F32, false)] {
         let model = seeded_model(&run.spec.model, 0, &device);
         let before = weights(&model);
-        let batch = run.data.train_batch(&mut Rng::new(3), t.batch, t.block);
+        let batch = run.data.train_batch(&mut Rng::new(3), t.batch, t.block, 0);
         let loss = attnlab_exp::trainer::batch_loss(&model, batch, &device) * f32::INFINITY;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let mut optim = attnlab_exp::optim::optimizer(t, &model);

@@ -23,7 +23,7 @@ fn recomputed_test_accuracy(run: &PreparedRun, store: &std::path::Path) -> f64 {
     let Dataset::Task(task) = &run.data else { panic!("a task run") };
     let (mut right, mut total) = (0, 0);
     for chunk in task.test.chunks(run.spec.train.batch) {
-        let b = to_batch(chunk);
+        let b = to_batch(chunk, false);
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(b.inputs.clone(), [b.batch, b.block]), &dev);
         let predicted: Vec<i64> = model.forward(tokens).argmax(2).into_data().convert::<i64>().try_into_vec().unwrap();
         for (e_i, e) in chunk.iter().enumerate() {

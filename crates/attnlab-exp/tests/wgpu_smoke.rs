@@ -156,7 +156,7 @@ fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
     };
     let cpu = Device::flex().autodiff();
     let model = attnlab_exp::trainer::seeded_model(&prepare("f32").spec.model, 0, &cpu);
-    let (g32, l32) = attnlab_exp::trainer::accumulated_grads(&model, &prepare("f32"), &mut Rng::new(3), &cpu);
+    let (g32, l32) = attnlab_exp::trainer::accumulated_grads(&model, &prepare("f32"), &mut Rng::new(3), 0, &cpu);
     let g32 = grad_vector(&g32, &model);
     let gpu_ad = gpu.clone().autodiff();
     let on_gpu = model.clone().fork(&gpu_ad);
@@ -168,7 +168,7 @@ fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
             assert!(msg.contains(&format!("train.precision = \"{}\"", precision.name())) && msg.contains("allowed on this device: f32"), "{msg}");
             continue;
         }
-        let (g, l) = attnlab_exp::trainer::accumulated_grads(&on_gpu, &prepare(precision.name()), &mut Rng::new(3), &gpu_ad);
+        let (g, l) = attnlab_exp::trainer::accumulated_grads(&on_gpu, &prepare(precision.name()), &mut Rng::new(3), 0, &gpu_ad);
         let g = grad_vector(&g, &on_gpu);
         let diff: f64 = g32.iter().zip(&g).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
         let err = diff / g32.iter().map(|a| a * a).sum::<f64>().sqrt();

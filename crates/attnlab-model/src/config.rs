@@ -12,6 +12,24 @@ pub enum MlpKind {
     Gelu,
 }
 
+/// `model.head`: what reads the last layer's hidden states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// Final norm and the tied LM head at every position.
+    #[default]
+    Lm,
+    /// MAD's compression head ([`crate::autoencoder`]): the hidden state at the last position
+    /// is the only path to a per-position MLP decoder.
+    Autoencoder,
+}
+
+impl Head {
+    pub fn is_lm(&self) -> bool {
+        *self == Head::Lm
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -33,6 +51,10 @@ pub struct ModelConfig {
     /// (left out of the saved config and the run id then).
     #[serde(skip_serializing_if = "is_zero")]
     pub dropout: f64,
+    /// `"lm"` (default; left out of the saved config and the run id) or `"autoencoder"`
+    /// (`mad_compression` only).
+    #[serde(skip_serializing_if = "Head::is_lm")]
+    pub head: Head,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -52,6 +74,7 @@ impl Default for ModelConfig {
             rope_base: 10_000.0,
             attention: AttentionConfig::Mha {},
             dropout: 0.0,
+            head: Head::Lm,
         }
     }
 }
@@ -78,6 +101,9 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::new("model.dropout", self.dropout, "must be in [0, 1)"));
+        }
+        if self.head == Head::Autoencoder && (self.d_model < 4 || self.d_model % 2 != 0) {
+            return Err(ConfigError::new("model.d_model", self.d_model, "must be even and ≥ 4 with model.head = \"autoencoder\" (its sinusoidal position table)"));
         }
         self.attention.validate(self.d_model, self.heads)
     }

@@ -6,8 +6,9 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::autoencoder::Decoder;
 use crate::block::Block;
-use crate::config::ModelConfig;
+use crate::config::{Head, ModelConfig};
 use crate::mlp::Mlp;
 
 #[derive(Module, Debug)]
@@ -19,6 +20,8 @@ pub struct Gpt {
     pub max_seq: usize,
     /// `model.dropout` (training only).
     pub dropout: f64,
+    /// `model.head = "autoencoder"`: the compression decoder that replaces the LM head.
+    pub decoder: Option<Decoder>,
 }
 
 /// Parameter counts (the tied embedding counted once).
@@ -51,6 +54,7 @@ impl Gpt {
             norm: RmsNormConfig::new(d).init(device),
             max_seq: config.max_seq,
             dropout: config.dropout,
+            decoder: (config.head == Head::Autoencoder).then(|| Decoder::new(d, config.vocab, device)),
         }
     }
 
@@ -65,7 +69,19 @@ impl Gpt {
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
         let h = self.blocks.iter().fold(crate::block::dropout(self.embed.forward(tokens), p), |h, b| b.forward(h, p));
-        self.head(h)
+        self.logits(h)
+    }
+
+    /// Logits `[b, t, vocab]` from the last layer's hidden states `[b, t, d]`: the LM head at
+    /// every position, or the compression decoder reading the last position only.
+    pub fn logits(&self, h: Tensor<3>) -> Tensor<3> {
+        match &self.decoder {
+            Some(decoder) => {
+                let t = h.dims()[1];
+                decoder.forward(Decoder::bottleneck(h), t, &self.norm)
+            }
+            None => self.head(h),
+        }
     }
 
     /// One empty decode state per layer for `batch` sequences of up to `capacity` tokens.
@@ -75,6 +91,7 @@ impl Gpt {
 
     /// Incremental forward: tokens `[batch, new]` → logits `[batch, new, vocab]`.
     pub fn step(&self, tokens: Tensor<2, Int>, states: &mut [State]) -> Tensor<3> {
+        assert!(self.decoder.is_none(), "model.head = \"autoencoder\" decodes the whole sequence from its last position: it has no token-by-token decode");
         let h = self.blocks.iter().zip(states.iter_mut()).fold(self.embed.forward(tokens), |h, (b, s)| b.step(h, s));
         self.head(h)
     }
@@ -98,6 +115,7 @@ impl Gpt {
             .iter()
             .map(|b| b.attn.flops_per_token(context) + 2 * b.mlp.num_params() as u64)
             .sum();
-        blocks + 2 * (vocab * d) as u64
+        let decoder = self.decoder.as_ref().map_or(0, |dec| 2 * (dec.fc1.num_params() + dec.fc2.num_params()) as u64);
+        blocks + 2 * (vocab * d) as u64 + decoder
     }
 }

@@ -2,12 +2,13 @@
 //! `x + Mixer(RMSNorm(x))`, `x + MLP(RMSNorm(x))`, a final RMSNorm, and generation through the
 //! mixers' decode states.
 
+pub mod autoencoder;
 pub mod block;
 pub mod config;
 pub mod generate;
 pub mod gpt;
 pub mod mlp;
 
-pub use config::{MlpKind, ModelConfig};
+pub use config::{Head, MlpKind, ModelConfig};
 pub use generate::{generate, generate_cropped, Sampling};
 pub use gpt::{Gpt, ParamCounts};

@@ -3,6 +3,7 @@
 //! `results.csv` and `results.json` (one row per run), `loss.svg` and `pareto.svg`.
 
 pub mod load;
+pub mod mad;
 pub mod plots;
 pub mod stats;
 pub mod tables;
@@ -62,6 +63,9 @@ pub fn write_report_stores(stores: &[std::path::PathBuf], out: &Path, peak_flops
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let notes = std::fs::read_to_string(out.join("notes.md")).ok();
     let mut readme = tables::markdown(&runs, &groups, notes.as_deref());
+    if let Some(mad) = mad::markdown(&runs) {
+        readme.push_str(&format!("\n{mad}"));
+    }
     if !skipped.is_empty() {
         readme.push_str(&format!("\n## Runs left out\n\n{} run folders have a summary or config that cannot be used:\n\n", skipped.len()));
         for reason in &skipped {
@@ -73,6 +77,9 @@ pub fn write_report_stores(stores: &[std::path::PathBuf], out: &Path, peak_flops
     write(out, "results.json", &serde_json::to_string_pretty(&tables::json(&runs, &groups))?)?;
     plots::loss_svg(&groups, &out.join("loss.svg"))?;
     plots::pareto_svg(&groups, &out.join("pareto.svg"))?;
+    if mad::markdown(&runs).is_some() {
+        mad::plot(&runs, &out.join("mad.svg"))?;
+    }
     for field in plots::accuracy_axes(&groups) {
         plots::accuracy_svg(&groups, &field, &out.join(plots::accuracy_file(&field)))?;
     }

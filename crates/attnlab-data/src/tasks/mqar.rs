@@ -118,6 +118,6 @@ impl Generator for Mqar {
             answers.push(p);
         }
         answers.sort_unstable();
-        Example { tokens, answers, bucket: None }
+        Example::shifted(tokens, answers)
     }
 }

@@ -88,6 +88,6 @@ impl Generator for Needle {
         debug_assert_eq!(tokens.len(), self.seq_len + 1);
         let answers = vec![self.seq_len - 1];
         let bucket = (depth * self.depth_buckets / (n + 1)).min(self.depth_buckets - 1);
-        Example { tokens, answers, bucket: Some(bucket) }
+        Example { bucket: Some(bucket), ..Example::shifted(tokens, answers) }
     }
 }

@@ -60,6 +60,6 @@ impl Generator for SelectiveCopy {
         tokens.push(SEPARATOR);
         tokens.extend(&content);
         let answers = (self.seq_len..self.seq_len + self.num_tokens).collect();
-        Example { tokens, answers, bucket: None }
+        Example::shifted(tokens, answers)
     }
 }
