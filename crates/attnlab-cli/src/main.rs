@@ -152,6 +152,17 @@ enum BenchCommand {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// Seconds to generate a task's training examples (`data.train_samples` of `--seq-len`
+    /// tokens), for every task kind: generation must never be the bottleneck.
+    Tasks {
+        #[arg(long, default_value_t = 12_800)]
+        samples: usize,
+        #[arg(long, default_value_t = 1024)]
+        seq_len: usize,
+        /// Repeats (best reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// One training point (the child process of `bench train`); prints it as JSON.
     #[command(hide = true)]
     TrainPoint {
@@ -861,6 +872,18 @@ fn run(cli: Cli) -> Result<()> {
             let run = exp.runs.get(index).ok_or_else(|| SpecError::new(format!("bench train-point: no run {index} (the file has {})", exp.runs.len())))?;
             let p = attnlab_exp::bench::train_point(run, &exp.points[index].describe(), warmup, steps, &backend, peak_flops);
             println!("{}", serde_json::to_string(&p)?);
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Tasks { samples, seq_len, repeats } } => {
+            if samples == 0 || seq_len < 64 || seq_len > 1 << 20 {
+                return Err(SpecError::new(format!("bench tasks: --samples = {samples} must be ≥ 1 and --seq-len = {seq_len} in [64, 2^20] (every task at that length)")).into());
+            }
+            let times = attnlab_exp::bench::task_generation(samples, seq_len, repeats).map_err(|e| SpecError::new(format!("bench tasks: data.task.{} = {}: {}", e.field, e.value, e.allowed)))?;
+            println!("task generation: {samples} training examples of {seq_len} tokens, best of {repeats}");
+            println!("{:<20} {:>10} {:>14}", "task", "seconds", "Mtokens/s");
+            for (kind, s) in times {
+                println!("{kind:<20} {s:>10.3} {:>14.1}", (samples * seq_len) as f64 / s / 1e6);
+            }
             Ok(())
         }
         Command::Bench { what: BenchCommand::Peak { device, size, dtype } } => {

@@ -212,3 +212,25 @@ mod tests {
         assert_eq!(names, ["model.d_model=64", "model.d_model=128", "mha"]);
     }
 }
+
+/// Task-generation benchmark (`attnlab bench tasks`): seconds to generate `samples` training
+/// examples of `seq_len` tokens through a fixed training set (`data.train_samples`: each example
+/// generated on demand from its own stream, checked against the held-out sets), per task kind
+/// with its other parameters at their defaults. Best of `repeats`.
+pub fn task_generation(samples: usize, seq_len: usize, repeats: usize) -> Result<Vec<(String, f64)>, attnlab_data::tasks::TaskError> {
+    let kinds = ["mqar", "selective_copy", "mad_recall", "mad_noisy_recall", "mad_fuzzy_recall", "mad_selective_copy", "mad_compression", "mad_memorization"];
+    let mut out = Vec::new();
+    for kind in kinds {
+        let config: attnlab_data::TaskConfig = toml::from_str(&format!("kind = \"{kind}\"\nseq_len = {seq_len}")).expect("a known task");
+        let data = attnlab_data::TaskData::new(config, 128)?.with_train_samples(samples, 0);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let t0 = Instant::now();
+            let tokens: usize = (0..samples).map(|i| data.train_set_example(i).tokens.len()).sum();
+            best = best.min(t0.elapsed().as_secs_f64());
+            std::hint::black_box(tokens);
+        }
+        out.push((kind.to_string(), best));
+    }
+    Ok(out)
+}
