@@ -16,9 +16,10 @@ pub mod mqar;
 pub mod needle;
 pub mod selective_copy;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use rustc_hash::FxHashSet as HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::Batch;
@@ -345,8 +346,15 @@ pub fn to_batch(examples: &[Example], training: bool) -> Batch {
 /// `k` distinct values from `0..n`, in random order (Floyd's algorithm: O(k) memory, so a
 /// huge `n` costs nothing), then shuffled.
 pub fn sample_distinct(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
-    assert!(k <= n, "cannot draw {k} distinct values from {n}");
     let mut chosen: Vec<usize> = Vec::with_capacity(k);
+    sample_distinct_into(rng, n, k, &mut chosen);
+    chosen
+}
+
+/// [`sample_distinct`] into `chosen` (cleared first), for callers that reuse one buffer.
+pub fn sample_distinct_into(rng: &mut Rng, n: usize, k: usize, chosen: &mut Vec<usize>) {
+    assert!(k <= n, "cannot draw {k} distinct values from {n}");
+    chosen.clear();
     for j in n - k..n {
         let t = rng.below(j as u64 + 1) as usize;
         let pick = if chosen.contains(&t) { j } else { t };
@@ -356,5 +364,4 @@ pub fn sample_distinct(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
         let j = rng.below(i as u64 + 1) as usize;
         chosen.swap(i, j);
     }
-    chosen
 }

@@ -4,23 +4,21 @@
 //! 1..=`k_motif` distinct key tokens, a value a tuple of 1..=`v_motif` distinct value tokens
 //! (sizes uniform; at validation and test every key has `k_motif` tokens). A probe pair is drawn
 //! first and inserted (unscored) once the sequence reaches a random offset (at the latest as the
-//! last pair); other pairs are
-//! drawn fresh (a key's value is bound at its first occurrence; drawing the probe's key counts
-//! as placing the probe); the sequence ends with the probe's key and value, and is left-padded
+//! last pair); other pairs are drawn fresh (a key's value is bound at its first occurrence;
+//! drawing the probe's key counts as placing the probe); the sequence ends with the probe's key and value, and is left-padded
 //! to `seq_len + 1` tokens. The model reads `x[..seq_len]` and predicts `x[1..]`: training
 //! scores every position, validation and test only the value tokens of keys seen before (each
 //! under teacher forcing: the last key token predicts v[0], v[0] predicts v[1], …).
 //!
 //! Motifs are drawn directly (distinct tokens by Floyd's algorithm), not by enumerating
-//! permutation lists per sample as the reference does, so large vocabularies cost nothing.
-
-use std::collections::HashMap;
+//! permutation lists per sample as the reference does, so large vocabularies cost nothing; a
+//! repeated key copies its value from its first occurrence, with no allocation per pair.
 
 use serde::{Deserialize, Serialize};
 
 use super::need_vocab;
 use crate::rng::Rng;
-use crate::tasks::{sample_distinct, Example, Generator, TaskError};
+use crate::tasks::{Example, Generator, TaskError};
 
 /// `kind = "mad_fuzzy_recall"` (baseline: vocab 16, seq_len 128, motifs of up to 3 tokens).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,51 +49,74 @@ impl MadFuzzyRecall {
         (self.vocab - 1) / 2
     }
 
-    /// A key tuple (of `size` tokens, or a uniform size) and a value tuple of uniform size.
-    fn motif(&self, rng: &mut Rng, base: usize, n: usize, max: usize, size: Option<usize>) -> Vec<u32> {
+    /// Draws a motif of `size` tokens (or a uniform size up to `max`) of distinct tokens from
+    /// `base..base + n` into `out` (cleared first), through the scratch buffer `buf`.
+    fn motif(rng: &mut Rng, base: usize, n: usize, max: usize, size: Option<usize>, buf: &mut Vec<usize>, out: &mut Vec<u32>) {
         let size = size.unwrap_or_else(|| 1 + rng.below(max as u64) as usize);
-        sample_distinct(rng, n, size).into_iter().map(|t| (base + t) as u32).collect()
+        crate::tasks::sample_distinct_into(rng, n, size, buf);
+        out.clear();
+        out.extend(buf.iter().map(|&t| (base + t) as u32));
+    }
+
+    /// A key as one integer (digits base `key_tokens + 1`, so sizes differ too); validation
+    /// keeps `(key_tokens + 1)^k_motif` below 2⁶⁴.
+    fn code(&self, key: &[u32]) -> u64 {
+        key.iter().fold(0u64, |acc, &t| acc * (self.key_tokens() as u64 + 1) + t as u64 + 1)
     }
 
     fn sample(&self, rng: &mut Rng, eval: bool) -> Example {
         let (nk, nv) = (self.key_tokens(), self.vocab - 1 - self.key_tokens());
         let key_size = eval.then_some(self.k_motif);
-        let key = |rng: &mut Rng| self.motif(rng, 0, nk, self.k_motif, key_size);
-        let value = |rng: &mut Rng| self.motif(rng, nk, nv, self.v_motif, None);
-        let (k_probe, v_probe) = (key(rng), value(rng));
+        let (mut buf, mut k, mut v) = (Vec::new(), Vec::with_capacity(self.k_motif), Vec::with_capacity(self.v_motif));
+        let (mut k_probe, mut v_probe) = (Vec::new(), Vec::new());
+        Self::motif(rng, 0, nk, self.k_motif, key_size, &mut buf, &mut k_probe);
+        Self::motif(rng, nk, nv, self.v_motif, None, &mut buf, &mut v_probe);
+        let probe_code = self.code(&k_probe);
         let probe_len = k_probe.len() + v_probe.len();
         let stop = self.seq_len - probe_len - (self.k_motif + self.v_motif);
         let probe_at = rng.below((self.seq_len - 2 * probe_len).min(stop) as u64) as usize;
         let mut x: Vec<u32> = Vec::with_capacity(self.seq_len + 1);
-        let mut scored: Vec<bool> = Vec::with_capacity(self.seq_len + 1);
-        let mut bound: HashMap<Vec<u32>, Vec<u32>> = HashMap::new();
+        let mut scored: Vec<usize> = Vec::new(); // indices into x of scored value tokens
+        // key code → (start, length) of its value's first occurrence in x
+        let mut bound: rustc_hash::FxHashMap<u64, (usize, usize)> = Default::default();
         let mut placed = false;
         while x.len() < stop {
-            let (k, v, score) = if !placed && (x.len() >= probe_at || x.len() + self.k_motif + self.v_motif >= stop) {
+            if !placed && (x.len() >= probe_at || x.len() + self.k_motif + self.v_motif >= stop) {
                 placed = true;
-                bound.insert(k_probe.clone(), v_probe.clone());
-                (k_probe.clone(), v_probe.clone(), false)
-            } else {
-                let k = key(rng);
-                if k == k_probe {
-                    placed = true;
+                bound.insert(probe_code, (x.len() + k_probe.len(), v_probe.len()));
+                x.extend(k_probe.iter().chain(&v_probe));
+                continue;
+            }
+            Self::motif(rng, 0, nk, self.k_motif, key_size, &mut buf, &mut k);
+            let code = self.code(&k);
+            x.extend(&k);
+            match bound.get(&code) {
+                Some(&(start, len)) => {
+                    scored.extend(x.len()..x.len() + len);
+                    x.extend_from_within(start..start + len);
                 }
-                let seen = bound.contains_key(&k);
-                let fresh = if k == k_probe { v_probe.clone() } else { value(rng) };
-                let v = bound.entry(k.clone()).or_insert(fresh).clone();
-                (k, v, seen)
-            };
-            scored.extend(std::iter::repeat_n(false, k.len()).chain(std::iter::repeat_n(score, v.len())));
-            x.extend(k.iter().chain(&v));
+                None => {
+                    let value = if code == probe_code {
+                        placed = true;
+                        &v_probe
+                    } else {
+                        Self::motif(rng, nk, nv, self.v_motif, None, &mut buf, &mut v);
+                        &v
+                    };
+                    bound.insert(code, (x.len(), value.len()));
+                    x.extend(value.iter());
+                }
+            }
         }
         debug_assert!(placed, "the probe is placed by the last pair");
-        scored.extend(std::iter::repeat_n(false, k_probe.len()).chain(std::iter::repeat_n(true, v_probe.len())));
-        x.extend(k_probe.iter().chain(&v_probe));
+        x.extend(&k_probe);
+        scored.extend(x.len()..x.len() + v_probe.len());
+        x.extend(&v_probe);
         let pads = self.seq_len + 1 - x.len();
         let mut tokens = vec![self.pad(); pads];
         tokens.extend(x);
-        // Position p predicts tokens[p + 1]: a value token at index i is scored at i − 1.
-        let answers = scored.iter().enumerate().filter(|(_, &s)| s).map(|(i, _)| pads + i - 1).collect();
+        // Position p predicts tokens[p + 1]: a value token at index i of x is scored at pads + i − 1.
+        let answers = scored.into_iter().map(|i| pads + i - 1).collect();
         Example { train_all: true, ..Example::shifted(tokens, answers) }
     }
 }
@@ -116,6 +137,9 @@ impl Generator for MadFuzzyRecall {
         let half = (self.vocab.saturating_sub(1)) / 2;
         need_vocab(self.vocab, 2 * self.k_motif + 1, &format!("⌊(vocab − 1)/2⌋ = {half} key tokens must hold a key of k_motif = {} distinct tokens, and a pad", self.k_motif))?;
         need_vocab(self.vocab, self.key_tokens().max(1) + self.v_motif + 1, &format!("the value tokens must hold a value of v_motif = {} distinct tokens", self.v_motif))?;
+        if (self.key_tokens() as f64 + 1.0).powi(self.k_motif as i32) >= 2f64.powi(63) {
+            return Err(TaskError::new("k_motif", self.k_motif, format!("(⌊(vocab − 1)/2⌋ + 1)^k_motif must be < 2⁶³ (keys are coded as one integer); vocab = {}", self.vocab)));
+        }
         let min = 2 * (self.k_motif + self.v_motif) + 1;
         if self.seq_len < min {
             return Err(TaskError::new("seq_len", self.seq_len, format!("must be ≥ {min} (2·(k_motif + v_motif) + 1: a probe pair, its query and padding)")));
