@@ -5,6 +5,20 @@ mod common;
 
 use common::{attnlab, TINY};
 
+/// `attnlab train FILE --out OUT ARGS` exits 2 with one `error:` line containing the needle,
+/// writing nothing, for each case.
+fn refused_by_train(file: &std::path::Path, out: &std::path::Path, cases: &[(&[&str], &str)]) {
+    for (args, needle) in cases {
+        let o = attnlab().arg("train").arg(file).arg("--out").arg(out).args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: stderr {err}");
+        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(error_lines.len(), 1, "{args:?}: {err}");
+        assert!(error_lines[0].contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing may be written on bad input");
+    }
+}
+
 #[test]
 fn bad_input_exits_2_with_one_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -18,15 +32,7 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
         (&["--device", "tpu"], "--device"),
         (&["--set", "data.corpus=file", "--set", "data.path=\"/nonexistent/x.txt\""], "not found"),
     ];
-    for (args, needle) in cases {
-        let o = attnlab().arg("train").arg(&file).arg("--out").arg(&out).args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: stderr {err}");
-        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(error_lines.len(), 1, "{args:?}: {err}");
-        assert!(error_lines[0].contains(needle), "{args:?}: {err}");
-        assert!(!out.exists(), "{args:?}: nothing may be written on bad input");
-    }
+    refused_by_train(&file, &out, cases);
 }
 
 #[test]
@@ -531,13 +537,5 @@ fn bad_mad_input_exits_2_naming_the_field() {
         (&["--set", "train.epochs=3"], "data.train_samples"),
         (&["--set", "data.train_samples=64", "--set", "train.epochs=3", "--set", "train.steps=9"], "train.steps = 9"),
     ];
-    for (args, needle) in cases {
-        let o = attnlab().arg("train").arg(&file).arg("--out").arg(&out).args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: stderr {err}");
-        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(error_lines.len(), 1, "{args:?}: {err}");
-        assert!(error_lines[0].contains(needle), "{args:?}: {err}");
-        assert!(!out.exists(), "{args:?}: nothing may be written on bad input");
-    }
+    refused_by_train(&file, &out, cases);
 }
