@@ -297,13 +297,18 @@ pub fn pareto_svg(groups: &[Group], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Numeric config fields (other than the attention) that vary across groups of a task with
-/// accuracy: each gets an accuracy plot.
+/// Numeric config fields (other than the attention) that vary across groups of one task with
+/// accuracy: each gets an accuracy plot (none when the task kind varies).
 pub fn accuracy_axes(groups: &[Group]) -> Vec<String> {
     if !crate::tables::has_accuracy(groups) {
         return Vec::new();
     }
     let Some(first) = groups.first() else { return Vec::new() };
+    // Runs of several tasks (a MAD sweep): accuracy against one task's field across tasks
+    // would mix unlike numbers.
+    if first.fields.keys().any(|k| k == "data.task" || k == "data.task.kind") {
+        return Vec::new();
+    }
     first
         .fields
         .keys()
