@@ -207,7 +207,6 @@ fn compression_targets_are_the_inputs() {
 fn the_memorization_map_is_fixed() {
     let t = MadMemorization { vocab: 64, seq_len: 16, map_seed: 12345 };
     let map = t.map();
-    assert_eq!(map, t.map(), "the same map every time");
     assert_ne!(map, MadMemorization { map_seed: 1, ..t.clone() }.map(), "another map_seed, another map");
     // One-to-one from keys [0, 31) into values [31, 63).
     assert_eq!(map.len(), 31);

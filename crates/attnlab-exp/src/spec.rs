@@ -289,15 +289,17 @@ impl ExperimentSpec {
             spec.train.block = task.generator().len();
         }
         if let Some(epochs) = spec.train.epochs {
-            if steps_given {
-                return Err(err(source, "train.steps", spec.train.steps, "must be left out with train.epochs (the steps are derived from the epochs)"));
-            }
             if epochs == 0 {
                 return Err(err(source, "train.epochs", epochs, "must be ≥ 1"));
             }
             let samples = spec.data.train_samples.ok_or_else(|| err(source, "train.epochs", epochs, "needs data.train_samples (a fixed training set to read in epochs)"))?;
             let (batch, accumulate) = (spec.train.batch.max(1), spec.train.accumulate.max(1));
-            spec.train.steps = (epochs * samples.div_ceil(batch)).div_ceil(accumulate);
+            let derived = (epochs * samples.div_ceil(batch)).div_ceil(accumulate);
+            // A saved config holds the derived steps beside the epochs: equal is fine.
+            if steps_given && spec.train.steps != derived {
+                return Err(err(source, "train.steps", spec.train.steps, &format!("must be left out with train.epochs (the steps are derived from the epochs: {derived})")));
+            }
+            spec.train.steps = derived;
         }
         spec.validate(source)?;
         Ok(spec)

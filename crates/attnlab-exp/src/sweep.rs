@@ -87,6 +87,8 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
             path => axes.push((path.to_string(), list(value)?)),
         }
     }
+    // Paths the baselines set count as swept (an exclusion may name them).
+    let settings_paths: Vec<String> = settings.iter().flatten().map(|(k, _)| k.clone()).collect();
     let mut points = settings;
     for (path, values) in &axes {
         points = points
@@ -114,7 +116,12 @@ pub fn expand(sweep: Option<&Table>, source: &str) -> Result<Vec<SweepPoint>, Sp
     let mut points = with_seeds(points);
     // Exclusions apply after the seeds, so a rule may name `train.seed`; every path a rule
     // names must be swept, or the rule could never match.
-    let swept: Vec<&str> = axes.iter().map(|(k, _)| k.as_str()).chain(seeds.as_ref().map(|_| "train.seed")).collect();
+    let mut swept: Vec<&str> = axes.iter().map(|(k, _)| k.as_str()).chain(seeds.as_ref().map(|_| "train.seed")).collect();
+    for setting in &settings_paths {
+        if !swept.contains(&setting.as_str()) {
+            swept.push(setting);
+        }
+    }
     let excluded: Vec<Vec<(String, Value)>> = exclude.iter().enumerate().map(|(i, e)| as_point(e, &format!("{source}: sweep.exclude[{i}]"))).collect::<Result<_, _>>()?;
     for (i, rule) in excluded.iter().enumerate() {
         if rule.is_empty() {
@@ -306,6 +313,26 @@ mod tests {
     fn sweep(text: &str) -> Vec<SweepPoint> {
         let v = parse_toml(text).unwrap();
         expand(v.get("sweep").and_then(|s| s.as_table()), "t").unwrap()
+    }
+
+    /// Baselines expand to themselves plus one change at a time (each change on the baseline,
+    /// not on the previous change), crossed with the lists and seeds; an exclusion may name a
+    /// baseline path. Planted, and seen to fail: changes applied cumulatively.
+    #[test]
+    fn baselines_one_at_a_time_crossed_with_lists() {
+        let pts = sweep(
+            "[sweep]\nseeds = [0, 1]\n\"train.lr\" = [1e-3, 1e-4]\n\
+             [[sweep.baseline]]\n\"data.task\" = {kind = \"mad_recall\"}\n\"data.train_samples\" = 100\n\
+             [sweep.baseline.one_at_a_time]\n\"data.task.vocab\" = [32, 64]\n\"data.train_samples\" = [50]\n\
+             [[sweep.baseline]]\n\"data.task\" = {kind = \"mad_compression\"}\n\
+             [[sweep.exclude]]\n\"data.train_samples\" = 50\n\"train.lr\" = 1e-4\n",
+        );
+        // (1 + 2 + 1) + 1 settings × 2 rates × 2 seeds, minus the 2 runs of (samples 50, lr 1e-4).
+        assert_eq!(pts.len(), 5 * 2 * 2 - 2);
+        let described: Vec<String> = pts.iter().map(SweepPoint::describe).collect();
+        assert!(described[4].starts_with("data.task={kind = \"mad_recall\"}, data.train_samples=100, data.task.vocab=32, train.lr=0.001"), "{described:?}");
+        assert!(described.iter().any(|d| d.contains("data.train_samples=50") && !d.contains("vocab")), "the samples change is on the baseline: {described:?}");
+        assert!(!described.iter().any(|d| d.contains("data.train_samples=50") && d.contains("train.lr=0.0001")));
     }
 
     #[test]

@@ -118,9 +118,10 @@ impl Published {
     }
 }
 
-/// MAD's early-stopping threshold on test accuracy.
+/// MAD's early stop: Lightning's `EarlyStopping(stopping_threshold = 0.999, mode = "max")` on
+/// its test accuracy, which is macro accuracy, compared strictly.
 fn reached(test: &Evaluation) -> bool {
-    test.accuracy.is_some_and(|a| a >= 0.999)
+    test.macro_accuracy.is_some_and(|a| a > 0.999)
 }
 
 fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
@@ -217,18 +218,22 @@ struct Evaluation {
     by_bucket: Option<Vec<f64>>,
 }
 
-/// Mean loss over the fixed evaluation batches of `split` (no gradients); for a task also the
-/// fraction of answers whose argmax prediction is right.
+/// Mean loss per scored token over the fixed evaluation batches of `split` (no gradients); for a
+/// task also the fraction of answers whose argmax prediction is right, and macro accuracy.
 fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
     let t = &run.spec.train;
     let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
     let buckets = run.data.buckets();
-    let mut loss_sum = 0.0;
+    // The loss is weighted by scored tokens over the whole set (batches of a task score
+    // different numbers of answers), as a token-level perplexity is.
+    let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
     let mut confusion = crate::accuracy::Confusion::default();
     let (mut bucket_right, mut bucket_total) = (vec![0usize; buckets], vec![0usize; buckets]);
     for eb in &batches {
         let (logits, loss) = batch_logits_loss(model, eb.batch.clone(), device);
-        loss_sum += loss.into_scalar::<f32>() as f64;
+        let weight = eb.batch.loss_mask.as_ref().map_or((eb.batch.batch * eb.batch.block) as f64, |m| m.iter().map(|&v| v as f64).sum());
+        loss_sum += weight * loss.into_scalar::<f32>() as f64;
+        weight_sum += weight;
         let Some(mask) = &eb.batch.loss_mask else { continue };
         let predicted: Vec<i64> = logits.argmax(2).into_data().convert::<i64>().try_into_vec::<i64>().expect("argmax ids");
         for (i, (&m, (&p, &y))) in mask.iter().zip(predicted.iter().zip(&eb.batch.targets)).enumerate() {
@@ -243,7 +248,7 @@ fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Ev
     }
     let ratio = |r: usize, n: usize| if n == 0 { f64::NAN } else { r as f64 / n as f64 };
     Evaluation {
-        loss: loss_sum / batches.len().max(1) as f64,
+        loss: if weight_sum > 0.0 { loss_sum / weight_sum } else { f64::NAN },
         accuracy: confusion.micro(),
         macro_accuracy: confusion.macro_accuracy(),
         by_bucket: (buckets > 0).then(|| bucket_right.iter().zip(&bucket_total).map(|(&r, &n)| ratio(r, n)).collect()),

@@ -65,3 +65,50 @@ fn one_run_of_every_mad_setting_is_valid() {
     }
     assert_eq!(seen.len(), 66);
 }
+
+/// The one-at-a-time changes are MAD's grid (MAD.md §2.1), value by value.
+/// Planted, and seen to fail: a wrong grid value in mad.toml (noisy recall's vocab 144 → 128).
+#[test]
+fn mad_toml_changes_are_mads_grid() {
+    let text = mad();
+    let value: toml::Value = toml::from_str(&text).unwrap();
+    let points = expand(value.get("sweep").and_then(|s| s.as_table()), "mad.toml").unwrap();
+    let mut changes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for p in &points {
+        let get = |path: &str| p.sets.iter().find(|(k, _)| k == path).map(|(_, v)| inline(v));
+        let task = get("data.task").unwrap();
+        let kind = task.split("kind = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+        let entry = changes.entry(kind.clone()).or_default();
+        let samples = get("data.train_samples").unwrap();
+        if samples != "12800" && kind != "mad_memorization" {
+            entry.insert(format!("train_samples={samples}"));
+        }
+        for (k, v) in p.sets.iter().filter(|(k, _)| k.starts_with("data.task.")) {
+            entry.insert(format!("{}={}", &k["data.task.".len()..], inline(v)));
+        }
+    }
+    let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    let samples = ["train_samples=6400", "train_samples=3200", "train_samples=1600", "train_samples=800"];
+    let recall: Vec<&str> = ["vocab=32", "vocab=64", "vocab=128", "seq_len=256", "seq_len=512", "seq_len=1024"].into_iter().chain(samples).collect();
+    assert_eq!(changes["mad_recall"], list(&recall));
+    assert_eq!(changes["mad_fuzzy_recall"], list(&recall));
+    let noisy: Vec<&str> = ["vocab=48", "vocab=80", "vocab=144", "seq_len=256", "seq_len=512", "seq_len=1024", "frac_noise=0.4", "frac_noise=0.6", "frac_noise=0.8"].into_iter().chain(samples).collect();
+    assert_eq!(changes["mad_noisy_recall"], list(&noisy));
+    let copy: Vec<&str> = ["vocab=32", "vocab=64", "vocab=128", "seq_len=512", "seq_len=1024", "num_tokens=32", "num_tokens=64", "num_tokens=96"].into_iter().chain(samples).collect();
+    assert_eq!(changes["mad_selective_copy"], list(&copy));
+    let compression: Vec<&str> = ["vocab=32", "vocab=64", "vocab=128", "seq_len=64", "seq_len=128", "seq_len=256"].into_iter().chain(samples).collect();
+    assert_eq!(changes["mad_compression"], list(&compression));
+    assert_eq!(changes["mad_memorization"], list(&["vocab=512", "vocab=1024", "vocab=2048", "vocab=4096", "vocab=8192"]));
+}
+
+/// A run's saved config (derived `train.steps` beside `train.epochs`) reads back as the same
+/// spec, so `export` and `--extend` work on epoch runs.
+/// Planted, and seen to fail: refusing any `train.steps` next to `train.epochs`.
+#[test]
+fn a_saved_epoch_config_reads_back() {
+    let exp = load_point(&mad(), "mad.toml", &[], 0).unwrap();
+    let spec = &exp.runs[0].spec;
+    let saved = toml::to_string(spec).unwrap();
+    let back = attnlab_exp::ExperimentSpec::from_toml_str(&saved, "config.toml", &[]).unwrap();
+    assert_eq!(&back, spec);
+}

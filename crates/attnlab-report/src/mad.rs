@@ -87,7 +87,7 @@ fn task_scores(runs: &[&RunRecord], field: &str) -> BTreeMap<String, f64> {
 
 /// MAD's published figure for one task: best over optimiser points, first seed, mean over settings.
 fn published(runs: &[&RunRecord]) -> Option<f64> {
-    let first = runs.iter().map(|r| seed(r)).min()?;
+    let first = runs.iter().map(|r| seed(r)).min_by_key(|s| s.parse::<u64>().unwrap_or(u64::MAX))?;
     let mut best: BTreeMap<String, f64> = BTreeMap::new();
     for r in runs.iter().filter(|r| seed(r) == first) {
         let v = r.num("published_test_macro_accuracy");
