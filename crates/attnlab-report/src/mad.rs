@@ -180,21 +180,24 @@ pub fn markdown(runs: &[RunRecord]) -> Option<String> {
     Some(md)
 }
 
-/// `mad.svg`: each mixer's mean score (mean of its task scores over seeds; all six tasks when
-/// it has them, else the tasks it has, said in the title) against its state bytes per token.
+/// `mad.svg`: each mixer's mean score against its state bytes per token. The mean is over the
+/// tasks every plotted mixer has (all six when complete; the title names how many), so mixers
+/// are never compared on different task sets.
 pub fn plot(runs: &[RunRecord], path: &std::path::Path) -> anyhow::Result<()> {
-    let rows = rows(runs);
-    let complete = rows.iter().all(|r| r.micro.len() == TASKS.len());
+    let rows: Vec<MadRow> = rows(runs).into_iter().filter(|r| r.state_bytes_per_token > 0.0 && !r.micro.is_empty()).collect();
+    let common: Vec<&str> = TASKS.iter().map(|(t, _)| *t).filter(|t| rows.iter().all(|r| r.micro.get(*t).is_some_and(|v| !v.is_empty()))).collect();
+    if common.is_empty() {
+        return Ok(());
+    }
     let series: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
-        .filter(|r| r.state_bytes_per_token > 0.0 && !r.micro.is_empty())
         .map(|r| {
-            let task_means: Vec<f64> = r.micro.values().map(|v| mean(&v.values().copied().collect::<Vec<_>>())).collect();
+            let task_means: Vec<f64> = common.iter().map(|t| mean(&r.micro[*t].values().copied().collect::<Vec<_>>())).collect();
             (r.mixer.clone(), vec![(r.state_bytes_per_token, mean(&task_means))])
         })
         .collect();
-    let title = if complete { "MAD score vs state size" } else { "MAD (tasks run) vs state size" };
-    let axes = crate::plots::Axes { title: title.into(), x: "decode state bytes/token (log)".into(), y: "mean test accuracy".into(), log_y: false };
+    let title = if common.len() == TASKS.len() { "MAD score vs state size".to_string() } else { format!("Mean over the {} tasks all mixers ran, vs state", common.len()) };
+    let axes = crate::plots::Axes { title, x: "decode state bytes/token (log)".into(), y: "mean test accuracy".into(), log_y: false };
     crate::plots::lines_svg(&axes, series, path)
 }
 
