@@ -19,11 +19,11 @@ fn config(kind: &str) -> AttentionConfig {
         "mha" => AttentionConfig::Mha {},
         "gqa-2" => AttentionConfig::Gqa { kv_heads: 2 },
         "mqa" => AttentionConfig::Mqa {},
-        "mla-32" => AttentionConfig::Mla { kv_latent: Some(32), q_latent: None, rope_dim: Some(8) },
+        "mla-32" => AttentionConfig::Mla { kv_latent: Some(32), q_latent: None, rope_dim: Some(8), rope: true },
         "swa-16" => AttentionConfig::SlidingWindow { window: 16, global_tokens: 0, kv_heads: None },
         "strided-16/8" => AttentionConfig::StridedSparse { block: 16, stride: 8, kv_heads: None },
         "tiled-64" => AttentionConfig::Tiled { block_q: 64, block_k: 64, kv_heads: None },
-        "gated" => AttentionConfig::Gated { kv_heads: None, gate_bias: None },
+        "gated" => AttentionConfig::Gated { kv_heads: None, gate_bias: None, partial_rope: None, qk_norm: false },
         "diff" => AttentionConfig::Differential {},
         "linear" | "gdn" | "kda" => {
             let kind = match kind {

@@ -43,9 +43,9 @@ impl AttentionConfig {
     /// λ_init depends on it).
     pub fn init_layer(&self, d_model: usize, heads: usize, max_seq: usize, rope_base: f32, layer: usize, device: &Device) -> Attention {
         let variant = match self {
-            AttentionConfig::Mla { q_latent, .. } => {
+            AttentionConfig::Mla { q_latent, rope, .. } => {
                 let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("mla");
-                return Attention::Latent(LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, max_seq, rope_base, device));
+                return Attention::Latent(LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, *rope, max_seq, rope_base, device));
             }
             AttentionConfig::Differential {} => {
                 return Attention::Differential(Differential::new(d_model, heads, max_seq, rope_base, layer, device))
@@ -75,7 +75,13 @@ impl AttentionConfig {
             AttentionConfig::Tiled { block_q, block_k, .. } => {
                 Variant { kernel: Kernel::Tiled { block_q: *block_q, block_k: *block_k }, ..Variant::default() }
             }
-            AttentionConfig::Gated { gate_bias, .. } => Variant { gated: true, gate_bias: *gate_bias, ..Variant::default() },
+            AttentionConfig::Gated { gate_bias, qk_norm, .. } => Variant {
+                gated: true,
+                gate_bias: *gate_bias,
+                rope_dims: self.rope_dims(d_model / heads),
+                qk_norm: *qk_norm,
+                ..Variant::default()
+            },
             AttentionConfig::Mha {} | AttentionConfig::Mqa {} | AttentionConfig::Gqa { .. } => Variant::default(),
         };
         let kv_heads = self.kv_heads(heads).expect("grouped-query kind");

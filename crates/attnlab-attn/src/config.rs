@@ -17,7 +17,8 @@ pub enum AttentionConfig {
     /// Multi-head latent attention (DeepSeek-V2, 2024): K and V rebuilt from a shared latent
     /// `c_kv` of size `kv_latent`; optional query latent `q_latent`; a decoupled rotary key of
     /// size `rope_dim` shared by all heads. Left out, `kv_latent` and `rope_dim` take
-    /// DeepSeek-V2's ratios to the head width: d_c = 4·d_h, d_R = d_h / 2.
+    /// DeepSeek-V2's ratios to the head width: d_c = 4·d_h, d_R = d_h / 2. `rope = false`:
+    /// NoPE as Kimi Linear's MLA (the `rope_dim` slices stay, unrotated).
     Mla {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kv_latent: Option<usize>,
@@ -25,6 +26,8 @@ pub enum AttentionConfig {
         q_latent: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rope_dim: Option<usize>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        rope: bool,
     },
     /// Sliding-window attention (Longformer / Mistral): each token sees the last `window`
     /// tokens (itself included) plus the first `global_tokens` of the sequence (attention
@@ -71,11 +74,19 @@ pub enum AttentionConfig {
     /// sigmoid gate `σ(x W_θ)` per head (bias-free, as the paper: σ(0) = 0.5 at init).
     /// `gate_bias = b` adds a learnable bias initialised to b (e.g. 3: the gate starts at
     /// σ(3) ≈ 0.95 and does not halve the output).
+    ///
+    /// Qwen3-Next's attention adds `partial_rope = 0.25` (RoPE on the first quarter of each
+    /// head's dims, rotate-half within them; 0 = NoPE, left out = all) and `qk_norm = true`
+    /// (per-head RMSNorm of q and k over d_h, before RoPE).
     Gated {
         #[serde(default)]
         kv_heads: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gate_bias: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partial_rope: Option<f64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        qk_norm: bool,
     },
     /// Differential attention (Ye et al. 2024): `heads / 2` heads, each the difference of two
     /// softmax maps, `(softmax(Q₁K₁ᵀ) − λ softmax(Q₂K₂ᵀ)) V`.
@@ -246,6 +257,15 @@ impl ConfigError {
     pub fn new(field: &str, value: impl ToString, allowed: impl Into<String>) -> Self {
         Self { field: field.into(), value: value.to_string(), allowed: allowed.into() }
     }
+
+    /// The same error with the field's prefix `from` written as `to` (an attention config
+    /// validated as `model.pattern[2]` rather than `model.attention`).
+    pub fn renamed(mut self, from: &str, to: &str) -> Self {
+        if let Some(rest) = self.field.strip_prefix(from) {
+            self.field = format!("{to}{rest}");
+        }
+        self
+    }
 }
 
 impl AttentionConfig {
@@ -273,12 +293,15 @@ impl AttentionConfig {
     pub fn label(&self) -> String {
         let base = match self {
             Self::Gqa { kv_heads } => return format!("gqa-{kv_heads}"),
-            Self::Mla { kv_latent, q_latent, rope_dim } => {
+            Self::Mla { kv_latent, q_latent, rope_dim, rope } => {
                 let mut label = "mla".to_string();
                 for (tag, v) in [("c", kv_latent), ("q", q_latent), ("r", rope_dim)] {
                     if let Some(v) = v {
                         label.push_str(&format!("-{tag}{v}"));
                     }
+                }
+                if !rope {
+                    label.push_str("-nope");
                 }
                 return label;
             }
@@ -286,7 +309,19 @@ impl AttentionConfig {
             Self::SlidingWindow { window, global_tokens, .. } => format!("swa-{window}+{global_tokens}"),
             Self::StridedSparse { block, stride, .. } => format!("strided-{block}/{stride}"),
             Self::FixedSparse { block, summary, .. } => format!("fixed-{block}/{}", summary.unwrap_or(0)),
-            Self::Gated { gate_bias: Some(b), .. } => format!("gated-b{b}"),
+            Self::Gated { gate_bias, partial_rope, qk_norm, .. } => {
+                let mut label = "gated".to_string();
+                if let Some(b) = gate_bias {
+                    label.push_str(&format!("-b{b}"));
+                }
+                if let Some(f) = partial_rope {
+                    label.push_str(&format!("-p{f}"));
+                }
+                if *qk_norm {
+                    label.push_str("-qkn");
+                }
+                label
+            }
             Self::Tiled { block_q, block_k, .. } => format!("tiled-{block_q}x{block_k}"),
             Self::Differential {} => "diff".to_string(),
             Self::Linear { feature_map, normalize, chunk } => {
@@ -452,8 +487,20 @@ impl AttentionConfig {
                 }
                 even_head_dim()?;
             }
-            Self::Gated { gate_bias: Some(b), .. } if !b.is_finite() => {
-                return Err(ConfigError::new("model.attention.gate_bias", b, "must be a finite number"));
+            Self::Gated { gate_bias, partial_rope, .. } => {
+                if let Some(b) = gate_bias.filter(|b| !b.is_finite()) {
+                    return Err(ConfigError::new("model.attention.gate_bias", b, "must be a finite number"));
+                }
+                if let Some(f) = partial_rope {
+                    let dims = self.rope_dims(head_dim);
+                    if !(0.0..=1.0).contains(f) || dims.is_some_and(|r| r % 2 != 0) {
+                        return Err(ConfigError::new(
+                            "model.attention.partial_rope",
+                            f,
+                            format!("must be in [0, 1] with an even number of rotated dims, round(partial_rope · head_dim = {head_dim}) (0 = NoPE)"),
+                        ));
+                    }
+                }
             }
             Self::Linear { feature_map, normalize, chunk } => {
                 positive("chunk", *chunk)?;
@@ -481,9 +528,18 @@ impl AttentionConfig {
                     }
                 }
             }
-            Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } | Self::Gated { .. } => {}
+            Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } => {}
         }
         Ok(())
+    }
+
+    /// Rotated dims per head of a gated layer with `partial_rope` set: round(f · head_dim);
+    /// `None` otherwise (every dim rotated).
+    pub fn rope_dims(&self, head_dim: usize) -> Option<usize> {
+        match self {
+            Self::Gated { partial_rope: Some(f), .. } => Some((f * head_dim as f64).round() as usize),
+            _ => None,
+        }
     }
 
     /// Key and value head widths (d_k, d_v) of a delta-rule kind at `d_model / heads`, `None`

@@ -11,11 +11,12 @@
 //! and fixed sparse), a [`Kernel`] (naive or tiled online softmax) and an optional sigmoid output gate.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
+use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::linear::{apply, linear};
+use attnlab_kernels::rms_norm;
 use crate::mask::Pattern;
 use crate::rope::Rope;
 use crate::softmax_attention::{causal_softmax_attention, softmax_attention};
@@ -45,7 +46,12 @@ pub struct GroupedQuery {
     pub gate: Option<Linear>,
     /// Optional learnable bias of the gate, `[heads·head_dim]` (`gate_bias` in the config).
     pub gate_bias: Option<Param<Tensor<1>>>,
-    pub rope: Rope,
+    /// Per-head RMSNorm of q and of k over d_h, before RoPE (Qwen3-Next's `q_norm`, `k_norm`).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    /// Rotary embedding of the first `rope.dim()` dims of every head (all of them unless
+    /// partial); `None`: NoPE.
+    pub rope: Option<Rope>,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -63,11 +69,15 @@ pub struct Variant {
     pub gated: bool,
     /// Initial value of a learnable gate bias (`None`: the paper's bias-free gate).
     pub gate_bias: Option<f64>,
+    /// Rotated dims per head (even, ≤ head_dim; 0 = NoPE); `None`: all of them.
+    pub rope_dims: Option<usize>,
+    /// Per-head RMSNorm of q and k before RoPE.
+    pub qk_norm: bool,
 }
 
 impl Default for Variant {
     fn default() -> Self {
-        Self { pattern: Pattern::Causal, kernel: Kernel::Naive, gated: false, gate_bias: None }
+        Self { pattern: Pattern::Causal, kernel: Kernel::Naive, gated: false, gate_bias: None, rope_dims: None, qk_norm: false }
     }
 }
 
@@ -86,6 +96,7 @@ impl GroupedQuery {
         device: &Device,
     ) -> Self {
         let head_dim = d_model / heads;
+        let rope_dims = variant.rope_dims.unwrap_or(head_dim);
         Self {
             qkv: linear(d_model, (heads + 2 * kv_heads) * head_dim, device),
             out: linear(heads * head_dim, d_model, device),
@@ -94,7 +105,9 @@ impl GroupedQuery {
                 .gate_bias
                 .filter(|_| variant.gated)
                 .map(|b| Param::from_tensor(Tensor::full([heads * head_dim], b as f32, device))),
-            rope: Rope::new(head_dim, max_seq, rope_base, device),
+            q_norm: variant.qk_norm.then(|| RmsNormConfig::new(head_dim).init(device)),
+            k_norm: variant.qk_norm.then(|| RmsNormConfig::new(head_dim).init(device)),
+            rope: (rope_dims > 0).then(|| Rope::new(rope_dims, max_seq, rope_base, device)),
             heads,
             kv_heads,
             head_dim,
@@ -123,10 +136,35 @@ impl GroupedQuery {
         // keeps q, k, v as views until their first real use.
         let qkv = apply(&self.qkv, x).reshape([b, t, h + 2 * g, d]);
         let split = |from: usize, n: usize| qkv.clone().narrow(2, from, n).swap_dims(1, 2);
-        let q = self.rope.apply(split(0, h), start);
-        let k = self.rope.apply(split(h, g), start);
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(q_norm), Some(k_norm)) => (rms_norm(q_norm, split(0, h)), rms_norm(k_norm, split(h, g))),
+            _ => (split(0, h), split(h, g)),
+        };
         let v = split(h + g, g);
-        (q, k, v, gate)
+        (self.rotate(q, start), self.rotate(k, start), v, gate)
+    }
+
+    /// RoPE on the first `rope.dim()` dims of each head of x `[b, heads, t, d_h]` (positions
+    /// `start..`); the rest pass through.
+    fn rotate(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+        match &self.rope {
+            None => x,
+            Some(rope) if rope.dim() == self.head_dim => rope.apply(x, start),
+            Some(rope) => {
+                let r = rope.dim();
+                let rotated = rope.apply(x.clone().narrow(3, 0, r), start);
+                Tensor::cat(vec![rotated, x.narrow(3, r, self.head_dim - r)], 3)
+            }
+        }
+    }
+
+    /// Whether the fused CPU kernel computes this layer: full RoPE, no q/k norm, naive kernel
+    /// and a pattern it covers.
+    fn fusable(&self) -> bool {
+        self.kernel == Kernel::Naive
+            && self.fused_window().is_some()
+            && self.q_norm.is_none()
+            && self.rope.as_ref().is_some_and(|r| r.dim() == self.head_dim)
     }
 
     /// Attention of q `[b, h, t, d]` (positions `start..start + t`) over k, v `[b, g, s, d]`,
@@ -168,7 +206,7 @@ impl GroupedQuery {
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if self.kernel == Kernel::Naive && self.fused_window().is_some() && attnlab_kernels::fused(&x) {
+        if self.fusable() && attnlab_kernels::fused(&x) {
             return self.forward_fused(x);
         }
         let (q, k, v, gate) = self.project(x, 0);
@@ -179,7 +217,7 @@ impl GroupedQuery {
     /// as one fused op on the QKV projection ([`attnlab_kernels::qkv_attention`]).
     fn forward_fused(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_values(&x);
-        let (cos, sin) = self.rope.tables();
+        let (cos, sin) = self.rope.as_ref().expect("fusable: full RoPE").tables();
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let window = self.fused_window().expect("a pattern the fused kernel covers");
         let o = attnlab_kernels::qkv_attention(apply(&self.qkv, x), cos, sin, self.heads, self.kv_heads, scale, window);

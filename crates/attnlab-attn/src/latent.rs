@@ -6,6 +6,11 @@
 //! Decoupled RoPE: `q_R = rope(c_q W_qr)` `[h, d_R]`, `k_R = rope(x W_kr)` `[d_R]` shared by
 //! all heads. Score of head i: `[q_Cᵢ; q_Rᵢ]·[k_Cᵢ; k_R] / √(d_h + d_R)`.
 //! The decode state holds only `c_kv` and `k_R`: `(d_c + d_R)` floats per token per layer.
+//!
+//! NoPE (`rope = false`, Kimi Linear's MLA, `modeling_kimi.py`): nothing is rotated, but the
+//! decoupled slices stay (unrotated `q_R`, shared `k_R`), the scale stays `1/√(d_h + d_R)` and the
+//! cache still holds `d_c + d_R` floats per token; the layer then sees no positions at all (in a
+//! hybrid, the recurrent layers carry them).
 
 use burn::module::Module;
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
@@ -38,7 +43,8 @@ pub struct LatentAttention {
     pub kv_up: Linear,
     /// `heads·head_dim → d_model`.
     pub out: Linear,
-    pub rope: Rope,
+    /// `None`: NoPE (the decoupled slices are not rotated).
+    pub rope: Option<Rope>,
     pub heads: usize,
     pub head_dim: usize,
     pub kv_latent: usize,
@@ -53,6 +59,7 @@ impl LatentAttention {
         kv_latent: usize,
         q_latent: Option<usize>,
         rope_dim: usize,
+        rotate: bool,
         max_seq: usize,
         rope_base: f32,
         device: &Device,
@@ -67,7 +74,7 @@ impl LatentAttention {
             kv_norm: RmsNormConfig::new(kv_latent).init(device),
             kv_up: linear(kv_latent, heads * 2 * head_dim),
             out: linear(heads * head_dim, d_model),
-            rope: Rope::new(rope_dim, max_seq, rope_base, device),
+            rope: rotate.then(|| Rope::new(rope_dim, max_seq, rope_base, device)),
             heads,
             head_dim,
             kv_latent,
@@ -85,8 +92,16 @@ impl LatentAttention {
         };
         let q = apply(&self.q_up, c_q).reshape([b, t, h, d + r]).swap_dims(1, 2);
         let q_c = q.clone().narrow(3, 0, d);
-        let q_r = self.rope.apply(q.narrow(3, d, r), start);
+        let q_r = self.rotate(q.narrow(3, d, r), start);
         Tensor::cat(vec![q_c, q_r], 3)
+    }
+
+    /// RoPE for positions `start..`, or x itself under NoPE.
+    fn rotate(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+        match &self.rope {
+            Some(rope) => rope.apply(x, start),
+            None => x,
+        }
     }
 
     /// The cached part for new tokens: `c_kv [b, t, d_c]` and rotated `k_R [b, t, d_R]`.
@@ -95,7 +110,7 @@ impl LatentAttention {
         let kv = apply(&self.kv_down, x);
         let c_kv = rms_norm(&self.kv_norm, kv.clone().narrow(2, 0, self.kv_latent));
         let k_r = kv.narrow(2, self.kv_latent, self.rope_dim).reshape([b, 1, t, self.rope_dim]);
-        let k_r = self.rope.apply(k_r, start).reshape([b, t, self.rope_dim]);
+        let k_r = self.rotate(k_r, start).reshape([b, t, self.rope_dim]);
         (c_kv, k_r)
     }
 

@@ -8,7 +8,9 @@
 //!   (relative error ≈ 1e-1; at the old near-uniform weights it was 5e-5, under the old tolerance);
 //! - the same in the absorbed decode → `mla_absorbed_decode_matches_the_reference`;
 //! - RoPE off on k_R → both reference tests;
-//! - the kv latent norm skipped → both reference tests.
+//! - the kv latent norm skipped → both reference tests;
+//! - NoPE (`rope = false`) still rotating q_R (or k_R) → both reference tests (the `-nope`
+//!   config; the reference does not rotate).
 
 mod common;
 
@@ -42,14 +44,16 @@ fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize)
         let q_all = matmul(&cq, t, q_in, &w_uq, h * (d + r));
         let kv = matmul(xs, t, d_model, &w_dkv, dc + r);
         let c_kv: Vec<Vec<f64>> = (0..t).map(|p| rms_norm(&cols(&kv, dc + r, p, 0, dc), &g_kv, EPS)).collect();
-        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&kv, dc + r, p, dc, r), p, ROPE_BASE)).collect();
+        // NoPE (Kimi's MLA): the decoupled slices are used as they are.
+        let rotate = |v: Vec<f64>, p: usize| if m.rope.is_some() { rope(&v, p, ROPE_BASE) } else { v };
+        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rotate(cols(&kv, dc + r, p, dc, r), p)).collect();
         let up: Vec<Vec<f64>> = c_kv.iter().map(|c| matmul(c, 1, dc, &w_ukv, h * 2 * d)).collect();
         let mut concat = vec![0.0; t * h * d];
         for head in 0..h {
             let q: Vec<Vec<f64>> = (0..t)
                 .map(|p| {
                     let mut v = cols(&q_all, h * (d + r), p, head * (d + r), d);
-                    v.extend(rope(&cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p, ROPE_BASE));
+                    v.extend(rotate(cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p));
                     v
                 })
                 .collect();
@@ -76,12 +80,13 @@ fn mla(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &
 }
 
 /// Small latents with and without a query latent, and DeepSeek-V2's ratios (the defaults:
-/// d_c = 4·d_h = 48, d_R = d_h / 2 = 6 at d_h = 12).
-fn configs() -> [AttentionConfig; 3] {
+/// d_c = 4·d_h = 48, d_R = d_h / 2 = 6 at d_h = 12), and NoPE.
+fn configs() -> [AttentionConfig; 4] {
     [
-        AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(6) },
-        AttentionConfig::Mla { kv_latent: Some(16), q_latent: Some(24), rope_dim: Some(6) },
-        AttentionConfig::Mla { kv_latent: None, q_latent: Some(24), rope_dim: None },
+        AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(6), rope: false },
+        AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(6), rope: true },
+        AttentionConfig::Mla { kv_latent: Some(16), q_latent: Some(24), rope_dim: Some(6), rope: true },
+        AttentionConfig::Mla { kv_latent: None, q_latent: Some(24), rope_dim: None, rope: true },
     ]
 }
 
@@ -121,7 +126,7 @@ fn mla_absorbed_decode_matches_the_reference() {
 fn mla_gradients_match_finite_differences_of_the_reference() {
     let dev = cpu().autodiff();
     let (d_model, heads, t) = (32, 4, 9);
-    for config in [AttentionConfig::Mla { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4) }, AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None }] {
+    for config in [AttentionConfig::Mla { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), rope: true }, AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None, rope: true }] {
         let m = mla(&config, d_model, heads, 6, &dev);
         let x = random_input(1, t, d_model, 7, &dev);
         check_gradients(&format!("{config:?}"), &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, 1, t, d_model));
@@ -130,18 +135,19 @@ fn mla_gradients_match_finite_differences_of_the_reference() {
 
 #[test]
 fn mla_defaults_are_deepseek_v2_ratios() {
-    let config = AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None };
+    let config = AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None, rope: true };
     let Attention::Latent(m) = locked(|| config.init(64, 4, 16, 10_000.0, &cpu())) else { panic!() };
     assert_eq!((m.head_dim, m.kv_latent, m.rope_dim), (16, 64, 8));
     assert_eq!(config.label(), "mla");
-    assert_eq!(AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(4) }.label(), "mla-c16-r4");
+    assert_eq!(AttentionConfig::Mla { kv_latent: Some(16), q_latent: None, rope_dim: Some(4), rope: true }.label(), "mla-c16-r4");
+    assert_eq!(AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None, rope: false }.label(), "mla-nope");
 }
 
 #[test]
 fn mla_state_holds_only_the_latent_and_the_rope_key() {
     let dev = cpu();
     let (kv_latent, rope_dim) = (20, 8);
-    let m = locked(|| AttentionConfig::Mla { kv_latent: Some(kv_latent), q_latent: None, rope_dim: Some(rope_dim) }.init(64, 4, 64, 10_000.0, &dev));
+    let m = locked(|| AttentionConfig::Mla { kv_latent: Some(kv_latent), q_latent: None, rope_dim: Some(rope_dim), rope: true }.init(64, 4, 64, 10_000.0, &dev));
     let mut state = m.init_state(3, 40, &dev);
     assert_eq!(state.bytes(), (kv_latent + rope_dim) * 4 * 40);
     assert_eq!(m.state_bytes(40), state.bytes());

@@ -9,7 +9,9 @@
 //! - fixed summary columns off by one (`k mod block > block − summary`) → `fixed_sparse_sees_its_block_and_the_summary_columns_of_earlier_blocks`;
 //! - gate applied as `x W_θ` without the sigmoid, and the gate bias ignored → `gated_attention_multiplies_each_head_output_by_a_sigmoid_gate`;
 //! - tiled: the running max not rescaled between key tiles → `tiled_attention_matches_the_reference_for_block_sizes_that_do_and_do_not_divide_t`;
-//! - differential: λ added instead of subtracted, and the (1 − λ_init) factor dropped → `differential_attention_matches_the_per_head_reference`.
+//! - differential: λ added instead of subtracted, and the (1 − λ_init) factor dropped → `differential_attention_matches_the_per_head_reference`;
+//! - Qwen3-Next's gated attention: RoPE on the last dims, RoPE before the q/k norm, k normed with q's
+//!   gains, the fraction ignored → `qwen3_next_attention_normalises_q_and_k_per_head_then_rotates_a_fraction_of_the_dims`.
 
 mod common;
 
@@ -100,18 +102,62 @@ fn fixed_sparse_sees_its_block_and_the_summary_columns_of_earlier_blocks() {
 #[test]
 fn gated_attention_multiplies_each_head_output_by_a_sigmoid_gate() {
     for (kv_heads, gate_bias) in [(None, None), (Some(2), None), (None, Some(3.0))] {
-        check(AttentionConfig::Gated { kv_heads, gate_bias }, 4, &|_, q, k| k <= q);
+        check(AttentionConfig::Gated { kv_heads, gate_bias, partial_rope: None, qk_norm: false }, 4, &|_, q, k| k <= q);
     }
-    check_grads(AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0) }, &|_, q, k| k <= q);
+    check_grads(AttentionConfig::Gated { kv_heads: Some(2), gate_bias: Some(3.0), partial_rope: None, qk_norm: false }, &|_, q, k| k <= q);
+}
+
+/// Qwen3-Next's attention: per-head q/k RMSNorm (non-uniform gains, so the logits are peaked,
+/// ≈ |γ_q||γ_k|/√d_h up to ≈ 10, and so the order norm → RoPE and q/k gains matter), then RoPE
+/// on the first round(f·d_h) dims only; f = 0 is NoPE, f = 1 full RoPE.
+fn qwen_gated(partial_rope: Option<f64>, qk_norm: bool, kv_heads: Option<usize>, seed: u64, dev: &attnlab_attn::burn::tensor::Device) -> attnlab_attn::GroupedQuery {
+    let config = AttentionConfig::Gated { kv_heads, gate_bias: None, partial_rope, qk_norm };
+    let mut m = sharpen(grouped_on(&config, 32, 4, seed, dev), SHARP);
+    for (i, norm) in [&mut m.q_norm, &mut m.k_norm].into_iter().enumerate() {
+        if let Some(norm) = norm {
+            let gains = seeded(dev, seed + 10 + i as u64, || Tensor::<1>::random([8], Distribution::Uniform(2.0, 4.0), dev));
+            norm.gamma = Param::from_tensor(gains.detach().set_require_grad(dev.is_autodiff()));
+        }
+    }
+    m
+}
+
+/// Mutations planted and seen to fail: RoPE on the *last* round(f·d_h) dims; RoPE before the
+/// q/k norm; k normalised with q's gains; the partial fraction ignored (all dims rotated).
+#[test]
+fn qwen3_next_attention_normalises_q_and_k_per_head_then_rotates_a_fraction_of_the_dims() {
+    let dev = cpu();
+    for (partial, qk_norm, kv_heads) in [(Some(0.25), true, Some(2)), (Some(0.5), false, None), (Some(0.0), true, None), (Some(1.0), true, Some(1)), (None, true, None)] {
+        let m = qwen_gated(partial, qk_norm, kv_heads, 3, &dev);
+        assert_eq!(m.rope.as_ref().map_or(0, |r| r.dim()), (partial.unwrap_or(1.0) * 8.0) as usize, "rotated dims");
+        let allows = |_: usize, q: usize, k: usize| k <= q;
+        for t in LENGTHS {
+            let x = random_input(2, t, 32, 11, &dev);
+            let got = to_vec(m.forward(x.clone()));
+            assert_matches_reference(&format!("partial {partial:?} qk_norm {qk_norm} t={t}"), &got, || gqa_reference(&m, &to_vec(x), 2, t, 32, &allows));
+        }
+        let t = 29;
+        let x = random_input(1, t, 32, 12, &dev);
+        let want = gqa_reference(&m, &to_vec(x.clone()), 1, t, 32, &allows);
+        let m = Attention::GroupedQuery(m);
+        for prefill in [1, 10] {
+            let err = rel_err(&to_vec(decode(&m, &x, prefill)), &want);
+            assert!(err < 1e-4, "partial {partial:?} decode after a prefill of {prefill}: relative error {err}");
+        }
+    }
+    let ad = cpu().autodiff();
+    let m = qwen_gated(Some(0.25), true, Some(2), 5, &ad);
+    let x = random_input(1, 11, 32, 6, &ad);
+    check_gradients("qwen3-next gated", &m, x, &|m, x| m.forward(x), &|m, x| gqa_reference(m, x, 1, 11, 32, &|_, q, k| k <= q));
 }
 
 #[test]
 fn a_gate_bias_starts_the_gate_at_sigmoid_of_the_bias() {
-    let m = grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: Some(3.0) }, 32, 4, 1);
+    let m = grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: Some(3.0), partial_rope: None, qk_norm: false }, 32, 4, 1);
     let b = to_vec(m.gate_bias.as_ref().expect("a gate bias").val());
     assert_eq!(b.len(), 32);
     assert!(b.iter().all(|v| (*v - 3.0).abs() < 1e-7));
-    assert!(grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: None }, 32, 4, 1).gate_bias.is_none(), "the paper's gate has no bias");
+    assert!(grouped(&AttentionConfig::Gated { kv_heads: None, gate_bias: None, partial_rope: None, qk_norm: false }, 32, 4, 1).gate_bias.is_none(), "the paper's gate has no bias");
 }
 
 #[test]
@@ -273,8 +319,11 @@ fn new_kinds_reject_impossible_shapes_naming_the_field() {
         (AttentionConfig::FixedSparse { block: 4, summary: Some(0), kv_heads: None, stride: None }, "model.attention.summary"),
         (AttentionConfig::FixedSparse { block: 4, summary: None, kv_heads: None, stride: None }, "model.attention.summary"),
         (AttentionConfig::Tiled { block_q: 0, block_k: 8, kv_heads: None }, "model.attention.block_q"),
-        (AttentionConfig::Gated { kv_heads: Some(0), gate_bias: None }, "model.attention.kv_heads"),
-        (AttentionConfig::Gated { kv_heads: None, gate_bias: Some(f64::NAN) }, "model.attention.gate_bias"),
+        (AttentionConfig::Gated { kv_heads: Some(0), gate_bias: None, partial_rope: None, qk_norm: false }, "model.attention.kv_heads"),
+        (AttentionConfig::Gated { kv_heads: None, gate_bias: Some(f64::NAN), partial_rope: None, qk_norm: false }, "model.attention.gate_bias"),
+        // d_h = 8: 0.4 · 8 rounds to 3 rotated dims (odd); 1.5 is no fraction.
+        (AttentionConfig::Gated { kv_heads: None, gate_bias: None, partial_rope: Some(0.4), qk_norm: false }, "model.attention.partial_rope"),
+        (AttentionConfig::Gated { kv_heads: None, gate_bias: None, partial_rope: Some(1.5), qk_norm: false }, "model.attention.partial_rope"),
     ];
     for (config, field) in cases {
         let err = config.validate(32, 4).expect_err(&format!("{config:?} should be rejected"));

@@ -563,7 +563,7 @@ fn run(cli: Cli) -> Result<()> {
             let counts = Gpt::new(&run.spec.model, &burn::tensor::Device::flex()).param_counts();
             tracing::info!(
                 run = %run.run_id,
-                attention = %run.spec.model.attention.label(),
+                attention = %run.spec.model.mixer_label(),
                 params = counts.total,
                 mixer_params = counts.mixer,
                 data = %run.data_source,
@@ -672,7 +672,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut c = run.spec.model.clone();
                 c.max_seq = capacity;
                 let batch = batches.iter().max().copied().unwrap_or(1);
-                attnlab_exp::budget::check(&attnlab_exp::budget::decode(&c, batch, capacity), &format!("bench decode ({}, batch {batch}, {capacity} tokens)", c.attention.label()))?;
+                attnlab_exp::budget::check(&attnlab_exp::budget::decode(&c, batch, capacity), &format!("bench decode ({}, batch {batch}, {capacity} tokens)", c.mixer_label()))?;
                 if !configs.contains(&c) {
                     configs.push(c);
                 }
@@ -711,9 +711,14 @@ fn run(cli: Cli) -> Result<()> {
                 attnlab_exp::budget::check(&attnlab_exp::budget::layer(run.spec.model.d_model, batch, longest), &format!("bench scaling (--lengths {longest}, --batch {batch})"))?;
             }
             let mut models: Vec<attnlab_model::ModelConfig> = Vec::new();
+            // One layer of every distinct mixer (a hybrid schedule contributes each of its kinds).
             for run in &exp.runs {
-                if !models.iter().any(|m| m.attention == run.spec.model.attention) {
-                    models.push(run.spec.model.clone());
+                for a in run.spec.model.layer_attentions() {
+                    if !models.iter().any(|m| m.attention == *a) {
+                        let mut m = run.spec.model.clone();
+                        (m.attention, m.pattern, m.overrides) = (a.clone(), Vec::new(), Default::default());
+                        models.push(m);
+                    }
                 }
             }
             println!("scaling benchmark on {device}: one attention layer, batch {batch}, median of {reps} passes");

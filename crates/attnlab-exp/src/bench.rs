@@ -62,7 +62,7 @@ pub fn decode_point(config: &ModelConfig, context: usize, batch: usize, tokens: 
     // real state tensors' bytes); the state itself was allocated for `capacity`.
     let per_sequence = model.state_bytes(context);
     DecodePoint {
-        attention: config.attention.label(),
+        attention: config.mixer_label(),
         context,
         batch,
         decode_tokens_per_sec: (batch * tokens) as f64 / secs,
@@ -165,7 +165,7 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     let mfu = crate::peak::mfu(flops, tokens_per_sec, peak);
     TrainPoint {
         point: point.to_string(),
-        attention: run.spec.model.attention.label(),
+        attention: run.spec.model.mixer_label(),
         params: model.param_counts().total,
         steps,
         tokens_per_sec,

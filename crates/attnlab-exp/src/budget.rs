@@ -111,43 +111,48 @@ pub fn params(m: &ModelConfig) -> f64 {
     };
     let mlp = hidden * d * if m.mlp == MlpKind::Swiglu { 3.0 } else { 2.0 };
     // Every mixer has at least an output projection of d × d; delta kinds' head widths may be set.
-    let mixer = match m.attention.delta_dims(m.d_model, m.heads.max(1)) {
-        Some((dk, dv)) => 2.0 * d * heads * (dk as f64 + dv as f64),
-        None => d * d,
-    };
-    m.vocab as f64 * d + layers * (mixer + mlp + 2.0 * d) + d
+    let mixers: f64 = m
+        .layer_attentions()
+        .map(|a| match a.delta_dims(m.d_model, m.heads.max(1)) {
+            Some((dk, dv)) => 2.0 * d * heads * (dk as f64 + dv as f64),
+            None => d * d,
+        })
+        .sum();
+    m.vocab as f64 * d + mixers + layers * (mlp + 2.0 * d) + d
 }
 
 /// Decode-state bytes of one sequence at `capacity` tokens, all layers (a lower bound: the
 /// KV cache of softmax kinds, a sliding window's ring buffer, MLA's latents, and at least
 /// `d_model` floats a layer for the fixed-size state of a recurrent kind).
 pub fn state_bytes(m: &ModelConfig, capacity: usize) -> f64 {
+    m.layer_attentions().map(|a| layer_state_bytes(m, a, capacity)).sum()
+}
+
+/// [`state_bytes`] of one layer with mixer `a`.
+fn layer_state_bytes(m: &ModelConfig, a: &AttentionConfig, capacity: usize) -> f64 {
     let heads = m.heads.max(1);
     let (d, head_dim) = (m.d_model as f64, (m.d_model / heads) as f64);
-    let tokens = match &m.attention {
+    let tokens = match a {
         AttentionConfig::SlidingWindow { window, global_tokens, .. } => window.saturating_add(*global_tokens).min(capacity),
         _ => capacity,
     } as f64;
-    let per_layer = if let Some(kv) = m.attention.kv_heads(heads) {
+    if let Some(kv) = a.kv_heads(heads) {
         2.0 * kv as f64 * head_dim * F32 * tokens
-    } else if let Some((latent, rope)) = m.attention.mla_dims(m.d_model / heads) {
+    } else if let Some((latent, rope)) = a.mla_dims(m.d_model / heads) {
         (latent + rope) as f64 * F32 * tokens
-    } else if matches!(m.attention, AttentionConfig::Differential {}) {
+    } else if matches!(a, AttentionConfig::Differential {}) {
         2.0 * d * F32 * tokens
     } else {
         d * F32
-    };
-    m.layers as f64 * per_layer
+    }
 }
 
 /// RoPE tables: every softmax layer holds cos and sin for `max_seq` positions (recurrent kinds
 /// have none).
 fn rope_bytes(m: &ModelConfig) -> f64 {
-    let recurrent = matches!(m.attention, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. });
-    if recurrent {
-        return 0.0;
-    }
-    m.layers as f64 * m.max_seq as f64 * (m.d_model / m.heads.max(1)) as f64 * F32
+    let recurrent = |a: &AttentionConfig| matches!(a, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. });
+    let softmax_layers = m.layer_attentions().filter(|a| !recurrent(a)).count();
+    softmax_layers as f64 * m.max_seq as f64 * (m.d_model / m.heads.max(1)) as f64 * F32
 }
 
 /// The model at rest: weights (with gradients and AdamW moments when training) and its RoPE

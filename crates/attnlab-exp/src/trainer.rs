@@ -128,25 +128,9 @@ fn tokens_tensor(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Burn's seeded RNG is global to the process: seeding and initialising under one lock keeps
-/// a model's initial weights a function of its seed even when several runs (or tests) build
-/// models on parallel threads.
-static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A new model whose initial weights depend only on `seed`. Burn initialises parameters
-/// lazily (on first use), so every parameter is touched while the lock is held.
+/// A new model whose initial weights depend only on `seed` ([`Gpt::seeded`]).
 pub fn seeded_model(config: &attnlab_model::ModelConfig, seed: u64, device: &Device) -> Gpt {
-    struct Touch;
-    impl burn::module::ModuleVisitor for Touch {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            let _ = param.val();
-        }
-    }
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(seed);
-    let model = Gpt::new(config, device);
-    model.visit(&mut Touch);
-    model
+    Gpt::seeded(config, seed, device)
 }
 
 /// `train.precision` on `device`: an error naming the field, value and what the device allows
@@ -501,7 +485,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         (None, true) => ProgressBar::new(t.steps as u64),
     };
     pb.set_style(ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")?);
-    pb.set_prefix(format!("{} {}", run.run_id, spec.model.attention.label()));
+    pb.set_prefix(format!("{} {}", run.run_id, spec.model.mixer_label()));
     pb.set_position(state.step as u64);
 
     let tokens_per_step = (t.accumulate * t.batch * t.block) as f64;
@@ -647,7 +631,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         experiment: spec.name.clone(),
         status: if diverged_at.is_some() { "diverged".into() } else { "finished".into() },
         diverged_at_step: diverged_at,
-        attention: spec.model.attention.label(),
+        attention: spec.model.mixer_label(),
         steps: t.steps,
         seed: t.seed,
         best_val_loss: state.best_val_loss,

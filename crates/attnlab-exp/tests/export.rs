@@ -103,7 +103,7 @@ fn names_and_shapes_are_the_documented_ones() {
         ("blocks.0.attn.out.weight", &[32, 32]),
     ]));
     mla.sort();
-    assert_eq!(names(AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) }), mla);
+    assert_eq!(names(AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4), rope: true }), mla);
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn params_after_one_step(attention: AttentionConfig, decay: Decay) -> Vec<(usize
 /// `w ← w (1 − lr · weight_decay)` = `0.95 w` here.
 #[test]
 fn matrices_decay_and_gains_do_not() {
-    let kinds = [AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(8), rope_dim: Some(4) }, AttentionConfig::Differential {}];
+    let kinds = [AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(8), rope_dim: Some(4), rope: true }, AttentionConfig::Differential {}];
     for attention in kinds {
         let params = params_after_one_step(attention.clone(), Decay::Matrices);
         let vectors = params.iter().filter(|(r, ..)| *r == 1).count();

@@ -1,5 +1,7 @@
 //! Model configuration (the `[model]` table).
 
+use std::collections::BTreeMap;
+
 use attnlab_attn::{AttentionConfig, ConfigError};
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +47,18 @@ pub struct ModelConfig {
     /// 8 for SwiGLU (equal parameters).
     pub mlp_hidden: usize,
     pub rope_base: f32,
+    /// The mixer of every layer, unless `pattern` is set.
     pub attention: AttentionConfig,
+    /// A hybrid layer schedule: layer i uses `pattern[i mod len]` (0-based), e.g. Kimi Linear's
+    /// 3:1 `[{kind = "kda"}, {kind = "kda"}, {kind = "kda"}, {kind = "mla", rope = false}]`:
+    /// layers 3, 7, 11, … are MLA. Replaces `attention` (which must then be left out). Empty
+    /// (the default, left out of the saved config and the run id): every layer is `attention`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pattern: Vec<AttentionConfig>,
+    /// Per-layer mixers that replace the schedule's, keyed by the 0-based layer index, e.g.
+    /// `overrides = { 26 = { kind = "mla", rope = false } }` (Kimi Linear's last layer).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, AttentionConfig>,
     /// Dropout probability in training (nanoGPT's places but the attention weights): on the
     /// embeddings, and on the mixer's and the MLP's outputs before each residual add. 0 = off
     /// (left out of the saved config and the run id then).
@@ -73,6 +86,8 @@ impl Default for ModelConfig {
             mlp_hidden: 0,
             rope_base: 10_000.0,
             attention: AttentionConfig::Mha {},
+            pattern: Vec::new(),
+            overrides: BTreeMap::new(),
             dropout: 0.0,
             head: Head::Lm,
         }
@@ -105,6 +120,80 @@ impl ModelConfig {
         if self.head == Head::Autoencoder && (self.d_model < 4 || self.d_model % 2 != 0) {
             return Err(ConfigError::new("model.d_model", self.d_model, "must be even and ≥ 4 with model.head = \"autoencoder\" (its sinusoidal position table)"));
         }
-        self.attention.validate(self.d_model, self.heads)
+        if !self.pattern.is_empty() && !matches!(self.attention, AttentionConfig::Mha {}) {
+            return Err(ConfigError::new(
+                "model.attention",
+                self.attention.label(),
+                "must be left out when model.pattern is set (the pattern names every layer's mixer)",
+            ));
+        }
+        if self.pattern.is_empty() {
+            self.attention.validate(self.d_model, self.heads)?;
+        }
+        for (i, a) in self.pattern.iter().enumerate() {
+            a.validate(self.d_model, self.heads).map_err(|e| e.renamed("model.attention", &format!("model.pattern[{i}]")))?;
+        }
+        for (key, a) in &self.overrides {
+            match key.parse::<usize>() {
+                Ok(layer) if layer < self.layers && key == &layer.to_string() => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "model.overrides",
+                        key,
+                        format!("keys are 0-based layer indices, 0..={} (model.layers = {})", self.layers.saturating_sub(1), self.layers),
+                    ))
+                }
+            }
+            a.validate(self.d_model, self.heads).map_err(|e| e.renamed("model.attention", &format!("model.overrides.{key}")))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the layers mix kinds (a pattern or overrides).
+    pub fn is_hybrid(&self) -> bool {
+        !self.pattern.is_empty() || !self.overrides.is_empty()
+    }
+
+    /// The mixer of layer `layer` (0-based): its override, else the pattern's entry
+    /// `layer mod len`, else `attention`.
+    pub fn layer_attention(&self, layer: usize) -> &AttentionConfig {
+        if let Some(a) = self.overrides.get(&layer.to_string()) {
+            return a;
+        }
+        if self.pattern.is_empty() {
+            &self.attention
+        } else {
+            &self.pattern[layer % self.pattern.len()]
+        }
+    }
+
+    /// Every layer's mixer, in order.
+    pub fn layer_attentions(&self) -> impl Iterator<Item = &AttentionConfig> {
+        (0..self.layers).map(|i| self.layer_attention(i))
+    }
+
+    /// The mixers' label for tables: `attention`'s label (`gqa-2`) for a uniform model; for a
+    /// schedule its run-length form in layer order, so the ratio shows (`kda×3+mla-nope`), then
+    /// any overrides (`,L26=mla-nope`).
+    pub fn mixer_label(&self) -> String {
+        if !self.is_hybrid() {
+            return self.attention.label();
+        }
+        let base = if self.pattern.is_empty() { std::slice::from_ref(&self.attention) } else { &self.pattern[..] };
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for a in base {
+            let label = a.label();
+            match runs.last_mut() {
+                Some((last, n)) if *last == label => *n += 1,
+                _ => runs.push((label, 1)),
+            }
+        }
+        let mut label = runs.iter().map(|(l, n)| if *n == 1 { l.clone() } else { format!("{l}×{n}") }).collect::<Vec<_>>().join("+");
+        let mut overrides: Vec<(usize, &AttentionConfig)> = self.overrides.iter().filter_map(|(k, a)| Some((k.parse().ok()?, a))).collect();
+        overrides.sort_by_key(|(i, _)| *i);
+        for (i, a) in overrides {
+            label.push_str(&format!(",L{i}={}", a.label()));
+        }
+        label
     }
 }

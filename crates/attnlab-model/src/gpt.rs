@@ -41,7 +41,7 @@ impl Gpt {
         let blocks = (0..config.layers)
             .map(|layer| Block {
                 attn_norm: RmsNormConfig::new(d).init(device),
-                attn: config.attention.init_layer(d, config.heads, config.max_seq, config.rope_base, layer, device),
+                attn: config.layer_attention(layer).init_layer(d, config.heads, config.max_seq, config.rope_base, layer, device),
                 mlp_norm: RmsNormConfig::new(d).init(device),
                 mlp: Mlp::new(config.mlp, d, config.mlp_hidden(), device),
             })
@@ -56,6 +56,25 @@ impl Gpt {
             dropout: config.dropout,
             decoder: (config.head == Head::Autoencoder).then(|| Decoder::new(d, config.vocab, device)),
         }
+    }
+
+    /// [`Gpt::new`] whose initial weights depend only on `seed`. Burn's seeded generator is
+    /// global to the process and initialises parameters lazily (on first use): seeding,
+    /// building and touching every parameter happen under one lock, so models built on
+    /// parallel threads (runs of a sweep, tests) do not draw from each other's sequence.
+    pub fn seeded(config: &ModelConfig, seed: u64, device: &Device) -> Self {
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        let model = Self::new(config, device);
+        model.visit(&mut Touch);
+        model
     }
 
     /// Final norm and tied LM head: `[b, t, d]` → `[b, t, vocab]`.

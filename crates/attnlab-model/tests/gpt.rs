@@ -15,10 +15,13 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Mha {},
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
-        AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4) },
+        AttentionConfig::Mla { kv_latent: Some(8), q_latent: Some(16), rope_dim: Some(4), rope: true },
         toml::from_str("kind = \"linear\"").unwrap(),
         toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
+        // Kimi Linear's NoPE MLA and Qwen3-Next's gated attention (partial RoPE, q/k norm).
+        toml::from_str("kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false").unwrap(),
+        toml::from_str("kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.25\nqk_norm = true").unwrap(),
     ]
 }
 

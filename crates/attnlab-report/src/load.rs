@@ -30,7 +30,8 @@ impl RunRecord {
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     match v {
-        toml::Value::Table(t) if !prefix.ends_with("attention") => {
+        // A mixer config (`model.attention`, a `model.overrides` table) is one value.
+        toml::Value::Table(t) if !prefix.ends_with("attention") && prefix != "model.overrides" => {
             for (k, v) in t {
                 let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);

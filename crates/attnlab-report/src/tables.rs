@@ -78,6 +78,9 @@ pub fn has_accuracy(groups: &[Group]) -> bool {
     groups.iter().any(|g| !g.accuracy.is_empty())
 }
 
+/// Config fields that together say which mixer each layer uses.
+const MIXER_FIELDS: [&str; 3] = ["model.attention", "model.pattern", "model.overrides"];
+
 /// Groups runs by the config fields (other than the seed) whose values differ between runs.
 pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
     // A key some runs lack (an extension's `extended_from`, a field newer than a run) counts
@@ -94,10 +97,17 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
         // With a task, train.block is the task's sequence length: not a separate axis.
         varying.retain(|k| *k != "train.block");
     }
+    // The mixer fields (one kind, or a hybrid pattern with overrides) are one axis, named
+    // `model.attention` and valued by the run's mixer label (`kda×3+mla-nope`).
+    let mixer_varies = varying.iter().any(|k| MIXER_FIELDS.contains(k));
+    varying.retain(|k| !MIXER_FIELDS.contains(k));
     let mut groups: Vec<Group> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let fields: BTreeMap<String, String> =
+        let mut fields: BTreeMap<String, String> =
             varying.iter().map(|k| (k.to_string(), r.config.get(*k).cloned().unwrap_or_else(|| "–".into()))).collect();
+        if mixer_varies {
+            fields.insert("model.attention".into(), r.text("attention"));
+        }
         match groups.iter_mut().find(|g| g.fields == fields) {
             Some(g) => g.runs.push(i),
             None => {

@@ -136,6 +136,21 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
     let w_gate = m.gate.as_ref().map(|l| to_vec(l.weight.val()));
     let gate_bias = m.gate_bias.as_ref().map(|b| to_vec(b.val()));
     let width = (h + 2 * g) * d;
+    // Qwen3-Next's order: per-head RMSNorm (when set), then RoPE on the first `rotated` dims.
+    let q_gamma = m.q_norm.as_ref().map(|n| to_vec(n.gamma.val()));
+    let k_gamma = m.k_norm.as_ref().map(|n| to_vec(n.gamma.val()));
+    let rotated = m.rope.as_ref().map_or(0, |r| r.dim());
+    let position = |v: Vec<f64>, p: usize, gamma: Option<&[f64]>| {
+        let mut v = match gamma {
+            Some(gamma) => rms_norm(&v, gamma, 1e-5),
+            None => v,
+        };
+        if rotated > 0 {
+            let r = rope(&v[..rotated], p, ROPE_BASE);
+            v[..rotated].copy_from_slice(&r);
+        }
+        v
+    };
     let mut out = Vec::new();
     for s in 0..b {
         let xs = &x[s * t * d_model..(s + 1) * t * d_model];
@@ -143,8 +158,8 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
         let mut concat = vec![0.0; t * h * d];
         for head in 0..h {
             let kv = head / (h / g);
-            let q: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, head * d, d), p, ROPE_BASE)).collect();
-            let k: Vec<Vec<f64>> = (0..t).map(|p| rope(&cols(&qkv, width, p, (h + kv) * d, d), p, ROPE_BASE)).collect();
+            let q: Vec<Vec<f64>> = (0..t).map(|p| position(cols(&qkv, width, p, head * d, d), p, q_gamma.as_deref())).collect();
+            let k: Vec<Vec<f64>> = (0..t).map(|p| position(cols(&qkv, width, p, (h + kv) * d, d), p, k_gamma.as_deref())).collect();
             let v: Vec<Vec<f64>> = (0..t).map(|p| cols(&qkv, width, p, (h + g + kv) * d, d)).collect();
             for (p, o) in masked_head(&q, &k, &v, 1.0 / (d as f64).sqrt(), &|i, j| allows(head, i, j)).into_iter().enumerate() {
                 concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
