@@ -76,6 +76,9 @@ fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize)
 
 fn mla(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> LatentAttention {
     let Attention::Latent(m) = seeded(dev, seed, || config.init(d_model, heads, 64, ROPE_BASE as f32, dev)) else { panic!("expected MLA") };
+    // The reference rotates iff the module has a table: NoPE must have none.
+    let nope = matches!(config, AttentionConfig::Mla { rope: false, .. });
+    assert_eq!(m.rope.is_none(), nope, "{config:?}: a NoPE layer holds no rotary table");
     sharpen(m, SHARP)
 }
 

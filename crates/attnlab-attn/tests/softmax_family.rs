@@ -129,7 +129,9 @@ fn qwen3_next_attention_normalises_q_and_k_per_head_then_rotates_a_fraction_of_t
     let dev = cpu();
     for (partial, qk_norm, kv_heads) in [(Some(0.25), true, Some(2)), (Some(0.5), false, None), (Some(0.0), true, None), (Some(1.0), true, Some(1)), (None, true, None)] {
         let m = qwen_gated(partial, qk_norm, kv_heads, 3, &dev);
+        // The reference follows the module's tables and norms: check them against the config.
         assert_eq!(m.rope.as_ref().map_or(0, |r| r.dim()), (partial.unwrap_or(1.0) * 8.0) as usize, "rotated dims");
+        assert_eq!((m.q_norm.is_some(), m.k_norm.is_some()), (qk_norm, qk_norm), "q/k norms");
         let allows = |_: usize, q: usize, k: usize| k <= q;
         for t in LENGTHS {
             let x = random_input(2, t, 32, 11, &dev);

@@ -3,14 +3,13 @@
 //! the papers' index conventions, whole-model decode stepping both state kinds, state bytes.
 //!
 //! Mutations planted and seen to fail:
-//! - `Gpt::new` passing layer 0 to every mixer (differential λ_init depends on depth) →
-//!   `an_all_attention_pattern_equals_the_plain_model_bit_for_bit`;
-//! - pattern indexed one-based (`pattern[(i + 1) mod len]`) → `layer_schedules_follow_the_papers_index_conventions`
-//!   and `whole_model_step_equals_forward_for_mixed_patterns`;
+//! - `Gpt::new` passing a patterned layer its index in the pattern (`layer mod len`, so
+//!   differential attention's depth-dependent λ_init is wrong) → `an_all_attention_pattern_equals_the_plain_model_bit_for_bit`;
+//! - pattern indexed one-based (`pattern[(i + 1) mod len]`) → `layer_schedules_follow_the_papers_index_conventions`;
 //! - overrides ignored → `layer_schedules_follow_the_papers_index_conventions`;
-//! - `Gpt::step` giving every layer the first layer's state → `whole_model_step_equals_forward_for_mixed_patterns`
-//!   (a state of the wrong kind panics, one of the right kind mixes layers);
-//! - `state_bytes` counting only the first layer's kind for all layers → `state_bytes_are_the_per_layer_sum_of_the_real_tensors`.
+//! - `Gpt::step` pairing layers with the states in reverse order → `whole_model_step_equals_forward_for_mixed_patterns`
+//!   (a state of the wrong kind panics; the same kind would mix layers);
+//! - `state_bytes` as layers × the first layer's → `state_bytes_are_the_per_layer_sum_of_the_real_tensors`.
 
 use attnlab_attn::burn::tensor::{Device, Int, Tensor, TensorData};
 use attnlab_attn::{Attention, AttentionConfig};
