@@ -35,8 +35,8 @@ pub const DOCS: &[KindDoc] = &[
     },
     KindDoc {
         kind: "mla",
-        fields: r#"`kv_latent` (4·d_h), `q_latent` (none), `rope_dim` (d_h/2)"#,
-        what: r#"multi-head latent attention (DeepSeek-V2, 2024): K and V rebuilt from a shared latent c_kv; decoupled RoPE key shared by all heads. Left out, d_c and d_R take DeepSeek-V2's ratios to the head width; labels name what is set (`mla`, `mla-c16-r4`)"#,
+        fields: r#"`kv_latent` (4·d_h), `q_latent` (none), `rope_dim` (d_h/2), `rope` (true)"#,
+        what: r#"multi-head latent attention (DeepSeek-V2, 2024): K and V rebuilt from a shared latent c_kv; decoupled RoPE key shared by all heads. Left out, d_c and d_R take DeepSeek-V2's ratios to the head width; labels name what is set (`mla`, `mla-c16-r4`). `rope = false`: NoPE as Kimi Linear's MLA, the d_R slices kept unrotated (`mla-nope`)"#,
         state: r#"d_c + d_R"#,
     },
     KindDoc {
@@ -65,8 +65,8 @@ pub const DOCS: &[KindDoc] = &[
     },
     KindDoc {
         kind: "gated",
-        fields: r#"`kv_heads` (= heads), `gate_bias` (none)"#,
-        what: r#"gated attention (Qiu et al. 2025, Qwen3-Next): SDPA output × σ(x W_θ), an elementwise sigmoid gate per head from the block's normalised input; bias-free as the paper (σ(0) = 0.5 halves the output at init), or with a learnable bias initialised to `gate_bias` (label `gated-b3`)"#,
+        fields: r#"`kv_heads` (= heads), `gate_bias` (none), `partial_rope` (1), `qk_norm` (false)"#,
+        what: r#"gated attention (Qiu et al. 2025, Qwen3-Next): SDPA output × σ(x W_θ), an elementwise sigmoid gate per head from the block's normalised input; bias-free as the paper (σ(0) = 0.5 halves the output at init), or with a learnable bias initialised to `gate_bias` (label `gated-b3`). Qwen3-Next's layer: `qk_norm = true` (per-head RMSNorm of q and k before RoPE) and `partial_rope = 0.25` (RoPE on the first quarter of each head's dims; 0 = NoPE) (`gated-p0.25-qkn`)"#,
         state: r#"2·g·d_h"#,
     },
     KindDoc {

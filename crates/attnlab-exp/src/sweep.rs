@@ -287,7 +287,8 @@ fn known_path(path: &str) -> bool {
     spec.data.train_samples = Some(1);
     spec.eval.published_protocol = true;
     let defaults = toml::Value::try_from(spec).expect("defaults serialise");
-    get_path(&defaults, path).is_some() || path.starts_with("model.attention.") || path == "data.task" || path.starts_with("data.task.")
+    let mixer = |p: &str| p == "model.pattern" || p == "model.overrides" || p.starts_with("model.overrides.");
+    get_path(&defaults, path).is_some() || path.starts_with("model.attention.") || mixer(path) || path == "data.task" || path.starts_with("data.task.")
 }
 
 /// `i/n`: this shard's runs are those with `index % n == i`.

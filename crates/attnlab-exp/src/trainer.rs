@@ -519,7 +519,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         // Dropout masks from (seed, step), so a resumed run draws the same masks. The device's
         // generator is global to the process: the step holds the init lock while it draws.
         let seeded = (spec.model.dropout > 0.0).then(|| {
-            let guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = attnlab_model::RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             // A tag keeps the dropout stream apart from the initial weights' (seed, step 0).
             device.seed((t.seed ^ 0xD509_0F7A_5EED_0001).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64));
             guard

@@ -11,6 +11,10 @@ use crate::block::Block;
 use crate::config::{Head, ModelConfig};
 use crate::mlp::Mlp;
 
+/// Burn's seeded generator is global to the process: whoever seeds it and draws (a model's
+/// initial weights, a training step's dropout masks) holds this lock meanwhile.
+pub static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Module, Debug)]
 pub struct Gpt {
     /// `[vocab, d_model]`, also the LM head (tied).
@@ -69,8 +73,7 @@ impl Gpt {
                 let _ = param.val();
             }
         }
-        static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(seed);
         let model = Self::new(config, device);
         model.visit(&mut Touch);

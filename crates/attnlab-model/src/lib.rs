@@ -11,4 +11,4 @@ pub mod mlp;
 
 pub use config::{Head, MlpKind, ModelConfig};
 pub use generate::{generate, generate_cropped, Sampling};
-pub use gpt::{Gpt, ParamCounts};
+pub use gpt::{Gpt, ParamCounts, RNG_LOCK};
