@@ -599,7 +599,7 @@ fn run(cli: Cli) -> Result<()> {
                 .zip(&exp.runs)
                 .map(|(point, run)| {
                     let status = if in_shard(point.index, shard) { run_status(&out, run) } else { "other shard".into() };
-                    vec![point.index.to_string(), run.run_id.clone(), status, point.describe()]
+                    vec![point.index.to_string(), run.run_id.clone(), status, point.describe_mixers(&run.spec.model.mixer_label())]
                 })
                 .collect();
             println!("{}", table(["#", "run id", "status", "point"].map(String::from).to_vec(), rows));

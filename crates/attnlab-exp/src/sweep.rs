@@ -45,6 +45,17 @@ impl SweepPoint {
     pub fn describe(&self) -> String {
         self.sets.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect::<Vec<_>>().join(", ")
     }
+
+    /// [`Self::describe`] with a swept layer schedule (`model.pattern`, `model.overrides`)
+    /// shown as the run's mixer label (`kda×3+mla-nope`) instead of its tables.
+    pub fn describe_mixers(&self, mixer_label: &str) -> String {
+        let schedule = |k: &str| k == "model.pattern" || k.starts_with("model.overrides");
+        let mut parts: Vec<String> = self.sets.iter().filter(|(k, _)| !schedule(k)).map(|(k, v)| format!("{k}={}", inline(v))).collect();
+        if self.sets.iter().any(|(k, _)| schedule(k)) {
+            parts.insert(0, format!("mixers={mixer_label}"));
+        }
+        parts.join(", ")
+    }
 }
 
 /// A value as one line of TOML.

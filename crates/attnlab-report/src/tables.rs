@@ -97,10 +97,13 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
         // With a task, train.block is the task's sequence length: not a separate axis.
         varying.retain(|k| *k != "train.block");
     }
-    // The mixer fields (one kind, or a hybrid pattern with overrides) are one axis, named
-    // `model.attention` and valued by the run's mixer label (`kda×3+mla-nope`).
-    let mixer_varies = varying.iter().any(|k| MIXER_FIELDS.contains(k));
-    varying.retain(|k| !MIXER_FIELDS.contains(k));
+    // With a layer schedule among them, the mixer fields (one kind, or a pattern with
+    // overrides) are one axis, named `model.attention` and valued by the run's mixer label
+    // (`kda×3+mla-nope`).
+    let mixer_varies = varying.iter().any(|k| MIXER_FIELDS[1..].contains(k));
+    if mixer_varies {
+        varying.retain(|k| !MIXER_FIELDS.contains(k));
+    }
     let mut groups: Vec<Group> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let mut fields: BTreeMap<String, String> =

@@ -71,6 +71,37 @@ fn report_groups_seeds_and_writes_every_output() {
     assert!(pareto.contains("KV-cache bytes/token (log)"));
 }
 
+/// Runs that differ by `model.pattern` (and one plain `model.attention` run) form one mixer
+/// axis grouped and labelled by the summary's mixer label, not one axis per field.
+#[test]
+fn hybrid_schedules_are_grouped_by_their_mixer_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    let write = |id: &str, model: &str, label: &str, seed: u64, best: f64| {
+        fixture_run(&store, id, "mha", 4096, seed, best);
+        let dir = store.join(id);
+        std::fs::write(dir.join("config.toml"), format!("name = \"fx\"\n[model]\nd_model = 64\n{model}\n[train]\nseed = {seed}\nsteps = 100\n")).unwrap();
+        let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        summary["attention"] = label.into();
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+    };
+    for seed in 0..2 {
+        write(&format!("h31-{seed}"), "pattern = [{kind = \"kda\"}, {kind = \"kda\"}, {kind = \"kda\"}, {kind = \"mla\", rope = false}]", "kda×3+mla-nope", seed, 2.0);
+        write(&format!("h11-{seed}"), "pattern = [{kind = \"kda\"}, {kind = \"mla\", rope = false}]", "kda+mla-nope", seed, 2.1);
+        write(&format!("k27-{seed}"), "pattern = [{kind = \"kda\"}, {kind = \"kda\"}, {kind = \"kda\"}, {kind = \"mla\", rope = false}]\noverrides = { 26 = {kind = \"mla\", rope = false} }", "kda×3+mla-nope,L26=mla-nope", seed, 2.2);
+        write(&format!("mla-{seed}"), "attention = {kind = \"mla\"}", "mla", seed, 2.3);
+    }
+    let out = tmp.path().join("report");
+    let groups = attnlab_report::write_report(&store, &out, None).unwrap();
+    let mut labels: Vec<&str> = groups.iter().map(|g| g.label.as_str()).collect();
+    labels.sort();
+    assert_eq!(labels, ["kda+mla-nope", "kda×3+mla-nope", "kda×3+mla-nope,L26=mla-nope", "mla"]);
+    for g in &groups {
+        assert_eq!(g.runs.len(), 2, "{}", g.label);
+        assert_eq!(g.fields.keys().collect::<Vec<_>>(), ["model.attention"], "{}", g.label);
+    }
+}
+
 #[test]
 fn task_runs_get_an_accuracy_column_and_plot_and_old_runs_get_mfu_from_a_given_peak() {
     let tmp = tempfile::tempdir().unwrap();
