@@ -53,9 +53,10 @@ impl AttentionConfig {
             AttentionConfig::Linear { feature_map, normalize, chunk } => {
                 return Attention::Linear(LinearAttention::new(d_model, heads, *feature_map, *normalize, *chunk, device))
             }
-            AttentionConfig::GatedDeltanet { conv, gate, l2_norm, conv_init, chunk, .. } => {
+            AttentionConfig::GatedDeltanet { value_heads, conv, gate, l2_norm, conv_init, chunk, .. } => {
                 let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");
-                let options = GdnOptions { key_dim, value_dim, conv: *conv, gate: *gate, l2: *l2_norm, conv_init: *conv_init, chunk: *chunk };
+                let value_heads = value_heads.unwrap_or(heads);
+                let options = GdnOptions { key_dim, value_dim, value_heads, conv: *conv, gate: *gate, l2: *l2_norm, conv_init: *conv_init, chunk: *chunk };
                 return Attention::GatedDeltaNet(GatedDeltaNet::new(d_model, heads, options, device));
             }
             AttentionConfig::Kda { conv, lower_bound, conv_init, chunk, .. } => {

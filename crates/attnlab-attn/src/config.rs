@@ -107,7 +107,12 @@ pub enum AttentionConfig {
     /// `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`; short convs on q, k, v, L2-normalised
     /// q and k, output RMSNorm ⊙ SiLU gate. `head_dim` (d_k) defaults to d_model / heads,
     /// d_v = `expand_v`·d_k. `conv`, `gate`, `l2_norm` switch parts off for ablations.
+    /// `value_heads = H_v` (a multiple of `model.heads` = H_k): Qwen3-Next's grouped value
+    /// heads, each key head serving H_v / H_k consecutive value heads, with β, the decay and
+    /// the state per value head.
     GatedDeltanet {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_heads: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         head_dim: Option<usize>,
         #[serde(default = "default_gdn_expand_v", skip_serializing_if = "is_two")]
@@ -335,9 +340,12 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, LINEAR_CHUNK);
                 return label;
             }
-            Self::GatedDeltanet { head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } => {
+            Self::GatedDeltanet { value_heads, head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } => {
                 let mut label = "gdn".to_string();
                 push_delta_common(&mut label, *head_dim, *expand_v, 2, *conv, *conv_init);
+                if let Some(hv) = value_heads {
+                    label.push_str(&format!("-hv{hv}"));
+                }
                 for (off, tag) in [(!gate, "nogate"), (!l2_norm, "nol2")] {
                     if off {
                         label.push_str(&format!("-{tag}"));
@@ -522,6 +530,11 @@ impl AttentionConfig {
                     return Err(ConfigError::new("model.attention.expand_v", expand_v, format!("head_dim ({dk_or_default}) × expand_v must be ≤ 65536")));
                 }
                 positive("chunk", *chunk)?;
+                if let Self::GatedDeltanet { value_heads: Some(hv), .. } = self {
+                    if *hv == 0 || hv % heads != 0 {
+                        return Err(ConfigError::new("model.attention.value_heads", hv, format!("must be a positive multiple of model.heads = {heads} (each key head serves value_heads / heads value heads)")));
+                    }
+                }
                 if let Self::Kda { lower_bound: Some(lb), .. } = self {
                     if !(-5.0..0.0).contains(lb) {
                         return Err(ConfigError::new("model.attention.lower_bound", lb, "must be in [-5, 0) (fla's safe gate; left out: the unbounded gate)"));

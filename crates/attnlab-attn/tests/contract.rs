@@ -28,8 +28,8 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Differential {},
         AttentionConfig::Linear { feature_map: FeatureMap::Elu1, normalize: false, chunk: 4 },
         AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
-        AttentionConfig::GatedDeltanet { head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
-        AttentionConfig::GatedDeltanet { head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
+        AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
+        AttentionConfig::GatedDeltanet { value_heads: None, head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
         AttentionConfig::Kda { head_dim: None, expand_v: 1, conv: true, lower_bound: None, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::Kda { head_dim: Some(4), expand_v: 2, conv: true, lower_bound: Some(-5.0), conv_init: ConvInit::Fla, chunk: 16 },
     ]

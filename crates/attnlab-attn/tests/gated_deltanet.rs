@@ -17,6 +17,8 @@
 //! - a projection part shifted by one column, in the training path (by weight columns) →
 //!   `*_gradients_…`; in the untracked path (one product, sliced) → `*_forward_…`, `*_decode_…`;
 //! - the fused op's backward writing dk into q's columns of d(qkv) → `*_gradients_…`;
+//! - grouped value heads tiled (value head j reading key head j mod h_k) instead of
+//!   repeat-interleaved → `gdn_forward_…`, `gdn_decode_…`;
 //! - the fused op reading (writing) KDA's per-channel g (dg) at the per-head offset →
 //!   `kda_forward_…` and `kda_gradients_…` (`kda_gradients_…`).
 
@@ -30,7 +32,10 @@ use common::*;
 
 /// How the reference reads a delta-rule layer's weights.
 struct Layer {
+    /// Value heads (the state's); q and k have `key_heads`, each read by heads / key_heads
+    /// consecutive value heads.
     heads: usize,
+    key_heads: usize,
     dk: usize,
     dv: usize,
     proj: Vec<f64>,
@@ -54,6 +59,7 @@ enum GateKind {
 fn gdn_layer(m: &GatedDeltaNet) -> Layer {
     Layer {
         heads: m.heads,
+        key_heads: m.key_heads,
         dk: m.key_dim,
         dv: m.value_dim,
         proj: to_vec(m.proj.weight.val()),
@@ -71,6 +77,7 @@ fn gdn_layer(m: &GatedDeltaNet) -> Layer {
 fn kda_layer(m: &Kda) -> Layer {
     Layer {
         heads: m.heads,
+        key_heads: m.heads,
         dk: m.key_dim,
         dv: m.value_dim,
         proj: to_vec(m.proj.weight.val()),
@@ -87,8 +94,8 @@ fn kda_layer(m: &Kda) -> Layer {
 
 /// The layer token by token, sequence by sequence; `memoryless` resets S before every token.
 fn reference(l: &Layer, x: &[f64], b: usize, t: usize, d_model: usize, memoryless: bool) -> Vec<f64> {
-    let (h, dk, dv) = (l.heads, l.dk, l.dv);
-    let width = 2 * h * dk + h * dv;
+    let (h, hk, dk, dv) = (l.heads, l.key_heads, l.dk, l.dv);
+    let width = 2 * hk * dk + h * dv;
     let mut out = Vec::new();
     for s in 0..b {
         let xs = &x[s * t * d_model..(s + 1) * t * d_model];
@@ -122,12 +129,14 @@ fn reference(l: &Layer, x: &[f64], b: usize, t: usize, d_model: usize, memoryles
             }
         };
         let mut concat = vec![0.0; t * h * dv];
+        let key = |j: usize| j / (h / hk);
         for j in 0..h {
             let norm = |v: Vec<f64>| if l.l2 { l2(&v) } else { v };
             let seq = HeadSeq {
-                q: (0..t).map(|i| norm(act[i][j * dk..(j + 1) * dk].to_vec()).iter().map(|x| x / (dk as f64).sqrt()).collect()).collect(),
-                k: (0..t).map(|i| norm(act[i][h * dk + j * dk..h * dk + (j + 1) * dk].to_vec())).collect(),
-                v: (0..t).map(|i| act[i][2 * h * dk + j * dv..2 * h * dk + (j + 1) * dv].to_vec()).collect(),
+                // Value head j reads key head j / (h / h_k) (Qwen3-Next's repeat_interleave).
+                q: (0..t).map(|i| norm(act[i][key(j) * dk..(key(j) + 1) * dk].to_vec()).iter().map(|x| x / (dk as f64).sqrt()).collect()).collect(),
+                k: (0..t).map(|i| norm(act[i][hk * dk + key(j) * dk..hk * dk + (key(j) + 1) * dk].to_vec())).collect(),
+                v: (0..t).map(|i| act[i][2 * hk * dk + j * dv..2 * hk * dk + (j + 1) * dv].to_vec()).collect(),
                 beta: Some((0..t).map(|i| sigmoid(p[i][width + j])).collect()),
                 g: Some((0..t).map(|i| decays[i][j].clone()).collect()),
             };
@@ -157,7 +166,7 @@ fn moderate_a_log(n: usize, dev: &Device) -> Param<Tensor<1>> {
 
 fn gdn(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &Device) -> GatedDeltaNet {
     let Attention::GatedDeltaNet(mut m) = seeded(dev, seed, || config.init(d_model, heads, 64, 10_000.0, dev)) else { panic!("expected GDN") };
-    m.a_log = moderate_a_log(heads, dev);
+    m.a_log = moderate_a_log(m.heads, dev);
     regime(m)
 }
 
@@ -170,17 +179,20 @@ fn kda(config: &AttentionConfig, d_model: usize, heads: usize, seed: u64, dev: &
 }
 
 fn gdn_config(chunk: usize) -> AttentionConfig {
-    AttentionConfig::GatedDeltanet { head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk }
+    AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk }
 }
 
 fn gdn_variants() -> Vec<AttentionConfig> {
     let mut v: Vec<AttentionConfig> = [1, 4, 5, 32].into_iter().map(gdn_config).collect();
     let base = gdn_config(4);
-    let AttentionConfig::GatedDeltanet { head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } = base else { unreachable!() };
-    v.push(AttentionConfig::GatedDeltanet { conv: false, head_dim, expand_v, gate, l2_norm, conv_init, chunk });
-    v.push(AttentionConfig::GatedDeltanet { gate: false, head_dim, expand_v, conv, l2_norm, conv_init, chunk });
-    v.push(AttentionConfig::GatedDeltanet { l2_norm: false, head_dim, expand_v, conv, gate, conv_init, chunk });
-    v.push(AttentionConfig::GatedDeltanet { head_dim: Some(6), expand_v: 1, conv, gate, l2_norm, conv_init: ConvInit::Fla, chunk });
+    let AttentionConfig::GatedDeltanet { value_heads, head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } = base else { unreachable!() };
+    v.push(AttentionConfig::GatedDeltanet { conv: false, value_heads, head_dim, expand_v, gate, l2_norm, conv_init, chunk });
+    v.push(AttentionConfig::GatedDeltanet { gate: false, value_heads, head_dim, expand_v, conv, l2_norm, conv_init, chunk });
+    v.push(AttentionConfig::GatedDeltanet { l2_norm: false, value_heads, head_dim, expand_v, conv, gate, conv_init, chunk });
+    v.push(AttentionConfig::GatedDeltanet { value_heads, head_dim: Some(6), expand_v: 1, conv, gate, l2_norm, conv_init: ConvInit::Fla, chunk });
+    // Qwen3-Next's grouped value heads: H_v = 2·H_k (and 3·H_k) at d_v = d_k.
+    v.push(AttentionConfig::GatedDeltanet { value_heads: Some(2 * HEADS), head_dim, expand_v: 1, conv, gate, l2_norm, conv_init, chunk });
+    v.push(AttentionConfig::GatedDeltanet { value_heads: Some(3 * HEADS), head_dim, expand_v: 1, conv, gate, l2_norm, conv_init, chunk: 5 });
     v
 }
 
@@ -262,7 +274,7 @@ fn kda_decode_matches_the_reference() {
 #[test]
 fn gdn_gradients_match_finite_differences_of_the_reference() {
     let dev = cpu().autodiff();
-    for config in [gdn_config(4), gdn_variants().remove(7)] {
+    for config in [gdn_config(4), gdn_variants().remove(7), gdn_variants().remove(8)] {
         let m = gdn(&config, D_MODEL, HEADS, 2, &dev);
         let x = random_input(1, 11, D_MODEL, 4, &dev);
         check_gradients(&config.label(), &m, x, &|m, x| m.forward(x), &|m, x| reference(&gdn_layer(m), x, 1, 11, D_MODEL, false));

@@ -10,6 +10,11 @@
 //! over d_v shared by heads (eps 1e-5). Init: A ~ U(0, 16), dt log-uniform [1e-3, 0.1].
 //! Training: the chunked WY form ([`Rule::chunked`]); decode: the recurrence, with the conv
 //! tails in the state. Parameters: `d·(2·h·d_k + 2·h·d_v + 2h) + h·d_v·d` plus the conv.
+//!
+//! Grouped value heads (Qwen3-Next, `value_heads = H_v`): q and k have H_k = `model.heads`
+//! heads, v, β, the decay, the gate and the state H_v; value head j reads key head ⌊j / r⌋,
+//! r = H_v / H_k (`repeat_interleave`: consecutive value heads share a key head, not a tiling).
+//! The conv runs over the concatenated `[q; k; v]` channels `2·H_k·d_k + H_v·d_v`.
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
@@ -26,7 +31,8 @@ use crate::state::RecurrentState;
 /// Gated DeltaNet with one fused input projection.
 #[derive(Module, Debug)]
 pub struct GatedDeltaNet {
-    /// `d → [q h·d_k | k h·d_k | v h·d_v | β h | a h | gate h·d_v (when gated)]`.
+    /// `d → [q h_k·d_k | k h_k·d_k | v h·d_v | β h | a h | gate h·d_v (when gated)]` (h the
+    /// value heads, h_k the key heads).
     pub proj: Linear,
     /// Over the q | k | v columns.
     pub conv: Option<ShortConv>,
@@ -38,7 +44,10 @@ pub struct GatedDeltaNet {
     pub norm: RmsNorm,
     /// `h·d_v → d`.
     pub out: Linear,
+    /// Value heads (the state's heads).
     pub heads: usize,
+    /// Query/key heads (= `heads` unless grouped).
+    pub key_heads: usize,
     pub key_dim: usize,
     pub value_dim: usize,
     #[module(skip)]
@@ -54,6 +63,8 @@ pub struct GatedDeltaNet {
 pub struct GdnOptions {
     pub key_dim: usize,
     pub value_dim: usize,
+    /// Value heads, a multiple of the layer's (key) heads.
+    pub value_heads: usize,
     pub conv: bool,
     pub gate: bool,
     pub l2: bool,
@@ -63,8 +74,9 @@ pub struct GdnOptions {
 
 impl GatedDeltaNet {
     pub fn new(d_model: usize, heads: usize, o: GdnOptions, device: &Device) -> Self {
-        let (h, dk, dv) = (heads, o.key_dim, o.value_dim);
-        let qkv = 2 * h * dk + h * dv;
+        let (hk, h, dk, dv) = (heads, o.value_heads, o.key_dim, o.value_dim);
+        assert!(h % hk == 0, "value heads {h} must be a multiple of the key heads {hk}");
+        let qkv = 2 * hk * dk + h * dv;
         Self {
             proj: linear(d_model, qkv + 2 * h + if o.gate { h * dv } else { 0 }, device),
             conv: o.conv.then(|| ShortConv::new(qkv, o.conv_init, device)),
@@ -72,7 +84,8 @@ impl GatedDeltaNet {
             dt_bias: gates::dt_bias(h, device),
             norm: RmsNormConfig::new(dv).with_epsilon(1e-5).init(device),
             out: linear(h * dv, d_model, device),
-            heads,
+            heads: h,
+            key_heads: hk,
             key_dim: dk,
             value_dim: dv,
             gated: o.gate,
@@ -102,13 +115,13 @@ impl Recurrent for GatedDeltaNet {
 
     fn mix(&self, x: Tensor<3>, state: &mut RecurrentState, fresh: bool) -> Tensor<3> {
         let (h, dk, dv) = (self.heads, self.key_dim, self.value_dim);
-        let width = 2 * h * dk + h * dv;
+        let width = 2 * self.key_heads * dk + h * dv;
         let columns = Columns::new(&self.proj, x);
         let part = |from: usize, len: usize| columns.part(from, len);
         let beta = sigmoid(part(width, h));
         let g = gates::log_decay(part(width + h, h), self.a_log.val().reshape([1, 1, h]), self.dt_bias.val().reshape([1, 1, h]));
         let gate = self.gated.then(|| silu(part(width + 2 * h, h * dv)));
-        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (h, dk), beta, g, self.l2, &self.norm, self.chunk, fresh);
+        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (self.key_heads, h, dk), beta, g, self.l2, &self.norm, self.chunk, fresh);
         apply(&self.out, match gate {
             Some(gate) => o * gate,
             None => o,

@@ -129,7 +129,7 @@ impl Recurrent for Kda {
         let beta = sigmoid(part(width, h));
         let g = self.log_decay(part(width + h, dv));
         let gate = sigmoid(apply(&self.g_up, part(width + h + dv, dv)));
-        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (h, dk), beta, g, true, &self.norm, self.chunk, fresh);
+        let o = delta_heads(part(0, width), self.conv.as_ref(), state, (h, h, dk), beta, g, true, &self.norm, self.chunk, fresh);
         apply(&self.out, o * gate)
     }
 }

@@ -88,8 +88,9 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     x / norm
 }
 
-/// The shared middle of Gated DeltaNet and KDA: q | k | v columns `[b, t, 2·h·d_k + h·d_v]`
-/// through [`conv_silu`], the delta rule with β `[b, t, h]` and log-decays g `[b, t, h]` (per
+/// The shared middle of Gated DeltaNet and KDA: q | k | v columns `[b, t, 2·h_k·d_k + h·d_v]`
+/// through [`conv_silu`] (then each of the h_k key heads repeated for h / h_k consecutive value
+/// heads, [`repeat_key_heads`]), the delta rule with β `[b, t, h]` and log-decays g `[b, t, h]` (per
 /// head) or `[b, t, h·d_k]` (per channel) (q scaled by d_k^−½, q and k L2-normalised when `l2`),
 /// then the per-head RMSNorm over d_v: `[b, t, h·d_v]`. A training forward on the CPU backend
 /// runs the fused op on this token-major layout as it is ([`chunk::takes_fused`]); every other
@@ -99,7 +100,7 @@ pub fn delta_heads(
     qkv: Tensor<3>,
     conv: Option<&ShortConv>,
     state: &mut RecurrentState,
-    (heads, dk): (usize, usize),
+    (key_heads, heads, dk): (usize, usize, usize),
     beta: Tensor<3>,
     g: Tensor<3>,
     l2: bool,
@@ -107,7 +108,7 @@ pub fn delta_heads(
     chunk: usize,
     fresh: bool,
 ) -> Tensor<3> {
-    let qkv = conv_silu(qkv, conv, state, fresh);
+    let qkv = repeat_key_heads(conv_silu(qkv, conv, state, fresh), key_heads, heads / key_heads, dk);
     let [b, t, width] = qkv.dims();
     let (hk, dv) = (heads * dk, (width - 2 * heads * dk) / heads);
     assert_eq!(width, heads * (2 * dk + dv), "delta_heads: qkv width {width} is not h·(2·d_k + d_v) with h = {heads}, d_k = {dk}");
@@ -123,6 +124,20 @@ pub fn delta_heads(
     let v = split_heads(qkv.narrow(2, 2 * hk, heads * dv), heads);
     let rule = Rule { q, k, v, beta: Some(beta.swap_dims(1, 2)), g: Some(split_heads(g, heads)), l2, scale };
     merge_heads(attnlab_kernels::rms_norm(norm, run_rule(rule, state, chunk, fresh)))
+}
+
+/// q | k | v columns with `key_heads` heads of d_k in q and k → the same with each key head
+/// repeated `group` times in a row (`repeat_interleave`: value head j reads key head ⌊j / group⌋).
+pub fn repeat_key_heads(qkv: Tensor<3>, key_heads: usize, group: usize, dk: usize) -> Tensor<3> {
+    if group == 1 {
+        return qkv;
+    }
+    let [b, t, width] = qkv.dims();
+    let hk = key_heads * dk;
+    let repeat = |x: Tensor<3>| x.reshape([b, t, key_heads, 1, dk]).expand([b, t, key_heads, group, dk]).reshape([b, t, hk * group]);
+    let q = repeat(qkv.clone().narrow(2, 0, hk));
+    let k = repeat(qkv.clone().narrow(2, hk, hk));
+    Tensor::cat(vec![q, k, qkv.narrow(2, 2 * hk, width - 2 * hk)], 2)
 }
 
 /// The q | k | v columns `[b, t, c]` through the short conv (continuing `state`'s tail and
