@@ -83,9 +83,9 @@ pub const DOCS: &[KindDoc] = &[
     },
     KindDoc {
         kind: "gated_deltanet",
-        fields: r#"`head_dim` (d_model/heads), `expand_v` (2), `conv` (true), `gate` (true), `l2_norm` (true), `conv_init` (`kaiming`; `fla` = N(0, 0.02²)), `chunk` (32)"#,
-        what: r#"Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): S_t = α_t(I − β_t k_t k_tᵀ)S_{t−1} + β_t k_t v_tᵀ with α = e^g, g = −e^{A_log}·softplus(x W_a + dt_bias) per head, β = σ(x W_β); short causal convs (kernel 4) on q, k, v, SiLU, L2-normalised q, k; output RMSNorm ⊙ SiLU(x W_g). A ~ U(0,16), dt ∈ [1e-3, 0.1] log-uniform. `conv`/`gate`/`l2_norm = false` are the paper's ablations. Labels `gdn`, `gdn-noconv`, `gdn-d16-v1`"#,
-        state: r#"none: h·d_k·d_v + 3·(2h·d_k + h·d_v) floats (state + conv tails)"#,
+        fields: r#"`head_dim` (d_model/heads), `expand_v` (2), `conv` (true), `gate` (true), `l2_norm` (true), `conv_init` (`kaiming`; `fla` = N(0, 0.02²)), `chunk` (32), `value_heads` (= heads)"#,
+        what: r#"Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): S_t = α_t(I − β_t k_t k_tᵀ)S_{t−1} + β_t k_t v_tᵀ with α = e^g, g = −e^{A_log}·softplus(x W_a + dt_bias) per head, β = σ(x W_β); short causal convs (kernel 4) on q, k, v, SiLU, L2-normalised q, k; output RMSNorm ⊙ SiLU(x W_g). A ~ U(0,16), dt ∈ [1e-3, 0.1] log-uniform. `conv`/`gate`/`l2_norm = false` are the paper's ablations. `value_heads = H_v` (a multiple of heads): Qwen3-Next's grouped value heads, each q/k head serving H_v/heads consecutive value heads, β, decay and state per value head. Labels `gdn`, `gdn-noconv`, `gdn-d16-v1`, `gdn-v1-hv8`"#,
+        state: r#"none: h_v·d_k·d_v + 3·(2h·d_k + h_v·d_v) floats (state + conv tails; h_v = value_heads)"#,
     },
     KindDoc {
         kind: "kda",

@@ -539,3 +539,20 @@ fn bad_mad_input_exits_2_naming_the_field() {
     ];
     refused_by_train(&file, &out, cases);
 }
+
+/// Every ready-made experiment file is valid: `sweep --dry-run` checks each point (shapes,
+/// tasks, hybrid schedules) before it lists the runs. Run from the repository root, as the
+/// files' headers say (their `data.path`s are relative to it). Planted, and seen to fail:
+/// `partial_rope = 0.35` in `experiments/qwen3_next.toml` (round(0.35 · 32) = 11 rotated dims).
+#[test]
+fn every_experiment_file_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("experiments")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    for file in files {
+        let o = attnlab().current_dir(&root).args(["sweep", "--dry-run", "--out"]).arg(out.path()).arg(&file).output().unwrap();
+        assert!(o.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&o.stderr));
+    }
+}
