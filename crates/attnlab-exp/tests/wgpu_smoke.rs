@@ -1,4 +1,4 @@
-//! One training step of every attention kind on wgpu (Mesa's software Vulkan in CI) against the
+//! One training step of every attention kind (and of two hybrid schedules) on wgpu (Mesa's software Vulkan in CI) against the
 //! same step on CPU, from identical weights: losses and updated weights within 1e-4.
 //! Skipped with a message when no adapter exists, unless ATTNLAB_REQUIRE_WGPU=1 (CI).
 #![cfg(feature = "wgpu")]
@@ -61,7 +61,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
     let splits = TokenSplits::new("builtin", tokenizer.encode(&text).unwrap(), 0.1, 16).unwrap();
     let cpu = Device::flex().autodiff();
     let gpu = gpu.autodiff();
-    for attention in [
+    for (attention, pattern) in [
         AttentionConfig::Mha {},
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
@@ -76,10 +76,20 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"linear\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
-    ] {
-        let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention: attention.clone(), ..ModelConfig::default() };
-        cpu.seed(5);
-        let model = Gpt::new(&config, &cpu);
+    ]
+    .into_iter()
+    .map(|attention| (attention, vec![]))
+    // Hybrid schedules, one layer of each kind: Kimi Linear's KDA with NoPE MLA, Qwen3-Next's
+    // grouped-value-head Gated DeltaNet with gated attention (partial RoPE, q/k norm).
+    .chain([
+        ["kind = \"kda\"\nchunk = 4", "kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false"],
+        ["kind = \"gated_deltanet\"\nchunk = 4\nvalue_heads = 8\nexpand_v = 1", "kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.5\nqk_norm = true"],
+    ]
+    .map(|pattern| (AttentionConfig::Mha {}, pattern.iter().map(|p| toml::from_str::<AttentionConfig>(p).unwrap()).collect::<Vec<_>>())))
+    {
+        let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention, pattern, ..ModelConfig::default() };
+        let attention = config.mixer_label();
+        let model = Gpt::seeded(&config, 5, &cpu);
         let on_gpu = model.clone().fork(&gpu);
         let (b_cpu, a_cpu, w_cpu) = one_step(model, &splits, &cpu);
         let (b_gpu, a_gpu, w_gpu) = one_step(on_gpu, &splits, &gpu);
