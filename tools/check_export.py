@@ -102,10 +102,16 @@ def mlp(x, w, p, kind):
 
 
 def logits(tokens, w, config):
+    if config.get("pattern") or config.get("overrides"):
+        print("a hybrid layer schedule (model.pattern / model.overrides): not re-implemented here")
+        sys.exit(2)
     kind = config["attention"]["kind"]
     attention = {"mha": grouped_query, "mqa": grouped_query, "gqa": grouped_query, "mla": latent}.get(kind)
     if attention is None:
         print(f"attention kind {kind!r}: not re-implemented here (mha, mqa, gqa, mla)")
+        sys.exit(2)
+    if config["attention"].get("rope") is False:
+        print("NoPE MLA (rope = false): not re-implemented here")
         sys.exit(2)
     x = w["embed.weight"][tokens]
     for i in range(config["layers"]):

@@ -77,7 +77,8 @@ pub enum AttentionConfig {
     ///
     /// Qwen3-Next's attention adds `partial_rope = 0.25` (RoPE on the first quarter of each
     /// head's dims, rotate-half within them; 0 = NoPE, left out = all) and `qk_norm = true`
-    /// (per-head RMSNorm of q and k over d_h, before RoPE).
+    /// (per-head RMSNorm of q and k over d_h, before RoPE; eps 1e-5 as attnlab's other norms,
+    /// Qwen's is 1e-6).
     Gated {
         #[serde(default)]
         kv_heads: Option<usize>,

@@ -30,6 +30,11 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
+        // Qwen3-Next's grouped value heads (state sized by the value heads).
+        AttentionConfig::GatedDeltanet { value_heads: Some(16), head_dim: None, expand_v: 1, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
+        // Kimi Linear's NoPE MLA and Qwen3-Next's gated attention.
+        AttentionConfig::Mla { kv_latent: Some(12), q_latent: None, rope_dim: Some(4), rope: false },
+        AttentionConfig::Gated { kv_heads: Some(2), gate_bias: None, partial_rope: Some(0.25), qk_norm: true },
         AttentionConfig::Kda { head_dim: None, expand_v: 1, conv: true, lower_bound: None, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::Kda { head_dim: Some(4), expand_v: 2, conv: true, lower_bound: Some(-5.0), conv_init: ConvInit::Fla, chunk: 16 },
     ]
@@ -86,8 +91,14 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
                 let phi = if *feature_map == FeatureMap::Hedgehog { 2 * head_dim } else { head_dim };
                 (heads * phi * (head_dim + usize::from(*normalize)), 1)
             }
-            // S per head d_k × d_v, plus the conv tails: 3 inputs of 2·h·d_k + h·d_v channels.
-            AttentionConfig::GatedDeltanet { conv, .. } | AttentionConfig::Kda { conv, .. } => {
+            // S per value head d_k × d_v, plus the conv tails: 3 inputs of 2·h·d_k + h_v·d_v
+            // channels (h_v = value_heads, else h).
+            AttentionConfig::GatedDeltanet { conv, value_heads, .. } => {
+                let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
+                let hv = value_heads.unwrap_or(heads);
+                (hv * dk * dv + if *conv { 3 * (2 * heads * dk + hv * dv) } else { 0 }, 1)
+            }
+            AttentionConfig::Kda { conv, .. } => {
                 let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
                 (heads * dk * dv + if *conv { 3 * (2 * heads * dk + heads * dv) } else { 0 }, 1)
             }

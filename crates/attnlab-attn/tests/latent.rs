@@ -129,7 +129,11 @@ fn mla_absorbed_decode_matches_the_reference() {
 fn mla_gradients_match_finite_differences_of_the_reference() {
     let dev = cpu().autodiff();
     let (d_model, heads, t) = (32, 4, 9);
-    for config in [AttentionConfig::Mla { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), rope: true }, AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None, rope: true }] {
+    for config in [
+        AttentionConfig::Mla { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), rope: true },
+        AttentionConfig::Mla { kv_latent: None, q_latent: None, rope_dim: None, rope: true },
+        AttentionConfig::Mla { kv_latent: Some(12), q_latent: None, rope_dim: Some(4), rope: false },
+    ] {
         let m = mla(&config, d_model, heads, 6, &dev);
         let x = random_input(1, t, d_model, 7, &dev);
         check_gradients(&format!("{config:?}"), &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, 1, t, d_model));

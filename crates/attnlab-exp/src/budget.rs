@@ -113,9 +113,10 @@ pub fn params(m: &ModelConfig) -> f64 {
     // Every mixer has at least an output projection of d × d; delta kinds' head widths may be set.
     let mixers: f64 = m
         .layer_attentions()
-        .map(|a| match a.delta_dims(m.d_model, m.heads.max(1)) {
-            Some((dk, dv)) => 2.0 * d * heads * (dk as f64 + dv as f64),
-            None => d * d,
+        .map(|a| match (a.delta_dims(m.d_model, m.heads.max(1)), a) {
+            (Some((dk, dv)), AttentionConfig::GatedDeltanet { value_heads: Some(hv), .. }) => 2.0 * d * (heads * dk as f64 + *hv as f64 * dv as f64),
+            (Some((dk, dv)), _) => 2.0 * d * heads * (dk as f64 + dv as f64),
+            (None, _) => d * d,
         })
         .sum();
     m.vocab as f64 * d + mixers + layers * (mlp + 2.0 * d) + d
@@ -148,10 +149,12 @@ fn layer_state_bytes(m: &ModelConfig, a: &AttentionConfig, capacity: usize) -> f
 }
 
 /// RoPE tables: every softmax layer holds cos and sin for `max_seq` positions (recurrent kinds
-/// have none).
+/// and NoPE MLA have none; a partial RoPE's smaller table is counted at full head width).
 fn rope_bytes(m: &ModelConfig) -> f64 {
-    let recurrent = |a: &AttentionConfig| matches!(a, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. });
-    let softmax_layers = m.layer_attentions().filter(|a| !recurrent(a)).count();
+    let no_table = |a: &AttentionConfig| {
+        matches!(a, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. } | AttentionConfig::Mla { rope: false, .. })
+    };
+    let softmax_layers = m.layer_attentions().filter(|a| !no_table(a)).count();
     softmax_layers as f64 * m.max_seq as f64 * (m.d_model / m.heads.max(1)) as f64 * F32
 }
 

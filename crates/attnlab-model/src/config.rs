@@ -130,6 +130,13 @@ impl ModelConfig {
         if self.pattern.is_empty() {
             self.attention.validate(self.d_model, self.heads)?;
         }
+        if self.pattern.len() > self.layers {
+            return Err(ConfigError::new(
+                "model.pattern",
+                format!("{} entries", self.pattern.len()),
+                format!("must have at most model.layers = {} entries (later ones would never be used)", self.layers),
+            ));
+        }
         for (i, a) in self.pattern.iter().enumerate() {
             a.validate(self.d_model, self.heads).map_err(|e| e.renamed("model.attention", &format!("model.pattern[{i}]")))?;
         }

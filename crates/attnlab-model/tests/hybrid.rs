@@ -109,6 +109,7 @@ fn bad_schedules_are_refused_naming_the_field() {
     let cases: Vec<(ModelConfig, &str)> = vec![
         (hybrid(4, vec![kda(), AttentionConfig::Gqa { kv_heads: 3 }]), "model.pattern[1].kv_heads"),
         (ModelConfig { attention: AttentionConfig::Mqa {}, ..hybrid(4, vec![kda()]) }, "model.attention"),
+        (hybrid(2, vec![kda(), kda(), kda(), mla_nope()]), "model.pattern"),
         (ModelConfig { overrides: [("4".to_string(), mla_nope())].into(), ..hybrid(4, vec![kda()]) }, "model.overrides"),
         (ModelConfig { overrides: [("last".to_string(), mla_nope())].into(), ..model(4) }, "model.overrides"),
         (ModelConfig { overrides: [("03".to_string(), mla_nope())].into(), ..model(4) }, "model.overrides"),
@@ -176,4 +177,15 @@ fn state_bytes_are_the_per_layer_sum_of_the_real_tensors() {
     assert_eq!(m.state_bytes(2 * context) - m.state_bytes(context), 2 * (8 + 4) * context * 4, "only the 2 MLA layers grow");
     let all_mla = Gpt::seeded(&ModelConfig { attention: mla_nope(), ..model(8) }, 0, &dev);
     assert_eq!(4 * (m.state_bytes(2 * context) - m.state_bytes(context)), all_mla.state_bytes(2 * context) - all_mla.state_bytes(context));
+    // Qwen3-Next's 3:1 with grouped value heads: GDN sized by H_v (8 value heads of d_k = d_v
+    // = 8 at model.heads = 4, conv tails over 2·4·8 + 8·8 channels), gated attention's KV cache
+    // (2 KV heads of d_h = 8).
+    let qwen = hybrid(4, vec![attn("kind = \"gated_deltanet\"\nvalue_heads = 8\nexpand_v = 1"), attn("kind = \"gated_deltanet\"\nvalue_heads = 8\nexpand_v = 1"), attn("kind = \"gated_deltanet\"\nvalue_heads = 8\nexpand_v = 1"), qwen_gated()]);
+    let m = Gpt::seeded(&qwen, 0, &dev);
+    let mut states = m.init_states(1, context, &dev);
+    m.step(tokens(1, context, &dev), &mut states);
+    let gdn_floats = 8 * 8 * 8 + 3 * (2 * 4 * 8 + 8 * 8);
+    let kv_floats = 2 * 2 * 8 * context;
+    assert_eq!(m.state_bytes(context), 4 * (3 * gdn_floats + kv_floats));
+    assert_eq!(states.iter().map(|s| s.bytes()).sum::<usize>(), m.state_bytes(context));
 }

@@ -9,7 +9,8 @@
 //! (S: `d_k × d_v`, post-update). Output: `W_o (RMSNorm(o) ⊙ SiLU(x W_g))`, one RMSNorm weight
 //! over d_v shared by heads (eps 1e-5). Init: A ~ U(0, 16), dt log-uniform [1e-3, 0.1].
 //! Training: the chunked WY form ([`Rule::chunked`]); decode: the recurrence, with the conv
-//! tails in the state. Parameters: `d·(2·h·d_k + 2·h·d_v + 2h) + h·d_v·d` plus the conv.
+//! tails in the state. Parameters: `d·(2·h_k·d_k + 2·h·d_v + 2h) + h·d_v·d` plus the conv
+//! (h the value heads, h_k the key heads; equal unless grouped).
 //!
 //! Grouped value heads (Qwen3-Next, `value_heads = H_v`): q and k have H_k = `model.heads`
 //! heads, v, β, the decay, the gate and the state H_v; value head j reads key head ⌊j / r⌋,

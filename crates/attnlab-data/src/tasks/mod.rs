@@ -218,9 +218,7 @@ impl TrainSet {
         let (epoch, j) = (index / per_epoch, index % per_epoch);
         let mut order: Vec<usize> = (0..self.samples).collect();
         let mut rng = Rng::new(self.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        rng.shuffle(&mut order);
         let end = ((j + 1) * batch).min(order.len());
         order[j * batch..end].to_vec()
     }

@@ -27,12 +27,6 @@ impl Default for MadMemorization {
     }
 }
 
-fn shuffle(rng: &mut Rng, v: &mut [u32]) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-}
-
 impl MadMemorization {
     pub fn insert(&self) -> u32 {
         self.vocab as u32 - 1
@@ -44,8 +38,8 @@ impl MadMemorization {
         let mut rng = Rng::new(self.map_seed);
         let mut k: Vec<u32> = (0..keys as u32).collect();
         let mut v: Vec<u32> = (keys as u32..self.vocab as u32 - 1).collect();
-        shuffle(&mut rng, &mut k);
-        shuffle(&mut rng, &mut v);
+        rng.shuffle(&mut k);
+        rng.shuffle(&mut v);
         let mut map = vec![0u32; keys];
         for (&key, &value) in k.iter().zip(&v) {
             map[key as usize] = value;
