@@ -11,6 +11,7 @@ use crate::mask::Pattern;
 use crate::recurrent::gated_deltanet::{GatedDeltaNet, GdnOptions};
 use crate::recurrent::kda::{Kda, KdaOptions};
 use crate::recurrent::linear_attention::LinearAttention;
+use crate::recurrent::log_linear::{levels_for, LogLinearAttention};
 use crate::recurrent::Recurrent;
 use crate::state::State;
 
@@ -26,6 +27,8 @@ pub enum Attention {
     Differential(Differential),
     /// Linear attention.
     Linear(LinearAttention),
+    /// Log-linear attention over linear attention.
+    LogLinear(LogLinearAttention),
     /// Gated DeltaNet.
     GatedDeltaNet(GatedDeltaNet),
     /// Kimi Delta Attention.
@@ -52,6 +55,10 @@ impl AttentionConfig {
             }
             AttentionConfig::Linear { feature_map, normalize, chunk } => {
                 return Attention::Linear(LinearAttention::new(d_model, heads, *feature_map, *normalize, *chunk, device))
+            }
+            AttentionConfig::LogLinear { feature_map, levels } => {
+                let levels = levels.unwrap_or(levels_for(max_seq));
+                return Attention::LogLinear(LogLinearAttention::new(d_model, heads, *feature_map, levels, device));
             }
             AttentionConfig::GatedDeltanet { value_heads, conv, gate, l2_norm, conv_init, chunk, .. } => {
                 let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");
@@ -98,6 +105,7 @@ impl Attention {
             Attention::Latent(m) => m.forward(x),
             Attention::Differential(m) => m.forward(x),
             Attention::Linear(m) => m.forward(x),
+            Attention::LogLinear(m) => m.forward(x),
             Attention::GatedDeltaNet(m) => m.forward(x),
             Attention::Kda(m) => m.forward(x),
         }
@@ -110,6 +118,7 @@ impl Attention {
             Attention::Latent(m) => State::Latent(m.init_state(batch, capacity, device)),
             Attention::Differential(m) => State::Kv(m.init_state(batch, capacity, device)),
             Attention::Linear(m) => State::Recurrent(m.init_state(batch, capacity, device)),
+            Attention::LogLinear(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::GatedDeltaNet(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
         }
@@ -122,6 +131,7 @@ impl Attention {
             (Attention::Latent(m), State::Latent(c)) => m.step(x, c),
             (Attention::Differential(m), State::Kv(c)) => m.step(x, c),
             (Attention::Linear(m), State::Recurrent(c)) => m.step(x, c),
+            (Attention::LogLinear(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::GatedDeltaNet(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
@@ -135,6 +145,7 @@ impl Attention {
             Attention::Latent(m) => m.state_bytes(context),
             Attention::Differential(m) => m.state_bytes(context),
             Attention::Linear(m) => m.state_bytes(context),
+            Attention::LogLinear(m) => m.state_bytes(context),
             Attention::GatedDeltaNet(m) => m.state_bytes(context),
             Attention::Kda(m) => m.state_bytes(context),
         }
@@ -147,6 +158,7 @@ impl Attention {
             Attention::Latent(m) => m.flops_per_token(context),
             Attention::Differential(m) => m.flops_per_token(context),
             Attention::Linear(m) => m.flops_per_token(context),
+            Attention::LogLinear(m) => m.flops_per_token(context),
             Attention::GatedDeltaNet(m) => m.flops_per_token(context),
             Attention::Kda(m) => m.flops_per_token(context),
         }

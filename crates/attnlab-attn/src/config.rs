@@ -104,6 +104,16 @@ pub enum AttentionConfig {
         #[serde(default = "default_linear_chunk", skip_serializing_if = "is_default_linear_chunk")]
         chunk: usize,
     },
+    /// Log-linear attention (Guo et al. 2025) over linear attention: keys in Fenwick buckets by
+    /// level `bit-length(t XOR s)`, each weighted per query by `λ = softplus(Λ ⊙ x W_l)`; decode
+    /// keeps one state per level (grows with log t). `levels` = L (positions < 2^(L−1)); left
+    /// out, enough for `model.max_seq`. Training is the O(T²) masked form.
+    LogLinear {
+        #[serde(default)]
+        feature_map: FeatureMap,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        levels: Option<usize>,
+    },
     /// Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): the delta rule with a per-head decay,
     /// `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`; short convs on q, k, v, L2-normalised
     /// q and k, output RMSNorm ⊙ SiLU gate. `head_dim` (d_k) defaults to d_model / heads,
@@ -247,7 +257,7 @@ fn is_false(b: &bool) -> bool {
 /// The kinds a user can write, for error messages.
 pub const KINDS: &[&str] = &[
     "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
-    "gated_deltanet", "kda",
+    "log_linear", "gated_deltanet", "kda",
 ];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
@@ -289,6 +299,7 @@ impl AttentionConfig {
             Self::Gated { .. } => "gated",
             Self::Differential {} => "differential",
             Self::Linear { .. } => "linear",
+            Self::LogLinear { .. } => "log_linear",
             Self::GatedDeltanet { .. } => "gated_deltanet",
             Self::Kda { .. } => "kda",
         }
@@ -341,6 +352,16 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, LINEAR_CHUNK);
                 return label;
             }
+            Self::LogLinear { feature_map, levels } => {
+                let mut label = "loglinear".to_string();
+                if *feature_map != FeatureMap::Elu1 {
+                    label.push_str(&format!("-{}", feature_map.name()));
+                }
+                if let Some(l) = levels {
+                    label.push_str(&format!("-L{l}"));
+                }
+                return label;
+            }
             Self::GatedDeltanet { value_heads, head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } => {
                 let mut label = "gdn".to_string();
                 push_delta_common(&mut label, *head_dim, *expand_v, 2, *conv, *conv_init);
@@ -390,7 +411,7 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } | Self::Differential {} | Self::Linear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
+            Self::Mla { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
@@ -519,6 +540,13 @@ impl AttentionConfig {
                         true,
                         "needs a positive feature map (elu1, hedgehog; relu may vanish): with identity the denominator φ(q)ᵀz changes sign",
                     ));
+                }
+            }
+            Self::LogLinear { levels, .. } => {
+                if let Some(l) = levels {
+                    if !(1..=40).contains(l) {
+                        return Err(ConfigError::new("model.attention.levels", l, "must be in 1..=40 (positions < 2^(levels − 1)); left out, enough for model.max_seq"));
+                    }
                 }
             }
             Self::GatedDeltanet { head_dim: dk, expand_v, chunk, .. } | Self::Kda { head_dim: dk, expand_v, chunk, .. } => {

@@ -82,6 +82,12 @@ pub const DOCS: &[KindDoc] = &[
         state: r#"none: a fixed h·d_φ·d_h (+ h·d_φ) floats"#,
     },
     KindDoc {
+        kind: "log_linear",
+        fields: r#"`feature_map` (`elu1`), `levels` (bit-length(max_seq − 1) + 1)"#,
+        what: r#"log-linear attention (Guo et al. 2025) over `linear`: key s of query t in Fenwick level ℓ = bit-length(t XOR s) (0 for s = t), weighted by λ_t^ℓ = softplus(Λ ⊙ x W_l) per head; with all λ equal it is its base (the output RMSNorm removes the factor). Training: the O(T²) masked form (the chunked O(T log T) form is not built); decode: one state per level with a binary carry. Label `loglinear`"#,
+        state: r#"none: h·d_φ·d_h per level, (⌊log₂t⌋ + 2) levels at t: grows with log t"#,
+    },
+    KindDoc {
         kind: "gated_deltanet",
         fields: r#"`head_dim` (d_model/heads), `expand_v` (2), `conv` (true), `gate` (true), `l2_norm` (true), `conv_init` (`kaiming`; `fla` = N(0, 0.02²)), `chunk` (32), `value_heads` (= heads)"#,
         what: r#"Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): S_t = α_t(I − β_t k_t k_tᵀ)S_{t−1} + β_t k_t v_tᵀ with α = e^g, g = −e^{A_log}·softplus(x W_a + dt_bias) per head, β = σ(x W_β); short causal convs (kernel 4) on q, k, v, SiLU, L2-normalised q, k; output RMSNorm ⊙ SiLU(x W_g). A ~ U(0,16), dt ∈ [1e-3, 0.1] log-uniform. `conv`/`gate`/`l2_norm = false` are the paper's ablations. `value_heads = H_v` (a multiple of heads): Qwen3-Next's grouped value heads, each q/k head serving H_v/heads consecutive value heads, β, decay and state per value head. Labels `gdn`, `gdn-noconv`, `gdn-d16-v1`, `gdn-v1-hv8`"#,

@@ -32,6 +32,7 @@ pub use tiled_attention::tiled_attention;
 pub use recurrent::gated_deltanet::GatedDeltaNet;
 pub use recurrent::kda::Kda;
 pub use recurrent::linear_attention::LinearAttention;
+pub use recurrent::log_linear::LogLinearAttention;
 pub use recurrent::Recurrent;
 pub use state::{KvCache, LatentCache, RecurrentState, State, WindowCache};
 

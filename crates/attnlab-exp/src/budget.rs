@@ -152,7 +152,10 @@ fn layer_state_bytes(m: &ModelConfig, a: &AttentionConfig, capacity: usize) -> f
 /// and NoPE MLA have none; a partial RoPE's smaller table is counted at full head width).
 fn rope_bytes(m: &ModelConfig) -> f64 {
     let no_table = |a: &AttentionConfig| {
-        matches!(a, AttentionConfig::Linear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. } | AttentionConfig::Mla { rope: false, .. })
+        matches!(
+            a,
+            AttentionConfig::Linear { .. } | AttentionConfig::LogLinear { .. } | AttentionConfig::GatedDeltanet { .. } | AttentionConfig::Kda { .. } | AttentionConfig::Mla { rope: false, .. }
+        )
     };
     let softmax_layers = m.layer_attentions().filter(|a| !no_table(a)).count();
     softmax_layers as f64 * m.max_seq as f64 * (m.d_model / m.heads.max(1)) as f64 * F32

@@ -140,6 +140,18 @@ impl ModelConfig {
         for (i, a) in self.pattern.iter().enumerate() {
             a.validate(self.d_model, self.heads).map_err(|e| e.renamed("model.attention", &format!("model.pattern[{i}]")))?;
         }
+        for (i, a) in self.layer_attentions().enumerate() {
+            if let AttentionConfig::LogLinear { levels: Some(l), .. } = a {
+                let need = attnlab_attn::recurrent::log_linear::levels_for(self.max_seq);
+                if *l < need {
+                    return Err(ConfigError::new(
+                        "model.attention.levels",
+                        l,
+                        format!("layer {i}: must be ≥ {need} to cover model.max_seq = {} positions (positions < 2^(levels − 1))", self.max_seq),
+                    ));
+                }
+            }
+        }
         for (key, a) in &self.overrides {
             match key.parse::<usize>() {
                 Ok(layer) if layer < self.layers && key == &layer.to_string() => {}

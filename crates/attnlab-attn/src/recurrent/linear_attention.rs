@@ -106,7 +106,7 @@ impl LinearAttention {
     }
 
     /// φ of queries (`key = false`) or keys, `[b, h, t, d_h]` → `[b, h, t, d_φ]`.
-    fn phi(&self, x: Tensor<4>, key: bool) -> Tensor<4> {
+    pub(crate) fn phi(&self, x: Tensor<4>, key: bool) -> Tensor<4> {
         match (self.map, &self.hedgehog) {
             // elu(x) + 1 = relu(x) + e^{min(x, 0)}: two cheap passes, no masks.
             (FeatureMap::Elu1, _) => relu(x.clone()) + x.clamp_max(0.0).exp(),

@@ -11,6 +11,7 @@ pub mod gated_deltanet;
 pub mod gates;
 pub mod kda;
 pub mod linear_attention;
+pub mod log_linear;
 pub mod short_conv;
 
 use burn::tensor::{Device, Tensor};

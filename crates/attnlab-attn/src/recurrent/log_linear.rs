@@ -1,0 +1,186 @@
+//! Log-linear attention (Guo et al. 2025, "Log-Linear Attention") over linear attention
+//! (`../shared/MECHANISMS.md` §4; fla `ops/log_linear_attn/naive.py`, HanGuo97 `hattention`).
+//!
+//! The base's q, k, v and feature map φ stay ([`LinearAttention`]); the keys before a query are
+//! split into Fenwick buckets by level `ℓ(t, t) = 0`, `ℓ(t, s) = bit-length(t XOR s)` (0-based
+//! positions), each weighted by a query-dependent `λ_t^ℓ ≥ 0`:
+//!
+//! `o_t = RMSNorm(Σ_{s ≤ t} λ_t^{ℓ(t,s)} (φ(q_t)·φ(k_s)) v_s · d_φ^−½)` per head, then `W_o`,
+//! `λ_t = softplus(Λ_h ⊙ (x_t W_l)_h)`, `W_l: d → h·L` (bias-free, N(0, 0.02²)), `Λ [h, L]` = 1 at
+//! init (λ ≈ ln 2: through the RMSNorm the layer starts as its base). With every λ equal it *is*
+//! the base layer (the RMSNorm removes the common factor). L = `levels` ≥ bit-length(max_seq − 1) + 1.
+//!
+//! Training form: the O(T²) masked product `(φ(Q)φ(K)ᵀ ⊙ M^H) V`, `M^H_{ts} = λ_t^{ℓ(t,s)}`
+//! (the chunked O(T log T) form is not built: this costs as much as softmax attention).
+//! Decode: one `d_φ × d_h` state per level; before inserting token t > 0, with z the trailing
+//! zeros of t, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and levels 0..=z are cleared (a binary carry); then
+//! `S^(0) = φ(k_t) v_tᵀ` and `o_t = Σ_ℓ λ_t^ℓ S^(ℓ)ᵀ φ(q_t)`. The state holds bit-length(t) + 1
+//! levels at position t: `4·h·d_φ·d_h·(⌊log₂ t⌋ + 2)` bytes — it grows with log t.
+//! Only the RMSNorm output of the base is built (the normaliser form would need z per level).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::softplus;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::linear_attention::LinearAttention;
+use super::{merge_heads, split_heads};
+use crate::config::FeatureMap;
+use crate::linear::{apply, linear};
+use crate::state::RecurrentState;
+use attnlab_kernels::rms_norm;
+
+/// Fenwick level of key position `s` for query position `t ≥ s`: 0 for `s = t`, else the
+/// bit length of `t XOR s`.
+pub fn level(t: usize, s: usize) -> usize {
+    assert!(s <= t, "level({t}, {s}): the key must not follow the query");
+    (usize::BITS - (t ^ s).leading_zeros()) as usize
+}
+
+/// Levels a state needs for positions `0..len`: bit-length(len − 1) + 1 (1 for len ≤ 1).
+pub fn levels_for(len: usize) -> usize {
+    level(len.saturating_sub(1), 0) + 1
+}
+
+#[derive(Module, Debug)]
+pub struct LogLinearAttention {
+    /// The linear-attention layer whose q, k, v, φ, output norm and `W_o` are used.
+    pub base: LinearAttention,
+    /// `d → h·L`: the level weights' pre-activations.
+    pub level_proj: Linear,
+    /// `Λ [h, L]`, ones at init.
+    pub level_scale: Param<Tensor<2>>,
+    pub levels: usize,
+}
+
+impl LogLinearAttention {
+    /// `levels` = L (the largest position is 2^(L−1) − 1). The base must use its RMSNorm output.
+    pub fn new(d_model: usize, heads: usize, map: FeatureMap, levels: usize, device: &Device) -> Self {
+        Self {
+            base: LinearAttention::new(d_model, heads, map, false, crate::config::LINEAR_CHUNK, device),
+            level_proj: linear(d_model, heads * levels, device),
+            level_scale: Param::from_tensor(Tensor::ones([heads, levels], device)),
+            levels,
+        }
+    }
+
+    /// Longest sequence the levels cover: 2^(L−1).
+    pub fn max_positions(&self) -> usize {
+        1usize.checked_shl(self.levels as u32 - 1).unwrap_or(usize::MAX)
+    }
+
+    /// λ `[b, h, t, L]` for x `[b, t, d]`.
+    pub fn lambda(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, t, _] = x.dims();
+        let (h, l) = (self.base.heads, self.levels);
+        let z = apply(&self.level_proj, x).reshape([b, t, h, l]).swap_dims(1, 2);
+        softplus(z * self.level_scale.val().reshape([1, h, 1, l]), 1.0)
+    }
+
+    /// φ(q), φ(k) `[b, h, t, d_φ]` and v `[b, h, t, d_h]`.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let (h, d) = (self.base.heads, self.base.head_dim);
+        let qkv = apply(&self.base.qkv, x);
+        let part = |i: usize| split_heads(qkv.clone().narrow(2, i * h * d, h * d), h);
+        (self.base.phi(part(0), false), self.base.phi(part(1), true), part(2))
+    }
+
+    /// The per-head outputs `[b, h, t, d_h]` through the output norm and `W_o`.
+    fn output(&self, o: Tensor<4>) -> Tensor<3> {
+        let norm = self.base.norm.as_ref().expect("log-linear attention uses the RMSNorm output");
+        apply(&self.base.out, merge_heads(rms_norm(norm, o)))
+    }
+
+    /// The masked form with given level weights `λ [b, h, t, L]` (the forward passes
+    /// [`Self::lambda`]; tests pass one-hot weights).
+    pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
+        let h = self.base.heads;
+        let (q, k, v) = self.qkv(x);
+        let device = q.device();
+        let scale = 1.0 / (self.base.feature_dim() as f64).sqrt();
+        // Level of every (query, key) pair, and 1 where the key does not follow the query.
+        let (mut levels, mut causal) = (Vec::with_capacity(t * t), Vec::with_capacity(t * t));
+        for i in 0..t {
+            for j in 0..t {
+                levels.push(if j <= i { level(i, j) as i64 } else { 0 });
+                causal.push(if j <= i { 1f32 } else { 0.0 });
+            }
+        }
+        let levels = Tensor::<2, Int>::from_data(TensorData::new(levels, [t, t]), &device).unsqueeze::<4>().expand([b, h, t, t]);
+        let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).unsqueeze::<4>();
+        let weights = lambda.gather(3, levels) * causal;
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        self.output((scores * weights).matmul(v))
+    }
+
+    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let lambda = self.lambda(x.clone());
+        self.forward_with_lambda(x, lambda)
+    }
+
+    /// Empty state: level states `[batch, L·h, d_φ, d_h]` (level ℓ at rows ℓ·h..), with the
+    /// levels positions `0..capacity` need.
+    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
+        let (h, dphi, d) = (self.base.heads, self.base.feature_dim(), self.base.head_dim);
+        let levels = levels_for(capacity.max(1)).min(self.levels);
+        RecurrentState { s: Tensor::zeros([batch, levels * h, dphi, d], device), conv: None, len: 0, capacity }
+    }
+
+    /// Feeds x `[batch, new, d_model]` token by token through the Fenwick levels.
+    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
+        let [b, new, _] = x.dims();
+        let (h, dphi, d) = (self.base.heads, self.base.feature_dim(), self.base.head_dim);
+        let held = state.s.dims()[1] / h;
+        let lambda = self.lambda(x.clone());
+        let (q, k, v) = self.qkv(x);
+        let scale = 1.0 / (dphi as f64).sqrt();
+        let mut outputs = Vec::with_capacity(new);
+        for i in 0..new {
+            let t = state.len;
+            assert!(t < self.max_positions(), "log-linear attention: position {t} exceeds the {} levels (positions < 2^{}; set model.attention.levels)", self.levels, self.levels - 1);
+            assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {})", levels_for(t + 1), state.capacity);
+            // [b, L, h, d_φ, d_h] views of the levels.
+            let mut s = state.s.clone().reshape([b, held, h, dphi, d]);
+            if t > 0 {
+                let z = t.trailing_zeros() as usize;
+                let carried = s.clone().narrow(1, 0, z + 1).sum_dim(1); // [b, 1, h, d_φ, d_h]
+                let above = s.clone().narrow(1, z + 1, 1) + carried;
+                let cleared = Tensor::zeros([b, z + 1, h, dphi, d], &above.device());
+                let rest = held - (z + 2);
+                let mut parts = vec![cleared, above];
+                if rest > 0 {
+                    parts.push(s.clone().narrow(1, z + 2, rest));
+                }
+                s = Tensor::cat(parts, 1);
+            }
+            let (qt, kt, vt) = (q.clone().narrow(2, i, 1), k.clone().narrow(2, i, 1), v.clone().narrow(2, i, 1)); // [b, h, 1, ·]
+            let fresh = kt.swap_dims(2, 3).matmul(vt).unsqueeze_dim::<5>(1); // [b, 1, h, d_φ, d_h]
+            s = if held > 1 { Tensor::cat(vec![fresh, s.narrow(1, 1, held - 1)], 1) } else { fresh };
+            // o = Σ_ℓ λ^ℓ S^(ℓ)ᵀ φ(q): per level [b, L, h, 1, d_h], weighted by λ [b, h, L] → [b, L, h].
+            let read = qt.unsqueeze_dim::<5>(1).matmul(s.clone()) * scale; // [b, L, h, 1, d_h]
+            let w = lambda.clone().narrow(2, i, 1).narrow(3, 0, held).reshape([b, h, held]).swap_dims(1, 2).reshape([b, held, h, 1, 1]);
+            outputs.push((read * w).sum_dim(1).reshape([b, h, 1, d]));
+            state.s = s.reshape([b, held * h, dphi, d]);
+            state.len += 1;
+        }
+        self.output(Tensor::cat(outputs, 2))
+    }
+
+    /// `4 · h · d_φ · d_h · (bit-length(context − 1) + 1)`: the levels `context` positions use
+    /// (at most L).
+    pub fn state_bytes(&self, context: usize) -> usize {
+        let (h, dphi, d) = (self.base.heads, self.base.feature_dim(), self.base.head_dim);
+        h * dphi * d * levels_for(context.max(1)).min(self.levels) * crate::F32_BYTES
+    }
+
+    /// Projections (the base's and the level head, 2 per weight) and the masked quadratic
+    /// form: scores and the weighted sum over every visible key, `2·h·(d_φ + d_h)` per key.
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let proj = self.base.qkv.weight.shape().num_elements() + self.base.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
+        let attn = 2 * self.base.heads * (self.base.feature_dim() + self.base.head_dim) * context;
+        (2 * proj + attn) as u64
+    }
+}
