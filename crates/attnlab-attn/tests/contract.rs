@@ -28,6 +28,8 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Differential {},
         AttentionConfig::Linear { feature_map: FeatureMap::Elu1, normalize: false, chunk: 4 },
         AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
+        AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels: None },
+        AttentionConfig::LogLinear { feature_map: FeatureMap::Hedgehog, levels: Some(9) },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
         // Qwen3-Next's grouped value heads (state sized by the value heads).
@@ -90,6 +92,11 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
             AttentionConfig::Linear { feature_map, normalize, .. } => {
                 let phi = if *feature_map == FeatureMap::Hedgehog { 2 * head_dim } else { head_dim };
                 (heads * phi * (head_dim + usize::from(*normalize)), 1)
+            }
+            // One d_φ × d_h state per level: bit-length(49) + 1 = 7 levels at 50 tokens.
+            AttentionConfig::LogLinear { feature_map, .. } => {
+                let phi = if *feature_map == FeatureMap::Hedgehog { 2 * head_dim } else { head_dim };
+                (heads * phi * head_dim * 7, 1)
             }
             // S per value head d_k × d_v, plus the conv tails: 3 inputs of 2·h·d_k + h_v·d_v
             // channels (h_v = value_heads, else h).

@@ -6,10 +6,10 @@
 //!
 //! Mutations planted and seen to fail:
 //! - level from 1-based positions (`bit-length((t+1) XOR (s+1))`) → `levels_are_the_fenwick_buckets`,
-//!   `forward_matches_the_reference`;
-//! - λ indexed by the key instead of the query → `forward_matches_the_reference`, `one_hot_lambda_keeps_one_bucket`;
-//! - the carry into level z instead of z + 1 → `decode_equals_the_reference_across_powers_of_two`;
-//! - the carry skipped (levels never merged) → `decode_equals_the_reference_across_powers_of_two`;
+//!   `forward_matches_the_reference`, `one_hot_lambda_keeps_one_bucket`, gradients;
+//! - the weight matrix transposed (λ of the key, not the query) → `forward_matches_the_reference`,
+//!   `one_hot_lambda_keeps_one_bucket`, gradients;
+//! - the binary carry skipped (levels never merged) → `decode_equals_the_reference_across_powers_of_two`;
 //! - state bytes counting `levels` (L) instead of the levels the context uses → `state_bytes_grow_with_log_t_and_equal_the_real_tensors`.
 
 mod common;

@@ -76,6 +76,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"linear\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
+        toml::from_str("kind = \"log_linear\"").unwrap(),
     ]
     .into_iter()
     .map(|attention| (attention, vec![]))
