@@ -59,6 +59,7 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
         "{kind = \"gated\"}",
         "{kind = \"differential\"}",
         "{kind = \"linear\", chunk = 4}",
+        "{kind = \"log_linear\"}",
         "{kind = \"gated_deltanet\", chunk = 4}",
         "{kind = \"kda\", chunk = 4}",
     ];

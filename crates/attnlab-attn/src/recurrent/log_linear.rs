@@ -109,7 +109,8 @@ impl LogLinearAttention {
             }
         }
         let levels = Tensor::<2, Int>::from_data(TensorData::new(levels, [t, t]), &device).unsqueeze::<4>().expand([b, h, t, t]);
-        let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).unsqueeze::<4>();
+        // (In the compute type: a half-precision training forward multiplies in f16/bf16.)
+        let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).cast(q.dtype()).unsqueeze::<4>();
         let weights = lambda.gather(3, levels) * causal;
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         self.output((scores * weights).matmul(v))
