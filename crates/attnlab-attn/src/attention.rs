@@ -56,9 +56,9 @@ impl AttentionConfig {
             AttentionConfig::Linear { feature_map, normalize, chunk } => {
                 return Attention::Linear(LinearAttention::new(d_model, heads, *feature_map, *normalize, *chunk, device))
             }
-            AttentionConfig::LogLinear { feature_map, levels } => {
+            AttentionConfig::LogLinear { feature_map, levels, chunk } => {
                 let levels = levels.unwrap_or(levels_for(max_seq));
-                return Attention::LogLinear(LogLinearAttention::new(d_model, heads, *feature_map, levels, device));
+                return Attention::LogLinear(LogLinearAttention::new(d_model, heads, *feature_map, levels, *chunk, device));
             }
             AttentionConfig::GatedDeltanet { value_heads, conv, gate, l2_norm, conv_init, chunk, .. } => {
                 let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");

@@ -107,12 +107,15 @@ pub enum AttentionConfig {
     /// Log-linear attention (Guo et al. 2025) over linear attention: keys in Fenwick buckets by
     /// level `bit-length(t XOR s)`, each weighted per query by `λ = softplus(Λ ⊙ x W_l)`; decode
     /// keeps one state per level (grows with log t). `levels` = L (positions < 2^(L−1)); left
-    /// out, enough for `model.max_seq`. Training is the O(T²) masked form.
+    /// out, enough for `model.max_seq`. Training: the chunked O(T log T) form, `chunk` a power
+    /// of two (64).
     LogLinear {
         #[serde(default)]
         feature_map: FeatureMap,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         levels: Option<usize>,
+        #[serde(default = "default_linear_chunk", skip_serializing_if = "is_default_linear_chunk")]
+        chunk: usize,
     },
     /// Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): the delta rule with a per-head decay,
     /// `S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`; short convs on q, k, v, L2-normalised
@@ -352,7 +355,7 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, LINEAR_CHUNK);
                 return label;
             }
-            Self::LogLinear { feature_map, levels } => {
+            Self::LogLinear { feature_map, levels, chunk } => {
                 let mut label = "loglinear".to_string();
                 if *feature_map != FeatureMap::Elu1 {
                     label.push_str(&format!("-{}", feature_map.name()));
@@ -360,6 +363,7 @@ impl AttentionConfig {
                 if let Some(l) = levels {
                     label.push_str(&format!("-L{l}"));
                 }
+                push_chunk(&mut label, *chunk, LINEAR_CHUNK);
                 return label;
             }
             Self::GatedDeltanet { value_heads, head_dim, expand_v, conv, gate, l2_norm, conv_init, chunk } => {
@@ -542,7 +546,10 @@ impl AttentionConfig {
                     ));
                 }
             }
-            Self::LogLinear { levels, .. } => {
+            Self::LogLinear { levels, chunk, .. } => {
+                if !chunk.is_power_of_two() {
+                    return Err(ConfigError::new("model.attention.chunk", chunk, "must be a power of two (chunks start at multiples of it, so that whole chunks share a Fenwick level)"));
+                }
                 if let Some(l) = levels {
                     if !(1..=40).contains(l) {
                         return Err(ConfigError::new("model.attention.levels", l, "must be in 1..=40 (positions < 2^(levels − 1)); left out, enough for model.max_seq"));

@@ -28,8 +28,8 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Differential {},
         AttentionConfig::Linear { feature_map: FeatureMap::Elu1, normalize: false, chunk: 4 },
         AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
-        AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels: None },
-        AttentionConfig::LogLinear { feature_map: FeatureMap::Hedgehog, levels: Some(9) },
+        AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels: None, chunk: 4 },
+        AttentionConfig::LogLinear { feature_map: FeatureMap::Hedgehog, levels: Some(9), chunk: 64 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
         // Qwen3-Next's grouped value heads (state sized by the value heads).

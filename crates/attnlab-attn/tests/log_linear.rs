@@ -1,4 +1,5 @@
-//! Log-linear attention over linear attention against an independent f64 reference: the
+//! Log-linear attention over linear attention against an independent f64 reference (the
+//! training forward is the chunked form, checked also against the dense O(T²) form): the
 //! Fenwick buckets written out from their definition (not the bit-length formula), the masked
 //! sum over every visible key, the output RMSNorm and W_o; decode (the binary-carry level
 //! states) against the same reference across power-of-two boundaries; gradients against finite
@@ -9,6 +10,8 @@
 //!   `forward_matches_the_reference`, `one_hot_lambda_keeps_one_bucket`, gradients;
 //! - the weight matrix transposed (λ of the key, not the query) → `forward_matches_the_reference`,
 //!   `one_hot_lambda_keeps_one_bucket`, gradients;
+//! - the cross-chunk bucket one chunk late (`P[β + 1] − P[β + 1 − 2^(ℓ'−1)]`), and the cross-chunk
+//!   λ read one level low → `chunked_form_equals_the_dense_form`, `forward_matches_the_reference`;
 //! - the binary carry skipped (levels never merged) → `decode_equals_the_reference_across_powers_of_two`;
 //! - state bytes counting `levels` (L) instead of the levels the context uses → `state_bytes_grow_with_log_t_and_equal_the_real_tensors`.
 
@@ -89,7 +92,8 @@ fn reference(m: &LogLinearAttention, x: &[f64], b: usize, t: usize, lambda: &[Ve
 }
 
 fn config(levels: Option<usize>) -> AttentionConfig {
-    AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels }
+    // Chunks of 4: the training forward crosses chunks (and cross-chunk levels) at t ≥ 5.
+    AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels, chunk: 4 }
 }
 
 /// Weights × 4 (Λ = 4 at "init"): λ spread over ≈ 0.2–2.5, so buckets weigh differently.
@@ -139,6 +143,23 @@ fn decode_equals_the_reference_across_powers_of_two() {
     }
 }
 
+/// The chunked form equals the dense O(T²) form for chunks that do and do not divide T, chunk
+/// 1 (every key in another chunk) and one chunk covering everything.
+#[test]
+fn chunked_form_equals_the_dense_form() {
+    let dev = cpu();
+    let m = layer(15, None, &dev);
+    for t in [1, 6, 16, 37] {
+        let x = random_input(2, t, D_MODEL, 16, &dev);
+        let lambda = m.lambda(x.clone());
+        let dense = to_vec(m.forward_with_lambda(x.clone(), lambda.clone()));
+        for c in [1, 2, 4, 8, 64] {
+            let err = rel_err(&to_vec(m.forward_chunked(x.clone(), lambda.clone(), c)), &dense);
+            assert!(err < 1e-5, "t = {t}, chunk {c}: relative error {err}");
+        }
+    }
+}
+
 /// λ = e_ℓ keeps exactly bucket ℓ (random λ would hide a wrong level assignment).
 #[test]
 fn one_hot_lambda_keeps_one_bucket() {
@@ -152,10 +173,11 @@ fn one_hot_lambda_keeps_one_bucket() {
         // [b][t][h][L] → the module's [b, h, t, L].
         let flat: Vec<f32> = (0..HEADS * t).flat_map(|_| (0..m.levels).map(|l| if l == keep { 1.0 } else { 0.0 })).collect();
         let lambda = Tensor::<1>::from_data(TensorData::new(flat, [b * HEADS * t * m.levels]), &dev).reshape([b, HEADS, t, m.levels]);
-        let got = to_vec(m.forward_with_lambda(x.clone(), lambda));
         let want = reference(&m, &xs, b, t, &one_hot);
-        let err = rel_err(&got, &want);
-        assert!(err < 1e-4, "bucket {keep}: relative error {err}");
+        for (form, got) in [("dense", m.forward_with_lambda(x.clone(), lambda.clone())), ("chunked", m.forward_chunked(x.clone(), lambda, 4))] {
+            let err = rel_err(&to_vec(got), &want);
+            assert!(err < 1e-4, "{form}, bucket {keep}: relative error {err}");
+        }
     }
 }
 

@@ -10,8 +10,12 @@
 //! init (λ ≈ ln 2: through the RMSNorm the layer starts as its base). With every λ equal it *is*
 //! the base layer (the RMSNorm removes the common factor). L = `levels` ≥ bit-length(max_seq − 1) + 1.
 //!
-//! Training form: the O(T²) masked product `(φ(Q)φ(K)ᵀ ⊙ M^H) V`, `M^H_{ts} = λ_t^{ℓ(t,s)}`
-//! (the chunked O(T log T) form is not built: this costs as much as softmax attention).
+//! Training form: chunks of C (a power of two) at multiples of C. Inside a chunk the masked
+//! product `(φ(Q)φ(K)ᵀ ⊙ M^H) V`, `M^H_{ts} = λ_t^{ℓ(t,s)}` (levels ≤ log₂C); a key in an earlier
+//! chunk j of query chunk i has level `log₂C + bit-length(i XOR j)`, so each higher level reads one
+//! bucket of whole chunks — a difference of two prefix sums of the chunk states `Σ φ(k)vᵀ`:
+//! O(T·C + T·log(T/C)·d_φ·d_h) ([`LogLinearAttention::forward_chunked`]). The dense O(T²)
+//! form ([`LogLinearAttention::forward_with_lambda`]) is kept as the tests' second path.
 //! Decode: one `d_φ × d_h` state per level; before inserting token t > 0, with z the trailing
 //! zeros of t, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and levels 0..=z are cleared (a binary carry); then
 //! `S^(0) = φ(k_t) v_tᵀ` and `o_t = Σ_ℓ λ_t^ℓ S^(ℓ)ᵀ φ(q_t)`. The state holds bit-length(t) + 1
@@ -51,16 +55,21 @@ pub struct LogLinearAttention {
     /// `Λ [h, L]`, ones at init.
     pub level_scale: Param<Tensor<2>>,
     pub levels: usize,
+    /// C of the chunked training form (a power of two).
+    #[module(skip)]
+    pub chunk: usize,
 }
 
 impl LogLinearAttention {
     /// `levels` = L (the largest position is 2^(L−1) − 1). The base must use its RMSNorm output.
-    pub fn new(d_model: usize, heads: usize, map: FeatureMap, levels: usize, device: &Device) -> Self {
+    pub fn new(d_model: usize, heads: usize, map: FeatureMap, levels: usize, chunk: usize, device: &Device) -> Self {
+        assert!(chunk.is_power_of_two(), "log-linear chunk {chunk} must be a power of two");
         Self {
             base: LinearAttention::new(d_model, heads, map, false, crate::config::LINEAR_CHUNK, device),
             level_proj: linear(d_model, heads * levels, device),
             level_scale: Param::from_tensor(Tensor::ones([heads, levels], device)),
             levels,
+            chunk,
         }
     }
 
@@ -116,10 +125,72 @@ impl LogLinearAttention {
         self.output((scores * weights).matmul(v))
     }
 
-    /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    /// Causal forward (the chunked form). x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let lambda = self.lambda(x.clone());
-        self.forward_with_lambda(x, lambda)
+        self.forward_chunked(x, lambda, self.chunk)
+    }
+
+    /// The chunked form with chunk `c` (a power of two) and level weights `λ [b, h, t, L]`.
+    pub fn forward_chunked(&self, x: Tensor<3>, lambda: Tensor<4>, c: usize) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        assert!(c.is_power_of_two(), "chunk {c} must be a power of two");
+        assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
+        let (h, d, dphi) = (self.base.heads, self.base.head_dim, self.base.feature_dim());
+        let n = t.div_ceil(c);
+        let (q, k, v) = self.qkv(x);
+        let device = q.device();
+        let dtype = q.dtype();
+        // Zero padding to n·C: a padded key has v = 0 and adds nothing; padded queries are dropped.
+        let pad = |x: Tensor<4>| {
+            let [b, h, _, w] = x.dims();
+            if n * c == t { x } else { Tensor::cat(vec![x, Tensor::zeros([b, h, n * c - t, w], (&device, dtype))], 2) }
+        };
+        let chunks = |x: Tensor<4>| {
+            let w = x.dims()[3];
+            pad(x).reshape([b, h, n, c, w])
+        };
+        let (q, k, v) = (chunks(q), chunks(k), chunks(v));
+        let lambda = chunks(lambda.cast(dtype));
+        let scale = 1.0 / (dphi as f64).sqrt();
+        // Inside a chunk (chunks start at multiples of C): the level of (i, j) is ℓ(i mod C, j mod C).
+        let (mut levels, mut causal) = (Vec::with_capacity(c * c), Vec::with_capacity(c * c));
+        for i in 0..c {
+            for j in 0..c {
+                levels.push(if j <= i { level(i, j) as i64 } else { 0 });
+                causal.push(if j <= i { 1f32 } else { 0.0 });
+            }
+        }
+        let levels = Tensor::<2, Int>::from_data(TensorData::new(levels, [c, c]), &device).unsqueeze::<5>().expand([b, h, n, c, c]);
+        let causal = Tensor::<2>::from_data(TensorData::new(causal, [c, c]), &device).cast(dtype).unsqueeze::<5>();
+        let weights = lambda.clone().gather(4, levels) * causal;
+        let intra = (q.clone().matmul(k.clone().swap_dims(3, 4)) * scale * weights).matmul(v.clone());
+        // Across chunks: bucket ℓ' ≥ 1 of chunk i is chunks [β − 2^(ℓ'−1), β), β = i − (i mod 2^(ℓ'−1)),
+        // non-empty iff bit ℓ'−1 of i is set; its state is P[β] − P[β − 2^(ℓ'−1)] with P the
+        // exclusive prefix sums of the chunk states (empty buckets read P[0] − P[0] = 0).
+        let cross = level(n - 1, 0);
+        let out = if cross == 0 {
+            intra
+        } else {
+            let states = k.swap_dims(3, 4).matmul(v); // [b, h, n, d_φ, d_h]
+            let prefix = Tensor::cat(vec![Tensor::zeros([b, h, 1, dphi, d], (&device, dtype)), states.cumsum(2)], 2);
+            let (mut hi, mut lo) = (Vec::with_capacity(n * cross), Vec::with_capacity(n * cross));
+            for i in 0..n {
+                for lv in 1..=cross {
+                    let width = 1usize << (lv - 1);
+                    let (a, z) = if i & width != 0 { (i - i % width, i - i % width - width) } else { (0, 0) };
+                    hi.push(a as i64);
+                    lo.push(z as i64);
+                }
+            }
+            let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n * cross]), &device);
+            let buckets = (prefix.clone().select(2, index(hi)) - prefix.select(2, index(lo))).reshape([b, h, n, cross, dphi, d]);
+            let read = q.unsqueeze_dim::<6>(3).matmul(buckets) * scale; // [b, h, n, cross, C, d_h]
+            let base = c.trailing_zeros() as usize;
+            let w = lambda.narrow(4, base + 1, cross).swap_dims(3, 4).unsqueeze_dim::<6>(5); // [b, h, n, cross, C, 1]
+            intra + (read * w).sum_dim(3).reshape([b, h, n, c, d])
+        };
+        self.output(out.reshape([b, h, n * c, d]).narrow(2, 0, t))
     }
 
     /// Empty state: level states `[batch, L·h, d_φ, d_h]` (level ℓ at rows ℓ·h..), with the
@@ -177,11 +248,14 @@ impl LogLinearAttention {
         h * dphi * d * levels_for(context.max(1)).min(self.levels) * crate::F32_BYTES
     }
 
-    /// Projections (the base's and the level head, 2 per weight) and the masked quadratic
-    /// form: scores and the weighted sum over every visible key, `2·h·(d_φ + d_h)` per key.
+    /// Projections (the base's and the level head, 2 per weight) and the chunked form: the
+    /// masked product over the chunk's visible keys (`2·h·(d_φ + d_h)` per key, ≤ C), the chunk
+    /// state and one `d_φ × d_h` read per cross-chunk level (`2·h·d_φ·d_h` each).
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let proj = self.base.qkv.weight.shape().num_elements() + self.base.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
-        let attn = 2 * self.base.heads * (self.base.feature_dim() + self.base.head_dim) * context;
-        (2 * proj + attn) as u64
+        let (h, dphi, d) = (self.base.heads, self.base.feature_dim(), self.base.head_dim);
+        let intra = 2 * h * (dphi + d) * context.min(self.chunk);
+        let cross = level(context.max(1).div_ceil(self.chunk) - 1, 0);
+        (2 * proj + intra + 2 * h * dphi * d * (1 + cross)) as u64
     }
 }
