@@ -12,6 +12,8 @@
 //!   `one_hot_lambda_keeps_one_bucket`, gradients;
 //! - the cross-chunk bucket one chunk late (`P[β + 1] − P[β + 1 − 2^(ℓ'−1)]`), and the cross-chunk
 //!   λ read one level low → `chunked_form_equals_the_dense_form`, `forward_matches_the_reference`;
+//! - the chunk not capped at the sequence's next power of two → `a_chunk_longer_than_the_levels_cover_is_fine`
+//!   (an out-of-range level index);
 //! - the binary carry skipped (levels never merged) → `decode_equals_the_reference_across_powers_of_two`;
 //! - state bytes counting `levels` (L) instead of the levels the context uses → `state_bytes_grow_with_log_t_and_equal_the_real_tensors`.
 
@@ -96,10 +98,12 @@ fn config(levels: Option<usize>) -> AttentionConfig {
     AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels, chunk: 4 }
 }
 
-/// Weights × 4 (Λ = 4 at "init"): λ spread over ≈ 0.2–2.5, so buckets weigh differently.
+/// Weights × 4 and Λ = 4: λ spread over ≈ 0.2–2.5, so buckets weigh differently.
 fn layer(seed: u64, levels: Option<usize>, dev: &Device) -> LogLinearAttention {
     let Attention::LogLinear(m) = seeded(dev, seed, || config(levels).init(D_MODEL, HEADS, 64, 10_000.0, dev)) else { panic!("expected log-linear") };
-    sharpen(m, 4.0)
+    let mut m = sharpen(m, 4.0);
+    m.level_scale = attnlab_attn::burn::module::Param::from_tensor((m.level_scale.val() * 4.0).detach().set_require_grad(dev.is_autodiff()));
+    m
 }
 
 #[test]
@@ -157,6 +161,21 @@ fn chunked_form_equals_the_dense_form() {
             let err = rel_err(&to_vec(m.forward_chunked(x.clone(), lambda.clone(), c)), &dense);
             assert!(err < 1e-5, "t = {t}, chunk {c}: relative error {err}");
         }
+    }
+}
+
+/// A chunk longer than the sequence, with just the levels the sequence needs (L = 3: 4
+/// positions): the padded rows must not read a level beyond L.
+#[test]
+fn a_chunk_longer_than_the_levels_cover_is_fine() {
+    let dev = cpu();
+    let m = layer(17, Some(3), &dev);
+    for t in [1, 3, 4] {
+        let x = random_input(1, t, D_MODEL, 18, &dev);
+        let lambda = m.lambda(x.clone());
+        let dense = to_vec(m.forward_with_lambda(x.clone(), lambda.clone()));
+        let err = rel_err(&to_vec(m.forward_chunked(x, lambda, 64)), &dense);
+        assert!(err < 1e-5, "t = {t}: relative error {err}");
     }
 }
 

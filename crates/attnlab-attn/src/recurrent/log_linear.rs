@@ -19,7 +19,8 @@
 //! Decode: one `d_φ × d_h` state per level; before inserting token t > 0, with z the trailing
 //! zeros of t, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and levels 0..=z are cleared (a binary carry); then
 //! `S^(0) = φ(k_t) v_tᵀ` and `o_t = Σ_ℓ λ_t^ℓ S^(ℓ)ᵀ φ(q_t)`. The state holds bit-length(t) + 1
-//! levels at position t: `4·h·d_φ·d_h·(⌊log₂ t⌋ + 2)` bytes — it grows with log t.
+//! levels at position t: `4·h·d_φ·d_h·(⌊log₂ t⌋ + 2)` bytes — it grows with log t (`state_bytes`;
+//! a state is allocated with the levels of its whole capacity).
 //! Only the RMSNorm output of the base is built (the normaliser form would need z per level).
 
 use burn::module::{Module, Param};
@@ -52,8 +53,9 @@ pub struct LogLinearAttention {
     pub base: LinearAttention,
     /// `d → h·L`: the level weights' pre-activations.
     pub level_proj: Linear,
-    /// `Λ [h, L]`, ones at init.
-    pub level_scale: Param<Tensor<2>>,
+    /// `Λ [h·L]` (row-major `[h, L]`; one-dimensional, so `train.decay = "matrices"` does not
+    /// decay it, as fla), ones at init.
+    pub level_scale: Param<Tensor<1>>,
     pub levels: usize,
     /// C of the chunked training form (a power of two).
     #[module(skip)]
@@ -67,7 +69,7 @@ impl LogLinearAttention {
         Self {
             base: LinearAttention::new(d_model, heads, map, false, crate::config::LINEAR_CHUNK, device),
             level_proj: linear(d_model, heads * levels, device),
-            level_scale: Param::from_tensor(Tensor::ones([heads, levels], device)),
+            level_scale: Param::from_tensor(Tensor::ones([heads * levels], device)),
             levels,
             chunk,
         }
@@ -135,6 +137,9 @@ impl LogLinearAttention {
     pub fn forward_chunked(&self, x: Tensor<3>, lambda: Tensor<4>, c: usize) -> Tensor<3> {
         let [b, t, _] = x.dims();
         assert!(c.is_power_of_two(), "chunk {c} must be a power of two");
+        // No chunk longer than the sequence needs: its padded rows would read levels up to
+        // log₂C, beyond the L that cover `t` positions.
+        let c = c.min(t.next_power_of_two());
         assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
         let (h, d, dphi) = (self.base.heads, self.base.head_dim, self.base.feature_dim());
         let n = t.div_ceil(c);
@@ -172,8 +177,10 @@ impl LogLinearAttention {
         let out = if cross == 0 {
             intra
         } else {
-            let states = k.swap_dims(3, 4).matmul(v); // [b, h, n, d_φ, d_h]
-            let prefix = Tensor::cat(vec![Tensor::zeros([b, h, 1, dphi, d], (&device, dtype)), states.cumsum(2)], 2);
+            // Prefix sums and their differences in f32 (a half-precision difference of two long
+            // sums would lose the bucket).
+            let states = k.swap_dims(3, 4).matmul(v).cast(burn::tensor::DType::F32); // [b, h, n, d_φ, d_h]
+            let prefix = Tensor::cat(vec![Tensor::zeros([b, h, 1, dphi, d], &device), states.cumsum(2)], 2);
             let (mut hi, mut lo) = (Vec::with_capacity(n * cross), Vec::with_capacity(n * cross));
             for i in 0..n {
                 for lv in 1..=cross {
@@ -184,7 +191,7 @@ impl LogLinearAttention {
                 }
             }
             let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n * cross]), &device);
-            let buckets = (prefix.clone().select(2, index(hi)) - prefix.select(2, index(lo))).reshape([b, h, n, cross, dphi, d]);
+            let buckets = (prefix.clone().select(2, index(hi)) - prefix.select(2, index(lo))).cast(dtype).reshape([b, h, n, cross, dphi, d]);
             let read = q.unsqueeze_dim::<6>(3).matmul(buckets) * scale; // [b, h, n, cross, C, d_h]
             let base = c.trailing_zeros() as usize;
             let w = lambda.narrow(4, base + 1, cross).swap_dims(3, 4).unsqueeze_dim::<6>(5); // [b, h, n, cross, C, 1]
@@ -220,7 +227,7 @@ impl LogLinearAttention {
                 let z = t.trailing_zeros() as usize;
                 let carried = s.clone().narrow(1, 0, z + 1).sum_dim(1); // [b, 1, h, d_φ, d_h]
                 let above = s.clone().narrow(1, z + 1, 1) + carried;
-                let cleared = Tensor::zeros([b, z + 1, h, dphi, d], &above.device());
+                let cleared = Tensor::zeros([b, z + 1, h, dphi, d], (&above.device(), above.dtype()));
                 let rest = held - (z + 2);
                 let mut parts = vec![cleared, above];
                 if rest > 0 {
