@@ -12,6 +12,8 @@ use crate::recurrent::gated_deltanet::{GatedDeltaNet, GdnOptions};
 use crate::recurrent::kda::{Kda, KdaOptions};
 use crate::recurrent::linear_attention::LinearAttention;
 use crate::recurrent::log_linear::{levels_for, LogLinearAttention};
+use crate::recurrent::log_linear_gdn::LogLinearGdn;
+use crate::config::LogLinearBase;
 use crate::recurrent::Recurrent;
 use crate::state::State;
 
@@ -29,6 +31,8 @@ pub enum Attention {
     Linear(LinearAttention),
     /// Log-linear attention over linear attention.
     LogLinear(LogLinearAttention),
+    /// Log-linear Gated DeltaNet.
+    LogLinearGdn(LogLinearGdn),
     /// Gated DeltaNet.
     GatedDeltaNet(GatedDeltaNet),
     /// Kimi Delta Attention.
@@ -56,9 +60,12 @@ impl AttentionConfig {
             AttentionConfig::Linear { feature_map, normalize, chunk } => {
                 return Attention::Linear(LinearAttention::new(d_model, heads, *feature_map, *normalize, *chunk, device))
             }
-            AttentionConfig::LogLinear { feature_map, levels, chunk } => {
+            AttentionConfig::LogLinear { base, feature_map, levels, chunk } => {
                 let levels = levels.unwrap_or(levels_for(max_seq));
-                return Attention::LogLinear(LogLinearAttention::new(d_model, heads, *feature_map, levels, *chunk, device));
+                return match base {
+                    LogLinearBase::Linear => Attention::LogLinear(LogLinearAttention::new(d_model, heads, *feature_map, levels, *chunk, device)),
+                    LogLinearBase::GatedDeltanet => Attention::LogLinearGdn(LogLinearGdn::new(d_model, heads, levels, device)),
+                };
             }
             AttentionConfig::GatedDeltanet { value_heads, conv, gate, l2_norm, conv_init, chunk, .. } => {
                 let (key_dim, value_dim) = self.delta_dims(d_model, heads).expect("delta kind");
@@ -106,6 +113,7 @@ impl Attention {
             Attention::Differential(m) => m.forward(x),
             Attention::Linear(m) => m.forward(x),
             Attention::LogLinear(m) => m.forward(x),
+            Attention::LogLinearGdn(m) => m.forward(x),
             Attention::GatedDeltaNet(m) => m.forward(x),
             Attention::Kda(m) => m.forward(x),
         }
@@ -119,6 +127,7 @@ impl Attention {
             Attention::Differential(m) => State::Kv(m.init_state(batch, capacity, device)),
             Attention::Linear(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::LogLinear(m) => State::Recurrent(m.init_state(batch, capacity, device)),
+            Attention::LogLinearGdn(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::GatedDeltaNet(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
         }
@@ -132,6 +141,7 @@ impl Attention {
             (Attention::Differential(m), State::Kv(c)) => m.step(x, c),
             (Attention::Linear(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::LogLinear(m), State::Recurrent(c)) => m.step(x, c),
+            (Attention::LogLinearGdn(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::GatedDeltaNet(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
@@ -146,6 +156,7 @@ impl Attention {
             Attention::Differential(m) => m.state_bytes(context),
             Attention::Linear(m) => m.state_bytes(context),
             Attention::LogLinear(m) => m.state_bytes(context),
+            Attention::LogLinearGdn(m) => m.state_bytes(context),
             Attention::GatedDeltaNet(m) => m.state_bytes(context),
             Attention::Kda(m) => m.state_bytes(context),
         }
@@ -159,6 +170,7 @@ impl Attention {
             Attention::Differential(m) => m.flops_per_token(context),
             Attention::Linear(m) => m.flops_per_token(context),
             Attention::LogLinear(m) => m.flops_per_token(context),
+            Attention::LogLinearGdn(m) => m.flops_per_token(context),
             Attention::GatedDeltaNet(m) => m.flops_per_token(context),
             Attention::Kda(m) => m.flops_per_token(context),
         }

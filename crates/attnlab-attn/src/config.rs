@@ -109,7 +109,13 @@ pub enum AttentionConfig {
     /// keeps one state per level (grows with log t). `levels` = L (positions < 2^(L−1)); left
     /// out, enough for `model.max_seq`. Training: the chunked O(T log T) form, `chunk` a power
     /// of two (64).
+    ///
+    /// `base = "gated_deltanet"`: over Gated DeltaNet at its defaults (one delta-rule state per
+    /// level, every level taking the transition), trained by the token recurrence (slow);
+    /// `feature_map` and `chunk` are the linear base's.
     LogLinear {
+        #[serde(default, skip_serializing_if = "LogLinearBase::is_default")]
+        base: LogLinearBase,
         #[serde(default)]
         feature_map: FeatureMap,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +192,21 @@ impl FeatureMap {
             Self::Identity => "identity",
             Self::Hedgehog => "hedgehog",
         }
+    }
+}
+
+/// The mixer log-linear attention is built over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLinearBase {
+    #[default]
+    Linear,
+    GatedDeltanet,
+}
+
+impl LogLinearBase {
+    fn is_default(&self) -> bool {
+        *self == Self::Linear
     }
 }
 
@@ -355,8 +376,11 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, LINEAR_CHUNK);
                 return label;
             }
-            Self::LogLinear { feature_map, levels, chunk } => {
+            Self::LogLinear { base, feature_map, levels, chunk } => {
                 let mut label = "loglinear".to_string();
+                if *base == LogLinearBase::GatedDeltanet {
+                    label.push_str("-gdn");
+                }
                 if *feature_map != FeatureMap::Elu1 {
                     label.push_str(&format!("-{}", feature_map.name()));
                 }
@@ -546,7 +570,14 @@ impl AttentionConfig {
                     ));
                 }
             }
-            Self::LogLinear { levels, chunk, .. } => {
+            Self::LogLinear { base, feature_map, levels, chunk } => {
+                if *base == LogLinearBase::GatedDeltanet && (*feature_map != FeatureMap::Elu1 || *chunk != LINEAR_CHUNK) {
+                    return Err(ConfigError::new(
+                        "model.attention.base",
+                        "\"gated_deltanet\"",
+                        "takes Gated DeltaNet's own q, k (no feature_map) and trains by its recurrence (no chunk): leave feature_map and chunk out",
+                    ));
+                }
                 if !chunk.is_power_of_two() {
                     return Err(ConfigError::new("model.attention.chunk", chunk, "must be a power of two (chunks start at multiples of it, so that whole chunks share a Fenwick level)"));
                 }

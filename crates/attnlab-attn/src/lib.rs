@@ -33,6 +33,7 @@ pub use recurrent::gated_deltanet::GatedDeltaNet;
 pub use recurrent::kda::Kda;
 pub use recurrent::linear_attention::LinearAttention;
 pub use recurrent::log_linear::LogLinearAttention;
+pub use recurrent::log_linear_gdn::LogLinearGdn;
 pub use recurrent::Recurrent;
 pub use state::{KvCache, LatentCache, RecurrentState, State, WindowCache};
 

@@ -7,6 +7,7 @@ mod common;
 
 use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
 use attnlab_attn::burn::tensor::Tensor;
+use attnlab_attn::config::LogLinearBase;
 use attnlab_attn::{AttentionConfig, ConvInit, FeatureMap};
 use common::*;
 
@@ -28,8 +29,9 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Differential {},
         AttentionConfig::Linear { feature_map: FeatureMap::Elu1, normalize: false, chunk: 4 },
         AttentionConfig::Linear { feature_map: FeatureMap::Hedgehog, normalize: true, chunk: 64 },
-        AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels: None, chunk: 4 },
-        AttentionConfig::LogLinear { feature_map: FeatureMap::Hedgehog, levels: Some(9), chunk: 64 },
+        AttentionConfig::LogLinear { base: LogLinearBase::Linear, feature_map: FeatureMap::Elu1, levels: None, chunk: 4 },
+        AttentionConfig::LogLinear { base: LogLinearBase::Linear, feature_map: FeatureMap::Hedgehog, levels: Some(9), chunk: 64 },
+        AttentionConfig::LogLinear { base: LogLinearBase::GatedDeltanet, feature_map: FeatureMap::Elu1, levels: None, chunk: 64 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: None, expand_v: 2, conv: true, gate: true, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::GatedDeltanet { value_heads: None, head_dim: Some(6), expand_v: 1, conv: false, gate: false, l2_norm: true, conv_init: ConvInit::Kaiming, chunk: 32 },
         // Qwen3-Next's grouped value heads (state sized by the value heads).
@@ -94,10 +96,12 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
                 (heads * phi * (head_dim + usize::from(*normalize)), 1)
             }
             // One d_φ × d_h state per level: bit-length(49) + 1 = 7 levels at 50 tokens.
-            AttentionConfig::LogLinear { feature_map, .. } => {
+            AttentionConfig::LogLinear { base: LogLinearBase::Linear, feature_map, .. } => {
                 let phi = if *feature_map == FeatureMap::Hedgehog { 2 * head_dim } else { head_dim };
                 (heads * phi * head_dim * 7, 1)
             }
+            // Over Gated DeltaNet (d_v = 2·d_k): 7 levels of d_k × d_v, plus the conv tails.
+            AttentionConfig::LogLinear { base: LogLinearBase::GatedDeltanet, .. } => (heads * head_dim * 2 * head_dim * 7 + 3 * (2 * heads * head_dim + heads * 2 * head_dim), 1),
             // S per value head d_k × d_v, plus the conv tails: 3 inputs of 2·h·d_k + h_v·d_v
             // channels (h_v = value_heads, else h).
             AttentionConfig::GatedDeltanet { conv, value_heads, .. } => {

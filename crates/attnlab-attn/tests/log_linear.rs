@@ -21,6 +21,7 @@ mod common;
 
 use attnlab_attn::burn::tensor::{Device, Tensor, TensorData};
 use attnlab_attn::recurrent::log_linear::{level, levels_for};
+use attnlab_attn::config::LogLinearBase;
 use attnlab_attn::{Attention, AttentionConfig, FeatureMap, LogLinearAttention, Recurrent};
 use common::*;
 
@@ -95,7 +96,7 @@ fn reference(m: &LogLinearAttention, x: &[f64], b: usize, t: usize, lambda: &[Ve
 
 fn config(levels: Option<usize>) -> AttentionConfig {
     // Chunks of 4: the training forward crosses chunks (and cross-chunk levels) at t ≥ 5.
-    AttentionConfig::LogLinear { feature_map: FeatureMap::Elu1, levels, chunk: 4 }
+    AttentionConfig::LogLinear { base: LogLinearBase::Linear, feature_map: FeatureMap::Elu1, levels, chunk: 4 }
 }
 
 /// Weights × 4 and Λ = 4: λ spread over ≈ 0.2–2.5, so buckets weigh differently.

@@ -47,6 +47,14 @@ pub fn levels_for(len: usize) -> usize {
     level(len.saturating_sub(1), 0) + 1
 }
 
+/// The level weights `λ = softplus(Λ ⊙ x W_l)` `[b, h, t, L]` for x `[b, t, d]` (`W_l: d → h·L`,
+/// `Λ [h·L]`), shared by both bases.
+pub fn level_weights(level_proj: &Linear, level_scale: &Param<Tensor<1>>, heads: usize, levels: usize, x: Tensor<3>) -> Tensor<4> {
+    let [b, t, _] = x.dims();
+    let z = apply(level_proj, x).reshape([b, t, heads, levels]).swap_dims(1, 2);
+    softplus(z * level_scale.val().reshape([1, heads, 1, levels]), 1.0)
+}
+
 #[derive(Module, Debug)]
 pub struct LogLinearAttention {
     /// The linear-attention layer whose q, k, v, φ, output norm and `W_o` are used.
@@ -82,10 +90,7 @@ impl LogLinearAttention {
 
     /// λ `[b, h, t, L]` for x `[b, t, d]`.
     pub fn lambda(&self, x: Tensor<3>) -> Tensor<4> {
-        let [b, t, _] = x.dims();
-        let (h, l) = (self.base.heads, self.levels);
-        let z = apply(&self.level_proj, x).reshape([b, t, h, l]).swap_dims(1, 2);
-        softplus(z * self.level_scale.val().reshape([1, h, 1, l]), 1.0)
+        level_weights(&self.level_proj, &self.level_scale, self.base.heads, self.levels, x)
     }
 
     /// φ(q), φ(k) `[b, h, t, d_φ]` and v `[b, h, t, d_h]`.

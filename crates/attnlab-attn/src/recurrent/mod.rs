@@ -12,6 +12,7 @@ pub mod gates;
 pub mod kda;
 pub mod linear_attention;
 pub mod log_linear;
+pub mod log_linear_gdn;
 pub mod short_conv;
 
 use burn::tensor::{Device, Tensor};

@@ -1,0 +1,158 @@
+//! Log-linear Gated DeltaNet (Guo et al. 2025; `../shared/MECHANISMS.md` §4; HanGuo97
+//! `hattention`, `HStruct.GDELTA`): Gated DeltaNet's q, k, v, β, decay, conv, norm and gate
+//! ([`GatedDeltaNet`], its defaults) with one delta-rule state per Fenwick level.
+//!
+//! Per token t (0-based): with z the trailing zeros of t > 0, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and
+//! levels 0..=z are cleared (the binary carry of [`super::log_linear`]); every level then takes
+//! GDN's transition `S ← α_t (I − β_t k_t k_tᵀ) S` (k L2-normalised), `S^(0) = β_t k_t v_tᵀ`, and
+//! `o_t = Σ_ℓ λ_t^ℓ S^(ℓ)ᵀ q_t / √d_k`, then GDN's `RMSNorm(o) ⊙ SiLU(x W_g)` and `W_o`. Summed over
+//! levels the states are GDN's own state, so with every λ equal the layer is its base (the
+//! RMSNorm removes the common factor). Equivalently `o_t = Σ_s λ_t^{ℓ(t,s)} P_ts v_s` with GDN's
+//! effective attention `P_ts = β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s / √d_k`.
+//!
+//! Training runs this recurrence token by token (O(T·L·h·d_k·d_v), one small step per token:
+//! slow; the chunked WY form with the level mask is not built). Decode state: the levels
+//! (`bit-length(t) + 1` of them at position t) plus the conv tails.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Tensor};
+
+use super::gated_deltanet::{GatedDeltaNet, GdnOptions};
+use super::log_linear::{level_weights, levels_for};
+use super::{conv_silu, gates, l2_normalize, merge_heads, split_heads, Recurrent};
+use crate::config::{ConvInit, DELTA_CHUNK};
+use crate::linear::{apply, linear, Columns};
+use crate::state::RecurrentState;
+use attnlab_kernels::{rms_norm, silu};
+
+#[derive(Module, Debug)]
+pub struct LogLinearGdn {
+    /// The Gated DeltaNet layer whose projections, conv, gates, norm and `W_o` are used.
+    pub base: GatedDeltaNet,
+    /// `d → h·L`: the level weights' pre-activations.
+    pub level_proj: Linear,
+    /// `Λ [h·L]` (one-dimensional: not decayed), ones at init.
+    pub level_scale: Param<Tensor<1>>,
+    pub levels: usize,
+}
+
+impl LogLinearGdn {
+    /// Gated DeltaNet at its defaults (d_k = d_model / heads, d_v = 2·d_k, conv, gate, L2).
+    pub fn new(d_model: usize, heads: usize, levels: usize, device: &Device) -> Self {
+        let dk = d_model / heads;
+        let options = GdnOptions { key_dim: dk, value_dim: 2 * dk, value_heads: heads, conv: true, gate: true, l2: true, conv_init: ConvInit::Kaiming, chunk: DELTA_CHUNK };
+        Self {
+            base: GatedDeltaNet::new(d_model, heads, options, device),
+            level_proj: linear(d_model, heads * levels, device),
+            level_scale: Param::from_tensor(Tensor::ones([heads * levels], device)),
+            levels,
+        }
+    }
+
+    /// Longest sequence the levels cover: 2^(L−1).
+    pub fn max_positions(&self) -> usize {
+        1usize.checked_shl(self.levels as u32 - 1).unwrap_or(usize::MAX)
+    }
+
+    /// λ `[b, h, t, L]` for x `[b, t, d]`.
+    pub fn lambda(&self, x: Tensor<3>) -> Tensor<4> {
+        level_weights(&self.level_proj, &self.level_scale, self.base.heads, self.levels, x)
+    }
+
+    /// Empty state: the levels `[batch, L·h, d_k, d_v]` positions `0..capacity` use, and the
+    /// conv tail.
+    pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> RecurrentState {
+        let (h, dk, dv) = (self.base.heads, self.base.key_dim, self.base.value_dim);
+        let levels = levels_for(capacity.max(1)).min(self.levels);
+        RecurrentState { s: Tensor::zeros([batch, levels * h, dk, dv], device), conv: self.base.short_conv().map(|c| c.empty_tail(batch, device)), len: 0, capacity }
+    }
+
+    /// Causal forward: the recurrence from an empty state.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let mut state = self.init_state(b, t, &x.device());
+        self.step(x, &mut state)
+    }
+
+    /// Feeds x `[batch, new, d_model]` token by token and updates the state.
+    pub fn step(&self, x: Tensor<3>, state: &mut RecurrentState) -> Tensor<3> {
+        let lambda = self.lambda(x.clone());
+        self.step_with_lambda(x, lambda, state)
+    }
+
+    /// [`Self::step`] with given level weights `λ [b, h, new, L]` (tests pass one-hot weights).
+    pub fn step_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>, state: &mut RecurrentState) -> Tensor<3> {
+        let [b, new, _] = x.dims();
+        let m = &self.base;
+        let (h, dk, dv) = (m.heads, m.key_dim, m.value_dim);
+        let width = 2 * h * dk + h * dv;
+        let columns = Columns::new(&m.proj, x);
+        let part = |from: usize, len: usize| columns.part(from, len);
+        let beta = sigmoid(part(width, h)).swap_dims(1, 2); // [b, h, new]
+        let g = gates::log_decay(part(width + h, h), m.a_log.val().reshape([1, 1, h]), m.dt_bias.val().reshape([1, 1, h])).swap_dims(1, 2);
+        let gate = m.gated.then(|| silu(part(width + 2 * h, h * dv)));
+        let qkv = conv_silu(part(0, width), m.conv.as_ref(), state, false);
+        let (mut q, mut k) = (split_heads(qkv.clone().narrow(2, 0, h * dk), h), split_heads(qkv.clone().narrow(2, h * dk, h * dk), h));
+        if m.l2 {
+            (q, k) = (l2_normalize(q), l2_normalize(k));
+        }
+        let q = q * (1.0 / (dk as f64).sqrt());
+        let v = split_heads(qkv.narrow(2, 2 * h * dk, h * dv), h);
+        let held = state.s.dims()[1] / h;
+        let mut outputs = Vec::with_capacity(new);
+        for i in 0..new {
+            let t = state.len;
+            assert!(t < self.max_positions(), "log-linear attention: position {t} exceeds the {} levels (positions < 2^{}; set model.attention.levels)", self.levels, self.levels - 1);
+            assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {})", levels_for(t + 1), state.capacity);
+            let mut s = state.s.clone().reshape([b, held, h, dk, dv]);
+            if t > 0 {
+                let z = t.trailing_zeros() as usize;
+                let carried = s.clone().narrow(1, 0, z + 1).sum_dim(1);
+                let above = s.clone().narrow(1, z + 1, 1) + carried;
+                let mut parts = vec![Tensor::zeros([b, z + 1, h, dk, dv], (&above.device(), above.dtype())), above];
+                if held > z + 2 {
+                    parts.push(s.clone().narrow(1, z + 2, held - z - 2));
+                }
+                s = Tensor::cat(parts, 1);
+            }
+            let token = |x: &Tensor<4>| x.clone().narrow(2, i, 1).unsqueeze_dim::<5>(1); // [b, 1, h, 1, ·]
+            let (qt, kt, vt) = (token(&q), token(&k), token(&v));
+            let bt = beta.clone().narrow(2, i, 1).reshape([b, 1, h, 1, 1]);
+            let at = g.clone().narrow(2, i, 1).exp().reshape([b, 1, h, 1, 1]);
+            let kcol = kt.clone().swap_dims(3, 4); // [b, 1, h, d_k, 1]
+            // Every level: S ← α (S − β k (kᵀ S)).
+            s = (s.clone() - kcol.clone().matmul(kt.clone().matmul(s)) * bt.clone()) * at;
+            let fresh = kcol.matmul(vt) * bt; // β k vᵀ
+            s = if held > 1 { Tensor::cat(vec![fresh, s.narrow(1, 1, held - 1)], 1) } else { fresh };
+            let read = qt.matmul(s.clone()); // [b, L, h, 1, d_v]
+            let w = lambda.clone().narrow(2, i, 1).narrow(3, 0, held).reshape([b, h, held]).swap_dims(1, 2).reshape([b, held, h, 1, 1]);
+            outputs.push((read * w).sum_dim(1).reshape([b, h, 1, dv]));
+            state.s = s.reshape([b, held * h, dk, dv]);
+            state.len += 1;
+        }
+        let o = merge_heads(rms_norm(&m.norm, Tensor::cat(outputs, 2)));
+        apply(&m.out, match gate {
+            Some(gate) => o * gate,
+            None => o,
+        })
+    }
+
+    /// `4 · (h · d_k · d_v · levels + conv tails)`: the levels `context` positions use.
+    pub fn state_bytes(&self, context: usize) -> usize {
+        let m = &self.base;
+        let tail = m.conv.as_ref().map_or(0, |c| (super::short_conv::KERNEL - 1) * c.weight.dims()[0]);
+        (m.heads * m.key_dim * m.value_dim * levels_for(context.max(1)).min(self.levels) + tail) * crate::F32_BYTES
+    }
+
+    /// Projections (2 per weight), the conv, and per token and level the transition and the
+    /// read (≈ 6·d_k·d_v per head and level).
+    pub fn flops_per_token(&self, context: usize) -> u64 {
+        let m = &self.base;
+        let proj = m.proj.weight.shape().num_elements() + m.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
+        let conv = m.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
+        let levels = levels_for(context.max(1)).min(self.levels);
+        (2 * proj + 2 * conv + 6 * m.heads * m.key_dim * m.value_dim * levels) as u64
+    }
+}

@@ -1,0 +1,154 @@
+//! Log-linear Gated DeltaNet against an independent f64 reference written from GDN's effective
+//! attention, `o_t = Σ_s λ_t^{bucket(t,s)} P_ts v_s`, `P_ts = β_s q_tᵀ(A_t ⋯ A_{s+1})k_s`,
+//! `A = α(I − β k kᵀ)` (not the per-level recurrence the module runs), with the layer's conv,
+//! SiLU, L2 norms, gates, output norm and gate; decode across powers of two; one-hot λ; λ all
+//! equal gives Gated DeltaNet itself (its chunked WY form); gradients against finite differences.
+//!
+//! Mutations planted and seen to fail:
+//! - the transition applied to level 0 only (higher levels left undecayed) → `forward_matches_the_effective_attention_reference`,
+//!   `equal_lambda_is_gated_deltanet`;
+//! - S^(0) = k vᵀ without β → all three forward tests;
+//! - the carry before the transition moved after it (the fresh level decayed) → `forward_…`, `equal_lambda_…`.
+
+mod common;
+
+use attnlab_attn::burn::module::Param;
+use attnlab_attn::burn::tensor::{Device, Tensor, TensorData};
+use attnlab_attn::config::LogLinearBase;
+use attnlab_attn::recurrent::log_linear::level;
+use attnlab_attn::{Attention, AttentionConfig, FeatureMap, LogLinearGdn, Recurrent};
+use common::recurrent::*;
+use common::*;
+
+const D_MODEL: usize = 16;
+const HEADS: usize = 2;
+
+fn layer(seed: u64, dev: &Device) -> LogLinearGdn {
+    let config = AttentionConfig::LogLinear { base: LogLinearBase::GatedDeltanet, feature_map: FeatureMap::Elu1, levels: None, chunk: 64 };
+    let Attention::LogLinearGdn(m) = seeded(dev, seed, || config.init(D_MODEL, HEADS, 64, 10_000.0, dev)) else { panic!("expected log-linear GDN") };
+    let mut m = sharpen(m, 4.0);
+    // Decays of order 0.3–0.97 (A = 0.05 and 1.2), Λ = 4 so that λ varies.
+    m.base.a_log = Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.05f32.ln(), 1.2f32.ln()], [2]), dev).set_require_grad(dev.is_autodiff()));
+    m.level_scale = Param::from_tensor((m.level_scale.val() * 4.0).detach().set_require_grad(dev.is_autodiff()));
+    m
+}
+
+/// λ `[t][h][L]` of one sequence.
+fn reference_lambda(m: &LogLinearGdn, xs: &[f64], t: usize) -> Vec<Vec<Vec<f64>>> {
+    let (h, l) = (m.base.heads, m.levels);
+    let z = matmul(xs, t, D_MODEL, &to_vec(m.level_proj.weight.val()), h * l);
+    let scale = to_vec(m.level_scale.val());
+    (0..t).map(|i| (0..h).map(|j| (0..l).map(|k| softplus(scale[j * l + k] * z[i * h * l + j * l + k])).collect()).collect()).collect()
+}
+
+/// One sequence x `[t][d]` through the layer, by GDN's effective attention.
+fn reference(m: &LogLinearGdn, xs: &[f64], t: usize, lambda: &[Vec<Vec<f64>>]) -> Vec<f64> {
+    let g = &m.base;
+    let (h, dk, dv) = (g.heads, g.key_dim, g.value_dim);
+    let width = 2 * h * dk + h * dv;
+    let pw = g.proj.weight.dims()[1];
+    let p = rows(&matmul(xs, t, D_MODEL, &to_vec(g.proj.weight.val()), pw), t, pw);
+    let conv = short_conv(&take(&p, 0, width), &to_vec(g.conv.as_ref().unwrap().weight.val()), 4);
+    let act: Vec<Vec<f64>> = conv.iter().map(|r| r.iter().map(|x| silu(*x)).collect()).collect();
+    let (a_log, dt_bias) = (to_vec(g.a_log.val()), to_vec(g.dt_bias.val()));
+    let gamma = to_vec(g.norm.gamma.val());
+    let mut concat = vec![0.0; t * h * dv];
+    for j in 0..h {
+        let q: Vec<Vec<f64>> = (0..t).map(|i| l2(&act[i][j * dk..(j + 1) * dk]).iter().map(|x| x / (dk as f64).sqrt()).collect()).collect();
+        let k: Vec<Vec<f64>> = (0..t).map(|i| l2(&act[i][h * dk + j * dk..h * dk + (j + 1) * dk])).collect();
+        let v: Vec<Vec<f64>> = (0..t).map(|i| act[i][2 * h * dk + j * dv..2 * h * dk + (j + 1) * dv].to_vec()).collect();
+        let beta: Vec<f64> = (0..t).map(|i| sigmoid(p[i][width + j])).collect();
+        let alpha: Vec<f64> = (0..t).map(|i| (-a_log[j].exp() * softplus(p[i][width + h + j] + dt_bias[j])).exp()).collect();
+        for ti in 0..t {
+            // w = q_tᵀ A_t ⋯ A_{s+1}, built from s = t down.
+            let mut w = q[ti].clone();
+            let mut o = vec![0.0; dv];
+            for s in (0..=ti).rev() {
+                let wk: f64 = w.iter().zip(&k[s]).map(|(a, b)| a * b).sum();
+                let weight = lambda[ti][j][level(ti, s)] * beta[s] * wk;
+                for (o, vv) in o.iter_mut().zip(&v[s]) {
+                    *o += weight * vv;
+                }
+                // w ← w A_s = α_s (w − β_s (w·k_s) k_s).
+                w = w.iter().zip(&k[s]).map(|(wi, ki)| alpha[s] * (wi - beta[s] * wk * ki)).collect();
+            }
+            let normed = rms_norm(&o, &gamma, 1e-5);
+            for c in 0..dv {
+                let gate = silu(p[ti][width + 2 * h + j * dv + c]);
+                concat[ti * h * dv + j * dv + c] = normed[c] * gate;
+            }
+        }
+    }
+    matmul(&concat, t, h * dv, &to_vec(g.out.weight.val()), D_MODEL)
+}
+
+#[test]
+fn forward_matches_the_effective_attention_reference() {
+    let dev = cpu();
+    for t in [1, 6, 19] {
+        let m = layer(3, &dev);
+        let x = random_input(1, t, D_MODEL, 4, &dev);
+        let xs = to_vec(x.clone());
+        let lambda = reference_lambda(&m, &xs, t);
+        let want = reference(&m, &xs, t, &lambda);
+        let err = rel_err(&to_vec(m.forward(x)), &want);
+        assert!(err < 1e-4, "t = {t}: relative error {err}");
+    }
+}
+
+#[test]
+fn decode_equals_the_reference_across_powers_of_two() {
+    let dev = cpu();
+    let t = 21;
+    let m = layer(5, &dev);
+    let x = random_input(1, t, D_MODEL, 6, &dev);
+    let xs = to_vec(x.clone());
+    let want = reference(&m, &xs, t, &reference_lambda(&m, &xs, t));
+    let m = Attention::LogLinearGdn(m);
+    for prefill in [1, 3, 8] {
+        let err = rel_err(&to_vec(decode(&m, &x, prefill)), &want);
+        assert!(err < 1e-4, "prefill {prefill}: relative error {err}");
+    }
+}
+
+#[test]
+fn one_hot_lambda_keeps_one_bucket() {
+    let dev = cpu();
+    let t = 13;
+    let m = layer(7, &dev);
+    let x = random_input(1, t, D_MODEL, 8, &dev);
+    let xs = to_vec(x.clone());
+    for keep in 0..4 {
+        let one_hot: Vec<Vec<Vec<f64>>> = vec![vec![(0..m.levels).map(|l| f64::from(u8::from(l == keep))).collect(); HEADS]; t];
+        let flat: Vec<f32> = (0..HEADS * t).flat_map(|_| (0..m.levels).map(|l| if l == keep { 1.0 } else { 0.0 })).collect();
+        let lambda = Tensor::<1>::from_data(TensorData::new(flat, [HEADS * t * m.levels]), &dev).reshape([1, HEADS, t, m.levels]);
+        let mut state = m.init_state(1, t, &dev);
+        let got = to_vec(m.step_with_lambda(x.clone(), lambda, &mut state));
+        let err = rel_err(&got, &reference(&m, &xs, t, &one_hot));
+        assert!(err < 1e-4, "bucket {keep}: relative error {err}");
+    }
+}
+
+/// λ forced to 1: the levels sum to GDN's state — the layer is Gated DeltaNet, computed by its
+/// own chunked WY form (a separate code path). (λ = ln 2 everywhere, the level head at zero,
+/// differs by the output RMSNorm's ε: ≈ 3% here, where GDN's outputs are small.)
+#[test]
+fn equal_lambda_is_gated_deltanet() {
+    let dev = cpu();
+    let m = layer(9, &dev);
+    let (b, t) = (2, 23);
+    let x = random_input(b, t, D_MODEL, 10, &dev);
+    let ones = Tensor::<4>::ones([b, HEADS, t, m.levels], &dev);
+    let mut state = m.init_state(b, t, &dev);
+    let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), ones, &mut state)), &to_vec(m.base.forward(x)));
+    assert!(err < 1e-4, "relative error {err}");
+}
+
+#[test]
+fn gradients_match_finite_differences_of_the_reference() {
+    let dev = cpu().autodiff();
+    let m = layer(11, &dev);
+    let t = 7;
+    let x = random_input(1, t, D_MODEL, 12, &dev);
+    check_gradients("log_linear gdn", &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, t, &reference_lambda(m, x, t)));
+}
