@@ -4,11 +4,10 @@
 //! SiLU, L2 norms, gates, output norm and gate; decode across powers of two; one-hot λ; λ all
 //! equal gives Gated DeltaNet itself (its chunked WY form); gradients against finite differences.
 //!
-//! Mutations planted and seen to fail:
-//! - the transition applied to level 0 only (higher levels left undecayed) → `forward_matches_the_effective_attention_reference`,
-//!   `equal_lambda_is_gated_deltanet`;
-//! - S^(0) = k vᵀ without β → all three forward tests;
-//! - the carry before the transition moved after it (the fresh level decayed) → `forward_…`, `equal_lambda_…`.
+//! Mutations planted and seen to fail (every test of this file each time):
+//! - the transition applied to level 0 only (higher levels left undecayed);
+//! - the transition skipped;
+//! - S^(0) = k vᵀ without β.
 
 mod common;
 
