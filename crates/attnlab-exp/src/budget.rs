@@ -126,7 +126,7 @@ pub fn params(m: &ModelConfig) -> f64 {
 /// KV cache of softmax kinds, a sliding window's ring buffer, MLA's latents, and at least
 /// `d_model` floats a layer for the fixed-size state of a recurrent kind).
 pub fn state_bytes(m: &ModelConfig, capacity: usize) -> f64 {
-    m.layer_attentions().map(|a| layer_state_bytes(m, a, capacity)).sum()
+    m.loops as f64 * m.layer_attentions().map(|a| layer_state_bytes(m, a, capacity)).sum::<f64>()
 }
 
 /// [`state_bytes`] of one layer with mixer `a`.
@@ -203,8 +203,8 @@ pub fn training(spec: &ExperimentSpec) -> Estimate {
     let d = m.d_model as f64;
     let hidden = if m.mlp_hidden == 0 { 2.0 * d } else { m.mlp_hidden as f64 };
     e.add(
-        format!("activations (train.batch × train.block = {tokens:.3e} tokens × {} layers)", m.layers),
-        tokens * F32 * (m.layers as f64 * (6.0 * d + 2.0 * hidden) + 3.0 * m.vocab as f64),
+        format!("activations (train.batch × train.block = {tokens:.3e} tokens × {} layers × {} loops)", m.layers, m.loops),
+        tokens * F32 * ((m.layers * m.loops) as f64 * (6.0 * d + 2.0 * hidden) + 3.0 * m.vocab as f64),
     );
     e
 }

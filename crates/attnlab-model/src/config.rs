@@ -64,6 +64,13 @@ pub struct ModelConfig {
     /// (left out of the saved config and the run id then).
     #[serde(skip_serializing_if = "is_zero")]
     pub dropout: f64,
+    /// Ouro's looped depth without its exit gate (Zhu et al. 2025): the layer stack applied
+    /// `loops` = R times with shared weights, the final norm between loops (the normalised state
+    /// is the next loop's input), the LM head after the last; one decode state per loop and
+    /// layer (R× the state bytes), R× the FLOPs at the same parameters. 1 (default; left out of
+    /// the saved config and the run id) = the plain model.
+    #[serde(skip_serializing_if = "is_one")]
+    pub loops: usize,
     /// `"lm"` (default; left out of the saved config and the run id) or `"autoencoder"`
     /// (`mad_compression` only).
     #[serde(skip_serializing_if = "Head::is_lm")]
@@ -72,6 +79,10 @@ pub struct ModelConfig {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for ModelConfig {
@@ -89,6 +100,7 @@ impl Default for ModelConfig {
             pattern: Vec::new(),
             overrides: BTreeMap::new(),
             dropout: 0.0,
+            loops: 1,
             head: Head::Lm,
         }
     }
@@ -113,6 +125,12 @@ impl ModelConfig {
         }
         if !(self.rope_base > 1.0 && self.rope_base.is_finite()) {
             return Err(ConfigError::new("model.rope_base", self.rope_base, "must be finite and > 1"));
+        }
+        if !(1..=16).contains(&self.loops) {
+            return Err(ConfigError::new("model.loops", self.loops, "must be in 1..=16 (1 = no looping)"));
+        }
+        if self.loops > 1 && self.head == Head::Autoencoder {
+            return Err(ConfigError::new("model.loops", self.loops, "must be 1 with model.head = \"autoencoder\""));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::new("model.dropout", self.dropout, "must be in [0, 1)"));

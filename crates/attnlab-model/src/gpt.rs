@@ -26,6 +26,9 @@ pub struct Gpt {
     pub dropout: f64,
     /// `model.head = "autoencoder"`: the compression decoder that replaces the LM head.
     pub decoder: Option<Decoder>,
+    /// `model.loops` = R: the layer stack applied R times with shared weights (Ouro), the
+    /// final norm between loops.
+    pub loops: usize,
 }
 
 /// Parameter counts (the tied embedding counted once).
@@ -59,6 +62,7 @@ impl Gpt {
             max_seq: config.max_seq,
             dropout: config.dropout,
             decoder: (config.head == Head::Autoencoder).then(|| Decoder::new(d, config.vocab, device)),
+            loops: config.loops,
         }
     }
 
@@ -90,8 +94,20 @@ impl Gpt {
         let seq = tokens.dims()[1];
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
-        let h = self.blocks.iter().fold(crate::block::dropout(self.embed.forward(tokens), p), |h, b| b.forward(h, p));
+        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        for r in 0..self.loops {
+            if r > 0 {
+                h = self.between_loops(h);
+            }
+            h = self.blocks.iter().fold(h, |h, b| b.forward(h, p));
+        }
         self.logits(h)
+    }
+
+    /// The next loop's input: the final norm of the previous loop's output (Ouro: no
+    /// re-injection of the embedding).
+    fn between_loops(&self, h: Tensor<3>) -> Tensor<3> {
+        attnlab_kernels::rms_norm(&self.norm, h)
     }
 
     /// Logits `[b, t, vocab]` from the last layer's hidden states `[b, t, d]`: the LM head at
@@ -108,13 +124,21 @@ impl Gpt {
 
     /// One empty decode state per layer for `batch` sequences of up to `capacity` tokens.
     pub fn init_states(&self, batch: usize, capacity: usize, device: &Device) -> Vec<State> {
-        self.blocks.iter().map(|b| b.attn.init_state(batch, capacity, device)).collect()
+        (0..self.loops).flat_map(|_| self.blocks.iter().map(|b| b.attn.init_state(batch, capacity, device))).collect()
     }
 
     /// Incremental forward: tokens `[batch, new]` → logits `[batch, new, vocab]`.
     pub fn step(&self, tokens: Tensor<2, Int>, states: &mut [State]) -> Tensor<3> {
         assert!(self.decoder.is_none(), "model.head = \"autoencoder\" decodes the whole sequence from its last position: it has no token-by-token decode");
-        let h = self.blocks.iter().zip(states.iter_mut()).fold(self.embed.forward(tokens), |h, (b, s)| b.step(h, s));
+        assert_eq!(states.len(), self.loops * self.blocks.len(), "one decode state per loop and layer");
+        let mut h = self.embed.forward(tokens);
+        // Loop r, layer l reads state r·L + l.
+        for (r, loop_states) in states.chunks_mut(self.blocks.len()).enumerate() {
+            if r > 0 {
+                h = self.between_loops(h);
+            }
+            h = self.blocks.iter().zip(loop_states.iter_mut()).fold(h, |h, (b, s)| b.step(h, s));
+        }
         self.head(h)
     }
 
@@ -123,12 +147,13 @@ impl Gpt {
         ParamCounts { total: self.num_params(), mixer, embedding: self.embed.num_params() }
     }
 
-    /// Decode-state bytes of one sequence at `context` tokens, all layers (analytic, f32).
+    /// Decode-state bytes of one sequence at `context` tokens, all layers and loops (one state
+    /// per loop and layer: R× the stack's; analytic, f32).
     pub fn state_bytes(&self, context: usize) -> usize {
-        self.blocks.iter().map(|b| b.attn.state_bytes(context)).sum()
+        self.loops * self.blocks.iter().map(|b| b.attn.state_bytes(context)).sum::<usize>()
     }
 
-    /// Forward FLOPs per token at `context`: mixers + MLPs (2 per weight) + LM head.
+    /// Forward FLOPs per token at `context`: mixers + MLPs (2 per weight, × `loops`) + LM head.
     /// Training costs ≈ 3× this (forward + backward).
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let [vocab, d] = self.embed.weight.dims();
@@ -138,6 +163,6 @@ impl Gpt {
             .map(|b| b.attn.flops_per_token(context) + 2 * b.mlp.num_params() as u64)
             .sum();
         let decoder = self.decoder.as_ref().map_or(0, |dec| 2 * (dec.fc1.num_params() + dec.fc2.num_params()) as u64);
-        blocks + 2 * (vocab * d) as u64 + decoder
+        self.loops as u64 * blocks + 2 * (vocab * d) as u64 + decoder
     }
 }
