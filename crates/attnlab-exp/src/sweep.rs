@@ -292,6 +292,7 @@ fn known_path(path: &str) -> bool {
     // they are listed too.
     let mut spec = ExperimentSpec::defaults();
     spec.model.dropout = 0.5;
+    spec.model.loops = 2;
     spec.model.head = attnlab_model::Head::Autoencoder;
     spec.train.accumulate = 2;
     spec.train.epochs = Some(1);
