@@ -293,6 +293,8 @@ fn known_path(path: &str) -> bool {
     let mut spec = ExperimentSpec::defaults();
     spec.model.dropout = 0.5;
     spec.model.loops = 2;
+    spec.model.exit = attnlab_model::Exit::Learned;
+    spec.model.exit_entropy = 0.1;
     spec.model.head = attnlab_model::Head::Autoencoder;
     spec.train.accumulate = 2;
     spec.train.epochs = Some(1);

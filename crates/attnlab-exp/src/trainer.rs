@@ -168,6 +168,32 @@ pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
     batch_logits_loss(model, batch, device).1
 }
 
+/// The loss a training step minimises: [`batch_loss`], or for a looped model with a learned
+/// exit (`model.exit = "learned"`) Ouro's stage-I objective over every loop's logits
+/// ([`attnlab_model::looped::exit_loss`], entropy weight `beta`).
+pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> Tensor<1> {
+    if model.exit_gate.is_none() {
+        return batch_loss(model, batch, device);
+    }
+    let (b, t) = (batch.batch, batch.block);
+    let loops = model.forward_loops(tokens_tensor(batch.inputs, [b, t], device));
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets, [b * t, 1]), device);
+    let (ce, gates): (Vec<Tensor<2>>, Vec<Tensor<2>>) = loops
+        .into_iter()
+        .map(|(logits, gate)| {
+            let vocab = logits.dims()[2];
+            let flat = logits.cast(burn::tensor::DType::F32).reshape([b * t, vocab]);
+            let ce = log_softmax(flat, 1).gather(1, targets.clone()).reshape([1, b * t]).neg();
+            (ce, gate.cast(burn::tensor::DType::F32).reshape([1, b * t]))
+        })
+        .unzip();
+    let weights = match batch.loss_mask {
+        Some(mask) => Tensor::<1>::from_data(TensorData::new(mask, [b * t]), device),
+        None => Tensor::ones([b * t], device),
+    };
+    attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta)
+}
+
 /// Logits `[batch, block, vocab]` and the mean cross-entropy `[1]`:
 /// `−Σ mask·log p(target) / Σ mask`, or the plain mean without a mask.
 fn batch_logits_loss(model: &Gpt, batch: Batch, device: &Device) -> (Tensor<3>, Tensor<1>) {
@@ -339,7 +365,7 @@ pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, step: us
         // nodes (only the f32 leaves outlive it).
         let half = compute_model(model, t.precision);
         let batch = run.data.train_batch(rng, t.batch, t.block, step * k + i);
-        let loss = batch_loss(half.as_ref().unwrap_or(model), batch, device);
+        let loss = training_loss(half.as_ref().unwrap_or(model), batch, run.spec.model.exit_entropy, device);
         let loss = if k > 1 { loss / k as f32 } else { loss };
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let backward = if scale == 1.0 { loss.backward() } else { (loss * scale).backward() };

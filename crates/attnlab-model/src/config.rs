@@ -71,6 +71,15 @@ pub struct ModelConfig {
     /// the saved config and the run id) = the plain model.
     #[serde(skip_serializing_if = "is_one")]
     pub loops: usize,
+    /// With `loops` > 1: `"none"` (default; the last loop's logits) or `"learned"` (Ouro's
+    /// exit gate `λ_r = σ(w·h_r + b)` after every loop and its stage-I objective, the expected
+    /// cross-entropy under the exit distribution minus `exit_entropy` × its entropy; evaluation
+    /// and decode read the last loop).
+    #[serde(skip_serializing_if = "Exit::is_none")]
+    pub exit: Exit,
+    /// β of the exit objective's entropy term (Ouro: 0.05 at 4 loops).
+    #[serde(skip_serializing_if = "is_default_entropy")]
+    pub exit_entropy: f64,
     /// `"lm"` (default; left out of the saved config and the run id) or `"autoencoder"`
     /// (`mad_compression` only).
     #[serde(skip_serializing_if = "Head::is_lm")]
@@ -83,6 +92,30 @@ fn is_zero(v: &f64) -> bool {
 
 fn is_one(v: &usize) -> bool {
     *v == 1
+}
+
+/// `model.exit`: how a looped model leaves its loops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    /// Every loop runs; the last loop's logits.
+    #[default]
+    None,
+    /// Ouro's learned exit gate and stage-I objective ([`crate::looped::exit_loss`]).
+    Learned,
+}
+
+impl Exit {
+    pub fn is_none(&self) -> bool {
+        *self == Exit::None
+    }
+}
+
+/// Default β of the exit objective.
+pub const EXIT_ENTROPY: f64 = 0.05;
+
+fn is_default_entropy(v: &f64) -> bool {
+    *v == EXIT_ENTROPY
 }
 
 impl Default for ModelConfig {
@@ -101,6 +134,8 @@ impl Default for ModelConfig {
             overrides: BTreeMap::new(),
             dropout: 0.0,
             loops: 1,
+            exit: Exit::None,
+            exit_entropy: EXIT_ENTROPY,
             head: Head::Lm,
         }
     }
@@ -128,6 +163,12 @@ impl ModelConfig {
         }
         if !(1..=16).contains(&self.loops) {
             return Err(ConfigError::new("model.loops", self.loops, "must be in 1..=16 (1 = no looping)"));
+        }
+        if self.exit == Exit::Learned && self.loops < 2 {
+            return Err(ConfigError::new("model.exit", "\"learned\"", "needs model.loops ≥ 2 (an exit gate after each loop)"));
+        }
+        if !(self.exit_entropy >= 0.0 && self.exit_entropy.is_finite()) {
+            return Err(ConfigError::new("model.exit_entropy", self.exit_entropy, "must be finite and ≥ 0"));
         }
         if self.loops > 1 && self.head == Head::Autoencoder {
             return Err(ConfigError::new("model.loops", self.loops, "must be 1 with model.head = \"autoencoder\""));

@@ -3,12 +3,12 @@
 use attnlab_attn::linear::INIT_STD;
 use attnlab_attn::State;
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::autoencoder::Decoder;
 use crate::block::Block;
-use crate::config::{Head, ModelConfig};
+use crate::config::{Exit, Head, ModelConfig};
 use crate::mlp::Mlp;
 
 /// Burn's seeded generator is global to the process: whoever seeds it and draws (a model's
@@ -29,6 +29,8 @@ pub struct Gpt {
     /// `model.loops` = R: the layer stack applied R times with shared weights (Ouro), the
     /// final norm between loops.
     pub loops: usize,
+    /// `model.exit = "learned"`: Ouro's exit gate `d → 1` (with bias) on each loop's normed state.
+    pub exit_gate: Option<Linear>,
 }
 
 /// Parameter counts (the tied embedding counted once).
@@ -63,6 +65,9 @@ impl Gpt {
             dropout: config.dropout,
             decoder: (config.head == Head::Autoencoder).then(|| Decoder::new(d, config.vocab, device)),
             loops: config.loops,
+            exit_gate: (config.exit == Exit::Learned).then(|| {
+                LinearConfig::new(d, 1).with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD }).init(device)
+            }),
         }
     }
 
@@ -102,6 +107,26 @@ impl Gpt {
             h = self.blocks.iter().fold(h, |h, b| b.forward(h, p));
         }
         self.logits(h)
+    }
+
+    /// Every loop's logits `[b, t, vocab]` and exit-gate logits `[b, t]` (a learned exit only;
+    /// the forward of a looped model that trains its exit, [`crate::looped::exit_loss`]).
+    pub fn forward_loops(&self, tokens: Tensor<2, Int>) -> Vec<(Tensor<3>, Tensor<2>)> {
+        let gate = self.exit_gate.as_ref().expect("forward_loops needs model.exit = \"learned\"");
+        let p = self.dropout;
+        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        let mut out = Vec::with_capacity(self.loops);
+        for r in 0..self.loops {
+            if r > 0 {
+                h = self.between_loops(h);
+            }
+            h = self.blocks.iter().fold(h, |h, b| b.forward(h, p));
+            let normed = attnlab_kernels::rms_norm(&self.norm, h.clone());
+            let [b, t, _] = normed.dims();
+            let g = gate.forward(normed.clone()).reshape([b, t]);
+            out.push((attnlab_kernels::linear(normed, self.embed.weight.val().transpose()), g));
+        }
+        out
     }
 
     /// The next loop's input: the final norm of the previous loop's output (Ouro: no
@@ -163,6 +188,8 @@ impl Gpt {
             .map(|b| b.attn.flops_per_token(context) + 2 * b.mlp.num_params() as u64)
             .sum();
         let decoder = self.decoder.as_ref().map_or(0, |dec| 2 * (dec.fc1.num_params() + dec.fc2.num_params()) as u64);
-        self.loops as u64 * blocks + 2 * (vocab * d) as u64 + decoder
+        // A learned exit reads the LM head (and the gate) after every loop.
+        let heads = if self.exit_gate.is_some() { self.loops as u64 * (2 * (vocab * d + d) as u64) } else { 2 * (vocab * d) as u64 };
+        self.loops as u64 * blocks + heads + decoder
     }
 }

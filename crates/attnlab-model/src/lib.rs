@@ -7,8 +7,9 @@ pub mod block;
 pub mod config;
 pub mod generate;
 pub mod gpt;
+pub mod looped;
 pub mod mlp;
 
-pub use config::{Head, MlpKind, ModelConfig};
+pub use config::{Exit, Head, MlpKind, ModelConfig};
 pub use generate::{generate, generate_cropped, Sampling};
 pub use gpt::{Gpt, ParamCounts, RNG_LOCK};

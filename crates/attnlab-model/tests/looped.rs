@@ -90,3 +90,86 @@ fn loops_out_of_range_are_refused() {
         assert_eq!(err.field, "model.loops");
     }
 }
+
+// ---- Ouro's learned exit (stage I) ----
+
+use attnlab_model::looped::{exit_log_probs, exit_loss};
+use attnlab_model::Exit;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The stage-I loss of one token written out: p = [λ₀, (1−λ₀)λ₁, (1−λ₀)(1−λ₁)] for R = 3.
+fn hand_loss(ce: [f64; 3], g: [f64; 2], beta: f64) -> f64 {
+    let (l0, l1) = (sigmoid(g[0]), sigmoid(g[1]));
+    let p = [l0, (1.0 - l0) * l1, (1.0 - l0) * (1.0 - l1)];
+    let expected: f64 = p.iter().zip(ce).map(|(p, c)| p * c).sum();
+    let entropy: f64 = -p.iter().map(|p| p * p.ln()).sum::<f64>();
+    expected - beta * entropy
+}
+
+fn t2(rows: &[[f64; 2]], dev: &Device) -> Tensor<2> {
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().map(|v| *v as f32)).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), 2]), dev)
+}
+
+/// Two tokens, R = 3, β = 0.1: the loss and its gradient w.r.t. the gate logits against the
+/// formula written out (finite differences for the gradient). Planted, and seen to fail: the
+/// entropy added instead of subtracted; p(R) = λ_R Π(1 − λ_j) (the last gate used).
+#[test]
+fn the_exit_loss_is_the_expected_cross_entropy_minus_beta_entropy() {
+    let dev = Device::flex().autodiff();
+    let ce = [[2.0, 1.0], [1.5, 0.5], [1.0, 0.2]];
+    let gates = [[0.0, 1.0], [-1.0, 2.0], [3.0, -3.0]];
+    let beta = 0.1;
+    let g = t2(&gates, &dev).require_grad();
+    let loss = exit_loss(t2(&ce, &dev), g.clone(), Tensor::ones([2], &dev), beta);
+    let want = |gates: [[f64; 2]; 3]| (0..2).map(|i| hand_loss([ce[0][i], ce[1][i], ce[2][i]], [gates[0][i], gates[1][i]], beta)).sum::<f64>() / 2.0;
+    let got = loss.clone().into_scalar::<f32>() as f64;
+    assert!((got - want(gates)).abs() < 1e-5, "loss {got} vs {}", want(gates));
+    let grad = g.grad(&loss.backward()).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    for r in 0..3 {
+        for i in 0..2 {
+            let (mut up, mut down) = (gates, gates);
+            up[r][i] += 1e-4;
+            down[r][i] -= 1e-4;
+            let fd = (want(up) - want(down)) / 2e-4;
+            assert!((grad[r * 2 + i] as f64 - fd).abs() < 1e-3, "d loss / d gate[{r}][{i}]: {} vs {fd}", grad[r * 2 + i]);
+        }
+    }
+    assert!(grad[4].abs() < 1e-7 && grad[5].abs() < 1e-7, "the last loop's gate is unused");
+}
+
+#[test]
+fn exit_probabilities_sum_to_one_and_a_closed_gate_is_the_last_loop() {
+    let dev = Device::flex();
+    let g = Tensor::<2>::random([4, 5], attnlab_attn::burn::tensor::Distribution::Normal(0.0, 3.0), &dev);
+    let sums = to_vec(exit_log_probs(g, 4, 5).exp().sum_dim(0));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+    // λ ≈ 0 everywhere (logit −40): p(R) = 1, no entropy, the loss is the last loop's CE.
+    let ce = t2(&[[2.0, 1.0], [1.5, 0.5], [1.0, 0.2]], &dev);
+    let loss = exit_loss(ce, Tensor::full([3, 2], -40.0, &dev), Tensor::ones([2], &dev), 0.1).into_scalar::<f32>();
+    assert!((loss - 0.6).abs() < 1e-5, "{loss}");
+}
+
+/// The learned-exit forward: the last loop's logits are the plain forward's; the gate and every
+/// block get gradients from the objective.
+#[test]
+fn a_learned_exit_model_reads_every_loop() {
+    let dev = Device::flex().autodiff();
+    let learned = ModelConfig { exit: Exit::Learned, ..config(3, AttentionConfig::Mha {}) };
+    learned.validate().unwrap();
+    let m = Gpt::seeded(&learned, 4, &dev);
+    let ids = tokens(1, 7, &dev);
+    let loops = m.forward_loops(ids.clone());
+    assert_eq!(loops.len(), 3);
+    let err = rel_err(&to_vec(loops[2].0.clone()), &to_vec(m.forward(ids.clone())));
+    assert!(err < 1e-6, "last loop vs forward: {err}");
+    let ce: Vec<Tensor<2>> = loops.iter().map(|(l, _)| l.clone().mean_dim(2).reshape([1, 7])).collect();
+    let gates: Vec<Tensor<2>> = loops.into_iter().map(|(_, g)| g.reshape([1, 7])).collect();
+    let grads = exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), Tensor::ones([7], &dev), 0.05).backward();
+    let gate = m.exit_gate.as_ref().unwrap();
+    assert!(gate.weight.grad(&grads).is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0), "the gate gets a gradient");
+    assert!(ModelConfig { exit: Exit::Learned, ..config(1, AttentionConfig::Mha {}) }.validate().is_err(), "a learned exit needs loops ≥ 2");
+}

@@ -1,0 +1,38 @@
+//! Ouro's learned exit for looped depth (Zhu et al. 2025, "Scaling Latent Reasoning via Looped
+//! Language Models"; `../shared/MECHANISMS.md` §12; HF `modeling_ouro.py`).
+//!
+//! After loop r (of R), on the final-normed state n_r: exit probability `λ_r = σ(w·n_r + b)`
+//! (`Linear(d, 1)` with bias, shared by loops) and logits `ℓ_r = lm_head(n_r)`. The exit
+//! distribution over loops is `p(r) = λ_r Π_{j<r}(1 − λ_j)` for r < R and `p(R) = Π_{j<R}(1 − λ_j)`
+//! (λ_R is not used). Stage-I objective per token: `Σ_r p(r)·CE(ℓ_r) − β·H(p)` (an ELBO with a
+//! uniform prior over depth), backpropagated through all loops. Not built: stage II (the gate
+//! trained alone on the loss improvements), Q-exit at inference (evaluation and decode read the
+//! last loop).
+
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::Tensor;
+
+/// The stage-I loss from per-token cross-entropies `ce` `[R, n]` and gate logits `[R, n]`
+/// (row R − 1 unused), each token weighted by `weights` `[n]` (a task's loss mask, or ones):
+/// `Σ_i w_i (Σ_r p_ir CE_ir − β H(p_i)) / max(Σ_i w_i, 1)`. Log-probabilities from log σ, so
+/// saturated gates stay finite.
+pub fn exit_loss(ce: Tensor<2>, gate_logits: Tensor<2>, weights: Tensor<1>, beta: f64) -> Tensor<1> {
+    let [r, n] = ce.dims();
+    let log_p = exit_log_probs(gate_logits, r, n);
+    let p = log_p.clone().exp();
+    let expected = (p.clone() * ce).sum_dim(0).reshape([n]);
+    let entropy = (p * log_p).sum_dim(0).reshape([n]).neg();
+    let per_token = expected - entropy * beta;
+    let total = weights.clone().sum();
+    (per_token * weights).sum() / total.clamp_min(1.0)
+}
+
+/// `log p(r)` `[R, n]` of the exit distribution from gate logits `[R, n]`.
+pub fn exit_log_probs(gate_logits: Tensor<2>, r: usize, n: usize) -> Tensor<2> {
+    let log_stay = log_sigmoid(gate_logits.clone().neg()); // log(1 − λ)
+    let log_exit = log_sigmoid(gate_logits); // log λ
+    // Survival before loop r: Σ_{j<r} log(1 − λ_j) (exclusive prefix sum).
+    let survived = Tensor::cat(vec![Tensor::zeros([1, n], &log_stay.device()), log_stay.narrow(0, 0, r - 1).cumsum(0)], 0);
+    let last = survived.clone().narrow(0, r - 1, 1);
+    Tensor::cat(vec![survived.narrow(0, 0, r - 1) + log_exit.narrow(0, 0, r - 1), last], 0)
+}
