@@ -102,6 +102,9 @@ def mlp(x, w, p, kind):
 
 
 def logits(tokens, w, config):
+    if config.get("loops", 1) != 1:
+        print("a looped model (model.loops): not re-implemented here")
+        sys.exit(2)
     if config.get("pattern") or config.get("overrides"):
         print("a hybrid layer schedule (model.pattern / model.overrides): not re-implemented here")
         sys.exit(2)

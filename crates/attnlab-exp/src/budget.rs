@@ -204,7 +204,8 @@ pub fn training(spec: &ExperimentSpec) -> Estimate {
     let hidden = if m.mlp_hidden == 0 { 2.0 * d } else { m.mlp_hidden as f64 };
     e.add(
         format!("activations (train.batch × train.block = {tokens:.3e} tokens × {} layers × {} loops)", m.layers, m.loops),
-        tokens * F32 * ((m.layers * m.loops) as f64 * (6.0 * d + 2.0 * hidden) + 3.0 * m.vocab as f64),
+        // A learned exit keeps every loop's logits.
+        tokens * F32 * ((m.layers * m.loops) as f64 * (6.0 * d + 2.0 * hidden) + 3.0 * m.vocab as f64 * if m.exit == attnlab_model::Exit::Learned { m.loops as f64 } else { 1.0 }),
     );
     e
 }

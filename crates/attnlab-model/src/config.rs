@@ -64,7 +64,7 @@ pub struct ModelConfig {
     /// (left out of the saved config and the run id then).
     #[serde(skip_serializing_if = "is_zero")]
     pub dropout: f64,
-    /// Ouro's looped depth without its exit gate (Zhu et al. 2025): the layer stack applied
+    /// Ouro's looped depth (Zhu et al. 2025; the exit gate is `exit`): the layer stack applied
     /// `loops` = R times with shared weights, the final norm between loops (the normalised state
     /// is the next loop's input), the LM head after the last; one decode state per loop and
     /// layer (R× the state bytes), R× the FLOPs at the same parameters. 1 (default; left out of
@@ -166,6 +166,9 @@ impl ModelConfig {
         }
         if self.exit == Exit::Learned && self.loops < 2 {
             return Err(ConfigError::new("model.exit", "\"learned\"", "needs model.loops ≥ 2 (an exit gate after each loop)"));
+        }
+        if self.exit == Exit::None && self.exit_entropy != EXIT_ENTROPY {
+            return Err(ConfigError::new("model.exit_entropy", self.exit_entropy, "only applies with model.exit = \"learned\""));
         }
         if !(self.exit_entropy >= 0.0 && self.exit_entropy.is_finite()) {
             return Err(ConfigError::new("model.exit_entropy", self.exit_entropy, "must be finite and ≥ 0"));

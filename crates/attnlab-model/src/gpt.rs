@@ -113,6 +113,8 @@ impl Gpt {
     /// the forward of a looped model that trains its exit, [`crate::looped::exit_loss`]).
     pub fn forward_loops(&self, tokens: Tensor<2, Int>) -> Vec<(Tensor<3>, Tensor<2>)> {
         let gate = self.exit_gate.as_ref().expect("forward_loops needs model.exit = \"learned\"");
+        let seq = tokens.dims()[1];
+        assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
         let mut h = crate::block::dropout(self.embed.forward(tokens), p);
         let mut out = Vec::with_capacity(self.loops);

@@ -5,7 +5,8 @@
 //! Mutations planted and seen to fail:
 //! - no final norm between loops → `two_loops_are_the_stack_twice_with_the_final_norm_between`;
 //! - the embedding re-injected into every loop (`h + embed`) → the same test;
-//! - decode states indexed layer-major (loop r, layer l in slot l·R + r) → `decode_with_one_state_per_loop_and_layer_equals_forward`;
+//! - decode states indexed layer-major (loop r, layer l in slot l·R + r) → `decode_with_one_state_per_loop_and_layer_equals_forward`
+//!   (its MHA + KDA pattern: the slots hold different kinds of state);
 //! - state bytes not multiplied by R → `state_bytes_and_flops_scale_with_the_loops`.
 
 use attnlab_attn::burn::tensor::{Device, Int, Tensor, TensorData};
@@ -53,8 +54,13 @@ fn two_loops_are_the_stack_twice_with_the_final_norm_between() {
 #[test]
 fn decode_with_one_state_per_loop_and_layer_equals_forward() {
     let dev = Device::flex();
-    for attention in [AttentionConfig::Mha {}, toml::from_str("kind = \"kda\"\nchunk = 4").unwrap()] {
-        let m = Gpt::seeded(&config(3, attention.clone()), 2, &dev);
+    let kda: AttentionConfig = toml::from_str("kind = \"kda\"\nchunk = 4").unwrap();
+    // The hybrid's two layers hold states of different kinds, so a layer-major slot order
+    // (l·R + r) hands a layer the wrong kind of state.
+    let hybrid = ModelConfig { pattern: vec![AttentionConfig::Mha {}, kda.clone()], ..config(3, AttentionConfig::Mha {}) };
+    for c in [config(3, AttentionConfig::Mha {}), config(3, kda), hybrid] {
+        let attention = c.mixer_label();
+        let m = Gpt::seeded(&c, 2, &dev);
         let (b, t) = (2, 11);
         let ids = tokens(b, t, &dev);
         let full = to_vec(m.forward(ids.clone()));
@@ -65,7 +71,7 @@ fn decode_with_one_state_per_loop_and_layer_equals_forward() {
             parts.push(m.step(ids.clone().narrow(1, p, 1), &mut states));
         }
         let err = rel_err(&to_vec(Tensor::cat(parts, 1)), &full);
-        assert!(err < 1e-4, "{attention:?}: decode vs forward relative error {err}");
+        assert!(err < 1e-4, "{attention}: decode vs forward relative error {err}");
     }
 }
 
@@ -141,6 +147,18 @@ fn the_exit_loss_is_the_expected_cross_entropy_minus_beta_entropy() {
     assert!(grad[4].abs() < 1e-7 && grad[5].abs() < 1e-7, "the last loop's gate is unused");
 }
 
+/// A task's loss mask weights whole tokens: with weights [1, 0] the loss is token 0's alone.
+#[test]
+fn the_exit_loss_counts_only_the_masked_tokens() {
+    let dev = Device::flex();
+    let ce = [[2.0, 1.0], [1.5, 0.5], [1.0, 0.2]];
+    let gates = [[0.0, 1.0], [-1.0, 2.0], [3.0, -3.0]];
+    let weights = Tensor::<1>::from_data(TensorData::new(vec![1f32, 0.0], [2]), &dev);
+    let got = exit_loss(t2(&ce, &dev), t2(&gates, &dev), weights, 0.1).into_scalar::<f32>() as f64;
+    let want = hand_loss([2.0, 1.5, 1.0], [0.0, -1.0], 0.1);
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
+
 #[test]
 fn exit_probabilities_sum_to_one_and_a_closed_gate_is_the_last_loop() {
     let dev = Device::flex();
@@ -171,5 +189,10 @@ fn a_learned_exit_model_reads_every_loop() {
     let grads = exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), Tensor::ones([7], &dev), 0.05).backward();
     let gate = m.exit_gate.as_ref().unwrap();
     assert!(gate.weight.grad(&grads).is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0), "the gate gets a gradient");
+    let first = &m.blocks[0].mlp_norm.gamma;
+    assert!(first.grad(&grads).is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0), "the first block gets a gradient");
+    // The LM head and the gate after every loop.
+    let plain = Gpt::seeded(&config(3, AttentionConfig::Mha {}), 4, &Device::flex());
+    assert_eq!(m.flops_per_token(7) - plain.flops_per_token(7), (3 - 1) * 2 * 29 * 32 + 3 * 2 * 32, "R LM heads (R − 1 more) and R gates");
     assert!(ModelConfig { exit: Exit::Learned, ..config(1, AttentionConfig::Mha {}) }.validate().is_err(), "a learned exit needs loops ≥ 2");
 }
