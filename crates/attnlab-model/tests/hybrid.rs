@@ -11,8 +11,11 @@
 //!   (a state of the wrong kind panics; the same kind would mix layers);
 //! - `state_bytes` as layers × the first layer's → `state_bytes_are_the_per_layer_sum_of_the_real_tensors`.
 
+mod common;
+
 use attnlab_attn::burn::tensor::{Device, Int, Tensor, TensorData};
 use attnlab_attn::{Attention, AttentionConfig};
+use common::{rel_err, to_vec, tokens};
 use attnlab_model::{Gpt, ModelConfig};
 
 fn attn(src: &str) -> AttentionConfig {
@@ -38,21 +41,6 @@ fn model(layers: usize) -> ModelConfig {
 
 fn hybrid(layers: usize, pattern: Vec<AttentionConfig>) -> ModelConfig {
     ModelConfig { pattern, ..model(layers) }
-}
-
-fn tokens(b: usize, t: usize, device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 7 + 3) % 29) as i64).collect();
-    Tensor::from_data(TensorData::new(ids, [b, t]), device)
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().unwrap()
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f32 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn seeded_logits(config: &ModelConfig, seed: u64, ids: Tensor<2, Int>, dev: &Device) -> Vec<f32> {

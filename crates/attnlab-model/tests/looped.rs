@@ -9,27 +9,15 @@
 //!   (its MHA + KDA pattern: the slots hold different kinds of state);
 //! - state bytes not multiplied by R → `state_bytes_and_flops_scale_with_the_loops`.
 
-use attnlab_attn::burn::tensor::{Device, Int, Tensor, TensorData};
+mod common;
+
+use attnlab_attn::burn::tensor::{Device, Tensor, TensorData};
 use attnlab_attn::AttentionConfig;
+use common::{rel_err, to_vec, tokens};
 use attnlab_model::{Gpt, ModelConfig};
 
 fn config(loops: usize, attention: AttentionConfig) -> ModelConfig {
     ModelConfig { vocab: 29, d_model: 32, layers: 2, heads: 4, max_seq: 24, loops, attention, ..ModelConfig::default() }
-}
-
-fn tokens(b: usize, t: usize, device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 7 + 3) % 29) as i64).collect();
-    Tensor::from_data(TensorData::new(ids, [b, t]), device)
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().unwrap()
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f32 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 #[test]

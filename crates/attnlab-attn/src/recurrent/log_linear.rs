@@ -55,6 +55,43 @@ pub fn level_weights(level_proj: &Linear, level_scale: &Param<Tensor<1>>, heads:
     softplus(z * level_scale.val().reshape([1, heads, 1, levels]), 1.0)
 }
 
+/// Checks that token position `t` fits the `levels` (positions < 2^(levels − 1)) and a state
+/// holding `held` levels (allocated for `capacity`).
+pub fn check_position(t: usize, levels: usize, held: usize, capacity: usize) {
+    assert!(t < 1usize.checked_shl(levels as u32 - 1).unwrap_or(usize::MAX), "log-linear attention: position {t} exceeds the {levels} levels (positions < 2^{}; set model.attention.levels)", levels - 1);
+    assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {capacity})", levels_for(t + 1));
+}
+
+/// The binary carry before inserting token `t` into level states `s` `[b, held, h, rows, cols]`:
+/// for t > 0 with z trailing zeros, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and levels 0..=z cleared.
+pub fn carry(s: Tensor<5>, t: usize) -> Tensor<5> {
+    if t == 0 {
+        return s;
+    }
+    let [b, held, h, rows, cols] = s.dims();
+    let z = t.trailing_zeros() as usize;
+    let above = s.clone().narrow(1, z + 1, 1) + s.clone().narrow(1, 0, z + 1).sum_dim(1);
+    let mut parts = vec![Tensor::zeros([b, z + 1, h, rows, cols], (&above.device(), above.dtype())), above];
+    if held > z + 2 {
+        parts.push(s.narrow(1, z + 2, held - z - 2));
+    }
+    Tensor::cat(parts, 1)
+}
+
+/// `s` with level 0 replaced by `fresh` `[b, 1, h, rows, cols]`.
+pub fn set_level0(s: Tensor<5>, fresh: Tensor<5>) -> Tensor<5> {
+    let held = s.dims()[1];
+    if held > 1 { Tensor::cat(vec![fresh, s.narrow(1, 1, held - 1)], 1) } else { fresh }
+}
+
+/// `Σ_ℓ λ_i^ℓ read^(ℓ)`: per-level reads `[b, held, h, 1, cols]` weighted by token i's level
+/// weights of `lambda` `[b, h, new, L]` → `[b, h, 1, cols]`.
+pub fn weigh_levels(read: Tensor<5>, lambda: &Tensor<4>, i: usize) -> Tensor<4> {
+    let [b, held, h, _, cols] = read.dims();
+    let w = lambda.clone().narrow(2, i, 1).narrow(3, 0, held).reshape([b, h, held]).swap_dims(1, 2).reshape([b, held, h, 1, 1]);
+    (read * w).sum_dim(1).reshape([b, h, 1, cols])
+}
+
 #[derive(Module, Debug)]
 pub struct LogLinearAttention {
     /// The linear-attention layer whose q, k, v, φ, output norm and `W_o` are used.
@@ -224,29 +261,14 @@ impl LogLinearAttention {
         let mut outputs = Vec::with_capacity(new);
         for i in 0..new {
             let t = state.len;
-            assert!(t < self.max_positions(), "log-linear attention: position {t} exceeds the {} levels (positions < 2^{}; set model.attention.levels)", self.levels, self.levels - 1);
-            assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {})", levels_for(t + 1), state.capacity);
+            check_position(t, self.levels, held, state.capacity);
             // [b, L, h, d_φ, d_h] views of the levels.
-            let mut s = state.s.clone().reshape([b, held, h, dphi, d]);
-            if t > 0 {
-                let z = t.trailing_zeros() as usize;
-                let carried = s.clone().narrow(1, 0, z + 1).sum_dim(1); // [b, 1, h, d_φ, d_h]
-                let above = s.clone().narrow(1, z + 1, 1) + carried;
-                let cleared = Tensor::zeros([b, z + 1, h, dphi, d], (&above.device(), above.dtype()));
-                let rest = held - (z + 2);
-                let mut parts = vec![cleared, above];
-                if rest > 0 {
-                    parts.push(s.clone().narrow(1, z + 2, rest));
-                }
-                s = Tensor::cat(parts, 1);
-            }
+            let s = carry(state.s.clone().reshape([b, held, h, dphi, d]), t);
             let (qt, kt, vt) = (q.clone().narrow(2, i, 1), k.clone().narrow(2, i, 1), v.clone().narrow(2, i, 1)); // [b, h, 1, ·]
             let fresh = kt.swap_dims(2, 3).matmul(vt).unsqueeze_dim::<5>(1); // [b, 1, h, d_φ, d_h]
-            s = if held > 1 { Tensor::cat(vec![fresh, s.narrow(1, 1, held - 1)], 1) } else { fresh };
-            // o = Σ_ℓ λ^ℓ S^(ℓ)ᵀ φ(q): per level [b, L, h, 1, d_h], weighted by λ [b, h, L] → [b, L, h].
-            let read = qt.unsqueeze_dim::<5>(1).matmul(s.clone()) * scale; // [b, L, h, 1, d_h]
-            let w = lambda.clone().narrow(2, i, 1).narrow(3, 0, held).reshape([b, h, held]).swap_dims(1, 2).reshape([b, held, h, 1, 1]);
-            outputs.push((read * w).sum_dim(1).reshape([b, h, 1, d]));
+            let s = set_level0(s, fresh);
+            // o = Σ_ℓ λ^ℓ S^(ℓ)ᵀ φ(q): per level [b, L, h, 1, d_h].
+            outputs.push(weigh_levels(qt.unsqueeze_dim::<5>(1).matmul(s.clone()) * scale, &lambda, i));
             state.s = s.reshape([b, held * h, dphi, d]);
             state.len += 1;
         }

@@ -20,7 +20,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use super::gated_deltanet::{GatedDeltaNet, GdnOptions};
-use super::log_linear::{level_weights, levels_for};
+use super::log_linear::{carry, check_position, level_weights, levels_for, set_level0, weigh_levels};
 use super::{conv_silu, gates, l2_normalize, merge_heads, split_heads, Recurrent};
 use crate::config::{ConvInit, DELTA_CHUNK};
 use crate::linear::{apply, linear, Columns};
@@ -104,31 +104,17 @@ impl LogLinearGdn {
         let mut outputs = Vec::with_capacity(new);
         for i in 0..new {
             let t = state.len;
-            assert!(t < self.max_positions(), "log-linear attention: position {t} exceeds the {} levels (positions < 2^{}; set model.attention.levels)", self.levels, self.levels - 1);
-            assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {})", levels_for(t + 1), state.capacity);
-            let mut s = state.s.clone().reshape([b, held, h, dk, dv]);
-            if t > 0 {
-                let z = t.trailing_zeros() as usize;
-                let carried = s.clone().narrow(1, 0, z + 1).sum_dim(1);
-                let above = s.clone().narrow(1, z + 1, 1) + carried;
-                let mut parts = vec![Tensor::zeros([b, z + 1, h, dk, dv], (&above.device(), above.dtype())), above];
-                if held > z + 2 {
-                    parts.push(s.clone().narrow(1, z + 2, held - z - 2));
-                }
-                s = Tensor::cat(parts, 1);
-            }
+            check_position(t, self.levels, held, state.capacity);
+            let s = carry(state.s.clone().reshape([b, held, h, dk, dv]), t);
             let token = |x: &Tensor<4>| x.clone().narrow(2, i, 1).unsqueeze_dim::<5>(1); // [b, 1, h, 1, ·]
             let (qt, kt, vt) = (token(&q), token(&k), token(&v));
             let bt = beta.clone().narrow(2, i, 1).reshape([b, 1, h, 1, 1]);
             let at = g.clone().narrow(2, i, 1).exp().reshape([b, 1, h, 1, 1]);
             let kcol = kt.clone().swap_dims(3, 4); // [b, 1, h, d_k, 1]
-            // Every level: S ← α (S − β k (kᵀ S)).
-            s = (s.clone() - kcol.clone().matmul(kt.clone().matmul(s)) * bt.clone()) * at;
-            let fresh = kcol.matmul(vt) * bt; // β k vᵀ
-            s = if held > 1 { Tensor::cat(vec![fresh, s.narrow(1, 1, held - 1)], 1) } else { fresh };
-            let read = qt.matmul(s.clone()); // [b, L, h, 1, d_v]
-            let w = lambda.clone().narrow(2, i, 1).narrow(3, 0, held).reshape([b, h, held]).swap_dims(1, 2).reshape([b, held, h, 1, 1]);
-            outputs.push((read * w).sum_dim(1).reshape([b, h, 1, dv]));
+            // Every level: S ← α (S − β k (kᵀ S)); then S^(0) = β k vᵀ.
+            let s = (s.clone() - kcol.clone().matmul(kt.matmul(s)) * bt.clone()) * at;
+            let s = set_level0(s, kcol.matmul(vt) * bt);
+            outputs.push(weigh_levels(qt.matmul(s.clone()), &lambda, i));
             state.s = s.reshape([b, held * h, dk, dv]);
             state.len += 1;
         }
