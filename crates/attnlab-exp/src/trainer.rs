@@ -168,12 +168,16 @@ pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
     batch_logits_loss(model, batch, device).1
 }
 
-/// The loss a training step minimises: [`batch_loss`], or for a looped model with a learned
-/// exit (`model.exit = "learned"`) Ouro's stage-I objective over every loop's logits
-/// ([`attnlab_model::looped::exit_loss`], entropy weight `beta`).
-pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> Tensor<1> {
+/// The loss a training step minimises and the training loss it reports: [`batch_loss`] (both),
+/// or for a looped model with a learned exit (`model.exit = "learned"`) Ouro's stage-I
+/// objective over every loop's logits ([`attnlab_model::looped::exit_loss`], entropy weight
+/// `beta`), reported as the last loop's cross-entropy (what evaluation measures, comparable with
+/// other runs' training loss).
+pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> (Tensor<1>, f64) {
     if model.exit_gate.is_none() {
-        return batch_loss(model, batch, device);
+        let loss = batch_loss(model, batch, device);
+        let reported = loss.clone().into_scalar::<f32>() as f64;
+        return (loss, reported);
     }
     let (b, t) = (batch.batch, batch.block);
     let loops = model.forward_loops(tokens_tensor(batch.inputs, [b, t], device));
@@ -191,7 +195,9 @@ pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> T
         Some(mask) => Tensor::<1>::from_data(TensorData::new(mask, [b * t]), device),
         None => Tensor::ones([b * t], device),
     };
-    attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta)
+    let last = ce.last().expect("≥ 2 loops").clone().reshape([b * t]);
+    let reported = ((last * weights.clone()).sum() / weights.clone().sum().clamp_min(1.0)).into_scalar::<f32>() as f64;
+    (attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta), reported)
 }
 
 /// Logits `[batch, block, vocab]` and the mean cross-entropy `[1]`:
@@ -365,9 +371,11 @@ pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, step: us
         // nodes (only the f32 leaves outlive it).
         let half = compute_model(model, t.precision);
         let batch = run.data.train_batch(rng, t.batch, t.block, step * k + i);
-        let loss = training_loss(half.as_ref().unwrap_or(model), batch, run.spec.model.exit_entropy, device);
+        let (loss, reported) = training_loss(half.as_ref().unwrap_or(model), batch, run.spec.model.exit_entropy, device);
         let loss = if k > 1 { loss / k as f32 } else { loss };
-        loss_sum += loss.clone().into_scalar::<f32>() as f64;
+        // A non-finite objective must show in the reported loss too (the divergence check).
+        let objective = loss.clone().into_scalar::<f32>() as f64;
+        loss_sum += if objective.is_finite() { reported / k as f64 } else { objective };
         let backward = if scale == 1.0 { loss.backward() } else { (loss * scale).backward() };
         let mut grads = GradientsParams::from_grads(backward, model);
         if scale != 1.0 {
