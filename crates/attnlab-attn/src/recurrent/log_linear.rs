@@ -55,10 +55,29 @@ pub fn level_weights(level_proj: &Linear, level_scale: &Param<Tensor<1>>, heads:
     softplus(z * level_scale.val().reshape([1, heads, 1, levels]), 1.0)
 }
 
+/// Positions `levels` cover: 2^(levels − 1).
+pub fn max_positions(levels: usize) -> usize {
+    1usize.checked_shl(levels as u32 - 1).unwrap_or(usize::MAX)
+}
+
+/// For positions `0..n`: the level of every (query i, key j) pair `[n, n]` (0 where j > i) and
+/// the causal mask (1 where j ≤ i) in `dtype` (a half-precision forward multiplies in it).
+fn level_table(n: usize, device: &Device, dtype: burn::tensor::DType) -> (Tensor<2, Int>, Tensor<2>) {
+    let (mut levels, mut causal) = (Vec::with_capacity(n * n), Vec::with_capacity(n * n));
+    for i in 0..n {
+        for j in 0..n {
+            levels.push(if j <= i { level(i, j) as i64 } else { 0 });
+            causal.push(if j <= i { 1f32 } else { 0.0 });
+        }
+    }
+    let levels = Tensor::from_data(TensorData::new(levels, [n, n]), device);
+    (levels, Tensor::<2>::from_data(TensorData::new(causal, [n, n]), device).cast(dtype))
+}
+
 /// Checks that token position `t` fits the `levels` (positions < 2^(levels − 1)) and a state
 /// holding `held` levels (allocated for `capacity`).
 pub fn check_position(t: usize, levels: usize, held: usize, capacity: usize) {
-    assert!(t < 1usize.checked_shl(levels as u32 - 1).unwrap_or(usize::MAX), "log-linear attention: position {t} exceeds the {levels} levels (positions < 2^{}; set model.attention.levels)", levels - 1);
+    assert!(t < max_positions(levels), "log-linear attention: position {t} exceeds the {levels} levels (positions < 2^{}; set model.attention.levels)", levels - 1);
     assert!(levels_for(t + 1) <= held, "log-linear state: position {t} needs {} levels, the state holds {held} (capacity {capacity})", levels_for(t + 1));
 }
 
@@ -122,7 +141,7 @@ impl LogLinearAttention {
 
     /// Longest sequence the levels cover: 2^(L−1).
     pub fn max_positions(&self) -> usize {
-        1usize.checked_shl(self.levels as u32 - 1).unwrap_or(usize::MAX)
+        max_positions(self.levels)
     }
 
     /// λ `[b, h, t, L]` for x `[b, t, d]`.
@@ -153,17 +172,9 @@ impl LogLinearAttention {
         let (q, k, v) = self.qkv(x);
         let device = q.device();
         let scale = 1.0 / (self.base.feature_dim() as f64).sqrt();
-        // Level of every (query, key) pair, and 1 where the key does not follow the query.
-        let (mut levels, mut causal) = (Vec::with_capacity(t * t), Vec::with_capacity(t * t));
-        for i in 0..t {
-            for j in 0..t {
-                levels.push(if j <= i { level(i, j) as i64 } else { 0 });
-                causal.push(if j <= i { 1f32 } else { 0.0 });
-            }
-        }
-        let levels = Tensor::<2, Int>::from_data(TensorData::new(levels, [t, t]), &device).unsqueeze::<4>().expand([b, h, t, t]);
-        // (In the compute type: a half-precision training forward multiplies in f16/bf16.)
-        let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).cast(q.dtype()).unsqueeze::<4>();
+        let (levels, causal) = level_table(t, &device, q.dtype());
+        let levels = levels.unsqueeze::<4>().expand([b, h, t, t]);
+        let causal = causal.unsqueeze::<4>();
         let weights = lambda.gather(3, levels) * causal;
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         self.output((scores * weights).matmul(v))
@@ -201,15 +212,9 @@ impl LogLinearAttention {
         let lambda = chunks(lambda.cast(dtype));
         let scale = 1.0 / (dphi as f64).sqrt();
         // Inside a chunk (chunks start at multiples of C): the level of (i, j) is ℓ(i mod C, j mod C).
-        let (mut levels, mut causal) = (Vec::with_capacity(c * c), Vec::with_capacity(c * c));
-        for i in 0..c {
-            for j in 0..c {
-                levels.push(if j <= i { level(i, j) as i64 } else { 0 });
-                causal.push(if j <= i { 1f32 } else { 0.0 });
-            }
-        }
-        let levels = Tensor::<2, Int>::from_data(TensorData::new(levels, [c, c]), &device).unsqueeze::<5>().expand([b, h, n, c, c]);
-        let causal = Tensor::<2>::from_data(TensorData::new(causal, [c, c]), &device).cast(dtype).unsqueeze::<5>();
+        let (levels, causal) = level_table(c, &device, dtype);
+        let levels = levels.unsqueeze::<5>().expand([b, h, n, c, c]);
+        let causal = causal.unsqueeze::<5>();
         let weights = lambda.clone().gather(4, levels) * causal;
         let intra = (q.clone().matmul(k.clone().swap_dims(3, 4)) * scale * weights).matmul(v.clone());
         // Across chunks: bucket ℓ' ≥ 1 of chunk i is chunks [β − 2^(ℓ'−1), β), β = i − (i mod 2^(ℓ'−1)),

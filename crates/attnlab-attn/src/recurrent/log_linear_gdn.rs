@@ -51,11 +51,6 @@ impl LogLinearGdn {
         }
     }
 
-    /// Longest sequence the levels cover: 2^(L−1).
-    pub fn max_positions(&self) -> usize {
-        1usize.checked_shl(self.levels as u32 - 1).unwrap_or(usize::MAX)
-    }
-
     /// λ `[b, h, t, L]` for x `[b, t, d]`.
     pub fn lambda(&self, x: Tensor<3>) -> Tensor<4> {
         level_weights(&self.level_proj, &self.level_scale, self.base.heads, self.levels, x)
