@@ -14,6 +14,7 @@ use crate::recurrent::linear_attention::LinearAttention;
 use crate::recurrent::log_linear::{levels_for, LogLinearAttention};
 use crate::recurrent::log_linear_gdn::LogLinearGdn;
 use crate::config::LogLinearBase;
+use crate::lolcats::{Lolcats, LolcatsOptions};
 use crate::recurrent::Recurrent;
 use crate::state::State;
 
@@ -37,6 +38,8 @@ pub enum Attention {
     GatedDeltaNet(GatedDeltaNet),
     /// Kimi Delta Attention.
     Kda(Kda),
+    /// LoLCATs: a linearised softmax layer.
+    Lolcats(Lolcats),
 }
 
 impl AttentionConfig {
@@ -78,6 +81,12 @@ impl AttentionConfig {
                 let options = KdaOptions { key_dim, value_dim, conv: *conv, lower_bound: *lower_bound, conv_init: *conv_init, chunk: *chunk };
                 return Attention::Kda(Kda::new(d_model, heads, options, device));
             }
+            AttentionConfig::Lolcats { window, feature_dim, feature_map, lora_rank, lora_alpha, .. } => {
+                let kv_heads = self.kv_heads(heads).expect("lolcats has kv_heads");
+                let base = GroupedQuery::new(d_model, heads, kv_heads, max_seq, rope_base, device);
+                let options = LolcatsOptions { window: *window, feature_dim: *feature_dim, map: *feature_map, lora_rank: *lora_rank, lora_alpha: *lora_alpha };
+                return Attention::Lolcats(Lolcats::new(base, options, device));
+            }
             AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
                 Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
             }
@@ -116,6 +125,7 @@ impl Attention {
             Attention::LogLinearGdn(m) => m.forward(x),
             Attention::GatedDeltaNet(m) => m.forward(x),
             Attention::Kda(m) => m.forward(x),
+            Attention::Lolcats(m) => m.forward(x),
         }
     }
 
@@ -130,6 +140,7 @@ impl Attention {
             Attention::LogLinearGdn(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::GatedDeltaNet(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
+            Attention::Lolcats(m) => State::Lolcats(m.init_state(batch, capacity, device)),
         }
     }
 
@@ -144,6 +155,7 @@ impl Attention {
             (Attention::LogLinearGdn(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::GatedDeltaNet(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
+            (Attention::Lolcats(m), State::Lolcats(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -159,6 +171,7 @@ impl Attention {
             Attention::LogLinearGdn(m) => m.state_bytes(context),
             Attention::GatedDeltaNet(m) => m.state_bytes(context),
             Attention::Kda(m) => m.state_bytes(context),
+            Attention::Lolcats(m) => m.state_bytes(context),
         }
     }
 
@@ -173,6 +186,61 @@ impl Attention {
             Attention::LogLinearGdn(m) => m.flops_per_token(context),
             Attention::GatedDeltaNet(m) => m.flops_per_token(context),
             Attention::Kda(m) => m.flops_per_token(context),
+            Attention::Lolcats(m) => m.flops_per_token(context),
         }
+    }
+
+    /// The training forward with the auxiliary losses `aux` asks for (DESIGN: one channel for
+    /// every mixer that trains a part by its own objective): the output and the losses this
+    /// layer computes, by name. A layer with nothing to say returns [`Attention::forward`].
+    pub fn forward_aux(&self, x: Tensor<3>, aux: &AuxRequest) -> (Tensor<3>, Vec<(AuxLoss, Tensor<1>)>) {
+        match self {
+            Attention::Lolcats(m) if aux.contains(AuxLoss::AttentionTransfer) => {
+                let (y, mse) = m.forward_transfer(x);
+                (y, vec![(AuxLoss::AttentionTransfer, mse)])
+            }
+            _ => (self.forward(x), Vec::new()),
+        }
+    }
+
+    /// The auxiliary losses this layer can return.
+    pub fn aux_losses(&self) -> Vec<AuxLoss> {
+        match self {
+            Attention::Lolcats(_) => vec![AuxLoss::AttentionTransfer],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An auxiliary loss a mixer returns through [`Attention::forward_aux`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxLoss {
+    /// LoLCATs stage 1: MSE of the layer's per-head outputs to its softmax teacher's; the
+    /// layer passes the teacher's output on.
+    AttentionTransfer,
+}
+
+impl AuxLoss {
+    pub const ALL: [AuxLoss; 1] = [AuxLoss::AttentionTransfer];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuxLoss::AttentionTransfer => "attention_transfer",
+        }
+    }
+}
+
+/// Which auxiliary losses a training forward computes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuxRequest(pub Vec<AuxLoss>);
+
+impl AuxRequest {
+    pub fn contains(&self, loss: AuxLoss) -> bool {
+        self.0.contains(&loss)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

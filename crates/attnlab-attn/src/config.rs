@@ -166,6 +166,65 @@ pub enum AttentionConfig {
         #[serde(default = "default_kda_chunk", skip_serializing_if = "is_default_kda_chunk")]
         chunk: usize,
     },
+    /// LoLCATs (Zhang et al. 2024): a softmax layer linearised after training
+    /// (`attnlab linearize`): its W_qkv, W_o and RoPE kept, a learned feature map per query head
+    /// `φ(x) = [softmax(xW), softmax(−xW)]` (`feature_dim` = f, d_φ = 2f; `feature_map = "elu1"`:
+    /// elu + 1, nothing learned), a softmax window over the previous and the current block of
+    /// `window` tokens plus linear attention over everything before (`window = 0`: linear
+    /// attention only), mixed by γ_h = σ(w_h) (0.1 at init), and LoRA adapters of rank
+    /// `lora_rank` (0 = none) and `lora_alpha` on W_q, W_k, W_v, W_o (B = 0 at init).
+    Lolcats {
+        #[serde(default)]
+        kv_heads: Option<usize>,
+        #[serde(default = "default_lolcats_window", skip_serializing_if = "is_default_lolcats_window")]
+        window: usize,
+        #[serde(default = "default_lolcats_window", skip_serializing_if = "is_default_lolcats_window")]
+        feature_dim: usize,
+        #[serde(default, skip_serializing_if = "LolcatsMap::is_default")]
+        feature_map: LolcatsMap,
+        #[serde(default = "default_lora_rank", skip_serializing_if = "is_default_lora_rank")]
+        lora_rank: usize,
+        #[serde(default = "default_lora_alpha", skip_serializing_if = "is_default_lora_alpha")]
+        lora_alpha: f64,
+    },
+}
+
+/// LoLCATs' feature map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LolcatsMap {
+    /// `[softmax(xW_h), softmax(−xW_h)]`, a learned `d_h × f` map per query head (the paper's).
+    #[default]
+    Softmax,
+    /// `elu(x) + 1`, nothing learned (the paper's ablation).
+    Elu1,
+}
+
+impl LolcatsMap {
+    fn is_default(&self) -> bool {
+        *self == Self::Softmax
+    }
+}
+
+/// LoLCATs' window block and feature width (64 both, as the paper's Llama 3 8B config).
+pub const LOLCATS_WINDOW: usize = 64;
+fn default_lolcats_window() -> usize {
+    LOLCATS_WINDOW
+}
+fn is_default_lolcats_window(v: &usize) -> bool {
+    *v == LOLCATS_WINDOW
+}
+fn default_lora_rank() -> usize {
+    8
+}
+fn is_default_lora_rank(v: &usize) -> bool {
+    *v == 8
+}
+fn default_lora_alpha() -> f64 {
+    16.0
+}
+fn is_default_lora_alpha(v: &f64) -> bool {
+    *v == 16.0
 }
 
 /// Linear attention's feature map φ, applied per head after the head split.
@@ -281,7 +340,7 @@ fn is_false(b: &bool) -> bool {
 /// The kinds a user can write, for error messages.
 pub const KINDS: &[&str] = &[
     "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
-    "log_linear", "gated_deltanet", "kda",
+    "log_linear", "gated_deltanet", "kda", "lolcats",
 ];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
@@ -326,6 +385,7 @@ impl AttentionConfig {
             Self::LogLinear { .. } => "log_linear",
             Self::GatedDeltanet { .. } => "gated_deltanet",
             Self::Kda { .. } => "kda",
+            Self::Lolcats { .. } => "lolcats",
         }
     }
 
@@ -413,6 +473,26 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, KDA_CHUNK);
                 return label;
             }
+            Self::Lolcats { window, feature_dim, feature_map, lora_rank, lora_alpha, .. } => {
+                let mut label = "lolcats".to_string();
+                match window {
+                    0 => label.push_str("-nowin"),
+                    w if *w != LOLCATS_WINDOW => label.push_str(&format!("-w{w}")),
+                    _ => {}
+                }
+                if *feature_map == LolcatsMap::Elu1 {
+                    label.push_str("-elu1");
+                } else if *feature_dim != LOLCATS_WINDOW {
+                    label.push_str(&format!("-f{feature_dim}"));
+                }
+                if *lora_rank != 8 {
+                    label.push_str(&format!("-r{lora_rank}"));
+                }
+                if *lora_alpha != 16.0 {
+                    label.push_str(&format!("-a{lora_alpha}"));
+                }
+                label
+            }
             other => other.kind().to_string(),
         };
         match self.explicit_kv_heads() {
@@ -428,7 +508,8 @@ impl AttentionConfig {
             | Self::StridedSparse { kv_heads, .. }
             | Self::FixedSparse { kv_heads, .. }
             | Self::Tiled { kv_heads, .. }
-            | Self::Gated { kv_heads, .. } => *kv_heads,
+            | Self::Gated { kv_heads, .. }
+            | Self::Lolcats { kv_heads, .. } => *kv_heads,
             _ => None,
         }
     }
@@ -606,6 +687,14 @@ impl AttentionConfig {
                     if !(-5.0..0.0).contains(lb) {
                         return Err(ConfigError::new("model.attention.lower_bound", lb, "must be in [-5, 0) (fla's safe gate; left out: the unbounded gate)"));
                     }
+                }
+            }
+            Self::Lolcats { feature_dim, feature_map, lora_rank, lora_alpha, .. } => {
+                if *feature_map == LolcatsMap::Softmax {
+                    positive("feature_dim", *feature_dim)?;
+                }
+                if *lora_rank > 0 && !(lora_alpha.is_finite() && *lora_alpha > 0.0) {
+                    return Err(ConfigError::new("model.attention.lora_alpha", lora_alpha, "must be a positive number (the adapters are scaled by lora_alpha / lora_rank)"));
                 }
             }
             Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } => {}

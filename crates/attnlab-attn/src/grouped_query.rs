@@ -129,19 +129,26 @@ impl GroupedQuery {
     /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]`, rotated for positions `start..`,
     /// and the output gate `σ(x W_θ)` `[b, t, heads·d_h]` when gated.
     fn project(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
-        let [b, t, _] = x.dims();
-        let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
         let gate = self.gate_values(&x);
+        let (q, k, v) = self.split_rotate(apply(&self.qkv, x), start);
+        (q, k, v, gate)
+    }
+
+    /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]` from the QKV projection's output
+    /// `[b, t, (heads + 2·kv_heads)·d_h]`: head split, q/k norms, RoPE for positions `start..`.
+    pub fn split_rotate(&self, qkv: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, t, _] = qkv.dims();
+        let (h, g, d) = (self.heads, self.kv_heads, self.head_dim);
         // [b, t, (h + 2g)·d] → [b, t, h + 2g, d] is free (contiguous); narrowing heads after it
         // keeps q, k, v as views until their first real use.
-        let qkv = apply(&self.qkv, x).reshape([b, t, h + 2 * g, d]);
+        let qkv = qkv.reshape([b, t, h + 2 * g, d]);
         let split = |from: usize, n: usize| qkv.clone().narrow(2, from, n).swap_dims(1, 2);
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(q_norm), Some(k_norm)) => (rms_norm(q_norm, split(0, h)), rms_norm(k_norm, split(h, g))),
             _ => (split(0, h), split(h, g)),
         };
         let v = split(h + g, g);
-        (self.rotate(q, start), self.rotate(k, start), v, gate)
+        (self.rotate(q, start), self.rotate(k, start), v)
     }
 
     /// RoPE on the first `rope.dim()` dims of each head of x `[b, heads, t, d_h]` (positions
@@ -265,7 +272,7 @@ impl GroupedQuery {
         match state {
             State::Kv(cache) => self.step_kv(x, cache),
             State::Window(cache) => self.step_window(x, cache),
-            State::Latent(_) | State::Recurrent(_) => panic!("this decode state does not belong to grouped-query attention"),
+            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) => panic!("this decode state does not belong to grouped-query attention"),
         }
     }
 

@@ -99,6 +99,12 @@ pub const DOCS: &[KindDoc] = &[
         what: r#"Kimi Delta Attention (Kimi Linear 2025): GDN's front with a per-key-channel decay S_t = (I − β_t k_t k_tᵀ)Diag(α_t)S_{t−1} + β_t k_t v_tᵀ, g = −e^{A_log_h}·softplus(x W_f↓W_f↑ + dt_bias) (low-rank gate, dt_bias per channel, A_log per head, A ~ U(1,16)), output RMSNorm ⊙ σ(x W_g↓W_g↑). `lower_bound = lb` ∈ [−5, 0): fla's bounded gate lb·σ(e^{A_log}(raw + dt_bias))"#,
         state: r#"as `gated_deltanet`"#,
     },
+    KindDoc {
+        kind: "lolcats",
+        fields: r#"`kv_heads` (= heads), `window` (64), `feature_dim` (64), `feature_map` (`softmax`; `elu1`), `lora_rank` (8; 0 = none), `lora_alpha` (16)"#,
+        what: r#"LoLCATs (Zhang et al. 2024), made from a trained softmax run by `attnlab linearize RUN --to lolcats`: W_qkv, W_o and RoPE kept; a learned map per query head φ(x) = [softmax(xW), softmax(−xW)] on the post-RoPE q, k (d_φ = 2·f); softmax over the previous and the current block of `window` tokens plus linear attention over all earlier keys, mixed by γ_h = σ(w_h) (0.1 at init; `window = 0`: linear only); LoRA on W_q, W_k, W_v, W_o (B = 0). Training is the quadratic O(T²) form. Labels `lolcats`, `lolcats-nowin`, `lolcats-elu1`"#,
+        state: r#"none: a fixed 2·min(2·window, context)·g·d_h + h·d_φ·(d_h + 1) floats (ring of the window's keys + linear state)"#,
+    },
 ];
 
 /// The README's kinds table (Markdown).

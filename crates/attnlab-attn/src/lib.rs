@@ -11,6 +11,7 @@ pub mod grouped_query;
 pub mod kinds;
 pub mod latent;
 pub mod linear;
+pub mod lolcats;
 pub mod mask;
 pub mod recurrent;
 pub mod rope;
@@ -18,9 +19,10 @@ pub mod softmax_attention;
 pub mod state;
 pub mod tiled_attention;
 
-pub use attention::Attention;
+pub use attention::{Attention, AuxLoss, AuxRequest};
 pub use burn;
-pub use config::{AttentionConfig, ConfigError, ConvInit, FeatureMap};
+pub use config::{AttentionConfig, ConfigError, ConvInit, FeatureMap, LolcatsMap};
+pub use lolcats::Lolcats;
 pub use differential::Differential;
 pub use grouped_query::{GroupedQuery, Kernel, Variant};
 pub use latent::LatentAttention;
@@ -35,7 +37,7 @@ pub use recurrent::linear_attention::LinearAttention;
 pub use recurrent::log_linear::LogLinearAttention;
 pub use recurrent::log_linear_gdn::LogLinearGdn;
 pub use recurrent::Recurrent;
-pub use state::{KvCache, LatentCache, RecurrentState, State, WindowCache};
+pub use state::{KvCache, LatentCache, LolcatsState, RecurrentState, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).
 pub const F32_BYTES: usize = 4;

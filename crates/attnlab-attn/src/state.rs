@@ -65,6 +65,21 @@ pub struct RecurrentState {
     pub capacity: usize,
 }
 
+/// LoLCATs' decode state ([`crate::lolcats`]): the window's last ≤ 2W keys and values (ring,
+/// slot p mod 2W) k, v `[batch, kv_heads, slots, d_h]`, `positions[slot]` (`None` = empty or
+/// folded), and the linear state `s = Σ φ(k)vᵀ` `[batch, heads, d_φ, d_h]`, `z = Σ φ(k)`
+/// `[batch, heads, d_φ, 1]`.
+#[derive(Debug, Clone)]
+pub struct LolcatsState {
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    pub positions: Vec<Option<usize>>,
+    pub s: Tensor<4>,
+    pub z: Tensor<4>,
+    pub len: usize,
+    pub capacity: usize,
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
@@ -72,6 +87,7 @@ pub enum State {
     Window(WindowCache),
     Latent(LatentCache),
     Recurrent(RecurrentState),
+    Lolcats(LolcatsState),
 }
 
 impl State {
@@ -82,6 +98,7 @@ impl State {
             State::Window(c) => c.len,
             State::Latent(c) => c.len,
             State::Recurrent(c) => c.len,
+            State::Lolcats(c) => c.len,
         }
     }
 
@@ -97,6 +114,7 @@ impl State {
             State::Window(c) => c.capacity,
             State::Latent(c) => c.c_kv.dims()[1],
             State::Recurrent(c) => c.capacity,
+            State::Lolcats(c) => c.capacity,
         }
     }
 
@@ -108,6 +126,7 @@ impl State {
             State::Window(c) => (c.k.shape().num_elements() + c.v.shape().num_elements(), c.k.dims()[0]),
             State::Latent(c) => (c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements(), c.c_kv.dims()[0]),
             State::Recurrent(c) => (c.s.shape().num_elements() + c.conv.as_ref().map_or(0, |t| t.shape().num_elements()), c.s.dims()[0]),
+            State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
         };
         elements * F32_BYTES / batch
     }

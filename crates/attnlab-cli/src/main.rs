@@ -287,6 +287,44 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
     },
+    /// Linearise a trained softmax run (mha, mqa, gqa) into LoLCATs: writes the experiment
+    /// (`<out>/<name>.toml`: the source's data and shape, `kind = "lolcats"`, train.init_from =
+    /// RUN, stage 1 attention transfer, stage 2 LoRA) and trains it as a normal run.
+    Linearize {
+        /// The finished run folder (runs/<experiment>/<run-id>).
+        run: PathBuf,
+        /// The method (only lolcats).
+        #[arg(long, default_value = "lolcats")]
+        to: String,
+        #[arg(long, default_value_t = 200)]
+        transfer_steps: usize,
+        #[arg(long, default_value_t = 200)]
+        lora_steps: usize,
+        #[arg(long, default_value_t = 1e-2)]
+        transfer_lr: f64,
+        #[arg(long, default_value_t = 1e-4)]
+        lora_lr: f64,
+        /// The "no attention transfer" ablation: one stage training maps, mixing factors and
+        /// adapters on the next-token loss (transfer + lora steps, at --lora-lr).
+        #[arg(long)]
+        no_transfer: bool,
+        /// The new experiment's name (default: <source experiment>_lolcats).
+        #[arg(long)]
+        name: Option<String>,
+        /// Output folder for run stores (the experiment file is written there too).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Override a field of the written experiment, e.g. --set model.attention.window=0.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Write the experiment file, validate it and stop.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -527,6 +565,20 @@ fn backend(device: &str) -> Result<burn::tensor::Device> {
     Ok(backend)
 }
 
+/// Prints how a single run ended; an error (with its exit code) unless it finished.
+fn report_outcome(outcome: RunOutcome, run_id: &str, out: &Path) -> Result<()> {
+    match outcome {
+        RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) if s.status == "diverged" => {
+            print_summary(&s, out, false);
+            Err(Diverged(s.run_id.clone(), s.diverged_at_step).into())
+        }
+        RunOutcome::Finished(s) => Ok(print_summary(&s, out, false)),
+        RunOutcome::AlreadyFinished(s) => Ok(print_summary(&s, out, true)),
+        RunOutcome::Stopped { step } => Err(Interrupted(run_id.to_string(), step).into()),
+        RunOutcome::Busy(holder) => Err(anyhow::anyhow!("run {run_id} is being trained by another process: {holder}")),
+    }
+}
+
 fn read_experiment(file: &Path, sets: &[String]) -> Result<Experiment> {
     let text = attnlab_exp::spec::read_spec_file(file)?;
     Ok(load_experiment(&text, &file.display().to_string(), sets)?)
@@ -539,6 +591,35 @@ fn run(cli: Cli) -> Result<()> {
         std::env::set_var("ATTNLAB_MAX_MEMORY", size);
     }
     match cli.command {
+        Command::Linearize { run, to, transfer_steps, lora_steps, transfer_lr, lora_lr, no_transfer, name, out, device, sets, dry_run, quiet } => {
+            if to != "lolcats" {
+                return Err(SpecError::new(format!("linearize: --to = {to:?}: allowed: lolcats")).into());
+            }
+            let backend = backend(&device)?;
+            let options = attnlab_exp::linearize::Options { transfer_steps, lora_steps, transfer_lr, lora_lr, no_transfer, name };
+            let text = attnlab_exp::linearize::lolcats_spec(&run, &options)?;
+            // Validated (with the --set overrides) before anything is written.
+            let spec = attnlab_exp::ExperimentSpec::from_toml_str(&text, "linearize", &sets)?;
+            let file = out.join(format!("{}.toml", spec.name));
+            if file.exists() && std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+                return Err(SpecError::new(format!("linearize: {} exists with other contents; pick another --name or move it away", file.display())).into());
+            }
+            std::fs::create_dir_all(&out)?;
+            attnlab_exp::store::write_atomic(&file, text.as_bytes())?;
+            let exp = read_experiment(&file, &sets)?;
+            let mut set_args = String::new();
+            for set in &sets {
+                set_args.push_str(&format!(" --set {set}"));
+            }
+            println!("wrote {} (train it again with: attnlab train {}{set_args} --out {})", file.display(), file.display(), out.display());
+            let prepared = &exp.runs[0];
+            if dry_run {
+                println!("run {} ({}): valid; not trained (--dry-run)", prepared.run_id, prepared.spec.model.mixer_label());
+                return Ok(());
+            }
+            let opts = TrainOptions { out: out.clone(), device: backend, device_name: device, progress: !quiet, stop_at: None, multi: None };
+            report_outcome(train(prepared, &opts)?, &prepared.run_id, &out)
+        }
         Command::Train { run: RunArgs { file, out, device, sets, quiet, lock_lease }, point, extend } => {
             attnlab_exp::lock::set_lease(lock_lease)?;
             let backend = backend(&device)?;
@@ -572,17 +653,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let opts = TrainOptions { out, device: backend, device_name: device, progress: !quiet, stop_at: None, multi: None };
             let out = opts.out.clone();
-            match train(run, &opts)? {
-                RunOutcome::Finished(s) | RunOutcome::AlreadyFinished(s) if s.status == "diverged" => {
-                    print_summary(&s, &out, false);
-                    return Err(Diverged(s.run_id.clone(), s.diverged_at_step).into());
-                }
-                RunOutcome::Finished(s) => print_summary(&s, &out, false),
-                RunOutcome::AlreadyFinished(s) => print_summary(&s, &out, true),
-                RunOutcome::Stopped { step } => return Err(Interrupted(run.run_id.clone(), step).into()),
-                RunOutcome::Busy(holder) => return Err(anyhow::anyhow!("run {} is being trained by another process: {holder}", run.run_id)),
-            }
-            Ok(())
+            report_outcome(train(run, &opts)?, &run.run_id, &out)
         }
         Command::Sweep { run: RunArgs { file, out, device, sets, quiet, lock_lease }, shard, dry_run, report } => {
             attnlab_exp::lock::set_lease(lock_lease)?;

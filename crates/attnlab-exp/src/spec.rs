@@ -122,6 +122,17 @@ pub struct TrainConfig {
     /// `⌈epochs · ⌈N / batch⌉ / accumulate⌉`, and must not be given as well.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
+    /// `[[train.stages]]`: training in phases, each with its steps, learning rate, trainable
+    /// parameters and auxiliary losses ([`crate::stages`]). With stages, `train.steps` is their
+    /// sum (left out, it is derived) and `train.lr`, `train.min_lr`, `train.warmup` are not used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageConfig>,
+    /// A finished run folder (`runs/<experiment>/<run-id>`) whose final weights start this run
+    /// (`attnlab linearize` writes it): its softmax model is loaded into this model's matching
+    /// parts ([`attnlab_model::Gpt::with_softmax_weights`]). Its config must have the same
+    /// width, layers, heads and vocabulary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// `train.precision`: mixed precision with f32 master weights. The parameters, their gradients
@@ -197,6 +208,8 @@ impl Default for TrainConfig {
             accumulate: 1,
             precision: Precision::F32,
             epochs: None,
+            stages: Vec::new(),
+            init_from: None,
         }
     }
 }
@@ -301,6 +314,9 @@ impl ExperimentSpec {
             }
             spec.train.steps = derived;
         }
+        if !spec.train.stages.is_empty() && !steps_given {
+            spec.train.steps = spec.train.stages.iter().map(|s| s.steps).sum();
+        }
         spec.validate(source)?;
         Ok(spec)
     }
@@ -329,6 +345,10 @@ impl ExperimentSpec {
             if v == 0 {
                 return Err(err(source, field, v, "must be ≥ 1"));
             }
+        }
+        crate::stages::validate(&t.stages, t.steps).map_err(|(f, v, a)| err(source, &f, v, &a))?;
+        if !t.stages.is_empty() && t.epochs.is_some() {
+            return Err(err(source, "train.stages", format!("[{} stages]", t.stages.len()), "cannot be combined with train.epochs (give each stage its steps)"));
         }
         self.validate_task(source)?;
         if let Some(task) = &self.data.task {
@@ -512,8 +532,37 @@ impl ExperimentSpec {
             Some(sha) => format!("{data_source}+tokenizer:{sha}"),
             None => data_source.clone(),
         };
+        spec.check_model_fields(source)?;
         let run_id = run_id(&spec, &id_source, data_sha256.as_deref());
         Ok(PreparedRun { spec, tokenizer, data, data_source, data_sha256, run_id, extends: None })
+    }
+
+    /// What only the built model can tell: each stage's trainable patterns and auxiliary losses,
+    /// and `train.init_from` (a finished run with a checkpoint and a matching shape). Builds the
+    /// model once on the CPU (no training compute).
+    fn check_model_fields(&self, source: &str) -> Result<(), SpecError> {
+        let t = &self.train;
+        let needs_model = t.stages.iter().any(|s| !s.trainable.is_empty() || !s.aux.is_empty());
+        if needs_model {
+            let model = attnlab_model::Gpt::new(&self.model, &burn::tensor::Device::flex());
+            crate::stages::check_model(&t.stages, &model, &model.aux_losses()).map_err(|(f, v, a)| err(source, &f, v, &a))?;
+        }
+        if let Some(from) = &t.init_from {
+            let shown = format!("{:?}", from.display().to_string());
+            let bad = |what: String| err(source, "train.init_from", &shown, &what);
+            if !from.join("summary.json").is_file() || !from.join("checkpoint").join("model.bpk").is_file() {
+                return Err(bad("must be a finished run folder (summary.json and checkpoint/model.bpk), e.g. runs/<experiment>/<run-id>".into()));
+            }
+            let teacher = crate::stages::source_model_config(from).map_err(|e| bad(e))?;
+            let m = &self.model;
+            if (teacher.d_model, teacher.layers, teacher.heads, teacher.vocab, teacher.mlp_hidden()) != (m.d_model, m.layers, m.heads, m.vocab, m.mlp_hidden()) {
+                return Err(bad(format!(
+                    "its model (d_model {}, layers {}, heads {}, vocab {}, mlp {}) differs from this one (d_model {}, layers {}, heads {}, vocab {}, mlp {})",
+                    teacher.d_model, teacher.layers, teacher.heads, teacher.vocab, teacher.mlp_hidden(), m.d_model, m.layers, m.heads, m.vocab, m.mlp_hidden()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The corpus (with the built-in fallback), its tokenizer and its token ids.

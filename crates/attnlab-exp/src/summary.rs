@@ -6,7 +6,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricLine {
-    Train { step: usize, loss: f64, lr: f64, tokens_per_sec: f64 },
+    Train {
+        step: usize,
+        loss: f64,
+        lr: f64,
+        tokens_per_sec: f64,
+        /// The `[[train.stages]]` name of the step (runs with stages).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<String>,
+        /// The step's auxiliary losses by name (unweighted).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        aux: std::collections::BTreeMap<String, f64>,
+    },
     Eval {
         step: usize,
         val_loss: f64,

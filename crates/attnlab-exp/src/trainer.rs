@@ -22,6 +22,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::memory::peak_rss_bytes;
+use crate::stages::Objective;
+use attnlab_attn::AuxLoss;
 use crate::schedule::lr_at;
 use crate::spec::{PreparedRun, Precision};
 use crate::checkpoint;
@@ -172,12 +174,34 @@ pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
 /// or for a looped model with a learned exit (`model.exit = "learned"`) Ouro's stage-I
 /// objective over every loop's logits ([`attnlab_model::looped::exit_loss`], entropy weight
 /// `beta`), reported as the last loop's cross-entropy (what evaluation measures, comparable with
-/// other runs' training loss).
-pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> (Tensor<1>, f64) {
+/// other runs' training loss). A stage's `objective` adds its weighted auxiliary losses (and
+/// may leave the cross-entropy out: it is still the reported loss); their values come back by name.
+pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, objective: &Objective, device: &Device) -> (Tensor<1>, f64, Vec<(AuxLoss, f64)>) {
+    if !objective.is_plain() {
+        assert!(model.exit_gate.is_none(), "validated: a learned exit has no auxiliary losses");
+        let (b, t) = (batch.batch, batch.block);
+        let (logits, losses) = model.forward_aux(tokens_tensor(batch.inputs.clone(), [b, t], device), &objective.request());
+        let ce = logits_loss(logits.cast(burn::tensor::DType::F32), &batch, device);
+        let reported = ce.clone().into_scalar::<f32>() as f64;
+        let mut total = if objective.lm { Some(ce) } else { None };
+        let mut values = Vec::new();
+        for (name, value) in losses {
+            let Some((_, weight)) = objective.aux.iter().find(|(a, _)| *a == name) else { continue };
+            let value = value.cast(burn::tensor::DType::F32);
+            values.push((name, value.clone().into_scalar::<f32>() as f64));
+            let term = value * *weight as f32;
+            total = Some(match total {
+                Some(t) => t + term,
+                None => term,
+            });
+        }
+        let total = total.expect("validated: a stage without the LM loss has an auxiliary loss that a layer returns");
+        return (total, reported, values);
+    }
     if model.exit_gate.is_none() {
         let loss = batch_loss(model, batch, device);
         let reported = loss.clone().into_scalar::<f32>() as f64;
-        return (loss, reported);
+        return (loss, reported, Vec::new());
     }
     let (b, t) = (batch.batch, batch.block);
     let loops = model.forward_loops(tokens_tensor(batch.inputs, [b, t], device));
@@ -197,7 +221,7 @@ pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> (
     };
     let last = ce.last().expect("≥ 2 loops").clone().reshape([b * t]);
     let reported = ((last * weights.clone()).sum() / weights.clone().sum().clamp_min(1.0)).into_scalar::<f32>() as f64;
-    (attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta), reported)
+    (attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta), reported, Vec::new())
 }
 
 /// Logits `[batch, block, vocab]` and the mean cross-entropy `[1]`:
@@ -205,23 +229,30 @@ pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, device: &Device) -> (
 fn batch_logits_loss(model: &Gpt, batch: Batch, device: &Device) -> (Tensor<3>, Tensor<1>) {
     let (b, t) = (batch.batch, batch.block);
     // The softmax and the loss in f32 whatever the compute type (a no-op in f32).
-    let logits = model.forward(tokens_tensor(batch.inputs, [b, t], device)).cast(burn::tensor::DType::F32);
+    let logits = model.forward(tokens_tensor(batch.inputs.clone(), [b, t], device)).cast(burn::tensor::DType::F32);
+    let loss = logits_loss(logits.clone(), &batch, device);
+    (logits, loss)
+}
+
+/// The mean cross-entropy `[1]` of f32 logits `[b, t, vocab]` on `batch`'s targets (over its
+/// loss mask, if any).
+fn logits_loss(logits: Tensor<3>, batch: &Batch, device: &Device) -> Tensor<1> {
+    let (b, t) = (batch.batch, batch.block);
     let vocab = logits.dims()[2];
-    let flat = logits.clone().reshape([b * t, vocab]);
-    let loss = match batch.loss_mask {
+    let flat = logits.reshape([b * t, vocab]);
+    match &batch.loss_mask {
         None => {
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [b * t]), device);
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.targets.clone(), [b * t]), device);
             CrossEntropyLoss::new(None, device).forward(flat, targets)
         }
         Some(mask) => {
             let counted: f32 = mask.iter().sum();
-            let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets, [b * t, 1]), device);
-            let mask = Tensor::<1>::from_data(TensorData::new(mask, [b * t]), device);
+            let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [b * t, 1]), device);
+            let mask = Tensor::<1>::from_data(TensorData::new(mask.clone(), [b * t]), device);
             let picked = log_softmax(flat, 1).gather(1, targets).reshape([b * t]);
             (picked * mask).sum().neg() / counted.max(1.0)
         }
-    };
-    (logits, loss)
+    }
 }
 
 /// Loss and, for a task, exact-match accuracy on its answer positions (overall and per bucket).
@@ -361,32 +392,47 @@ fn truncate_metrics(path: &PathBuf, step: usize) -> Result<()> {
 /// gradient of the mean loss over all of them, as one batch of accumulate · batch would).
 /// `step` places the micro-batches in a fixed training set's epochs (`data.train_samples`).
 pub fn accumulated_grads(model: &Gpt, run: &PreparedRun, rng: &mut Rng, step: usize, device: &Device) -> (GradientsParams, f64) {
+    let (grads, loss, _) = step_gradients(model, run, rng, step, device);
+    (grads, loss)
+}
+
+/// [`accumulated_grads`] with the step's auxiliary losses (the stage's, averaged over the
+/// micro-batches) by name.
+pub fn step_gradients(model: &Gpt, run: &PreparedRun, rng: &mut Rng, step: usize, device: &Device) -> (GradientsParams, f64, Vec<(AuxLoss, f64)>) {
     let t = &run.spec.train;
     let k = t.accumulate.max(1);
+    let objective = crate::stages::stage_at(&t.stages, step).map_or_else(Objective::plain, |(_, s, _)| s.objective());
     let mut accumulator = burn::optim::GradientsAccumulator::<Gpt>::new();
     let mut loss_sum = 0.0;
+    let mut aux_sum: Vec<(AuxLoss, f64)> = Vec::new();
     let scale = t.precision.loss_scale();
     for i in 0..k {
         // A fresh cast per micro-batch: a backward pass consumes the graph through the cast
         // nodes (only the f32 leaves outlive it).
         let half = compute_model(model, t.precision);
         let batch = run.data.train_batch(rng, t.batch, t.block, step * k + i);
-        let (loss, reported) = training_loss(half.as_ref().unwrap_or(model), batch, run.spec.model.exit_entropy, device);
+        let (loss, reported, aux) = training_loss(half.as_ref().unwrap_or(model), batch, run.spec.model.exit_entropy, &objective, device);
+        for (name, v) in aux {
+            match aux_sum.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, sum)) => *sum += v / k as f64,
+                None => aux_sum.push((name, v / k as f64)),
+            }
+        }
         let loss = if k > 1 { loss / k as f32 } else { loss };
         // A non-finite objective must show in the reported loss too (the divergence check).
-        let objective = loss.clone().into_scalar::<f32>() as f64;
-        loss_sum += if objective.is_finite() { reported / k as f64 } else { objective };
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        loss_sum += if value.is_finite() { reported / k as f64 } else { value };
         let backward = if scale == 1.0 { loss.backward() } else { (loss * scale).backward() };
         let mut grads = GradientsParams::from_grads(backward, model);
         if scale != 1.0 {
             grads = crate::optim::scale_grads(grads, model, 1.0 / scale);
         }
         if k == 1 {
-            return (grads, loss_sum);
+            return (grads, loss_sum, aux_sum);
         }
         accumulator.accumulate(model, grads);
     }
-    (accumulator.grads(), loss_sum)
+    (accumulator.grads(), loss_sum, aux_sum)
 }
 
 /// `history.jsonl` (W&B layout) and a TensorBoard event file beside `metrics.jsonl`; a
@@ -498,6 +544,11 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     }
     if let Some(ckpt) = &checkpoint {
         model = model.try_load_file(ckpt.join("model.bpk")).map_err(|e| anyhow::anyhow!("loading checkpoint model: {e:?}"))?;
+    } else if let Some(from) = &t.init_from {
+        // A new run started from a trained one (`attnlab linearize`): its weights, the new parts as initialised.
+        let teacher = crate::stages::load_source_model(from, &device)?;
+        model = model.with_softmax_weights(teacher).map_err(|e| anyhow::anyhow!("train.init_from = {}: {e}", from.display()))?;
+        tracing::info!(run = %run.run_id, from = %from.display(), "starting from the weights of a trained run");
     }
     // Built from the (loaded) model: the weight-decay groups are parameter ids.
     let mut optim = crate::optim::optimizer(t, &model);
@@ -530,6 +581,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     let mut window = (0.0f64, 0.0f64);
     let mut diverged_at = None;
     let mut device_peak: Option<u64> = None;
+    let mut current_stage: Option<usize> = None;
     device.sync().ok();
     while state.step < t.steps {
         if opts.stop_at.is_some_and(|s| state.step >= s) || crate::interrupt::requested() {
@@ -548,7 +600,18 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
             return Ok(RunOutcome::Stopped { step: state.step });
         }
         let step = state.step;
-        let lr = lr_at(step, t.steps, t.warmup, t.lr, t.min_lr);
+        let stage = crate::stages::stage_at(&t.stages, step);
+        let lr = match stage {
+            Some((_, s, start)) => lr_at(step - start, s.steps, s.warmup, s.lr, s.min_lr()),
+            None => lr_at(step, t.steps, t.warmup, t.lr, t.min_lr),
+        };
+        if let Some((i, s, _)) = stage.filter(|(i, _, _)| current_stage != Some(*i)) {
+            // Entering a stage (or resuming inside one): its frozen set.
+            model = crate::stages::freeze_for(model, s);
+            current_stage = Some(i);
+            let trainable = if s.trainable.is_empty() { "all parameters".to_string() } else { s.trainable.join(", ") };
+            say(&pb, false, format!("run {}: stage {} {:?} from step {step}: {} steps, lr {}, training {trainable}", run.run_id, i + 1, s.name, s.steps, s.lr));
+        }
         let t0 = Instant::now();
         // Dropout masks from (seed, step), so a resumed run draws the same masks. The device's
         // generator is global to the process: the step holds the init lock while it draws.
@@ -560,7 +623,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         });
         // The loss is read every step (a host sync the step's own `device.sync()` pays
         // anyway), so a divergence is caught at the step it happens, not at the next log.
-        let (grads, loss_now) = accumulated_grads(&model, run, &mut state.rng, step, &device);
+        let (grads, loss_now, aux_now) = step_gradients(&model, run, &mut state.rng, step, &device);
         drop(seeded);
         model = crate::optim::step(&mut optim, model, grads, lr, t.grad_clip, t.precision);
         let log_now = step % t.log_every == 0 || step + 1 == t.steps;
@@ -586,7 +649,9 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         }
         if let Some(l) = loss_value {
             state.last_train_loss = l;
-            log(&MetricLine::Train { step: state.step, loss: l, lr, tokens_per_sec: tokens_per_step / (ms / 1e3) })?;
+            let aux = aux_now.iter().map(|(name, v)| (name.name().to_string(), *v)).collect();
+            let stage = stage.map(|(_, s, _)| s.name.clone());
+            log(&MetricLine::Train { step: state.step, loss: l, lr, tokens_per_sec: tokens_per_step / (ms / 1e3), stage, aux })?;
             pb.set_message(format!("loss {l:.4} val {:.4} lr {lr:.2e} {:.0} tok/s", state.last_val_loss, tokens_per_step / (ms / 1e3)));
         }
         if state.step % spec.eval.every == 0 || state.step == t.steps {

@@ -1,6 +1,6 @@
 //! One pre-norm decoder block: `x ← x + Mixer(RMSNorm(x))`, `x ← x + MLP(RMSNorm(x))`.
 
-use attnlab_attn::{Attention, State};
+use attnlab_attn::{Attention, AuxLoss, AuxRequest, State};
 use burn::module::Module;
 use burn::nn::RmsNorm;
 use burn::tensor::Tensor;
@@ -34,6 +34,13 @@ impl Block {
     pub fn forward(&self, x: Tensor<3>, p: f64) -> Tensor<3> {
         let x = x.clone() + dropout(self.attn.forward(rms_norm(&self.attn_norm, x)), p);
         x.clone() + dropout(self.mlp.forward(rms_norm(&self.mlp_norm, x)), p)
+    }
+
+    /// [`Block::forward`] with the mixer's auxiliary losses (see [`Attention::forward_aux`]).
+    pub fn forward_aux(&self, x: Tensor<3>, p: f64, aux: &AuxRequest) -> (Tensor<3>, Vec<(AuxLoss, Tensor<1>)>) {
+        let (y, losses) = self.attn.forward_aux(rms_norm(&self.attn_norm, x.clone()), aux);
+        let x = x + dropout(y, p);
+        (x.clone() + dropout(self.mlp.forward(rms_norm(&self.mlp_norm, x)), p), losses)
     }
 
     /// Incremental forward of new tokens x: `[batch, new, d_model]` with this block's state.

@@ -1,7 +1,7 @@
 //! The GPT: tokens `[batch, seq]` → logits `[batch, seq, vocab]`.
 
 use attnlab_attn::linear::INIT_STD;
-use attnlab_attn::State;
+use attnlab_attn::{Attention, AuxLoss, AuxRequest, State};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor};
@@ -107,6 +107,84 @@ impl Gpt {
             h = self.blocks.iter().fold(h, |h, b| b.forward(h, p));
         }
         self.logits(h)
+    }
+
+    /// [`Gpt::forward`] with the auxiliary losses `aux` asks for: each the **mean over the
+    /// layers (and loops) that return it** (LoLCATs: the mean over layers of their attention-
+    /// transfer MSE). A loss no layer returns is absent.
+    pub fn forward_aux(&self, tokens: Tensor<2, Int>, aux: &AuxRequest) -> (Tensor<3>, Vec<(AuxLoss, Tensor<1>)>) {
+        let seq = tokens.dims()[1];
+        assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
+        let p = self.dropout;
+        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        let mut sums: Vec<(AuxLoss, Tensor<1>, usize)> = Vec::new();
+        for r in 0..self.loops {
+            if r > 0 {
+                h = self.between_loops(h);
+            }
+            for block in &self.blocks {
+                let (next, losses) = block.forward_aux(h, p, aux);
+                h = next;
+                for (name, value) in losses {
+                    match sums.iter_mut().find(|(n, _, _)| *n == name) {
+                        Some((_, sum, count)) => {
+                            *sum = sum.clone() + value;
+                            *count += 1;
+                        }
+                        None => sums.push((name, value, 1)),
+                    }
+                }
+            }
+        }
+        (self.logits(h), sums.into_iter().map(|(name, sum, count)| (name, sum / count as f32)).collect())
+    }
+
+    /// The auxiliary losses some layer of this model can return.
+    pub fn aux_losses(&self) -> Vec<AuxLoss> {
+        let mut all: Vec<AuxLoss> = self.blocks.iter().flat_map(|b| b.attn.aux_losses()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// This model (a LoLCATs model, [`attnlab_attn::Lolcats`] layers) with the weights of the
+    /// trained softmax model `teacher` it was made from: embedding, norms, MLPs, and each
+    /// layer's W_qkv, W_o (and RoPE) as its `base`; the new parts (feature maps, γ, adapters)
+    /// stay as initialised. Err names the first layer whose shapes differ.
+    pub fn with_softmax_weights(mut self, teacher: Gpt) -> Result<Gpt, String> {
+        if teacher.blocks.len() != self.blocks.len() || teacher.embed.weight.dims() != self.embed.weight.dims() {
+            return Err(format!(
+                "the softmax model has {} layers and embedding {:?}; this model {} and {:?}",
+                teacher.blocks.len(),
+                teacher.embed.weight.dims(),
+                self.blocks.len(),
+                self.embed.weight.dims()
+            ));
+        }
+        self.embed = teacher.embed;
+        self.norm = teacher.norm;
+        for (l, (mine, theirs)) in self.blocks.iter_mut().zip(teacher.blocks).enumerate() {
+            let Attention::GroupedQuery(base) = theirs.attn else {
+                return Err(format!("layer {l} of the softmax model is not grouped-query attention (mha, mqa, gqa)"));
+            };
+            let Attention::Lolcats(lolcats) = &mut mine.attn else {
+                return Err(format!("layer {l} of this model is not lolcats"));
+            };
+            if base.qkv.weight.dims() != lolcats.base.qkv.weight.dims() || base.kv_heads != lolcats.base.kv_heads {
+                return Err(format!(
+                    "layer {l}: the softmax layer's W_qkv is {:?} ({} K/V heads), the lolcats layer's {:?} ({} K/V heads)",
+                    base.qkv.weight.dims(),
+                    base.kv_heads,
+                    lolcats.base.qkv.weight.dims(),
+                    lolcats.base.kv_heads
+                ));
+            }
+            lolcats.base = base;
+            mine.attn_norm = theirs.attn_norm;
+            mine.mlp_norm = theirs.mlp_norm;
+            mine.mlp = theirs.mlp;
+        }
+        Ok(self)
     }
 
     /// Every loop's logits `[b, t, vocab]` and exit-gate logits `[b, t]` (a learned exit only;
