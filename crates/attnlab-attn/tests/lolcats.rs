@@ -7,18 +7,18 @@
 //!
 //! Mutations planted and seen to fail:
 //! - the window one block short (`lo = W·⌊i/W⌋`, the current block only) →
-//!   `the_tk_sets_have_the_papers_counts`, `forward_matches_the_reference`, `decode_matches_the_reference`;
-//! - φ applied to q and k before RoPE → `forward_matches_the_reference`;
-//! - γ multiplying the linear term instead of the softmax term → `forward_matches_the_reference`,
-//!   gradients;
-//! - the row maximum subtracted from the linear term too (a full softmax shift) →
-//!   `forward_matches_the_reference`;
-//! - the LoRA scale α/r left out → `forward_matches_the_reference`, `merged_adapters_equal_the_adapters`;
-//! - the k map reading the q map → `forward_matches_the_reference` (the maps differ after sharpening? no:
-//!   they start equal — the reference test perturbs the k map so that it does);
+//!   `the_tk_sets_have_the_papers_counts`, `forward_matches_the_reference`, gradients, transfer;
+//! - γ multiplying the linear term instead of the softmax term → forward, gradients, transfer;
+//! - the linear term shifted by the window's row maximum too → forward, gradients, transfer;
+//! - the LoRA scale α/r left out of W_qkv's adapters → forward, decode, gradients, transfer,
+//!   `new_adapters_are_the_identity_and_merged_adapters_equal_the_adapters`;
+//! - the k map reading the q map (the test layer's maps differ) → forward, gradients, transfer;
 //! - decode folding block b − 1 instead of b − 2 on entering block b → `decode_matches_the_reference`;
-//! - `forward_transfer` passing the student's output on → `transfer_passes_the_teacher_on`;
+//! - `forward_transfer` passing the student's output on → `transfer_passes_the_teacher_on_and_returns_the_mse`;
 //! - state bytes without the normaliser z → `state_bytes_equal_the_real_tensors_and_stop_growing`.
+//!
+//! Not planted: φ before RoPE (the reference applies φ to the rotated rows, so the forward test
+//! would catch it, but the module has no switch to plant it with one edit).
 
 mod common;
 
