@@ -110,8 +110,8 @@ pub struct Lolcats {
     /// `[H, d_h, f]` feature maps of q and k (`None` for `elu1`).
     pub q_map: Option<Param<Tensor<3>>>,
     pub k_map: Option<Param<Tensor<3>>>,
-    /// w_h `[H]`, γ_h = σ(w_h).
-    pub window_logit: Param<Tensor<1>>,
+    /// w_h `[H]`, γ_h = σ(w_h) (`None` without a window).
+    pub window_logit: Option<Param<Tensor<1>>>,
     pub lora: Option<LoraAdapters>,
     pub window: usize,
 }
@@ -136,9 +136,11 @@ impl Lolcats {
             scale: options.lora_alpha / options.lora_rank as f64,
         });
         Self {
-            k_map: q_map.clone().map(Param::from_tensor),
+            // A copy with its own storage: a clone would share the autodiff leaf, and the
+            // gradients of both maps would land on one parameter.
+            k_map: q_map.as_ref().map(|q| Param::from_tensor(Tensor::from_data(q.to_data(), device))),
             q_map: q_map.map(Param::from_tensor),
-            window_logit: Param::from_tensor(Tensor::full([h], w0, device)),
+            window_logit: (options.window > 0).then(|| Param::from_tensor(Tensor::full([h], w0, device))),
             lora,
             window: options.window,
             base,
@@ -189,7 +191,8 @@ impl Lolcats {
 
     /// γ_h `[1, H, 1, 1]`.
     fn gamma(&self) -> Tensor<4> {
-        sigmoid(self.window_logit.val()).reshape([1, self.base.heads, 1, 1])
+        let w = self.window_logit.as_ref().expect("γ exists with a window");
+        sigmoid(w.val()).reshape([1, self.base.heads, 1, 1])
     }
 
     /// Whether key j is in the softmax window of query i (TK blocks of `window`).

@@ -8,7 +8,7 @@ mod common;
 use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
 use attnlab_attn::burn::tensor::Tensor;
 use attnlab_attn::config::LogLinearBase;
-use attnlab_attn::{AttentionConfig, ConvInit, FeatureMap};
+use attnlab_attn::{AttentionConfig, ConvInit, FeatureMap, LolcatsMap};
 use common::*;
 
 fn kinds() -> Vec<AttentionConfig> {
@@ -41,6 +41,11 @@ fn kinds() -> Vec<AttentionConfig> {
         AttentionConfig::Gated { kv_heads: Some(2), gate_bias: None, partial_rope: Some(0.25), qk_norm: true },
         AttentionConfig::Kda { head_dim: None, expand_v: 1, conv: true, lower_bound: None, conv_init: ConvInit::Kaiming, chunk: 4 },
         AttentionConfig::Kda { head_dim: Some(4), expand_v: 2, conv: true, lower_bound: Some(-5.0), conv_init: ConvInit::Fla, chunk: 16 },
+        // LoLCATs: a window of 3-token blocks (linear part from position 6), GQA; and linear-only
+        // with elu + 1. No adapters: with B = 0 (as initialised) A gets an exactly zero gradient;
+        // adapters with B ≠ 0 are checked in lolcats.rs (decode, gradients).
+        AttentionConfig::Lolcats { kv_heads: Some(2), window: 3, feature_dim: 4, feature_map: LolcatsMap::Softmax, lora_rank: 0, lora_alpha: 4.0 },
+        AttentionConfig::Lolcats { kv_heads: None, window: 0, feature_dim: 4, feature_map: LolcatsMap::Elu1, lora_rank: 0, lora_alpha: 16.0 },
     ]
 }
 
@@ -108,6 +113,13 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
                 let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
                 let hv = value_heads.unwrap_or(heads);
                 (hv * dk * dv + if *conv { 3 * (2 * heads * dk + hv * dv) } else { 0 }, 1)
+            }
+            // Ring of 2·window keys and values at the K/V heads (fixed), plus S (d_φ × d_h) and z
+            // per query head: counted as floats per "token" of the ring with the linear part
+            // spread over it is awkward, so as one block of floats (tokens = 1).
+            AttentionConfig::Lolcats { kv_heads, window, feature_dim, feature_map, .. } => {
+                let phi = if *feature_map == LolcatsMap::Softmax { 2 * feature_dim } else { head_dim };
+                (kv_floats(*kv_heads) * (2 * window).min(50) + heads * phi * (head_dim + 1), 1)
             }
             AttentionConfig::Kda { conv, .. } => {
                 let (dk, dv) = config.delta_dims(d_model, heads).unwrap();

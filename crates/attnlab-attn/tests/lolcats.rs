@@ -46,7 +46,9 @@ fn layer(window: usize, map: LolcatsMap, dev: &Device) -> Lolcats {
     let mut m = m;
     // Peaked scores from the softmax weights; maps and adapters at their own scale.
     m.base = sharpen(m.base, SHARP);
-    m.window_logit = Param::from_tensor(Tensor::from_data(TensorData::new(vec![-2.0f32, -0.5, 0.7, 2.0], [HEADS]), dev));
+    if m.window_logit.is_some() {
+        m.window_logit = Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![-2.0f32, -0.5, 0.7, 2.0], [HEADS]), dev)));
+    }
     if let Some(l) = m.lora.as_mut() {
         for (i, pair) in [&mut l.q, &mut l.k, &mut l.v, &mut l.out].into_iter().enumerate() {
             let [r, n] = pair.b.dims();
@@ -138,7 +140,7 @@ fn project(m: &Lolcats, x: &[f64], t: usize) -> Projected {
 /// Per-head hybrid outputs `[h][t][d]` of one sequence.
 fn hybrid_heads(m: &Lolcats, p: &Projected, t: usize) -> Vec<Vec<Vec<f64>>> {
     let (h, d) = (m.base.heads, m.base.head_dim);
-    let gammas: Vec<f64> = to_vec(m.window_logit.val()).into_iter().map(sigmoid).collect();
+    let gammas: Vec<f64> = m.window_logit.as_ref().map_or(vec![], |w| to_vec(w.val()).into_iter().map(sigmoid).collect());
     let qmap = m.q_map.as_ref().map(|w| to_vec(w.val()));
     let kmap = m.k_map.as_ref().map(|w| to_vec(w.val()));
     let f = m.q_map.as_ref().map_or(0, |w| w.dims()[2]);
@@ -296,7 +298,7 @@ fn initialisation_as_the_reference_code() {
     let bound = (6.0f64 / (16.0 * 64.0)).sqrt();
     let max = q.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     assert!(max <= bound && max > 0.9 * bound, "maps U(±√(6/(d_h·f))) = ±{bound}: largest {max}");
-    assert!(to_vec(m.window_logit.val()).iter().all(|w| (sigmoid(*w) - GAMMA_INIT).abs() < 1e-6), "γ starts at 0.1");
+    assert!(to_vec(m.window_logit.as_ref().unwrap().val()).iter().all(|w| (sigmoid(*w) - GAMMA_INIT).abs() < 1e-6), "γ starts at 0.1");
     let l = m.lora.as_ref().unwrap();
     assert!(to_vec(l.q.b.val()).iter().all(|v| *v == 0.0), "LoRA B starts at 0");
     let a = to_vec(l.q.a.val());
@@ -340,4 +342,21 @@ fn state_bytes_equal_the_real_tensors_and_stop_growing() {
         let ring = 2 * (2 * window) * KV_HEADS * d;
         assert_eq!(attn.state_bytes(1000), 4 * (ring + HEADS * dphi * (d + 1)), "window {window}: ring + S + z");
     }
+}
+
+/// The k map starts as a copy of the q map with its own storage: a clone would share one
+/// autodiff leaf, and both maps' gradients would land on one parameter (seen: "parameter has no
+/// gradient" for the k map in the model tests). Planted: `k_map: q_map.clone()` → this fails.
+#[test]
+fn both_fresh_maps_get_their_own_gradients() {
+    let dev = cpu().autodiff();
+    let Attention::Lolcats(mut m) = seeded(&dev, 6, || config(W, LolcatsMap::Softmax, 0).init(D_MODEL, HEADS, 64, ROPE_BASE as f32, &dev)) else { panic!() };
+    m.base = sharpen(m.base, SHARP);
+    let x = random_input(1, T, D_MODEL, 14, &dev);
+    let (_, mse) = m.forward_transfer(x);
+    let grads = mse.backward();
+    let q = m.q_map.as_ref().unwrap().val().grad(&grads).map(to_vec);
+    let k = m.k_map.as_ref().unwrap().val().grad(&grads).map(to_vec);
+    let (Some(q), Some(k)) = (q, k) else { panic!("a map without gradient") };
+    assert!(q.iter().any(|v| *v != 0.0) && k.iter().any(|v| *v != 0.0) && q != k, "the maps' gradients are their own");
 }

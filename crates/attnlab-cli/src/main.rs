@@ -316,7 +316,8 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Override a field of the written experiment, e.g. --set model.attention.window=0.
+        /// Override a field of the new experiment before its stages are chosen, e.g.
+        /// --set model.attention.window=0 (written into the file).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Write the experiment file, validate it and stop.
@@ -597,21 +598,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             let backend = backend(&device)?;
             let options = attnlab_exp::linearize::Options { transfer_steps, lora_steps, transfer_lr, lora_lr, no_transfer, name };
-            let text = attnlab_exp::linearize::lolcats_spec(&run, &options)?;
-            // Validated (with the --set overrides) before anything is written.
-            let spec = attnlab_exp::ExperimentSpec::from_toml_str(&text, "linearize", &sets)?;
+            let text = attnlab_exp::linearize::lolcats_spec(&run, &options, &sets)?;
+            // Validated before anything is written (the --set overrides are in the text).
+            let spec = attnlab_exp::ExperimentSpec::from_toml_str(&text, "linearize", &[])?;
+            spec.prepare("linearize")?;
             let file = out.join(format!("{}.toml", spec.name));
             if file.exists() && std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
                 return Err(SpecError::new(format!("linearize: {} exists with other contents; pick another --name or move it away", file.display())).into());
             }
             std::fs::create_dir_all(&out)?;
             attnlab_exp::store::write_atomic(&file, text.as_bytes())?;
-            let exp = read_experiment(&file, &sets)?;
-            let mut set_args = String::new();
-            for set in &sets {
-                set_args.push_str(&format!(" --set {set}"));
-            }
-            println!("wrote {} (train it again with: attnlab train {}{set_args} --out {})", file.display(), file.display(), out.display());
+            let exp = read_experiment(&file, &[])?;
+            println!("wrote {} (the same run: attnlab train {} --out {})", file.display(), file.display(), out.display());
             let prepared = &exp.runs[0];
             if dry_run {
                 println!("run {} ({}): valid; not trained (--dry-run)", prepared.run_id, prepared.spec.model.mixer_label());

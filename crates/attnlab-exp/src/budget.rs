@@ -135,6 +135,8 @@ fn layer_state_bytes(m: &ModelConfig, a: &AttentionConfig, capacity: usize) -> f
     let (d, head_dim) = (m.d_model as f64, (m.d_model / heads) as f64);
     let tokens = match a {
         AttentionConfig::SlidingWindow { window, global_tokens, .. } => window.saturating_add(*global_tokens).min(capacity),
+        // A ring of the last two window blocks (the linear state is not counted: a lower bound).
+        AttentionConfig::Lolcats { window, .. } => window.saturating_mul(2).min(capacity),
         _ => capacity,
     } as f64;
     if let Some(kv) = a.kv_heads(heads) {

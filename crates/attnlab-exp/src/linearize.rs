@@ -13,20 +13,18 @@
 //!
 //! `no_transfer` (the paper's "no attention transfer" ablation) replaces both by one stage that
 //! trains maps, mixing factors and adapters together on the next-token loss, for the same total
-//! steps. Other ablations are `--set`s on the written file (`model.attention.window=0`,
-//! `model.attention.feature_map="elu1"`).
+//! steps. Other ablations are `--set`s, applied before the stages are chosen (`model.attention.window=0`:
+//! no γ to train; `model.attention.feature_map=elu1`: no maps to train).
 
 use std::path::Path;
 
-use attnlab_attn::AttentionConfig;
+use attnlab_attn::{AttentionConfig, LolcatsMap};
 
 use crate::stages::StageConfig;
 use crate::ExperimentSpec;
 
-/// The parameters stage 1 trains.
-pub const TRANSFER_TRAINABLE: [&str; 3] = ["blocks.*.attn.Lolcats.q_map", "blocks.*.attn.Lolcats.k_map", "blocks.*.attn.Lolcats.window_logit"];
-/// The parameters stage 2 trains.
-pub const LORA_TRAINABLE: &str = "blocks.*.attn.Lolcats.lora";
+/// Path prefix of a LoLCATs layer's parameters.
+const LAYER: &str = "blocks.*.attn.Lolcats";
 
 /// Choices of [`lolcats_spec`].
 #[derive(Clone, Debug)]
@@ -49,7 +47,9 @@ impl Default for Options {
 
 /// The LoLCATs experiment for the finished softmax run in `run_dir`, as TOML text. Errors say
 /// why the run cannot be linearised (not finished, not grouped-query softmax attention).
-pub fn lolcats_spec(run_dir: &Path, options: &Options) -> Result<String, crate::SpecError> {
+/// `sets` (`--set key=value`) apply to the new experiment before its stages are chosen; the
+/// text holds them.
+pub fn lolcats_spec(run_dir: &Path, options: &Options, sets: &[String]) -> Result<String, crate::SpecError> {
     let bad = |what: String| crate::SpecError::new(format!("linearize {}: {what}", run_dir.display()));
     if !run_dir.join("summary.json").is_file() || !run_dir.join("checkpoint").join("model.bpk").is_file() {
         return Err(bad("not a finished run folder (it needs summary.json and checkpoint/model.bpk): give runs/<experiment>/<run-id>".into()));
@@ -68,8 +68,8 @@ pub fn lolcats_spec(run_dir: &Path, options: &Options) -> Result<String, crate::
             return Err(bad(format!("its attention is {:?}; linearize takes mha, mqa or gqa (W_qkv, W_o and RoPE are kept)", other.kind())));
         }
     };
-    if options.transfer_steps == 0 && !options.no_transfer || options.lora_steps == 0 {
-        return Err(bad("--transfer-steps and --lora-steps must be ≥ 1".into()));
+    if options.transfer_steps == 0 || options.lora_steps == 0 {
+        return Err(bad(format!("--transfer-steps = {}, --lora-steps = {}: both must be ≥ 1", options.transfer_steps, options.lora_steps)));
     }
     let mut spec = source.clone();
     spec.name = options.name.clone().unwrap_or_else(|| format!("{}_lolcats", source.name));
@@ -84,35 +84,60 @@ pub fn lolcats_spec(run_dir: &Path, options: &Options) -> Result<String, crate::
     let t = &mut spec.train;
     t.weight_decay = 0.0;
     t.epochs = None;
+    t.warmup = 0;
     t.init_from = Some(run_dir.to_path_buf());
-    let stage = |name: &str, steps: usize, lr: f64, trainable: Vec<&str>| StageConfig {
+    t.steps = options.transfer_steps + options.lora_steps;
+    // The --set overrides first: which parameters exist (maps, γ, adapters) depends on them.
+    let text = toml::to_string(&spec).map_err(|e| bad(format!("cannot write the experiment: {e}")))?;
+    let mut spec = ExperimentSpec::from_toml_str(&text, "linearize", sets)?;
+    let AttentionConfig::Lolcats { window, feature_map, lora_rank, .. } = spec.model.attention else {
+        return Err(bad(format!("--set changed model.attention.kind to {:?}; linearize --to lolcats needs lolcats", spec.model.attention.kind())));
+    };
+    let mut transfer: Vec<String> = Vec::new();
+    if feature_map == LolcatsMap::Softmax {
+        transfer.extend([format!("{LAYER}.q_map"), format!("{LAYER}.k_map")]);
+    }
+    if window > 0 {
+        transfer.push(format!("{LAYER}.window_logit"));
+    }
+    let lora = (lora_rank > 0).then(|| format!("{LAYER}.lora"));
+    let stage = |name: &str, steps: usize, lr: f64, trainable: Vec<String>| StageConfig {
         name: name.into(),
         steps,
         lr,
         min_lr: None,
         warmup: 0,
-        trainable: trainable.into_iter().map(String::from).collect(),
+        trainable,
         aux: Default::default(),
         lm_loss: true,
     };
-    t.stages = if options.no_transfer {
-        let mut all = TRANSFER_TRAINABLE.to_vec();
-        all.push(LORA_TRAINABLE);
+    spec.train.stages = if options.no_transfer {
+        let all: Vec<String> = transfer.into_iter().chain(lora).collect();
+        if all.is_empty() {
+            return Err(bad("this layer has nothing to train (feature_map = \"elu1\", window = 0, lora_rank = 0)".into()));
+        }
         vec![stage("finetune", options.transfer_steps + options.lora_steps, options.lora_lr, all)]
     } else {
-        let mut transfer = stage("transfer", options.transfer_steps, options.transfer_lr, TRANSFER_TRAINABLE.to_vec());
-        transfer.aux.insert("attention_transfer".into(), 1000.0);
-        transfer.lm_loss = false;
-        vec![transfer, stage("lora", options.lora_steps, options.lora_lr, vec![LORA_TRAINABLE])]
+        if transfer.is_empty() {
+            return Err(bad("attention transfer has nothing to train with feature_map = \"elu1\" and window = 0 (no maps, no γ); use --no-transfer".into()));
+        }
+        let Some(lora) = lora else {
+            return Err(bad("model.attention.lora_rank = 0: stage 2 has no adapters to train (set a rank ≥ 1)".into()));
+        };
+        let mut first = stage("transfer", options.transfer_steps, options.transfer_lr, transfer);
+        first.aux.insert("attention_transfer".into(), 1000.0);
+        first.lm_loss = false;
+        vec![first, stage("lora", options.lora_steps, options.lora_lr, vec![lora])]
     };
-    t.steps = t.stages.iter().map(|s| s.steps).sum();
-    t.warmup = 0;
-    let header = format!(
+    let mut header = format!(
         "# Written by `attnlab linearize {} --to lolcats`: LoLCATs from that trained softmax run\n\
-         # (stage 1 attention transfer, stage 2 LoRA; README \"Linearising a trained model\").\n\
-         # train.lr, train.min_lr and train.warmup are not used: each stage has its own.\n",
+         # (README \"Linearising a trained model\"). train.lr, train.min_lr and train.warmup are not\n\
+         # used: each stage has its own.\n",
         run_dir.display()
     );
+    if !sets.is_empty() {
+        header.push_str(&format!("# With --set {}.\n", sets.join(" --set ")));
+    }
     let body = toml::to_string(&spec).map_err(|e| bad(format!("cannot write the experiment: {e}")))?;
     Ok(format!("{header}{body}"))
 }

@@ -365,7 +365,7 @@ impl ExperimentSpec {
         if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
             return Err(err(source, "train.min_lr", t.min_lr, &format!("must be in [0, train.lr = {}]", t.lr)));
         }
-        if t.warmup > t.steps {
+        if t.stages.is_empty() && t.warmup > t.steps {
             return Err(err(source, "train.warmup", t.warmup, &format!("must be ≤ train.steps = {}", t.steps)));
         }
         for (field, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {

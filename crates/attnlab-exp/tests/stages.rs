@@ -13,8 +13,9 @@
 //!   `the_transfer_loss_is_the_mean_over_layers_on_teacher_inputs`;
 //! - `forward_transfer` passing the student's output on →
 //!   `the_transfer_loss_is_the_mean_over_layers_on_teacher_inputs` (logits and per-layer inputs);
-//! - resume without re-applying the stage's frozen set (freezing only when the stage index
-//!   changes from the previous *step*) → `a_run_stopped_inside_a_stage_resumes_to_the_same_end`.
+//! - resume without re-applying the stage's frozen set (the current stage initialised to the
+//!   resumed step's) → `a_run_stopped_inside_a_stage_resumes_to_the_same_end`,
+//!   `stage_one_trains_only_the_maps_and_stage_two_only_the_adapters`.
 
 mod common;
 
@@ -42,9 +43,9 @@ fn source_run(store: &Path) -> std::path::PathBuf {
 /// 4 + 4 steps; stage 2 at lr 1e-2 so that 4 steps visibly move the adapters).
 fn lolcats_run(source: &Path, no_transfer: bool) -> PreparedRun {
     let options = Options { transfer_steps: 4, lora_steps: 4, transfer_lr: 1e-2, lora_lr: 1e-2, no_transfer, name: Some("lol".into()) };
-    let text = lolcats_spec(source, &options).unwrap();
     let sets = ["model.attention.window=4".to_string(), "train.checkpoint_every=2".to_string()];
-    ExperimentSpec::from_toml_str(&text, "lol.toml", &sets).unwrap().prepare("lol.toml").unwrap()
+    let text = lolcats_spec(source, &options, &sets).unwrap();
+    ExperimentSpec::from_toml_str(&text, "lol.toml", &[]).unwrap().prepare("lol.toml").unwrap()
 }
 
 /// Every float parameter's values by module path.
@@ -175,7 +176,7 @@ fn the_no_transfer_ablation_is_one_stage_on_the_lm_loss() {
 fn bad_stages_and_sources_are_refused_naming_the_field() {
     let store = tempfile::tempdir().unwrap();
     let source = source_run(store.path());
-    let text = lolcats_spec(&source, &Options::default()).unwrap();
+    let text = lolcats_spec(&source, &Options::default(), &[]).unwrap();
     let refuse = |sets: &[&str], edit: &dyn Fn(&str) -> String, wants: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         let msg = match ExperimentSpec::from_toml_str(&edit(&text), "lol.toml", &sets) {
@@ -201,8 +202,17 @@ fn bad_stages_and_sources_are_refused_naming_the_field() {
     // Linearising a run that is not grouped-query softmax attention.
     let mla = tiny_run("mla", &["model.attention.kind=mla"]);
     let RunOutcome::Finished(_) = train(&mla, &cpu_opts(store.path(), None)).unwrap() else { panic!() };
-    let e = lolcats_spec(&store.path().join("mla").join(&mla.run_id), &Options::default()).unwrap_err().to_string();
+    let e = lolcats_spec(&store.path().join("mla").join(&mla.run_id), &Options::default(), &[]).unwrap_err().to_string();
     assert!(e.contains("\"mla\"") && e.contains("mha, mqa or gqa"), "{e}");
-    let e = lolcats_spec(store.path(), &Options::default()).unwrap_err().to_string();
+    let e = lolcats_spec(store.path(), &Options::default(), &[]).unwrap_err().to_string();
     assert!(e.contains("not a finished run folder"), "{e}");
+    // What the stages train follows the --set overrides; a layer with nothing to transfer is refused.
+    let no_window = lolcats_spec(&source, &Options::default(), &["model.attention.window=0".into()]).unwrap();
+    assert!(!no_window.contains("window_logit") && no_window.contains("q_map"), "{no_window}");
+    let elu = lolcats_spec(&source, &Options::default(), &["model.attention.feature_map=elu1".into()]).unwrap();
+    assert!(elu.contains("window_logit") && !elu.contains("q_map"), "{elu}");
+    let e = lolcats_spec(&source, &Options::default(), &["model.attention.feature_map=elu1".into(), "model.attention.window=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("nothing to train") && e.contains("--no-transfer"), "{e}");
+    let e = lolcats_spec(&source, &Options::default(), &["model.attention.lora_rank=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("lora_rank = 0"), "{e}");
 }

@@ -20,6 +20,8 @@ fn kinds() -> Vec<AttentionConfig> {
         toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"log_linear\"").unwrap(),
+        // No adapters: at B = 0 (their init) A's gradient is exactly zero.
+        toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2\nlora_rank = 0").unwrap(),
         // Kimi Linear's NoPE MLA and Qwen3-Next's gated attention (partial RoPE, q/k norm).
         toml::from_str("kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false").unwrap(),
         toml::from_str("kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.25\nqk_norm = true").unwrap(),

@@ -37,6 +37,21 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
                 flatten(&key, v, out);
             }
         }
+        // Training stages: one short value, `name(steps, lr[, aux×weight][, no LM])` each.
+        toml::Value::Array(stages) if prefix == "train.stages" => {
+            let show = |s: &toml::Value| {
+                let get = |k: &str| s.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+                let mut parts = vec![get("steps"), format!("lr {}", get("lr"))];
+                if let Some(aux) = s.get("aux").and_then(|a| a.as_table()) {
+                    parts.extend(aux.iter().map(|(k, v)| format!("{k}×{v}")));
+                }
+                if s.get("lm_loss").and_then(|v| v.as_bool()) == Some(false) {
+                    parts.push("no LM".into());
+                }
+                format!("{}({})", get("name"), parts.join(", "))
+            };
+            out.insert(prefix.to_string(), stages.iter().map(show).collect::<Vec<_>>().join(" → "));
+        }
         other => {
             let s = match other {
                 toml::Value::Table(t) => {

@@ -22,8 +22,10 @@ pub fn test_accuracy(r: &RunRecord) -> f64 {
     if before_val_test_split(r) { r.num("final_val_accuracy") } else { r.num("final_test_accuracy") }
 }
 
-/// Fields never used to tell configs apart.
-const IGNORED: &[&str] = &["train.seed", "name"];
+/// Fields never used to tell configs apart. `train.init_from` (a run started from another's
+/// weights, `attnlab linearize`) pairs each run with the source of its seed: it varies with the
+/// seed, not with the config.
+const IGNORED: &[&str] = &["train.seed", "name", "train.init_from"];
 
 /// Runs that differ only in their seed.
 #[derive(Debug, Clone)]
