@@ -300,9 +300,15 @@ fn known_path(path: &str) -> bool {
     spec.train.epochs = Some(1);
     spec.data.train_samples = Some(1);
     spec.eval.published_protocol = true;
+    spec.train.init_from = Some("run".into());
     let defaults = toml::Value::try_from(spec).expect("defaults serialise");
     let mixer = |p: &str| p == "model.pattern" || p == "model.overrides" || p.starts_with("model.overrides.");
-    get_path(&defaults, path).is_some() || path.starts_with("model.attention.") || mixer(path) || path == "data.task" || path.starts_with("data.task.")
+    get_path(&defaults, path).is_some()
+        || path.starts_with("model.attention.")
+        || mixer(path)
+        || path == "data.task"
+        || path.starts_with("data.task.")
+        || path == "train.stages"
 }
 
 /// `i/n`: this shard's runs are those with `index % n == i`.
