@@ -14,6 +14,7 @@ use crate::recurrent::linear_attention::LinearAttention;
 use crate::recurrent::log_linear::{levels_for, LogLinearAttention};
 use crate::recurrent::log_linear_gdn::LogLinearGdn;
 use crate::config::LogLinearBase;
+use crate::dsa::{Dsa, IndexerLoss};
 use crate::lolcats::{Lolcats, LolcatsOptions};
 use crate::recurrent::Recurrent;
 use crate::state::State;
@@ -40,6 +41,8 @@ pub enum Attention {
     Kda(Kda),
     /// LoLCATs: a linearised softmax layer.
     Lolcats(Lolcats),
+    /// DeepSeek Sparse Attention (MLA with a lightning indexer).
+    Dsa(Dsa),
 }
 
 impl AttentionConfig {
@@ -56,6 +59,11 @@ impl AttentionConfig {
             AttentionConfig::Mla { q_latent, rope, .. } => {
                 let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("mla");
                 return Attention::Latent(LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, *rope, max_seq, rope_base, device));
+            }
+            AttentionConfig::Dsa { q_latent, top_k, index_heads, index_dim, .. } => {
+                let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("dsa");
+                let mla = LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, true, max_seq, rope_base, device);
+                return Attention::Dsa(Dsa::new(mla, *index_heads, *index_dim, *top_k, max_seq, rope_base, device));
             }
             AttentionConfig::Differential {} => {
                 return Attention::Differential(Differential::new(d_model, heads, max_seq, rope_base, layer, device))
@@ -126,6 +134,7 @@ impl Attention {
             Attention::GatedDeltaNet(m) => m.forward(x),
             Attention::Kda(m) => m.forward(x),
             Attention::Lolcats(m) => m.forward(x),
+            Attention::Dsa(m) => m.forward(x),
         }
     }
 
@@ -141,6 +150,7 @@ impl Attention {
             Attention::GatedDeltaNet(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Lolcats(m) => State::Lolcats(m.init_state(batch, capacity, device)),
+            Attention::Dsa(m) => State::Dsa(m.init_state(batch, capacity, device)),
         }
     }
 
@@ -156,6 +166,7 @@ impl Attention {
             (Attention::GatedDeltaNet(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Lolcats(m), State::Lolcats(c)) => m.step(x, c),
+            (Attention::Dsa(m), State::Dsa(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -172,6 +183,7 @@ impl Attention {
             Attention::GatedDeltaNet(m) => m.state_bytes(context),
             Attention::Kda(m) => m.state_bytes(context),
             Attention::Lolcats(m) => m.state_bytes(context),
+            Attention::Dsa(m) => m.state_bytes(context),
         }
     }
 
@@ -187,6 +199,7 @@ impl Attention {
             Attention::GatedDeltaNet(m) => m.flops_per_token(context),
             Attention::Kda(m) => m.flops_per_token(context),
             Attention::Lolcats(m) => m.flops_per_token(context),
+            Attention::Dsa(m) => m.flops_per_token(context),
         }
     }
 
@@ -199,6 +212,16 @@ impl Attention {
                 let (y, mse) = m.forward_transfer(x);
                 (y, vec![(AuxLoss::AttentionTransfer, mse)])
             }
+            Attention::Dsa(m) if aux.contains(AuxLoss::IndexerKlDense) || aux.contains(AuxLoss::IndexerKl) => {
+                let (mode, name) = if aux.contains(AuxLoss::IndexerKlDense) { (IndexerLoss::Dense, AuxLoss::IndexerKlDense) } else { (IndexerLoss::Sparse, AuxLoss::IndexerKl) };
+                let out = m.forward_with(x, mode);
+                let device = out.y.device();
+                let mut losses = vec![(name, out.kl.expect("an indexer loss was asked for"))];
+                if let Some(r) = out.recall {
+                    losses.push((AuxLoss::IndexerRecall, Tensor::from_data(burn::tensor::TensorData::new(vec![r as f32], [1]), &device)));
+                }
+                (out.y, losses)
+            }
             _ => (self.forward(x), Vec::new()),
         }
     }
@@ -207,6 +230,7 @@ impl Attention {
     pub fn aux_losses(&self) -> Vec<AuxLoss> {
         match self {
             Attention::Lolcats(_) => vec![AuxLoss::AttentionTransfer],
+            Attention::Dsa(_) => vec![AuxLoss::IndexerKlDense, AuxLoss::IndexerKl, AuxLoss::IndexerRecall],
             _ => Vec::new(),
         }
     }
@@ -219,15 +243,30 @@ pub enum AuxLoss {
     /// LoLCATs stage 1: MSE of the layer's per-head outputs to its softmax teacher's; the
     /// layer passes the teacher's output on.
     AttentionTransfer,
+    /// DSA's dense warm-up: dense main attention, the indexer's KL to it over every earlier key.
+    IndexerKlDense,
+    /// DSA's sparse training: sparse main attention, the KL over the selected keys.
+    IndexerKl,
+    /// DSA: the indexer's recall of the dense attention's per-row top-k (a metric, logged
+    /// whenever an indexer loss is computed; never a term of the objective).
+    IndexerRecall,
 }
 
 impl AuxLoss {
-    pub const ALL: [AuxLoss; 1] = [AuxLoss::AttentionTransfer];
+    pub const ALL: [AuxLoss; 4] = [AuxLoss::AttentionTransfer, AuxLoss::IndexerKlDense, AuxLoss::IndexerKl, AuxLoss::IndexerRecall];
 
     pub fn name(&self) -> &'static str {
         match self {
             AuxLoss::AttentionTransfer => "attention_transfer",
+            AuxLoss::IndexerKlDense => "indexer_kl_dense",
+            AuxLoss::IndexerKl => "indexer_kl",
+            AuxLoss::IndexerRecall => "indexer_recall",
         }
+    }
+
+    /// A logged quantity that is not a loss (it may not be weighted into an objective).
+    pub fn is_metric(&self) -> bool {
+        *self == AuxLoss::IndexerRecall
     }
 }
 

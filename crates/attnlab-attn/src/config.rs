@@ -166,6 +166,24 @@ pub enum AttentionConfig {
         #[serde(default = "default_kda_chunk", skip_serializing_if = "is_default_kda_chunk")]
         chunk: usize,
     },
+    /// DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, 2025) on MLA: a lightning indexer
+    /// (`index_heads` heads of `index_dim`, one shared key) scores the earlier keys of each query,
+    /// which then attends (MLA, every head) to its `top_k` best only. The MLA fields as `mla`
+    /// (with RoPE). The indexer trains on its own KL loss (`[[train.stages]]` with
+    /// `aux = { indexer_kl_dense = 1.0 }` for the dense warm-up, `{ indexer_kl = 1.0 }` sparse).
+    Dsa {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kv_latent: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        q_latent: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rope_dim: Option<usize>,
+        top_k: usize,
+        #[serde(default = "default_index_heads", skip_serializing_if = "is_default_index_heads")]
+        index_heads: usize,
+        #[serde(default = "default_index_dim", skip_serializing_if = "is_default_index_dim")]
+        index_dim: usize,
+    },
     /// LoLCATs (Zhang et al. 2024): a softmax layer linearised after training
     /// (`attnlab linearize`): its W_qkv, W_o and RoPE kept, a learned feature map per query head
     /// `φ(x) = [softmax(xW), softmax(−xW)]` (`feature_dim` = f, d_φ = 2f; `feature_map = "elu1"`:
@@ -187,6 +205,20 @@ pub enum AttentionConfig {
         #[serde(default = "default_lora_alpha", skip_serializing_if = "is_default_lora_alpha")]
         lora_alpha: f64,
     },
+}
+
+/// DSA's indexer heads and width at baby scale (MECHANISMS.md §5: H_I = 4, d_I = 32).
+fn default_index_heads() -> usize {
+    4
+}
+fn is_default_index_heads(v: &usize) -> bool {
+    *v == 4
+}
+fn default_index_dim() -> usize {
+    32
+}
+fn is_default_index_dim(v: &usize) -> bool {
+    *v == 32
 }
 
 /// LoLCATs' feature map.
@@ -340,7 +372,7 @@ fn is_false(b: &bool) -> bool {
 /// The kinds a user can write, for error messages.
 pub const KINDS: &[&str] = &[
     "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
-    "log_linear", "gated_deltanet", "kda", "lolcats",
+    "log_linear", "gated_deltanet", "kda", "dsa", "lolcats",
 ];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
@@ -386,6 +418,7 @@ impl AttentionConfig {
             Self::GatedDeltanet { .. } => "gated_deltanet",
             Self::Kda { .. } => "kda",
             Self::Lolcats { .. } => "lolcats",
+            Self::Dsa { .. } => "dsa",
         }
     }
 
@@ -473,6 +506,21 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, KDA_CHUNK);
                 return label;
             }
+            Self::Dsa { kv_latent, q_latent, rope_dim, top_k, index_heads, index_dim } => {
+                let mut label = format!("dsa-k{top_k}");
+                for (tag, v) in [("c", kv_latent), ("q", q_latent), ("r", rope_dim)] {
+                    if let Some(v) = v {
+                        label.push_str(&format!("-{tag}{v}"));
+                    }
+                }
+                if *index_heads != 4 {
+                    label.push_str(&format!("-ih{index_heads}"));
+                }
+                if *index_dim != 32 {
+                    label.push_str(&format!("-id{index_dim}"));
+                }
+                return label;
+            }
             Self::Lolcats { window, feature_dim, feature_map, lora_rank, lora_alpha, .. } => {
                 let mut label = "lolcats".to_string();
                 match window {
@@ -520,7 +568,7 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
+            Self::Mla { .. } | Self::Dsa { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
@@ -529,7 +577,7 @@ impl AttentionConfig {
     /// ratios (d_c = 4·d_h, d_R = d_h / 2). `None` for other kinds.
     pub fn mla_dims(&self, head_dim: usize) -> Option<(usize, usize)> {
         match self {
-            Self::Mla { kv_latent, rope_dim, .. } => Some((kv_latent.unwrap_or(4 * head_dim), rope_dim.unwrap_or(head_dim / 2))),
+            Self::Mla { kv_latent, rope_dim, .. } | Self::Dsa { kv_latent, rope_dim, .. } => Some((kv_latent.unwrap_or(4 * head_dim), rope_dim.unwrap_or(head_dim / 2))),
             _ => None,
         }
     }
@@ -570,7 +618,7 @@ impl AttentionConfig {
             even_head_dim()?;
         }
         match self {
-            Self::Mla { q_latent, rope_dim: set_rope_dim, .. } => {
+            Self::Mla { q_latent, rope_dim: set_rope_dim, .. } | Self::Dsa { q_latent, rope_dim: set_rope_dim, .. } => {
                 let (kv_latent, rope_dim) = self.mla_dims(head_dim).expect("mla");
                 positive("kv_latent", kv_latent)?;
                 if q_latent == &Some(0) {
@@ -583,6 +631,13 @@ impl AttentionConfig {
                         rope_dim,
                         format!("must be even, ≥ 2 and ≤ head_dim = {head_dim}{default}"),
                     ));
+                }
+                if let Self::Dsa { top_k, index_heads, index_dim, .. } = self {
+                    positive("top_k", *top_k)?;
+                    positive("index_heads", *index_heads)?;
+                    if *index_dim < rope_dim {
+                        return Err(ConfigError::new("model.attention.index_dim", index_dim, format!("must be ≥ rope_dim = {rope_dim} (RoPE covers the indexer's first rope_dim dims)")));
+                    }
                 }
             }
             Self::SlidingWindow { window, .. } => positive("window", *window)?,

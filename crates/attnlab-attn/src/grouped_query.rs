@@ -272,7 +272,7 @@ impl GroupedQuery {
         match state {
             State::Kv(cache) => self.step_kv(x, cache),
             State::Window(cache) => self.step_window(x, cache),
-            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) => panic!("this decode state does not belong to grouped-query attention"),
+            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) | State::Dsa(_) => panic!("this decode state does not belong to grouped-query attention"),
         }
     }
 

@@ -100,6 +100,12 @@ pub const DOCS: &[KindDoc] = &[
         state: r#"as `gated_deltanet`"#,
     },
     KindDoc {
+        kind: "dsa",
+        fields: r#"`top_k` (required), `index_heads` (4), `index_dim` (32), and `mla`'s `kv_latent`, `q_latent`, `rope_dim`"#,
+        what: r#"DeepSeek Sparse Attention (DeepSeek-V3.2-Exp 2025) on MLA with RoPE: a lightning indexer (q from MLA's query input, one LayerNorm'd key shared by its heads, RoPE on its first d_R dims, I = Σ_j w_j·ReLU(q_j·k)) picks each query's `top_k` earlier keys (ties to the lower index) and MLA attends to those only; `top_k ≥ T` is exactly `mla`. The indexer trains on its KL to the main attention (`[[train.stages]]` aux `indexer_kl_dense` = dense warm-up, `indexer_kl` = sparse), its inputs detached; `indexer_recall` is logged. Label `dsa-k32`"#,
+        state: r#"d_c + d_R + d_I (MLA's latent + the indexer key)"#,
+    },
+    KindDoc {
         kind: "lolcats",
         fields: r#"`kv_heads` (= heads), `window` (64), `feature_dim` (64), `feature_map` (`softmax`; `elu1`), `lora_rank` (8; 0 = none), `lora_alpha` (16)"#,
         what: r#"LoLCATs (Zhang et al. 2024), made from a trained softmax run by `attnlab linearize RUN --to lolcats`: W_qkv, W_o and RoPE kept; a learned map per query head φ(x) = [softmax(xW), softmax(−xW)] on the post-RoPE q, k (d_φ = 2·f); softmax over the previous and the current block of `window` tokens plus linear attention over all earlier keys, mixed by γ_h = σ(w_h) (0.1 at init; `window = 0`: linear only); LoRA on W_q, W_k, W_v, W_o (B = 0). Training is the quadratic O(T²) form. Labels `lolcats`, `lolcats-nowin`, `lolcats-elu1`"#,

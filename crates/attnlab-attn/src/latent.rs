@@ -82,14 +82,24 @@ impl LatentAttention {
         }
     }
 
-    /// Queries `[b, h, t, d_h + d_R]` for positions `start..`.
-    fn queries(&self, x: Tensor<3>, start: usize) -> Tensor<4> {
-        let [b, t, _] = x.dims();
-        let (h, d, r) = (self.heads, self.head_dim, self.rope_dim);
-        let c_q = match &self.q_latent {
+    /// The queries' input: the normalised query latent `c_q = RMSNorm(x W_dq)`, or x itself
+    /// without a query latent.
+    pub fn query_input(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.q_latent {
             Some(ql) => rms_norm(&ql.norm, apply(&ql.down, x)),
             None => x,
-        };
+        }
+    }
+
+    /// Queries `[b, h, t, d_h + d_R]` for positions `start..`.
+    fn queries(&self, x: Tensor<3>, start: usize) -> Tensor<4> {
+        self.queries_from(self.query_input(x), start)
+    }
+
+    /// Queries `[b, h, t, d_h + d_R]` from the query input `c_q` `[b, t, ·]` ([`Self::query_input`]).
+    pub fn queries_from(&self, c_q: Tensor<3>, start: usize) -> Tensor<4> {
+        let [b, t, _] = c_q.dims();
+        let (h, d, r) = (self.heads, self.head_dim, self.rope_dim);
         let q = apply(&self.q_up, c_q).reshape([b, t, h, d + r]).swap_dims(1, 2);
         let q_c = q.clone().narrow(3, 0, d);
         let q_r = self.rotate(q.narrow(3, d, r), start);
@@ -105,7 +115,7 @@ impl LatentAttention {
     }
 
     /// The cached part for new tokens: `c_kv [b, t, d_c]` and rotated `k_R [b, t, d_R]`.
-    fn latents(&self, x: Tensor<3>, start: usize) -> (Tensor<3>, Tensor<3>) {
+    pub fn latents(&self, x: Tensor<3>, start: usize) -> (Tensor<3>, Tensor<3>) {
         let [b, t, _] = x.dims();
         let kv = apply(&self.kv_down, x);
         let c_kv = rms_norm(&self.kv_norm, kv.clone().narrow(2, 0, self.kv_latent));
@@ -118,14 +128,26 @@ impl LatentAttention {
     fn attend(&self, q: Tensor<4>, c_kv: Tensor<3>, k_r: Tensor<3>) -> Tensor<3> {
         let [b, h, t, _] = q.dims();
         let s = c_kv.dims()[1];
-        let d = self.head_dim;
+        let (k, v) = self.keys_values(c_kv, k_r);
+        let o = causal_softmax_attention(q, k, v, t, s - t, self.scale());
+        apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * self.head_dim]))
+    }
+
+    /// K `[b, h, s, d_h + d_R]` (`[k_C; k_R]`, the rotary key shared by the heads) and V
+    /// `[b, h, s, d_h]` rebuilt from the latents of s positions.
+    pub fn keys_values(&self, c_kv: Tensor<3>, k_r: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        let [b, s, _] = c_kv.dims();
+        let (h, d) = (self.heads, self.head_dim);
         let kv = apply(&self.kv_up, c_kv).reshape([b, s, h, 2 * d]).swap_dims(1, 2);
         let k_c = kv.clone().narrow(3, 0, d);
         let v = kv.narrow(3, d, d);
         let k_r = k_r.reshape([b, 1, s, self.rope_dim]).expand([b, h, s, self.rope_dim]);
-        let k = Tensor::cat(vec![k_c, k_r], 3);
-        let o = causal_softmax_attention(q, k, v, t, s - t, 1.0 / ((d + self.rope_dim) as f32).sqrt());
-        apply(&self.out, o.swap_dims(1, 2).reshape([b, t, h * d]))
+        (Tensor::cat(vec![k_c, k_r], 3), v)
+    }
+
+    /// The score scale `1/√(d_h + d_R)`.
+    pub fn scale(&self) -> f32 {
+        1.0 / ((self.head_dim + self.rope_dim) as f32).sqrt()
     }
 
     /// The same attention in the absorbed-weight form (DeepSeek-V2 §2.1.2), used for decode:

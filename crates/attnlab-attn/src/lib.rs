@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod config;
 pub mod differential;
+pub mod dsa;
 pub mod grouped_query;
 pub mod kinds;
 pub mod latent;
@@ -37,7 +38,8 @@ pub use recurrent::linear_attention::LinearAttention;
 pub use recurrent::log_linear::LogLinearAttention;
 pub use recurrent::log_linear_gdn::LogLinearGdn;
 pub use recurrent::Recurrent;
-pub use state::{KvCache, LatentCache, LolcatsState, RecurrentState, State, WindowCache};
+pub use dsa::Dsa;
+pub use state::{DsaState, KvCache, LatentCache, LolcatsState, RecurrentState, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).
 pub const F32_BYTES: usize = 4;

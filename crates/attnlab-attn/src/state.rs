@@ -80,6 +80,14 @@ pub struct LolcatsState {
     pub capacity: usize,
 }
 
+/// DSA's decode state: MLA's latent cache and the indexer key of every position,
+/// keys `[batch, capacity, d_I]`.
+#[derive(Debug, Clone)]
+pub struct DsaState {
+    pub latent: LatentCache,
+    pub keys: Tensor<3>,
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
@@ -88,6 +96,7 @@ pub enum State {
     Latent(LatentCache),
     Recurrent(RecurrentState),
     Lolcats(LolcatsState),
+    Dsa(DsaState),
 }
 
 impl State {
@@ -99,6 +108,7 @@ impl State {
             State::Latent(c) => c.len,
             State::Recurrent(c) => c.len,
             State::Lolcats(c) => c.len,
+            State::Dsa(c) => c.latent.len,
         }
     }
 
@@ -115,6 +125,7 @@ impl State {
             State::Latent(c) => c.c_kv.dims()[1],
             State::Recurrent(c) => c.capacity,
             State::Lolcats(c) => c.capacity,
+            State::Dsa(c) => c.latent.c_kv.dims()[1],
         }
     }
 
@@ -127,6 +138,7 @@ impl State {
             State::Latent(c) => (c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements(), c.c_kv.dims()[0]),
             State::Recurrent(c) => (c.s.shape().num_elements() + c.conv.as_ref().map_or(0, |t| t.shape().num_elements()), c.s.dims()[0]),
             State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
+            State::Dsa(c) => (c.latent.c_kv.shape().num_elements() + c.latent.k_rope.shape().num_elements() + c.keys.shape().num_elements(), c.keys.dims()[0]),
         };
         elements * F32_BYTES / batch
     }

@@ -19,53 +19,15 @@ use attnlab_attn::{Attention, AttentionConfig, LatentAttention};
 use common::*;
 
 
-const EPS: f64 = 1e-5;
-
 fn reference(m: &LatentAttention, x: &[f64], b: usize, t: usize, d_model: usize) -> Vec<f64> {
-    let (h, d, r, dc) = (m.heads, m.head_dim, m.rope_dim, m.kv_latent);
-    let w_dkv = to_vec(m.kv_down.weight.val());
-    let g_kv = to_vec(m.kv_norm.gamma.val());
-    let w_ukv = to_vec(m.kv_up.weight.val());
-    let w_uq = to_vec(m.q_up.weight.val());
+    let (h, d, r) = (m.heads, m.head_dim, m.rope_dim);
     let w_out = to_vec(m.out.weight.val());
     let mut out = Vec::new();
     for s in 0..b {
-        let xs = &x[s * t * d_model..(s + 1) * t * d_model];
-        // Queries: optional latent c_q = RMSNorm(x W_dq).
-        let (cq, q_in) = match &m.q_latent {
-            Some(ql) => {
-                let dq = ql.norm.gamma.dims()[0];
-                let raw = matmul(xs, t, d_model, &to_vec(ql.down.weight.val()), dq);
-                let g = to_vec(ql.norm.gamma.val());
-                ((0..t).flat_map(|p| rms_norm(&cols(&raw, dq, p, 0, dq), &g, EPS)).collect::<Vec<_>>(), dq)
-            }
-            None => (xs.to_vec(), d_model),
-        };
-        let q_all = matmul(&cq, t, q_in, &w_uq, h * (d + r));
-        let kv = matmul(xs, t, d_model, &w_dkv, dc + r);
-        let c_kv: Vec<Vec<f64>> = (0..t).map(|p| rms_norm(&cols(&kv, dc + r, p, 0, dc), &g_kv, EPS)).collect();
-        // NoPE (Kimi's MLA): the decoupled slices are used as they are.
-        let rotate = |v: Vec<f64>, p: usize| if m.rope.is_some() { rope(&v, p, ROPE_BASE) } else { v };
-        let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rotate(cols(&kv, dc + r, p, dc, r), p)).collect();
-        let up: Vec<Vec<f64>> = c_kv.iter().map(|c| matmul(c, 1, dc, &w_ukv, h * 2 * d)).collect();
+        let heads = mla_heads(m, &x[s * t * d_model..(s + 1) * t * d_model], t, d_model);
         let mut concat = vec![0.0; t * h * d];
         for head in 0..h {
-            let q: Vec<Vec<f64>> = (0..t)
-                .map(|p| {
-                    let mut v = cols(&q_all, h * (d + r), p, head * (d + r), d);
-                    v.extend(rotate(cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p));
-                    v
-                })
-                .collect();
-            let k: Vec<Vec<f64>> = (0..t)
-                .map(|p| {
-                    let mut v = up[p][head * 2 * d..head * 2 * d + d].to_vec();
-                    v.extend(&k_rope[p]);
-                    v
-                })
-                .collect();
-            let v: Vec<Vec<f64>> = (0..t).map(|p| up[p][head * 2 * d + d..(head + 1) * 2 * d].to_vec()).collect();
-            for (p, o) in causal_head(&q, &k, &v, 1.0 / ((d + r) as f64).sqrt()).into_iter().enumerate() {
+            for (p, o) in causal_head(&heads.q[head], &heads.k[head], &heads.v[head], 1.0 / ((d + r) as f64).sqrt()).into_iter().enumerate() {
                 concat[p * h * d + head * d..p * h * d + (head + 1) * d].copy_from_slice(&o);
             }
         }

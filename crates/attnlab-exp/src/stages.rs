@@ -122,10 +122,12 @@ pub fn validate(stages: &[StageConfig], steps: usize) -> Result<(), (String, Str
         if s.warmup > s.steps {
             return e(i, "warmup", s.warmup.to_string(), format!("must be ≤ the stage's steps = {}", s.steps));
         }
-        let names: Vec<&str> = AuxLoss::ALL.iter().map(AuxLoss::name).collect();
+        let names: Vec<&str> = AuxLoss::ALL.iter().filter(|a| !a.is_metric()).map(AuxLoss::name).collect();
         for (name, w) in &s.aux {
-            if parse_aux(name).is_none() {
-                return e(i, &format!("aux.{name}"), w.to_string(), format!("unknown auxiliary loss; allowed: {}", names.join(", ")));
+            match parse_aux(name) {
+                None => return e(i, &format!("aux.{name}"), w.to_string(), format!("unknown auxiliary loss; allowed: {}", names.join(", "))),
+                Some(a) if a.is_metric() => return e(i, &format!("aux.{name}"), w.to_string(), format!("is a metric (logged with the loss), not a loss; allowed: {}", names.join(", "))),
+                Some(_) => {}
             }
             if !(*w >= 0.0 && w.is_finite()) {
                 return e(i, &format!("aux.{name}"), w.to_string(), "the weight must be finite and ≥ 0".into());

@@ -186,9 +186,10 @@ pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, objective: &Objective
         let mut total = if objective.lm { Some(ce) } else { None };
         let mut values = Vec::new();
         for (name, value) in losses {
-            let Some((_, weight)) = objective.aux.iter().find(|(a, _)| *a == name) else { continue };
+            // Every value a layer returns is logged; those the stage weights enter the objective.
             let value = value.cast(burn::tensor::DType::F32);
             values.push((name, value.clone().into_scalar::<f32>() as f64));
+            let Some((_, weight)) = objective.aux.iter().find(|(a, _)| *a == name) else { continue };
             let term = value * *weight as f32;
             total = Some(match total {
                 Some(t) => t + term,

@@ -62,6 +62,7 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
         "{kind = \"log_linear\"}",
         "{kind = \"gated_deltanet\", chunk = 4}",
         "{kind = \"kda\", chunk = 4}",
+        "{kind = \"dsa\", top_k = 4}",
         "{kind = \"lolcats\", window = 4, feature_dim = 4, lora_rank = 0}",
     ];
     let covered: Vec<&str> = configs.iter().map(|c| c.split('"').nth(1).unwrap()).collect();

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use attnlab_attn::burn::tensor::{Device, Distribution, Tensor};
-use attnlab_attn::{Attention, AttentionConfig, GroupedQuery};
+use attnlab_attn::{Attention, AttentionConfig, GroupedQuery, LatentAttention};
 
 /// RoPE base every test module uses.
 pub const ROPE_BASE: f64 = 10_000.0;
@@ -175,6 +175,65 @@ pub fn gqa_reference(m: &GroupedQuery, x: &[f64], b: usize, t: usize, d_model: u
         out.extend(matmul(&concat, t, h * d, &w_out, d_model));
     }
     out
+}
+
+/// MLA's per-head queries `[h][t][d_h + d_R]`, keys (`[k_C; k_R]`) and values `[h][t][d_h]` of one
+/// sequence x `[t, d_model]`, from the DeepSeek-V2 equations (latent RMSNorm ε 1e-5,
+/// up-projections, the decoupled rotary slices rotated iff the module holds a table), and the
+/// query input c_q `[t][q_in]` (x itself without a query latent).
+pub struct MlaHeads {
+    pub q: Vec<Vec<Vec<f64>>>,
+    pub k: Vec<Vec<Vec<f64>>>,
+    pub v: Vec<Vec<Vec<f64>>>,
+    pub cq: Vec<Vec<f64>>,
+}
+
+pub fn mla_heads(m: &LatentAttention, xs: &[f64], t: usize, d_model: usize) -> MlaHeads {
+    const EPS: f64 = 1e-5;
+    let (h, d, r, dc) = (m.heads, m.head_dim, m.rope_dim, m.kv_latent);
+    let w_dkv = to_vec(m.kv_down.weight.val());
+    let g_kv = to_vec(m.kv_norm.gamma.val());
+    let w_ukv = to_vec(m.kv_up.weight.val());
+    let w_uq = to_vec(m.q_up.weight.val());
+    let (cq, q_in) = match &m.q_latent {
+        Some(ql) => {
+            let dq = ql.norm.gamma.dims()[0];
+            let raw = matmul(xs, t, d_model, &to_vec(ql.down.weight.val()), dq);
+            let g = to_vec(ql.norm.gamma.val());
+            ((0..t).flat_map(|p| rms_norm(&cols(&raw, dq, p, 0, dq), &g, EPS)).collect::<Vec<_>>(), dq)
+        }
+        None => (xs.to_vec(), d_model),
+    };
+    let q_all = matmul(&cq, t, q_in, &w_uq, h * (d + r));
+    let kv = matmul(xs, t, d_model, &w_dkv, dc + r);
+    let c_kv: Vec<Vec<f64>> = (0..t).map(|p| rms_norm(&cols(&kv, dc + r, p, 0, dc), &g_kv, EPS)).collect();
+    let rotate = |v: Vec<f64>, p: usize| if m.rope.is_some() { rope(&v, p, ROPE_BASE) } else { v };
+    let k_rope: Vec<Vec<f64>> = (0..t).map(|p| rotate(cols(&kv, dc + r, p, dc, r), p)).collect();
+    let up: Vec<Vec<f64>> = c_kv.iter().map(|c| matmul(c, 1, dc, &w_ukv, h * 2 * d)).collect();
+    let q = (0..h)
+        .map(|head| {
+            (0..t)
+                .map(|p| {
+                    let mut v = cols(&q_all, h * (d + r), p, head * (d + r), d);
+                    v.extend(rotate(cols(&q_all, h * (d + r), p, head * (d + r) + d, r), p));
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let k = (0..h)
+        .map(|head| {
+            (0..t)
+                .map(|p| {
+                    let mut v = up[p][head * 2 * d..head * 2 * d + d].to_vec();
+                    v.extend(&k_rope[p]);
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let v = (0..h).map(|head| (0..t).map(|p| up[p][head * 2 * d + d..(head + 1) * 2 * d].to_vec()).collect()).collect();
+    MlaHeads { q, k, v, cq: (0..t).map(|p| cols(&cq, q_in, p, 0, q_in)).collect() }
 }
 
 /// Slices columns `from..from+len` of row `r` of a row-major matrix with `cols` columns.
