@@ -34,7 +34,7 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{log_softmax, relu, softmax};
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
 use crate::latent::LatentAttention;
 use crate::linear::{apply, linear};
@@ -184,7 +184,7 @@ impl Dsa {
         let s = c_kv.dims()[1];
         let device = q.device();
         let index = self.indexer.scores(x.detach(), c_q.detach(), keys, start);
-        let index_host: Vec<f32> = index.clone().into_data().try_into_vec::<f32>().expect("scores");
+        let index_host: Vec<f32> = index.clone().into_data().convert::<f32>().try_into_vec::<f32>().expect("scores");
         let selected = select(&index_host, b, t, s, self.top_k);
         let selected_mask = Tensor::<3, Bool>::from_data(TensorData::new(selected.clone(), [b, t, s]), &device);
         let (k, v) = self.mla.keys_values(c_kv, k_r);
@@ -200,14 +200,15 @@ impl Dsa {
         if loss == IndexerLoss::None {
             return DsaOutput { y, kl: None, recall: None };
         }
-        // p_t: probabilities summed over heads, L1-normalised, no gradient.
-        let p = probs.detach().sum_dim(1).reshape([b, t, s]);
+        // p_t: probabilities summed over heads, L1-normalised, no gradient; the KL in f32 whatever
+        // the compute type (as the LM loss).
+        let p = probs.detach().cast(DType::F32).sum_dim(1).reshape([b, t, s]);
         let p = p.clone() / p.sum_dim(2);
         let allowed = match loss {
             IndexerLoss::Dense => future(t, s, start, &device).unsqueeze::<3>().expand([b, t, s]).bool_not(),
             _ => selected_mask,
         };
-        let log_q = log_softmax(index.mask_fill(allowed.clone().bool_not(), f32::NEG_INFINITY), 2).mask_fill(allowed.bool_not(), 0.0);
+        let log_q = log_softmax(index.cast(DType::F32).mask_fill(allowed.clone().bool_not(), f32::NEG_INFINITY), 2).mask_fill(allowed.bool_not(), 0.0);
         // xlogy: p = 0 terms are 0.
         let kl = (p.clone() * (p.clone().clamp_min(1e-30).log() - log_q)).sum_dim(2).mean().reshape([1]);
         let dense = match loss {
@@ -217,7 +218,7 @@ impl Dsa {
                 all.sum_dim(1).reshape([b, t, s])
             }
         };
-        let dense_host: Vec<f32> = dense.into_data().try_into_vec::<f32>().expect("probabilities");
+        let dense_host: Vec<f32> = dense.into_data().convert::<f32>().try_into_vec::<f32>().expect("probabilities");
         let recall = self.recall(&dense_host, &selected, b, t, s, start);
         DsaOutput { y, kl: Some(kl), recall }
     }

@@ -8,7 +8,7 @@ mod common;
 use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
 use attnlab_attn::burn::tensor::Tensor;
 use attnlab_attn::config::LogLinearBase;
-use attnlab_attn::{AttentionConfig, ConvInit, FeatureMap, LolcatsMap};
+use attnlab_attn::{AttentionConfig, AuxRequest, ConvInit, FeatureMap, LolcatsMap};
 use common::*;
 
 fn kinds() -> Vec<AttentionConfig> {
@@ -46,6 +46,9 @@ fn kinds() -> Vec<AttentionConfig> {
         // adapters with B ≠ 0 are checked in lolcats.rs (decode, gradients).
         AttentionConfig::Lolcats { kv_heads: Some(2), window: 3, feature_dim: 4, feature_map: LolcatsMap::Softmax, lora_rank: 0, lora_alpha: 4.0 },
         AttentionConfig::Lolcats { kv_heads: None, window: 0, feature_dim: 4, feature_map: LolcatsMap::Elu1, lora_rank: 0, lora_alpha: 16.0 },
+        // DSA with top_k < T (sparse from position 4 on), with and without a query latent.
+        AttentionConfig::Dsa { kv_latent: Some(12), q_latent: None, rope_dim: Some(4), top_k: 4, index_heads: 2, index_dim: 8 },
+        AttentionConfig::Dsa { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), top_k: 3, index_heads: 4, index_dim: 32 },
     ]
 }
 
@@ -86,6 +89,11 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
             AttentionConfig::Mla { .. } => {
                 let (kv_latent, rope_dim) = config.mla_dims(head_dim).unwrap();
                 (kv_latent + rope_dim, 50)
+            }
+            // MLA's latent and rotary key plus the indexer key.
+            AttentionConfig::Dsa { index_dim, .. } => {
+                let (kv_latent, rope_dim) = config.mla_dims(head_dim).unwrap();
+                (kv_latent + rope_dim + index_dim, 50)
             }
             // The ring buffer holds the window and the global tokens, whatever the context.
             AttentionConfig::SlidingWindow { window, global_tokens, kv_heads } => (kv_floats(*kv_heads), window + global_tokens),
@@ -160,7 +168,11 @@ fn every_parameter_receives_a_nonzero_gradient() {
     for config in kinds() {
         let m = seeded(&dev, 2, || config.init(32, 4, 16, 10_000.0, &dev));
         let x = random_input(2, 9, 32, 1, &dev).require_grad();
-        let loss = m.forward(x.clone()).powi_scalar(2).mean();
+        // With the mixer's auxiliary losses: a part that trains only on its own loss (DSA's
+        // indexer, LoLCATs' maps) gets its gradient there.
+        let aux = AuxRequest(m.aux_losses().into_iter().filter(|a| !a.is_metric()).collect());
+        let (y, losses) = m.forward_aux(x.clone(), &aux);
+        let loss = losses.into_iter().fold(y.powi_scalar(2).mean(), |l, (_, v)| l + v);
         let grads = loss.backward();
         let mut check = GradCheck { grads: &grads, total: 0, dead: vec![] };
         m.visit(&mut check);

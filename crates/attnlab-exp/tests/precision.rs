@@ -69,12 +69,16 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
     assert_eq!(covered, KINDS, "one config per kind");
     for (kind, config) in KINDS.iter().zip(configs) {
         let kind_set = format!("model.attention={config}");
-        let reference = tiny_run("precision", &[&kind_set]);
+        // DSA's indexer trains on its own loss only: a stage with its KL, so it has gradients.
+        let stage = "train.stages=[{name = \"sparse\", steps = 12, lr = 1e-3, aux = { indexer_kl = 1.0 }}]";
+        let kind_sets: Vec<&str> = if *kind == "dsa" { vec![&kind_set, stage] } else { vec![&kind_set] };
+        let reference = tiny_run("precision", &kind_sets);
         let model = seeded_model(&reference.spec.model, 0, &device);
         let (g32, l32) = accumulated_grads(&model, &reference, &mut Rng::new(3), 0, &device);
         let g32 = grad_vector(&g32, &model);
         for (precision, loss_tol, grad_tol) in [(Precision::F16, 1e-3, 0.01), (Precision::Bf16, 1e-3, 0.06)] {
-            let run = tiny_run("precision", &[&kind_set, &format!("train.precision={}", precision.name())]);
+            let precision_set = format!("train.precision={}", precision.name());
+            let run = tiny_run("precision", &[kind_sets.as_slice(), &[precision_set.as_str()]].concat());
             assert_eq!(run.spec.train.precision, precision);
             let (g, l) = accumulated_grads(&model, &run, &mut Rng::new(3), 0, &device);
             let err = relative_error(&g32, &grad_vector(&g, &model));

@@ -22,6 +22,7 @@ fn kinds() -> Vec<AttentionConfig> {
         toml::from_str("kind = \"log_linear\"").unwrap(),
         // No adapters: at B = 0 (their init) A's gradient is exactly zero.
         toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2\nlora_rank = 0").unwrap(),
+        toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_latent = 8\nrope_dim = 4\nindex_dim = 8").unwrap(),
         // Kimi Linear's NoPE MLA and Qwen3-Next's gated attention (partial RoPE, q/k norm).
         toml::from_str("kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false").unwrap(),
         toml::from_str("kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.25\nqk_norm = true").unwrap(),
@@ -101,8 +102,10 @@ fn every_parameter_of_the_model_gets_a_gradient() {
     for attention in kinds() {
         dev.seed(3);
         let model = Gpt::new(&config(attention.clone(), MlpKind::Swiglu), &dev);
-        let logits = model.forward(tokens(2, 9, &dev));
-        let grads = logits.powi_scalar(2).mean().backward();
+        // With the model's auxiliary losses: DSA's indexer trains only on its KL.
+        let aux = attnlab_attn::AuxRequest(model.aux_losses().into_iter().filter(|a| !a.is_metric()).collect());
+        let (logits, losses) = model.forward_aux(tokens(2, 9, &dev), &aux);
+        let grads = losses.into_iter().fold(logits.powi_scalar(2).mean(), |l, (_, v)| l + v).backward();
         let mut v = DeadParams { grads: &grads, dead: 0, total: 0 };
         model.visit(&mut v);
         assert!(v.total > 10);
