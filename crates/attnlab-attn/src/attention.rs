@@ -250,10 +250,13 @@ pub enum AuxLoss {
     /// DSA: the indexer's recall of the dense attention's per-row top-k (a metric, logged
     /// whenever an indexer loss is computed; never a term of the objective).
     IndexerRecall,
+    /// Ouro's stage II (model-level, `model.exit = "learned"`): the exit gate's BCE to the
+    /// loops' loss improvements (`attnlab_model::looped::improvement_loss`).
+    ExitImprovement,
 }
 
 impl AuxLoss {
-    pub const ALL: [AuxLoss; 4] = [AuxLoss::AttentionTransfer, AuxLoss::IndexerKlDense, AuxLoss::IndexerKl, AuxLoss::IndexerRecall];
+    pub const ALL: [AuxLoss; 5] = [AuxLoss::AttentionTransfer, AuxLoss::IndexerKlDense, AuxLoss::IndexerKl, AuxLoss::IndexerRecall, AuxLoss::ExitImprovement];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -261,6 +264,7 @@ impl AuxLoss {
             AuxLoss::IndexerKlDense => "indexer_kl_dense",
             AuxLoss::IndexerKl => "indexer_kl",
             AuxLoss::IndexerRecall => "indexer_recall",
+            AuxLoss::ExitImprovement => "exit_improvement",
         }
     }
 

@@ -177,8 +177,7 @@ pub fn batch_loss(model: &Gpt, batch: Batch, device: &Device) -> Tensor<1> {
 /// other runs' training loss). A stage's `objective` adds its weighted auxiliary losses (and
 /// may leave the cross-entropy out: it is still the reported loss); their values come back by name.
 pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, objective: &Objective, device: &Device) -> (Tensor<1>, f64, Vec<(AuxLoss, f64)>) {
-    if !objective.is_plain() {
-        assert!(model.exit_gate.is_none(), "validated: a learned exit has no auxiliary losses");
+    if !objective.is_plain() && model.exit_gate.is_none() {
         let (b, t) = (batch.batch, batch.block);
         let (logits, losses) = model.forward_aux(tokens_tensor(batch.inputs.clone(), [b, t], device), &objective.request());
         let ce = logits_loss(logits.cast(burn::tensor::DType::F32), &batch, device);
@@ -222,7 +221,21 @@ pub fn training_loss(model: &Gpt, batch: Batch, beta: f64, objective: &Objective
     };
     let last = ce.last().expect("≥ 2 loops").clone().reshape([b * t]);
     let reported = ((last * weights.clone()).sum() / weights.clone().sum().clamp_min(1.0)).into_scalar::<f32>() as f64;
-    (attnlab_model::looped::exit_loss(Tensor::cat(ce, 0), Tensor::cat(gates, 0), weights, beta), reported, Vec::new())
+    let (ce, gates) = (Tensor::cat(ce, 0), Tensor::cat(gates, 0));
+    // Stage I (the LM loss of a learned exit) and, when the stage asks, stage II.
+    let stage_one = objective.lm.then(|| attnlab_model::looped::exit_loss(ce.clone(), gates.clone(), weights.clone(), beta));
+    let stage_two = objective.aux.iter().find(|(a, _)| *a == AuxLoss::ExitImprovement).map(|(_, w)| {
+        let loss = attnlab_model::looped::improvement_loss(ce, gates, weights);
+        (loss.clone().into_scalar::<f32>() as f64, loss * *w as f32)
+    });
+    let values = stage_two.as_ref().map(|(v, _)| vec![(AuxLoss::ExitImprovement, *v)]).unwrap_or_default();
+    let total = match (stage_one, stage_two) {
+        (Some(a), Some((_, b))) => a + b,
+        (Some(a), None) => a,
+        (None, Some((_, b))) => b,
+        (None, None) => unreachable!("validated: a stage without the LM loss has an auxiliary loss the model returns"),
+    };
+    (total, reported, values)
 }
 
 /// Logits `[batch, block, vocab]` and the mean cross-entropy `[1]`:

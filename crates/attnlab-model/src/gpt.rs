@@ -142,6 +142,9 @@ impl Gpt {
     /// The auxiliary losses some layer of this model can return.
     pub fn aux_losses(&self) -> Vec<AuxLoss> {
         let mut all: Vec<AuxLoss> = self.blocks.iter().flat_map(|b| b.attn.aux_losses()).collect();
+        if self.exit_gate.is_some() {
+            all.push(AuxLoss::ExitImprovement);
+        }
         all.sort();
         all.dedup();
         all

@@ -5,9 +5,14 @@
 //! (`Linear(d, 1)` with bias, shared by loops) and logits `ℓ_r = lm_head(n_r)`. The exit
 //! distribution over loops is `p(r) = λ_r Π_{j<r}(1 − λ_j)` for r < R and `p(R) = Π_{j<R}(1 − λ_j)`
 //! (λ_R is not used). Stage-I objective per token: `Σ_r p(r)·CE(ℓ_r) − β·H(p)` (an ELBO with a
-//! uniform prior over depth), backpropagated through all loops. Not built: stage II (the gate
-//! trained alone on the loss improvements), Q-exit at inference (evaluation and decode read the
-//! last loop).
+//! uniform prior over depth), backpropagated through all loops.
+//!
+//! Stage II ([`improvement_loss`], a third-party reading of the paper's Eqs. 4–5, as
+//! MECHANISMS.md §12): the LM frozen, the gate alone learns from the per-token loss improvement
+//! of each loop, `I_r = max(0, CE_{r−1} − CE_r)` (detached), target `w_r = σ(50·(I_r − 0.005))`,
+//! loss `BCE(1 − λ_r, w_r)` averaged over r = 2..R and the tokens (λ_r paired with loop r's own
+//! improvement): a loop that still improves the loss should not be exited before. Not built:
+//! Q-exit at inference (evaluation and decode read the last loop).
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::Tensor;
@@ -35,4 +40,20 @@ pub fn exit_log_probs(gate_logits: Tensor<2>, r: usize, n: usize) -> Tensor<2> {
     let survived = Tensor::cat(vec![Tensor::zeros([1, n], &log_stay.device()), log_stay.narrow(0, 0, r - 1).cumsum(0)], 0);
     let last = survived.clone().narrow(0, r - 1, 1);
     Tensor::cat(vec![survived.narrow(0, 0, r - 1) + log_exit.narrow(0, 0, r - 1), last], 0)
+}
+
+/// Ouro's stage-II loss from per-token cross-entropies `ce` `[R, n]` (detached here) and gate
+/// logits `[R, n]` (row 0 unused), each token weighted by `weights` `[n]`:
+/// `Σ_i w_i · mean_{r ≥ 2} BCE(1 − λ_ir, t_ir) / max(Σ_i w_i, 1)`, `t = σ(50·(max(0, CE_{r−1} − CE_r) − 0.005))`,
+/// `BCE(p, t) = −t·log p − (1 − t)·log(1 − p)` with `log(1 − λ) = log σ(−g)`, `log λ = log σ(g)`.
+pub fn improvement_loss(ce: Tensor<2>, gate_logits: Tensor<2>, weights: Tensor<1>) -> Tensor<1> {
+    let [r, n] = ce.dims();
+    let ce = ce.detach();
+    let improvement = (ce.clone().narrow(0, 0, r - 1) - ce.narrow(0, 1, r - 1)).clamp_min(0.0);
+    let target = burn::tensor::activation::sigmoid((improvement - 0.005) * 50.0);
+    let g = gate_logits.narrow(0, 1, r - 1);
+    let bce = (target.clone() * log_sigmoid(g.clone().neg()) + (target.neg() + 1.0) * log_sigmoid(g)).neg();
+    let per_token = bce.mean_dim(0).reshape([n]);
+    let total = weights.clone().sum();
+    (per_token * weights).sum() / total.clamp_min(1.0)
 }
