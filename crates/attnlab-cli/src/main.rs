@@ -287,6 +287,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
     },
+    /// Score a trained run again on its evaluation windows (the validation windows training
+    /// used, or a task's test set), optionally at another window length (--block), with the
+    /// mean loss by position.
+    Eval {
+        /// The run folder (runs/<experiment>/<run-id>).
+        run: PathBuf,
+        /// `val`, or `test` for a synthetic task.
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Tokens per window (text runs; ≤ model.max_seq); default: the run's train.block.
+        #[arg(long)]
+        block: Option<usize>,
+        /// Batches of train.batch windows; default: the run's eval.batches.
+        #[arg(long)]
+        batches: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Linearise a trained softmax run (mha, mqa, gqa) into LoLCATs: writes the experiment
     /// (`<out>/<name>.toml`: the source's data and shape, `kind = "lolcats"`, train.init_from =
     /// RUN, stage 1 attention transfer, stage 2 LoRA) and trains it as a normal run.
@@ -592,6 +613,25 @@ fn run(cli: Cli) -> Result<()> {
         std::env::set_var("ATTNLAB_MAX_MEMORY", size);
     }
     match cli.command {
+        Command::Eval { run, split, block, batches, device, json } => {
+            let device = backend(&device)?;
+            let r = attnlab_exp::eval::eval_run(&run, &split, block, batches, &device)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let acc = r.accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
+            println!("{} ({}): {} loss {:.4}{acc} ({} windows of {} tokens)", r.run, r.attention, r.split, r.loss, r.windows, r.block);
+            let width = r.block.div_ceil(8).max(1);
+            let buckets: Vec<String> = r
+                .loss_by_position
+                .chunks(width)
+                .enumerate()
+                .map(|(i, c)| format!("{}–{}: {:.3}", i * width, i * width + c.len() - 1, c.iter().filter(|v| v.is_finite()).sum::<f64>() / c.iter().filter(|v| v.is_finite()).count().max(1) as f64))
+                .collect();
+            println!("loss by position: {}", buckets.join(", "));
+            Ok(())
+        }
         Command::Linearize { run, to, transfer_steps, lora_steps, transfer_lr, lora_lr, no_transfer, name, out, device, sets, dry_run, quiet } => {
             if to != "lolcats" {
                 return Err(SpecError::new(format!("linearize: --to = {to:?}: allowed: lolcats")).into());

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod export_metrics;
 pub mod extend;

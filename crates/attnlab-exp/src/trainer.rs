@@ -271,17 +271,17 @@ fn logits_loss(logits: Tensor<3>, batch: &Batch, device: &Device) -> Tensor<1> {
 
 /// Loss and, for a task, exact-match accuracy on its answer positions (overall and per bucket).
 #[derive(Debug, Clone)]
-struct Evaluation {
-    loss: f64,
-    accuracy: Option<f64>,
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
     /// Mean per-class recall (see [`crate::accuracy`]).
-    macro_accuracy: Option<f64>,
-    by_bucket: Option<Vec<f64>>,
+    pub macro_accuracy: Option<f64>,
+    pub by_bucket: Option<Vec<f64>>,
 }
 
 /// Mean loss per scored token over the fixed evaluation batches of `split` (no gradients); for a
 /// task also the fraction of answers whose argmax prediction is right, and macro accuracy.
-fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
+pub fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
     let t = &run.spec.train;
     let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
     let buckets = run.data.buckets();
