@@ -2,9 +2,9 @@
 //! same windows), the loss by position averages to the loss, and bad options are refused
 //! naming the option, the value and what is allowed.
 //!
-//! Planted, and seen to fail: the windows drawn from another seed than training's
-//! (`EVAL_SEED + 1`) → `eval_gives_the_runs_last_validation_loss`; the position of token i taken
-//! as i mod batch → `the_loss_by_position_averages_to_the_loss`.
+//! Planted, and seen to fail: the per-position pass drawing its windows from another seed than
+//! the loss's (`EVAL_SEED + 1`) and the position of token i taken as i mod batch →
+//! `the_loss_by_position_averages_to_the_loss`. (The loss itself is the trainer's `evaluate`.)
 
 mod common;
 
