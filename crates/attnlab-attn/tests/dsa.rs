@@ -13,7 +13,8 @@
 //!   (the top-k is unchanged, the KL's temperature is not);
 //! - the KL's p not normalised over heads (summed only) → `the_indexer_losses_match_the_reference`;
 //! - RoPE on the indexer's last d_R dims → `forward_matches_the_reference`;
-//! - the indexer's input not detached → `gradients_stay_on_their_side`;
+//! - the indexer's input not detached (keys, or scores) → `gradients_stay_on_their_side` (the
+//!   layer's input gets a gradient from the KL);
 //! - the indexer key not cached (recomputed at position 0) in decode → `decode_equals_the_forward`.
 
 mod common;
@@ -242,7 +243,7 @@ fn the_indexer_losses_match_the_reference() {
 fn gradients_stay_on_their_side() {
     let dev = cpu().autodiff();
     let m = layer(Some(12), K, &dev);
-    let x = random_input(2, T, D_MODEL, 10, &dev);
+    let x = random_input(2, T, D_MODEL, 10, &dev).require_grad();
     let nonzero = |g: Option<Tensor<2>>| g.is_some_and(|g| g.abs().max().into_scalar::<f32>() > 0.0);
     let out = m.forward_with(x.clone(), IndexerLoss::Sparse);
     let r = Tensor::<1>::from_data(TensorData::new(probe(2 * T * D_MODEL, 3).into_iter().map(|v| v as f32).collect::<Vec<_>>(), [2 * T * D_MODEL]), &dev).reshape([2, T, D_MODEL]);
@@ -251,12 +252,14 @@ fn gradients_stay_on_their_side() {
         assert!(!nonzero(w.val().grad(&lm)), "the LM loss reached the indexer's {name}");
     }
     assert!(nonzero(m.mla.kv_down.weight.val().grad(&lm)), "the LM loss trains MLA");
-    let kl = m.forward_with(x, IndexerLoss::Sparse).kl.unwrap().backward();
+    let kl = m.forward_with(x.clone(), IndexerLoss::Sparse).kl.unwrap().backward();
     for (name, w) in [("q_up", &m.mla.q_up.weight), ("kv_down", &m.mla.kv_down.weight), ("kv_up", &m.mla.kv_up.weight), ("out", &m.mla.out.weight)] {
         assert!(!nonzero(w.val().grad(&kl)), "the indexer's KL reached MLA's {name}");
     }
     let ql = m.mla.q_latent.as_ref().unwrap();
     assert!(!nonzero(ql.down.weight.val().grad(&kl)), "the indexer's KL reached MLA's query latent");
+    // Nor the layer's input (the norm, earlier layers, the embedding).
+    assert!(x.grad(&kl).is_none_or(|g| g.abs().max().into_scalar::<f32>() == 0.0), "the indexer's KL reached the layer's input");
     for (name, w) in [("q", &m.indexer.q.weight), ("k", &m.indexer.k.weight), ("w", &m.indexer.w.weight)] {
         assert!(nonzero(w.val().grad(&kl)), "the KL trains the indexer's {name}");
     }

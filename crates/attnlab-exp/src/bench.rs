@@ -149,7 +149,13 @@ pub fn train_point(run: &PreparedRun, point: &str, warmup: usize, steps: usize, 
     let mut optim = crate::optim::optimizer(t, &model);
     let mut rng = attnlab_data::Rng::new(t.seed);
     let mut ms = Vec::with_capacity(steps);
+    let mut stage = None;
     for i in 0..warmup + steps {
+        // A staged run is timed as it trains: each step with its stage's frozen set.
+        if let Some((k, s, _)) = crate::stages::stage_at(&t.stages, i).filter(|(k, _, _)| stage != Some(*k)) {
+            model = crate::stages::freeze_for(model, s);
+            stage = Some(k);
+        }
         ad.sync().ok();
         let t0 = Instant::now();
         let (grads, _) = crate::trainer::accumulated_grads(&model, run, &mut rng, i, &ad);

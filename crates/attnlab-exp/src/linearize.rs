@@ -56,18 +56,7 @@ pub fn lolcats_spec(run_dir: &Path, options: &Options, sets: &[String]) -> Resul
     }
     let text = crate::spec::read_spec_file(&run_dir.join("config.toml"))?;
     let source: ExperimentSpec = toml::from_str(&text).map_err(|e| bad(format!("config.toml: {}", crate::spec::one_line(&e.to_string()))))?;
-    let m = &source.model;
-    if m.is_hybrid() || m.loops != 1 || m.head != attnlab_model::Head::Lm {
-        return Err(bad("its model has a layer pattern, loops or a non-LM head; linearize takes a plain stack of softmax layers".into()));
-    }
-    let kv_heads = match &m.attention {
-        AttentionConfig::Mha {} => None,
-        AttentionConfig::Mqa {} => Some(1),
-        AttentionConfig::Gqa { kv_heads } => Some(*kv_heads),
-        other => {
-            return Err(bad(format!("its attention is {:?}; linearize takes mha, mqa or gqa (W_qkv, W_o and RoPE are kept)", other.kind())));
-        }
-    };
+    let kv_heads = softmax_kv_heads(&source.model).map_err(bad)?;
     if options.transfer_steps == 0 || options.lora_steps == 0 {
         return Err(bad(format!("--transfer-steps = {}, --lora-steps = {}: both must be ≥ 1", options.transfer_steps, options.lora_steps)));
     }
@@ -140,4 +129,42 @@ pub fn lolcats_spec(run_dir: &Path, options: &Options, sets: &[String]) -> Resul
     }
     let body = toml::to_string(&spec).map_err(|e| bad(format!("cannot write the experiment: {e}")))?;
     Ok(format!("{header}{body}"))
+}
+
+/// The K/V heads of a model `linearize` can start from (`None` = as many as query heads):
+/// a plain stack of `mha`, `mqa` or `gqa` layers with the LM head. Err says why not.
+fn softmax_kv_heads(m: &attnlab_model::ModelConfig) -> Result<Option<usize>, String> {
+    if m.is_hybrid() || m.loops != 1 || m.head != attnlab_model::Head::Lm {
+        return Err("its model has a layer pattern, loops or a non-LM head; linearize takes a plain stack of softmax layers".into());
+    }
+    match &m.attention {
+        AttentionConfig::Mha {} => Ok(None),
+        AttentionConfig::Mqa {} => Ok(Some(1)),
+        AttentionConfig::Gqa { kv_heads } => Ok(Some(*kv_heads)),
+        other => Err(format!("its attention is {:?}; linearize takes mha, mqa or gqa (W_qkv, W_o and RoPE are kept)", other.kind())),
+    }
+}
+
+/// Whether `model` (this run's) can start from the trained `teacher` (`train.init_from`): a plain
+/// LoLCATs stack with the teacher's K/V heads, width, depth, heads, vocabulary, MLP and RoPE base,
+/// and no longer context than the teacher's RoPE tables cover. Err says what differs.
+pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model::ModelConfig) -> Result<(), String> {
+    let kv = softmax_kv_heads(teacher)?.unwrap_or(teacher.heads);
+    let AttentionConfig::Lolcats { kv_heads, .. } = &model.attention else {
+        return Err(format!("starts a lolcats model from a trained softmax one; this model's attention is {:?}", model.attention.kind()));
+    };
+    if model.is_hybrid() || model.loops != 1 || model.head != attnlab_model::Head::Lm {
+        return Err("this model has a layer pattern, loops or a non-LM head; start a plain lolcats stack".into());
+    }
+    let shape = |m: &attnlab_model::ModelConfig| format!("d_model {}, layers {}, heads {}, vocab {}, mlp {:?} × {}, rope_base {}", m.d_model, m.layers, m.heads, m.vocab, m.mlp, m.mlp_hidden(), m.rope_base);
+    if shape(teacher) != shape(model) {
+        return Err(format!("its model ({}) differs from this one ({})", shape(teacher), shape(model)));
+    }
+    if kv_heads.unwrap_or(model.heads) != kv {
+        return Err(format!("its layers have {kv} K/V heads; set model.attention.kv_heads = {kv}"));
+    }
+    if model.max_seq > teacher.max_seq {
+        return Err(format!("model.max_seq = {} exceeds the source's {} (its RoPE tables are kept)", model.max_seq, teacher.max_seq));
+    }
+    Ok(())
 }

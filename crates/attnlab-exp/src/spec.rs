@@ -553,14 +553,8 @@ impl ExperimentSpec {
             if !from.join("summary.json").is_file() || !from.join("checkpoint").join("model.bpk").is_file() {
                 return Err(bad("must be a finished run folder (summary.json and checkpoint/model.bpk), e.g. runs/<experiment>/<run-id>".into()));
             }
-            let teacher = crate::stages::source_model_config(from).map_err(|e| bad(e))?;
-            let m = &self.model;
-            if (teacher.d_model, teacher.layers, teacher.heads, teacher.vocab, teacher.mlp_hidden()) != (m.d_model, m.layers, m.heads, m.vocab, m.mlp_hidden()) {
-                return Err(bad(format!(
-                    "its model (d_model {}, layers {}, heads {}, vocab {}, mlp {}) differs from this one (d_model {}, layers {}, heads {}, vocab {}, mlp {})",
-                    teacher.d_model, teacher.layers, teacher.heads, teacher.vocab, teacher.mlp_hidden(), m.d_model, m.layers, m.heads, m.vocab, m.mlp_hidden()
-                )));
-            }
+            let teacher = crate::stages::source_model_config(from).map_err(&bad)?;
+            crate::linearize::check_source(&teacher, &self.model).map_err(bad)?;
         }
         Ok(())
     }

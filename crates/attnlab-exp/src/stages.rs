@@ -133,8 +133,14 @@ pub fn validate(stages: &[StageConfig], steps: usize) -> Result<(), (String, Str
                 return e(i, &format!("aux.{name}"), w.to_string(), "the weight must be finite and ≥ 0".into());
             }
         }
-        if !s.lm_loss && s.aux.is_empty() {
-            return e(i, "lm_loss", "false".into(), "needs an auxiliary loss in aux (the stage would minimise nothing)".into());
+        if !s.lm_loss && s.aux.values().all(|w| *w == 0.0) {
+            return e(i, "lm_loss", "false".into(), "needs an auxiliary loss with a weight > 0 in aux (the stage would minimise nothing)".into());
+        }
+        if s.aux.contains_key("indexer_kl_dense") && s.aux.contains_key("indexer_kl") {
+            return e(i, "aux", "{ indexer_kl_dense, indexer_kl }".into(), "one of them: indexer_kl_dense runs the attention dense (the warm-up), indexer_kl sparse".into());
+        }
+        if s.aux.contains_key("exit_improvement") && (s.trainable.is_empty() || s.trainable.iter().any(|p| !p.starts_with("exit_gate"))) {
+            return e(i, "trainable", format!("{:?}", s.trainable), "exit_improvement trains the exit gate alone (Ouro's stage II, the LM frozen): trainable = [\"exit_gate\"]".into());
         }
         for p in &s.trainable {
             if p.is_empty() || p.split('.').any(str::is_empty) {

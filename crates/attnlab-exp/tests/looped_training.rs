@@ -40,6 +40,10 @@ fn stage_two_trains_the_gate_alone_on_the_loops_improvements() {
     use burn::tensor::{Int, Tensor, TensorData};
     let device = Device::flex().autodiff();
     let stage = "train.stages=[{name = \"gate\", steps = 12, lr = 1e-3, trainable = [\"exit_gate\"], lm_loss = false, aux = { exit_improvement = 1.0 }}]";
+    // Stage II without the LM frozen is refused (the spec's reading: the gate alone).
+    let unfrozen = stage.replace("trainable = [\"exit_gate\"], ", "");
+    let e = attnlab_exp::ExperimentSpec::from_toml_str("name = \"x\"\n[model]\nloops = 2\nexit = \"learned\"", "x.toml", &[unfrozen]).unwrap_err().to_string();
+    assert!(e.contains("exit_improvement trains the exit gate alone"), "{e}");
     let run = tiny_run("exit2", &["model.loops=3", "model.exit=learned", stage]);
     let stage = &run.spec.train.stages[0];
     let model = freeze_for(seeded_model(&run.spec.model, 0, &device), stage);

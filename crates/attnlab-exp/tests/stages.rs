@@ -198,6 +198,10 @@ fn bad_stages_and_sources_are_refused_naming_the_field() {
     refuse(&[], &|t| t.replace("kind = \"lolcats\"", "kind = \"gqa\""), &["train.stages[0].trainable", "matches no parameter"]);
     refuse(&[], &|t| t.replace(&source.display().to_string(), "/nonexistent/run"), &["train.init_from", "finished run folder"]);
     refuse(&["model.d_model=64"], &same, &["train.init_from", "d_model 32", "d_model 64"]);
+    refuse(&["model.attention.kv_heads=4"], &same, &["train.init_from", "2 K/V heads", "kv_heads = 2"]);
+    refuse(&["model.max_seq=64"], &same, &["train.init_from", "model.max_seq = 64 exceeds the source's 32"]);
+    refuse(&["model.mlp=swiglu"], &same, &["train.init_from", "Swiglu"]);
+    refuse(&[], &|t| t.replace("attention_transfer = 1000.0", "attention_transfer = 0.0"), &["train.stages[0].lm_loss", "weight > 0"]);
     refuse(&[], &|t| t.replace("lr = 0.01\n", "lr = 0.01\nwarmup = 900\n").replacen("warmup = 0\ntrainable", "trainable", 1), &["train.stages[0]", "warmup"]);
     // Linearising a run that is not grouped-query softmax attention.
     let mla = tiny_run("mla", &["model.attention.kind=mla"]);

@@ -141,10 +141,12 @@ impl Gpt {
 
     /// The auxiliary losses some layer of this model can return.
     pub fn aux_losses(&self) -> Vec<AuxLoss> {
-        let mut all: Vec<AuxLoss> = self.blocks.iter().flat_map(|b| b.attn.aux_losses()).collect();
+        // A learned exit trains through every loop's logits (`forward_loops`), which carries no
+        // mixer losses: its model offers stage II's loss only.
         if self.exit_gate.is_some() {
-            all.push(AuxLoss::ExitImprovement);
+            return vec![AuxLoss::ExitImprovement];
         }
+        let mut all: Vec<AuxLoss> = self.blocks.iter().flat_map(|b| b.attn.aux_losses()).collect();
         all.sort();
         all.dedup();
         all
