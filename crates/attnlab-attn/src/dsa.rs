@@ -9,7 +9,7 @@
 //! `I_{t,s} = Σ_j w_{t,j} · ReLU(q^I_{t,j} · k^I_s)` for s ≤ t. Query t attends (MLA, all heads)
 //! to `S_t` = the top-min(k, t + 1) keys s ≤ t by I_{t,s}, ties to the lower index, under the
 //! causal mask as well (the selection never reaches the future). With `top_k ≥ T` the layer is
-//! exactly MLA.
+//! MLA (to float rounding: its masked softmax is another path than MLA's fused kernel).
 //!
 //! The selection is a constant mask: the LM loss never reaches the indexer. The indexer trains on
 //! its own auxiliary loss (MECHANISMS.md §5), returned through [`crate::Attention::forward_aux`]:

@@ -102,7 +102,7 @@ pub const DOCS: &[KindDoc] = &[
     KindDoc {
         kind: "dsa",
         fields: r#"`top_k` (required), `index_heads` (4), `index_dim` (32), and `mla`'s `kv_latent`, `q_latent`, `rope_dim`"#,
-        what: r#"DeepSeek Sparse Attention (DeepSeek-V3.2-Exp 2025) on MLA with RoPE: a lightning indexer (q from MLA's query input, one LayerNorm'd key shared by its heads, RoPE on its first d_R dims, I = Σ_j w_j·ReLU(q_j·k)) picks each query's `top_k` earlier keys (ties to the lower index) and MLA attends to those only; `top_k ≥ T` is exactly `mla`. The indexer trains on its KL to the main attention (`[[train.stages]]` aux `indexer_kl_dense` = dense warm-up, `indexer_kl` = sparse), its inputs detached; `indexer_recall` is logged. Label `dsa-k32`"#,
+        what: r#"DeepSeek Sparse Attention (DeepSeek-V3.2-Exp 2025) on MLA with RoPE: a lightning indexer (q from MLA's query input, one LayerNorm'd key shared by its heads, RoPE on its first d_R dims, I = Σ_j w_j·ReLU(q_j·k)) picks each query's `top_k` earlier keys (ties to the lower index) and MLA attends to those only; `top_k ≥ T` equals `mla` (to float rounding: another softmax path). The indexer trains on its KL to the main attention (`[[train.stages]]` aux `indexer_kl_dense` = dense warm-up, `indexer_kl` = sparse), its inputs detached; `indexer_recall` is logged. Label `dsa-k32`"#,
         state: r#"d_c + d_R + d_I (MLA's latent + the indexer key)"#,
     },
     KindDoc {
