@@ -146,22 +146,42 @@ fn softmax_kv_heads(m: &attnlab_model::ModelConfig) -> Result<Option<usize>, Str
 }
 
 /// Whether `model` (this run's) can start from the trained `teacher` (`train.init_from`): a plain
-/// LoLCATs stack with the teacher's K/V heads, width, depth, heads, vocabulary, MLP and RoPE base,
-/// and no longer context than the teacher's RoPE tables cover. Err says what differs.
+/// stack of LoLCATs layers over the teacher's softmax layers (the same K/V heads), or of DSA
+/// layers over its MLA layers (the same latent sizes, with RoPE); the same width, depth, heads,
+/// vocabulary, MLP and RoPE base, and no longer context than the teacher's RoPE tables cover.
+/// Err says what differs.
 pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model::ModelConfig) -> Result<(), String> {
-    let kv = softmax_kv_heads(teacher)?.unwrap_or(teacher.heads);
-    let AttentionConfig::Lolcats { kv_heads, .. } = &model.attention else {
-        return Err(format!("starts a lolcats model from a trained softmax one; this model's attention is {:?}", model.attention.kind()));
-    };
     if model.is_hybrid() || model.loops != 1 || model.head != attnlab_model::Head::Lm {
-        return Err("this model has a layer pattern, loops or a non-LM head; start a plain lolcats stack".into());
+        return Err("this model has a layer pattern, loops or a non-LM head; start a plain stack".into());
+    }
+    match &model.attention {
+        AttentionConfig::Lolcats { kv_heads, .. } => {
+            let kv = softmax_kv_heads(teacher)?.unwrap_or(teacher.heads);
+            if kv_heads.unwrap_or(model.heads) != kv {
+                return Err(format!("its layers have {kv} K/V heads; set model.attention.kv_heads = {kv}"));
+            }
+        }
+        AttentionConfig::Dsa { q_latent, .. } => {
+            let AttentionConfig::Mla { q_latent: tq, rope: true, .. } = &teacher.attention else {
+                return Err(format!("a dsa model starts from an mla run with RoPE; the source's attention is {:?}", teacher.attention.kind()));
+            };
+            if teacher.is_hybrid() || teacher.loops != 1 {
+                return Err("the source has a layer pattern or loops".into());
+            }
+            let head_dim = model.d_model / model.heads.max(1);
+            if (teacher.attention.mla_dims(head_dim), tq) != (model.attention.mla_dims(head_dim), q_latent) {
+                return Err(format!(
+                    "its MLA (kv_latent, rope_dim, q_latent) = {:?}, {tq:?}; this model's {:?}, {q_latent:?}",
+                    teacher.attention.mla_dims(head_dim),
+                    model.attention.mla_dims(head_dim)
+                ));
+            }
+        }
+        other => return Err(format!("starts a lolcats model from a softmax run or a dsa model from an mla run; this model's attention is {:?}", other.kind())),
     }
     let shape = |m: &attnlab_model::ModelConfig| format!("d_model {}, layers {}, heads {}, vocab {}, mlp {:?} × {}, rope_base {}", m.d_model, m.layers, m.heads, m.vocab, m.mlp, m.mlp_hidden(), m.rope_base);
     if shape(teacher) != shape(model) {
         return Err(format!("its model ({}) differs from this one ({})", shape(teacher), shape(model)));
-    }
-    if kv_heads.unwrap_or(model.heads) != kv {
-        return Err(format!("its layers have {kv} K/V heads; set model.attention.kv_heads = {kv}"));
     }
     if model.max_seq > teacher.max_seq {
         return Err(format!("model.max_seq = {} exceeds the source's {} (its RoPE tables are kept)", model.max_seq, teacher.max_seq));

@@ -127,10 +127,10 @@ pub struct TrainConfig {
     /// sum (left out, it is derived) and `train.lr`, `train.min_lr`, `train.warmup` are not used.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<crate::stages::StageConfig>,
-    /// A finished run folder (`runs/<experiment>/<run-id>`) whose final weights start this run
-    /// (`attnlab linearize` writes it): its softmax model is loaded into this model's matching
-    /// parts ([`attnlab_model::Gpt::with_softmax_weights`]). Its config must have the same
-    /// width, layers, heads and vocabulary.
+    /// A finished run folder (`runs/<experiment>/<run-id>`) whose final weights start this run:
+    /// a LoLCATs model from a softmax run (`attnlab linearize` writes it), a DSA model from an
+    /// MLA run ([`attnlab_model::Gpt::with_source_weights`]; [`crate::linearize::check_source`]
+    /// says what must match).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
 }

@@ -561,7 +561,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
     } else if let Some(from) = &t.init_from {
         // A new run started from a trained one (`attnlab linearize`): its weights, the new parts as initialised.
         let teacher = crate::stages::load_source_model(from, &device)?;
-        model = model.with_softmax_weights(teacher).map_err(|e| anyhow::anyhow!("train.init_from = {}: {e}", from.display()))?;
+        model = model.with_source_weights(teacher).map_err(|e| anyhow::anyhow!("train.init_from = {}: {e}", from.display()))?;
         tracing::info!(run = %run.run_id, from = %from.display(), "starting from the weights of a trained run");
     }
     // Built from the (loaded) model: the weight-decay groups are parameter ids.

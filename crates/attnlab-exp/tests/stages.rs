@@ -121,7 +121,7 @@ fn the_transfer_loss_is_the_mean_over_layers_on_teacher_inputs() {
     let run = lolcats_run(&source, false);
     let device = Device::flex();
     let teacher = attnlab_exp::stages::load_source_model(&source, &device).unwrap();
-    let model = attnlab_exp::trainer::seeded_model(&run.spec.model, 3, &device).with_softmax_weights(teacher.clone()).unwrap();
+    let model = attnlab_exp::trainer::seeded_model(&run.spec.model, 3, &device).with_source_weights(teacher.clone()).unwrap();
     let tokens: Vec<i64> = (0..2 * 16).map(|i| (i * 7 % 20) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 16]), &device);
     let (logits, aux) = model.forward_aux(tokens.clone(), &AuxRequest(vec![AuxLoss::AttentionTransfer]));
@@ -219,4 +219,45 @@ fn bad_stages_and_sources_are_refused_naming_the_field() {
     assert!(e.contains("nothing to train") && e.contains("--no-transfer"), "{e}");
     let e = lolcats_spec(&source, &Options::default(), &["model.attention.lora_rank=0".into()]).unwrap_err().to_string();
     assert!(e.contains("lora_rank = 0"), "{e}");
+}
+
+/// DeepSeek's recipe: a DSA model started from a trained MLA run (`train.init_from`), warmed up
+/// with only the indexer training on its dense KL: every MLA weight (and everything else) stays
+/// the source's bit for bit, the indexer moves; a source whose latent differs is refused.
+///
+/// Planted, and seen to fail: `with_source_weights` leaving the DSA layer's MLA as initialised.
+#[test]
+fn a_dsa_run_starts_from_an_mla_run_and_warms_up_the_indexer_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let mla = tiny_run("mla_src", &["model.attention={kind = \"mla\", kv_latent = 8, rope_dim = 4}"]);
+    let RunOutcome::Finished(_) = train(&mla, &cpu_opts(store.path(), None)).unwrap() else { panic!() };
+    let source = store.path().join("mla_src").join(&mla.run_id);
+    let from = format!("train.init_from=\"{}\"", source.display());
+    let warmup = "train.stages=[{name = \"warmup\", steps = 12, lr = 1e-2, trainable = [\"blocks.*.attn.Dsa.indexer\"], aux = { indexer_kl_dense = 1.0 }, lm_loss = false}]";
+    let run = tiny_run("dsa_from", &["model.attention={kind = \"dsa\", top_k = 4, kv_latent = 8, rope_dim = 4, index_dim = 8}", &from, warmup]);
+    let initial = by_path(&attnlab_exp::trainer::seeded_model(&run.spec.model, run.spec.train.seed, &Device::flex()));
+    let RunOutcome::Finished(_) = train(&run, &cpu_opts(store.path(), None)).unwrap() else { panic!() };
+    let teacher = by_path(&load(&mla.spec, &source));
+    let after = by_path(&load(&run.spec, &store.path().join("dsa_from").join(&run.run_id)));
+    let mut indexer = 0;
+    for (path, v) in &after {
+        match path.split_once(".attn.Dsa.") {
+            Some((_, rest)) if rest.starts_with("indexer.") => {
+                indexer += 1;
+                if rest.ends_with("weight") {
+                    assert_ne!(v, &initial[path], "{path}: the warm-up did not train the indexer");
+                }
+            }
+            Some((block, rest)) => {
+                let src = format!("{block}.attn.Latent.{}", rest.strip_prefix("mla.").expect("the DSA layer's MLA"));
+                assert_eq!(v, &teacher[&src], "{path}: not the source's MLA weight");
+            }
+            None => assert_eq!(v, &teacher[path], "{path}: not the source's weight"),
+        }
+    }
+    assert!(indexer >= 2 * 4, "the indexers of both layers were checked");
+    let wrong = tiny_run("dsa_from", &["model.attention={kind = \"dsa\", top_k = 4, kv_latent = 16, rope_dim = 4, index_dim = 8}", "train.steps=12"]);
+    let spec = ExperimentSpec { train: attnlab_exp::spec::TrainConfig { init_from: Some(source.clone()), ..wrong.spec.train.clone() }, ..wrong.spec.clone() };
+    let e = spec.prepare("x.toml").unwrap_err().to_string();
+    assert!(e.contains("train.init_from") && e.contains("kv_latent, rope_dim, q_latent"), "{e}");
 }

@@ -152,39 +152,46 @@ impl Gpt {
         all
     }
 
-    /// This model (a LoLCATs model, [`attnlab_attn::Lolcats`] layers) with the weights of the
-    /// trained softmax model `teacher` it was made from: embedding, norms, MLPs, and each
-    /// layer's W_qkv, W_o (and RoPE) as its `base`; the new parts (feature maps, γ, adapters)
-    /// stay as initialised. Err names the first layer whose shapes differ.
-    pub fn with_softmax_weights(mut self, teacher: Gpt) -> Result<Gpt, String> {
-        if teacher.blocks.len() != self.blocks.len() || teacher.embed.weight.dims() != self.embed.weight.dims() {
+    /// This model with the weights of the trained model `source` it is made from: embedding,
+    /// norms, MLPs, and each layer's trained mixer as the part it extends — a LoLCATs layer
+    /// ([`attnlab_attn::Lolcats`]) takes a grouped-query layer's W_qkv, W_o and RoPE as its
+    /// `base`, a DSA layer ([`attnlab_attn::Dsa`]) takes an MLA layer as its `mla`. The new parts
+    /// (feature maps, γ, adapters; the indexer) stay as initialised. Err names the first layer
+    /// that does not fit.
+    pub fn with_source_weights(mut self, source: Gpt) -> Result<Gpt, String> {
+        if source.blocks.len() != self.blocks.len() || source.embed.weight.dims() != self.embed.weight.dims() {
             return Err(format!(
-                "the softmax model has {} layers and embedding {:?}; this model {} and {:?}",
-                teacher.blocks.len(),
-                teacher.embed.weight.dims(),
+                "the source model has {} layers and embedding {:?}; this model {} and {:?}",
+                source.blocks.len(),
+                source.embed.weight.dims(),
                 self.blocks.len(),
                 self.embed.weight.dims()
             ));
         }
-        self.embed = teacher.embed;
-        self.norm = teacher.norm;
-        for (l, (mine, theirs)) in self.blocks.iter_mut().zip(teacher.blocks).enumerate() {
-            let Attention::GroupedQuery(base) = theirs.attn else {
-                return Err(format!("layer {l} of the softmax model is not grouped-query attention (mha, mqa, gqa)"));
-            };
-            let Attention::Lolcats(lolcats) = &mut mine.attn else {
-                return Err(format!("layer {l} of this model is not lolcats"));
-            };
-            if base.qkv.weight.dims() != lolcats.base.qkv.weight.dims() || base.kv_heads != lolcats.base.kv_heads {
-                return Err(format!(
-                    "layer {l}: the softmax layer's W_qkv is {:?} ({} K/V heads), the lolcats layer's {:?} ({} K/V heads)",
-                    base.qkv.weight.dims(),
-                    base.kv_heads,
-                    lolcats.base.qkv.weight.dims(),
-                    lolcats.base.kv_heads
-                ));
+        self.embed = source.embed;
+        self.norm = source.norm;
+        for (l, (mine, theirs)) in self.blocks.iter_mut().zip(source.blocks).enumerate() {
+            match (&mut mine.attn, theirs.attn) {
+                (Attention::Lolcats(lolcats), Attention::GroupedQuery(base)) => {
+                    if base.qkv.weight.dims() != lolcats.base.qkv.weight.dims() || base.kv_heads != lolcats.base.kv_heads {
+                        return Err(format!(
+                            "layer {l}: the softmax layer's W_qkv is {:?} ({} K/V heads), the lolcats layer's {:?} ({} K/V heads)",
+                            base.qkv.weight.dims(),
+                            base.kv_heads,
+                            lolcats.base.qkv.weight.dims(),
+                            lolcats.base.kv_heads
+                        ));
+                    }
+                    lolcats.base = base;
+                }
+                (Attention::Dsa(dsa), Attention::Latent(mla)) => {
+                    if (mla.kv_latent, mla.rope_dim, mla.q_up.weight.dims()) != (dsa.mla.kv_latent, dsa.mla.rope_dim, dsa.mla.q_up.weight.dims()) {
+                        return Err(format!("layer {l}: the MLA layer's latent sizes differ from the DSA layer's"));
+                    }
+                    dsa.mla = mla;
+                }
+                (mine, _) => return Err(format!("layer {l}: a {} layer cannot start from the source's layer (lolcats from mha/mqa/gqa, dsa from mla)", mine_kind(mine))),
             }
-            lolcats.base = base;
             mine.attn_norm = theirs.attn_norm;
             mine.mlp_norm = theirs.mlp_norm;
             mine.mlp = theirs.mlp;
@@ -276,5 +283,14 @@ impl Gpt {
         // A learned exit reads the LM head (and the gate) after every loop.
         let heads = if self.exit_gate.is_some() { self.loops as u64 * (2 * (vocab * d + d) as u64) } else { 2 * (vocab * d) as u64 };
         self.loops as u64 * blocks + heads + decoder
+    }
+}
+
+/// A mixer's kind for messages.
+fn mine_kind(a: &Attention) -> &'static str {
+    match a {
+        Attention::Lolcats(_) => "lolcats",
+        Attention::Dsa(_) => "dsa",
+        _ => "softmax or recurrent",
     }
 }
