@@ -91,18 +91,17 @@ impl Indexer {
     }
 
     /// Scores `[b, t, s]` of queries at positions `start..start + t` (inputs x `[b, t, d]`, c_q)
-    /// over the keys `[b, s, d_I]` of positions `0..s`; −∞ for s > t.
-    pub fn scores(&self, x: Tensor<3>, c_q: Tensor<3>, keys: Tensor<3>, start: usize) -> Tensor<3> {
+    /// over the keys `[b, s, d_I]` of positions `0..s`; −∞ where `future` `[t, s]` is true.
+    pub fn scores(&self, x: Tensor<3>, c_q: Tensor<3>, keys: Tensor<3>, start: usize, future: Tensor<2, Bool>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let s = keys.dims()[1];
         let (h, d) = (self.heads, self.dim);
-        let device = keys.device();
         let q = apply(&self.q, c_q).reshape([b, t, h, d]).swap_dims(1, 2);
         let q = self.rotate(q, start);
         let w = apply(&self.w, x) * (1.0 / ((h * d) as f32).sqrt());
         let dots = relu(q.matmul(keys.unsqueeze_dim::<4>(1).swap_dims(2, 3))); // [b, h, t, s]
         let scores = (dots * w.swap_dims(1, 2).unsqueeze_dim::<4>(3)).sum_dim(1).reshape([b, t, s]);
-        scores.mask_fill(future(t, s, start, &device).unsqueeze::<3>().expand([b, t, s]), f32::NEG_INFINITY)
+        scores.mask_fill(future.unsqueeze::<3>().expand([b, t, s]), f32::NEG_INFINITY)
     }
 }
 
@@ -183,13 +182,15 @@ impl Dsa {
         let [b, h, t, _] = q.dims();
         let s = c_kv.dims()[1];
         let device = q.device();
-        let index = self.indexer.scores(x.detach(), c_q.detach(), keys, start);
+        // The causal mask, built once on the host for the indexer, the attention and the losses.
+        let future = future(t, s, start, &device);
+        let index = self.indexer.scores(x.detach(), c_q.detach(), keys, start, future.clone());
         let index_host: Vec<f32> = index.clone().into_data().convert::<f32>().try_into_vec::<f32>().expect("scores");
         let selected = select(&index_host, b, t, s, self.top_k);
         let selected_mask = Tensor::<3, Bool>::from_data(TensorData::new(selected.clone(), [b, t, s]), &device);
         let (k, v) = self.mla.keys_values(c_kv, k_r);
         let scores = q.matmul(k.swap_dims(2, 3)) * self.mla.scale();
-        let causal = future(t, s, start, &device).unsqueeze::<4>().expand([b, h, t, s]);
+        let causal = future.clone().unsqueeze::<4>().expand([b, h, t, s]);
         let visible = match loss {
             IndexerLoss::Dense => causal,
             _ => selected_mask.clone().bool_not().unsqueeze_dim::<4>(1).expand([b, h, t, s]),
@@ -205,7 +206,7 @@ impl Dsa {
         let p = probs.detach().cast(DType::F32).sum_dim(1).reshape([b, t, s]);
         let p = p.clone() / p.sum_dim(2);
         let allowed = match loss {
-            IndexerLoss::Dense => future(t, s, start, &device).unsqueeze::<3>().expand([b, t, s]).bool_not(),
+            IndexerLoss::Dense => future.clone().unsqueeze::<3>().expand([b, t, s]).bool_not(),
             _ => selected_mask,
         };
         let log_q = log_softmax(index.cast(DType::F32).mask_fill(allowed.clone().bool_not(), f32::NEG_INFINITY), 2).mask_fill(allowed.bool_not(), 0.0);
@@ -214,7 +215,7 @@ impl Dsa {
         let dense = match loss {
             IndexerLoss::Dense => p,
             _ => {
-                let all = softmax(scores.detach().mask_fill(future(t, s, start, &device).unsqueeze::<4>().expand([b, h, t, s]), f32::NEG_INFINITY), 3);
+                let all = softmax(scores.detach().mask_fill(future.unsqueeze::<4>().expand([b, h, t, s]), f32::NEG_INFINITY), 3);
                 all.sum_dim(1).reshape([b, t, s])
             }
         };
