@@ -16,6 +16,7 @@ use crate::recurrent::log_linear_gdn::LogLinearGdn;
 use crate::config::LogLinearBase;
 use crate::dsa::{Dsa, IndexerLoss};
 use crate::lolcats::{Lolcats, LolcatsOptions};
+use crate::mta::{Mta, MtaOptions};
 use crate::recurrent::Recurrent;
 use crate::state::State;
 
@@ -43,6 +44,8 @@ pub enum Attention {
     Lolcats(Lolcats),
     /// DeepSeek Sparse Attention (MLA with a lightning indexer).
     Dsa(Dsa),
+    /// Multi-Token Attention (convolutions and head mixing over the attention map).
+    Mta(Mta),
 }
 
 impl AttentionConfig {
@@ -95,6 +98,24 @@ impl AttentionConfig {
                 let options = LolcatsOptions { window: *window, feature_dim: *feature_dim, map: *feature_map, lora_rank: *lora_rank, lora_alpha: *lora_alpha };
                 return Attention::Lolcats(Lolcats::new(base, options, device));
             }
+            AttentionConfig::Mta { query_kernel, key_kernel, post_conv, pre_mix, post_mix, mix_group, norm, depth_scale, gate, conv_layers, .. } => {
+                let kv_heads = self.kv_heads(heads).expect("mta has kv_heads");
+                let base = GroupedQuery::new(d_model, heads, kv_heads, max_seq, rope_base, device);
+                let convs = conv_layers.as_ref().is_none_or(|l| l.contains(&layer));
+                let options = MtaOptions {
+                    query_kernel: *query_kernel,
+                    key_kernel: *key_kernel,
+                    pre_conv: convs,
+                    post_conv: convs && *post_conv,
+                    pre_mix: *pre_mix,
+                    post_mix_group: post_mix.then(|| mix_group.unwrap_or(heads)),
+                    norm: *norm,
+                    depth_scale: *depth_scale,
+                    gate: *gate,
+                    layer,
+                };
+                return Attention::Mta(Mta::new(base, options, d_model, device));
+            }
             AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
                 Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
             }
@@ -135,6 +156,7 @@ impl Attention {
             Attention::Kda(m) => m.forward(x),
             Attention::Lolcats(m) => m.forward(x),
             Attention::Dsa(m) => m.forward(x),
+            Attention::Mta(m) => m.forward(x),
         }
     }
 
@@ -151,6 +173,7 @@ impl Attention {
             Attention::Kda(m) => State::Recurrent(m.init_state(batch, capacity, device)),
             Attention::Lolcats(m) => State::Lolcats(m.init_state(batch, capacity, device)),
             Attention::Dsa(m) => State::Dsa(m.init_state(batch, capacity, device)),
+            Attention::Mta(m) => State::Mta(m.init_state(batch, capacity, device)),
         }
     }
 
@@ -167,6 +190,7 @@ impl Attention {
             (Attention::Kda(m), State::Recurrent(c)) => m.step(x, c),
             (Attention::Lolcats(m), State::Lolcats(c)) => m.step(x, c),
             (Attention::Dsa(m), State::Dsa(c)) => m.step(x, c),
+            (Attention::Mta(m), State::Mta(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -184,6 +208,7 @@ impl Attention {
             Attention::Kda(m) => m.state_bytes(context),
             Attention::Lolcats(m) => m.state_bytes(context),
             Attention::Dsa(m) => m.state_bytes(context),
+            Attention::Mta(m) => m.state_bytes(context),
         }
     }
 
@@ -200,6 +225,7 @@ impl Attention {
             Attention::Kda(m) => m.flops_per_token(context),
             Attention::Lolcats(m) => m.flops_per_token(context),
             Attention::Dsa(m) => m.flops_per_token(context),
+            Attention::Mta(m) => m.flops_per_token(context),
         }
     }
 

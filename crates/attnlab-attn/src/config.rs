@@ -205,6 +205,53 @@ pub enum AttentionConfig {
         #[serde(default = "default_lora_alpha", skip_serializing_if = "is_default_lora_alpha")]
         lora_alpha: f64,
     },
+    /// Multi-Token Attention (Golovneva et al. 2025): grouped-query attention whose score map
+    /// goes through a depthwise key–query convolution (`query_kernel` × `key_kernel`, identity
+    /// at init; masked entries 0 before it, −∞ after), a pre-softmax H×H head mixing
+    /// (`pre_mix`), an optional post-softmax convolution (`post_conv`), post-softmax head
+    /// mixing in groups of `mix_group` heads (`post_mix`; left out: all heads), then a per-head
+    /// RMSNorm with one shared scale (`norm`; `depth_scale`: × (1 − λ_init(layer))) and a
+    /// sigmoid gate (`gate`). Defaults: the paper's 830M model (6 × 11 kernels, both
+    /// convolutions, both mixings over all heads, norm and gate), with the convolutions in
+    /// every layer unless `conv_layers` lists them (0-based; the paper: 2, 6, 10, …).
+    Mta {
+        #[serde(default)]
+        kv_heads: Option<usize>,
+        #[serde(default = "default_mta_query_kernel", skip_serializing_if = "is_default_mta_query_kernel")]
+        query_kernel: usize,
+        #[serde(default = "default_mta_key_kernel", skip_serializing_if = "is_default_mta_key_kernel")]
+        key_kernel: usize,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        post_conv: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        pre_mix: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        post_mix: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mix_group: Option<usize>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        norm: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        depth_scale: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        gate: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv_layers: Option<Vec<usize>>,
+    },
+}
+
+/// MTA's kernel at the paper's 830M config: c_q = 6 queries × c_k = 11 keys.
+fn default_mta_query_kernel() -> usize {
+    6
+}
+fn is_default_mta_query_kernel(v: &usize) -> bool {
+    *v == 6
+}
+fn default_mta_key_kernel() -> usize {
+    11
+}
+fn is_default_mta_key_kernel(v: &usize) -> bool {
+    *v == 11
 }
 
 /// DSA's indexer heads and width at baby scale (MECHANISMS.md §5: H_I = 4, d_I = 32).
@@ -372,7 +419,7 @@ fn is_false(b: &bool) -> bool {
 /// The kinds a user can write, for error messages.
 pub const KINDS: &[&str] = &[
     "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
-    "log_linear", "gated_deltanet", "kda", "dsa", "lolcats",
+    "log_linear", "gated_deltanet", "kda", "dsa", "lolcats", "mta",
 ];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
@@ -419,6 +466,7 @@ impl AttentionConfig {
             Self::Kda { .. } => "kda",
             Self::Lolcats { .. } => "lolcats",
             Self::Dsa { .. } => "dsa",
+            Self::Mta { .. } => "mta",
         }
     }
 
@@ -541,6 +589,25 @@ impl AttentionConfig {
                 }
                 label
             }
+            Self::Mta { query_kernel, key_kernel, post_conv, pre_mix, post_mix, mix_group, norm, depth_scale, gate, conv_layers, .. } => {
+                let mut label = "mta".to_string();
+                if (*query_kernel, *key_kernel) != (6, 11) {
+                    label.push_str(&format!("-{query_kernel}x{key_kernel}"));
+                }
+                if let Some(layers) = conv_layers {
+                    let list: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+                    label.push_str(&format!("-L{}", list.join(",")));
+                }
+                if let Some(c) = mix_group {
+                    label.push_str(&format!("-g{c}"));
+                }
+                for (off, tag) in [(!post_conv, "nopost"), (!pre_mix, "noprem"), (!post_mix, "nopostm"), (!norm, "nonorm"), (*depth_scale, "ds"), (!gate, "nogate")] {
+                    if off {
+                        label.push_str(&format!("-{tag}"));
+                    }
+                }
+                label
+            }
             other => other.kind().to_string(),
         };
         match self.explicit_kv_heads() {
@@ -557,7 +624,8 @@ impl AttentionConfig {
             | Self::FixedSparse { kv_heads, .. }
             | Self::Tiled { kv_heads, .. }
             | Self::Gated { kv_heads, .. }
-            | Self::Lolcats { kv_heads, .. } => *kv_heads,
+            | Self::Lolcats { kv_heads, .. }
+            | Self::Mta { kv_heads, .. } => *kv_heads,
             _ => None,
         }
     }
@@ -750,6 +818,20 @@ impl AttentionConfig {
                 }
                 if *lora_rank > 0 && !(lora_alpha.is_finite() && *lora_alpha > 0.0) {
                     return Err(ConfigError::new("model.attention.lora_alpha", lora_alpha, "must be a positive number (the adapters are scaled by lora_alpha / lora_rank)"));
+                }
+            }
+            Self::Mta { query_kernel, key_kernel, mix_group, post_mix, .. } => {
+                positive("query_kernel", *query_kernel)?;
+                if key_kernel % 2 == 0 {
+                    return Err(ConfigError::new("model.attention.key_kernel", key_kernel, "must be odd (the kernel is centred on the key: (key_kernel − 1)/2 keys each side)"));
+                }
+                if let Some(c) = mix_group {
+                    if !post_mix {
+                        return Err(ConfigError::new("model.attention.mix_group", c, "only applies with post_mix = true"));
+                    }
+                    if *c == 0 || heads % c != 0 {
+                        return Err(ConfigError::new("model.attention.mix_group", c, format!("must divide model.heads = {heads} (allowed: {})", divisors(heads))));
+                    }
                 }
             }
             Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } => {}

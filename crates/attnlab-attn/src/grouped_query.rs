@@ -272,7 +272,7 @@ impl GroupedQuery {
         match state {
             State::Kv(cache) => self.step_kv(x, cache),
             State::Window(cache) => self.step_window(x, cache),
-            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) | State::Dsa(_) => panic!("this decode state does not belong to grouped-query attention"),
+            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) | State::Dsa(_) | State::Mta(_) => panic!("this decode state does not belong to grouped-query attention"),
         }
     }
 
@@ -347,4 +347,19 @@ impl GroupedQuery {
         };
         (2 * proj + 4 * self.heads * self.head_dim * visible) as u64
     }
+}
+
+/// K/V heads `[b, g, t, d]` repeated to `g·r` query heads (head i reads group ⌊i / r⌋).
+pub fn repeat_heads(x: Tensor<4>, r: usize) -> Tensor<4> {
+    if r == 1 {
+        return x;
+    }
+    let [b, g, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, g, r, t, d]).reshape([b, g * r, t, d])
+}
+
+/// Per-head outputs `[b, H, t, d]` → `[b, t, H·d]`.
+pub fn merge_heads(o: Tensor<4>) -> Tensor<3> {
+    let [b, h, t, d] = o.dims();
+    o.swap_dims(1, 2).reshape([b, t, h * d])
 }

@@ -111,6 +111,12 @@ pub const DOCS: &[KindDoc] = &[
         what: r#"LoLCATs (Zhang et al. 2024), made from a trained softmax run by `attnlab linearize RUN --to lolcats`: W_qkv, W_o and RoPE kept; a learned map per query head φ(x) = [softmax(xW), softmax(−xW)] on the post-RoPE q, k (d_φ = 2·f); softmax over the previous and the current block of `window` tokens plus linear attention over all earlier keys, mixed by γ_h = σ(w_h) (0.1 at init; `window = 0`: linear only); LoRA on W_q, W_k, W_v, W_o (B = 0). Training is the quadratic O(T²) form. Labels `lolcats`, `lolcats-nowin`, `lolcats-elu1`"#,
         state: r#"none: a fixed 2·min(2·window, context)·g·d_h + h·d_φ·(d_h + 1) floats (ring of the window's keys + linear state)"#,
     },
+    KindDoc {
+        kind: "mta",
+        fields: r#"`kv_heads` (= heads), `query_kernel` (6), `key_kernel` (11, odd), `post_conv` (true), `pre_mix` (true), `post_mix` (true), `mix_group` (heads), `norm` (true), `depth_scale` (false), `gate` (true), `conv_layers` (all)"#,
+        what: r#"Multi-Token Attention (Golovneva et al. 2025): softmax attention whose score map goes through a depthwise key–query convolution c_q × c_k (masked entries 0 before it, −∞ after; the query axis padded on the past side only), H×H head mixing, softmax, an optional post-softmax convolution (masked entries 0 after, no renormalisation) and head mixing in groups of `mix_group`; then a per-head RMSNorm with one shared scale (× (1 − λ_init) with `depth_scale`) and a sigmoid gate σ(w·o + b). Identity at init (with norm and gate off it is MHA exactly). Defaults: the paper's 830M layer; `conv_layers = [2, 6]` puts the convolutions in those layers only. O(T²) training memory. Labels `mta`, `mta-2x9-noprem-nopostm-nonorm-nogate` (the paper's toy)"#,
+        state: r#"MHA's K/V (at `kv_heads`) + a fixed (c_q − 1)·(convolutions)·h·d_h floats of recent queries"#,
+    },
 ];
 
 /// The README's kinds table (Markdown).

@@ -40,7 +40,7 @@ use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 
 use crate::config::LolcatsMap;
-use crate::grouped_query::GroupedQuery;
+use crate::grouped_query::{merge_heads, repeat_heads, GroupedQuery};
 use crate::linear::apply;
 use crate::softmax_attention::causal_softmax_attention;
 use crate::state::{write_in_place, LolcatsState};
@@ -235,7 +235,7 @@ impl Lolcats {
     /// Causal training forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (q, k, v) = self.project(x, 0);
-        self.out(merge(self.hybrid(q, k, v, 0)))
+        self.out(merge_heads(self.hybrid(q, k, v, 0)))
     }
 
     /// Stage 1 (attention transfer): the teacher's output (causal softmax of the same q, k, v,
@@ -247,7 +247,7 @@ impl Lolcats {
         let teacher = causal_softmax_attention(q.clone(), k.clone(), v.clone(), t, 0, scale).detach();
         let student = self.hybrid(q, k, v, 0);
         let mse = (student - teacher.clone()).powi_scalar(2).mean();
-        (self.out(merge(teacher)), mse)
+        (self.out(merge_heads(teacher)), mse)
     }
 
     /// W_qkv and W_o with the adapters folded in (`W + (α/r)·A B`) and no adapters left.
@@ -331,7 +331,7 @@ impl Lolcats {
             num = num + a.clone().matmul(values);
             den = den + a.sum_dim(3);
         }
-        self.out(merge(num / den))
+        self.out(merge_heads(num / den))
     }
 
     /// `S += φ(k)ᵀ v`, `z += Σ φ(k)` for keys k, v `[b, H, n, d]`.
@@ -357,19 +357,4 @@ impl Lolcats {
         let visible = context.min(2 * self.window);
         (2 * (proj + lora + maps) + 4 * h * d * visible + 4 * h * dphi * (d + 1)) as u64
     }
-}
-
-/// k `[b, g, t, d]` → `[b, g·r, t, d]`, K/V head j serving query heads j·r .. j·r + r.
-fn repeat_heads(x: Tensor<4>, r: usize) -> Tensor<4> {
-    if r == 1 {
-        return x;
-    }
-    let [b, g, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, g, r, t, d]).reshape([b, g * r, t, d])
-}
-
-/// `[b, H, t, d]` → `[b, t, H·d]`.
-fn merge(o: Tensor<4>) -> Tensor<3> {
-    let [b, h, t, d] = o.dims();
-    o.swap_dims(1, 2).reshape([b, t, h * d])
 }

@@ -88,6 +88,16 @@ pub struct DsaState {
     pub keys: Tensor<3>,
 }
 
+/// Multi-Token Attention's decode state ([`crate::mta`]): the KV cache and the last
+/// `min(keep, capacity)` post-RoPE queries `[batch, heads, kept, d_h]`, right-aligned (the
+/// last row is the newest position; rows before position 0 are zeros). `None` without a
+/// convolution on the query axis.
+#[derive(Debug, Clone)]
+pub struct MtaState {
+    pub kv: KvCache,
+    pub queries: Option<Tensor<4>>,
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
@@ -97,6 +107,7 @@ pub enum State {
     Recurrent(RecurrentState),
     Lolcats(LolcatsState),
     Dsa(DsaState),
+    Mta(MtaState),
 }
 
 impl State {
@@ -109,6 +120,7 @@ impl State {
             State::Recurrent(c) => c.len,
             State::Lolcats(c) => c.len,
             State::Dsa(c) => c.latent.len,
+            State::Mta(c) => c.kv.len,
         }
     }
 
@@ -126,6 +138,7 @@ impl State {
             State::Recurrent(c) => c.capacity,
             State::Lolcats(c) => c.capacity,
             State::Dsa(c) => c.latent.c_kv.dims()[1],
+            State::Mta(c) => c.kv.k.dims()[2],
         }
     }
 
@@ -139,6 +152,7 @@ impl State {
             State::Recurrent(c) => (c.s.shape().num_elements() + c.conv.as_ref().map_or(0, |t| t.shape().num_elements()), c.s.dims()[0]),
             State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
             State::Dsa(c) => (c.latent.c_kv.shape().num_elements() + c.latent.k_rope.shape().num_elements() + c.keys.shape().num_elements(), c.keys.dims()[0]),
+            State::Mta(c) => (c.kv.k.shape().num_elements() + c.kv.v.shape().num_elements() + c.queries.as_ref().map_or(0, |q| q.shape().num_elements()), c.kv.k.dims()[0]),
         };
         elements * F32_BYTES / batch
     }

@@ -49,7 +49,29 @@ fn kinds() -> Vec<AttentionConfig> {
         // DSA with top_k < T (sparse from position 4 on), with and without a query latent.
         AttentionConfig::Dsa { kv_latent: Some(12), q_latent: None, rope_dim: Some(4), top_k: 4, index_heads: 2, index_dim: 8 },
         AttentionConfig::Dsa { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), top_k: 3, index_heads: 4, index_dim: 32 },
+        // MTA: the paper's layer (6 × 11, both convolutions, both mixings, norm, gate) at GQA;
+        // 3 × 3 with groups of 2, depth scale; a layer outside `conv_layers` (no convolutions).
+        // At init the kernels are the identity: decode with trained-looking kernels is in mta.rs.
+        mta(Some(2), 6, 11, None, None),
+        mta(None, 3, 3, Some(2), None),
+        mta(None, 3, 3, None, Some(vec![1])),
     ]
+}
+
+fn mta(kv_heads: Option<usize>, query_kernel: usize, key_kernel: usize, mix_group: Option<usize>, conv_layers: Option<Vec<usize>>) -> AttentionConfig {
+    AttentionConfig::Mta {
+        kv_heads,
+        query_kernel,
+        key_kernel,
+        post_conv: true,
+        pre_mix: true,
+        post_mix: true,
+        depth_scale: mix_group.is_some(),
+        mix_group,
+        norm: true,
+        gate: true,
+        conv_layers,
+    }
 }
 
 #[test]
@@ -128,6 +150,12 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
             AttentionConfig::Lolcats { kv_heads, window, feature_dim, feature_map, .. } => {
                 let phi = if *feature_map == LolcatsMap::Softmax { 2 * feature_dim } else { head_dim };
                 (kv_floats(*kv_heads) * (2 * window).min(50) + heads * phi * (head_dim + 1), 1)
+            }
+            // MHA's K/V plus the last (c_q − 1)·convolutions queries (a fixed block: layer 0 is
+            // outside conv_layers = [1], so it keeps none).
+            AttentionConfig::Mta { kv_heads, query_kernel, conv_layers, .. } => {
+                let convs = if conv_layers.as_ref().is_some_and(|l| !l.contains(&0)) { 0 } else { 2 };
+                (kv_floats(*kv_heads) * 50 + (query_kernel - 1) * convs * heads * head_dim, 1)
             }
             AttentionConfig::Kda { conv, .. } => {
                 let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
