@@ -7,20 +7,20 @@
 //! the gate σ(w·o + b) on the normalised output. Kernels and mixings are identity plus noise
 //! (a trained layer, not the identity init), attention weights ×12 (peaked).
 //!
-//! Mutations planted and seen to fail:
+//! Mutations planted and seen to fail (the tests that failed):
 //! - the kernel flipped on the query axis (θ[c_q − 1 − a]: a true convolution) →
-//!   `forward_matches_the_reference`, `a_shift_kernel_reads_the_previous_row`;
-//! - the query axis padded on both sides ((c_q − 1)/2 rows each, the leak) →
-//!   `forward_matches_the_reference`, `changing_later_tokens_changes_no_earlier_output`;
-//! - the key padding one-sided (c_k − 1 on the left) → `forward_matches_the_reference`;
-//! - no zeroing before the convolution (masked entries carry their raw scores) →
-//!   `forward_matches_the_reference`, `changing_later_tokens_changes_no_earlier_output`;
-//! - no −∞ mask after the convolution (the mask applied to Â only) →
-//!   `rows_put_no_mass_on_later_keys`, `changing_later_tokens_changes_no_earlier_output`;
-//! - the post-softmax mixing with the pre-softmax convention (W_g[i, j]) →
-//!   `forward_matches_the_reference`;
-//! - the gate computed from the output before the norm → `forward_matches_the_reference`;
-//! - decode keeping c_q − 2 queries per convolution → `decode_equals_the_forward`.
+//!   `forward_matches_the_reference`, gradients, `identity_transforms_equal_mha` (the shift
+//!   test's 1 sits on the 3-row kernel's middle row, which a flip leaves in place);
+//! - the query axis padded on both sides (1 row each side at c_q = 3: the leak) → forward,
+//!   gradients, identity, shift, `changing_later_tokens_changes_no_earlier_output`, decode;
+//! - the key padding one-sided (c_k − 1 zeros on the left) → forward, gradients, identity, shift;
+//! - no zeroing before the convolution (masked entries carry their raw scores) → forward,
+//!   gradients, shift, causality, decode;
+//! - no −∞ mask after the convolution → every test but the labels, including
+//!   `rows_put_no_mass_on_later_keys`;
+//! - the post-softmax mixing with the pre-softmax convention (W_g[i, j]) → forward, gradients;
+//! - the gate computed from the output before the norm → forward, gradients;
+//! - decode keeping c_q − 2 queries per convolution → `decode_equals_the_forward` only.
 
 mod common;
 
