@@ -29,6 +29,8 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
         (&["--set", "model.attention.kind=gqa", "--set", "model.attention.kv_heads=3"], "model.attention.kv_heads = 3"),
         (&["--set", "model.bogus=1"], "bogus"),
         (&["--set", "train.block=64"], "train.block = 64"),
+        (&["--set", "model.attention={kind = \"mta\", conv_layers = [7]}"], "model.attention.conv_layers = 7"),
+        (&["--set", "model.attention={kind = \"mta\", key_kernel = 4}"], "model.attention.key_kernel = 4"),
         (&["--device", "tpu"], "--device"),
         (&["--set", "data.corpus=file", "--set", "data.path=\"/nonexistent/x.txt\""], "not found"),
     ];

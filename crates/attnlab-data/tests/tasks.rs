@@ -144,3 +144,45 @@ fn bad_parameters_name_the_field() {
         assert_eq!(g.validate().unwrap_err().field, field);
     }
 }
+
+/// Find the block by brute force: the answers predict the letters after the query, those
+/// letters are one block of the context, it is the only block holding every query letter, and
+/// blocks are `block_len` distinct letters between separators. Planted and seen to fail: the
+/// distractor filter dropped (a second block may hold the query), answers shifted by one.
+#[test]
+fn find_block_answer_is_the_only_block_holding_the_query() {
+    use attnlab_data::tasks::FindBlock;
+    let paper = FindBlock { letters: 26, block_len: 5, query_len: 2, blocks: 52 };
+    assert_eq!(paper.len() + 1, 319, "the reference asserts 319 characters per sample at 52 blocks");
+    for t in [FindBlock::default(), paper, FindBlock { letters: 6, block_len: 3, query_len: 3, blocks: 9 }] {
+        t.validate().unwrap();
+        for e in examples(&t, 11, 300) {
+            assert_eq!(e.tokens.len(), t.len() + 1);
+            assert!(e.tokens.iter().all(|&x| (x as usize) < t.vocab()));
+            let marker = e.tokens.iter().position(|&x| x == t.marker()).expect("a query marker");
+            let context: Vec<&[u32]> = e.tokens[..marker].split(|&x| x == t.separator()).collect();
+            assert_eq!(context.len(), t.blocks);
+            for block in &context {
+                let mut sorted = block.to_vec();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), t.block_len, "a block of distinct letters: {block:?}");
+            }
+            let query = &e.tokens[marker + 1..marker + 1 + t.query_len];
+            let answer = &e.tokens[marker + 1 + t.query_len..];
+            let holding: Vec<&&[u32]> = context.iter().filter(|b| query.iter().all(|q| b.contains(q))).collect();
+            assert_eq!(holding.len(), 1, "exactly one block holds the query {query:?}");
+            assert_eq!(*holding[0], answer, "the answer is that block");
+            let targets: Vec<u32> = e.answers.iter().map(|&p| e.target(p)).collect();
+            assert_eq!(targets, answer, "the scored positions predict the block's letters");
+            assert_eq!(e.answers[0], marker + t.query_len);
+        }
+    }
+    for (t, field) in [
+        (FindBlock { letters: 5, ..FindBlock::default() }, "letters"),
+        (FindBlock { query_len: 6, ..FindBlock::default() }, "query_len"),
+        (FindBlock { blocks: 1, ..FindBlock::default() }, "blocks"),
+    ] {
+        assert_eq!(t.validate().unwrap_err().field, field);
+    }
+}

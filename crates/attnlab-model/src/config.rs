@@ -203,6 +203,15 @@ impl ModelConfig {
             a.validate(self.d_model, self.heads).map_err(|e| e.renamed("model.attention", &format!("model.pattern[{i}]")))?;
         }
         for (i, a) in self.layer_attentions().enumerate() {
+            if let AttentionConfig::Mta { conv_layers: Some(layers), .. } = a {
+                if let Some(l) = layers.iter().find(|l| **l >= self.layers) {
+                    return Err(ConfigError::new(
+                        "model.attention.conv_layers",
+                        l,
+                        format!("layer {i}: entries are 0-based layer indices, 0..={} (model.layers = {})", self.layers - 1, self.layers),
+                    ));
+                }
+            }
             if let AttentionConfig::LogLinear { levels: Some(l), .. } = a {
                 let need = attnlab_attn::recurrent::log_linear::levels_for(self.max_seq);
                 if *l < need {

@@ -4,6 +4,8 @@
 //! - [`mqar`]: multi-query associative recall (Zoology, Arora et al. 2023).
 //! - [`selective_copy`]: copy the content tokens scattered among noise (Mamba, Gu & Dao 2023).
 //! - [`needle`]: a key–value needle at a controlled depth in text, queried at the end.
+//! - [`find_block`]: write out the block that holds every query letter (Multi-Token Attention's
+//!   toy task, Golovneva et al. 2025).
 //! - [`mad`]: the six tasks of the MAD benchmark (Poli et al. 2024).
 //!
 //! An [`Example`] is `len + 1` tokens: the model reads `tokens[..len]` and, at each answer
@@ -11,6 +13,7 @@
 //! set (the reported score) are generated from their own seeds; validation rejects test
 //! examples and the training stream rejects both, so the three are disjoint.
 
+pub mod find_block;
 pub mod mad;
 pub mod mqar;
 pub mod needle;
@@ -26,6 +29,7 @@ use crate::batcher::Batch;
 use crate::rng::Rng;
 
 pub use mad::{MadCompression, MadFuzzyRecall, MadMemorization, MadNoisyRecall, MadRecall, MadSelectiveCopy};
+pub use find_block::FindBlock;
 pub use mqar::Mqar;
 pub use needle::Needle;
 pub use selective_copy::SelectiveCopy;
@@ -90,6 +94,7 @@ pub enum TaskConfig {
     MadSelectiveCopy(MadSelectiveCopy),
     MadCompression(MadCompression),
     MadMemorization(MadMemorization),
+    FindBlock(FindBlock),
 }
 
 /// The task kinds a user can write, for error messages.
@@ -103,6 +108,7 @@ pub const TASKS: &[&str] = &[
     "mad_selective_copy",
     "mad_compression",
     "mad_memorization",
+    "find_block",
 ];
 
 /// A parameter that cannot work: field (under `data.task.`), value, what is allowed.
@@ -153,6 +159,7 @@ impl TaskConfig {
             TaskConfig::MadSelectiveCopy(t) => t,
             TaskConfig::MadCompression(t) => t,
             TaskConfig::MadMemorization(t) => t,
+            TaskConfig::FindBlock(t) => t,
         }
     }
 
@@ -168,6 +175,7 @@ impl TaskConfig {
             TaskConfig::MadSelectiveCopy(_) => "mad_selective_copy",
             TaskConfig::MadCompression(_) => "mad_compression",
             TaskConfig::MadMemorization(_) => "mad_memorization",
+            TaskConfig::FindBlock(_) => "find_block",
         }
     }
 }
