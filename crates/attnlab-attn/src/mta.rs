@@ -140,7 +140,11 @@ impl Mta {
 
     /// The depthwise key–query convolution of `a` `[b, H, r, s]` (the last r of s positions,
     /// masked entries already 0): past-side padding of c_q − 1 rows, (c_k − 1)/2 keys each side.
+    /// On the CPU backend one fused op with its own backward ([`attnlab_kernels::map_conv`]).
     fn convolve(&self, a: Tensor<4>, kernel: &Param<Tensor<4>>) -> Tensor<4> {
+        if attnlab_kernels::fused(&a) {
+            return attnlab_kernels::map_conv(a, kernel.val());
+        }
         let [b, h, _, s] = a.dims();
         let a = if self.query_kernel > 1 {
             Tensor::cat(vec![Tensor::zeros([b, h, self.query_kernel - 1, s], &a.device()), a], 2)

@@ -9,7 +9,7 @@
 //!
 //! `linear`, `rms_norm`, `gelu_tanh` and `silu` use the fused op where [`fused`] says so (Flex device,
 //! f32) and otherwise run the same computation composed from Burn's ops (GELU's trait carries
-//! it as default bodies). `causal_attention`, `qkv_attention`, `rope`, `delta_rule` and `short_conv_silu` require the Flex
+//! it as default bodies). `causal_attention`, `qkv_attention`, `rope`, `delta_rule`, `short_conv_silu` and `map_conv` require the Flex
 //! device; their callers in attnlab-attn keep the composed path for every other device. Results
 //! never depend on which path ran beyond float rounding; each op's tests check it against an
 //! independent reference.
@@ -18,6 +18,7 @@ pub mod causal_attention;
 pub mod delta_rule;
 pub mod gelu;
 pub mod linear;
+pub mod map_conv;
 pub mod matmul;
 pub mod qkv_attention;
 pub mod rms_norm;
@@ -31,6 +32,7 @@ pub use causal_attention::causal_attention;
 pub use delta_rule::{delta_rule, RuleOptions};
 pub use gelu::gelu_tanh;
 pub use linear::linear;
+pub use map_conv::map_conv;
 pub use qkv_attention::qkv_attention;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
