@@ -594,9 +594,13 @@ impl AttentionConfig {
                 if (*query_kernel, *key_kernel) != (6, 11) {
                     label.push_str(&format!("-{query_kernel}x{key_kernel}"));
                 }
-                if let Some(layers) = conv_layers {
-                    let list: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-                    label.push_str(&format!("-L{}", list.join(",")));
+                match conv_layers.as_deref() {
+                    Some([]) => label.push_str("-noconv"),
+                    Some(layers) => {
+                        let list: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+                        label.push_str(&format!("-L{}", list.join(",")));
+                    }
+                    None => {}
                 }
                 if let Some(c) = mix_group {
                     label.push_str(&format!("-g{c}"));

@@ -21,8 +21,10 @@
 //!    heads; then W_o.
 //!
 //! Initialisation is the identity: θ[c_q − 1, (c_k − 1)/2] = 1 (else 0), W = W_g = I, so a new
-//! layer with norm and gate off computes exactly MHA. Gate w ~ N(0, d_model^{−1/2}) truncated
-//! at 3σ (the reference's `trunc_normal_`), b = 0 (the reference leaves PyTorch's default bias).
+//! layer with norm and gate off computes exactly MHA. Gate w ~ N(0, σ² = 1/d_model) clamped at
+//! ±3σ (the reference truncates, `trunc_normal_`: here 0.27% of the draws sit at ±3σ instead of
+//! being redrawn), b = 0 (the reference leaves PyTorch's default bias). `depth_scale` applies
+//! with or without the norm (the reference has it inside the norm; the flags are independent).
 //! `conv_layers` puts the convolutions in those layers only (the paper's 830M model: layers
 //! 2, 6, 10, …); mixing, norm and gate are in every layer.
 //!
@@ -145,13 +147,7 @@ impl Mta {
         if attnlab_kernels::fused(&a) {
             return attnlab_kernels::map_conv(a, kernel.val());
         }
-        let [b, h, _, s] = a.dims();
-        let a = if self.query_kernel > 1 {
-            Tensor::cat(vec![Tensor::zeros([b, h, self.query_kernel - 1, s], &a.device()), a], 2)
-        } else {
-            a
-        };
-        conv2d(a, kernel.val(), None, ConvOptions::new([1, 1], [0, (self.key_kernel - 1) / 2], [1, 1], h))
+        map_conv_composed(a, kernel.val())
     }
 
     /// The attention map of q `[b, H, r, d]` (the last r of s positions) over k `[b, H, s, d]`
@@ -279,4 +275,14 @@ impl Mta {
         let gate = self.gate_w.as_ref().map_or(0, |_| 2 * h * self.base.head_dim);
         self.base.flops_per_token(context) + (h * context * per_entry + gate) as u64
     }
+}
+
+/// The key–query convolution of maps a `[b, H, r, s]` with kernels `[H, 1, c_q, c_k]` from Burn's
+/// ops (every device but the CPU backend): c_q − 1 zero rows on the past side, then a depthwise
+/// `conv2d` (a cross-correlation) with (c_k − 1)/2 zero keys each side.
+pub fn map_conv_composed(a: Tensor<4>, kernel: Tensor<4>) -> Tensor<4> {
+    let [b, h, _, s] = a.dims();
+    let [_, _, c_q, c_k] = kernel.dims();
+    let a = if c_q > 1 { Tensor::cat(vec![Tensor::zeros([b, h, c_q - 1, s], &a.device()), a], 2) } else { a };
+    conv2d(a, kernel, None, ConvOptions::new([1, 1], [0, (c_k - 1) / 2], [1, 1], h))
 }

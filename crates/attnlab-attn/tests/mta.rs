@@ -20,13 +20,14 @@
 //!   `rows_put_no_mass_on_later_keys`;
 //! - the post-softmax mixing with the pre-softmax convention (W_g[i, j]) → forward, gradients;
 //! - the gate computed from the output before the norm → forward, gradients;
-//! - decode keeping c_q − 2 queries per convolution → `decode_equals_the_forward` only.
+//! - decode keeping c_q − 2 queries per convolution → `decode_equals_the_forward` only;
+//! - the composed (non-CPU) convolution padded on the future side →
+//!   `the_composed_convolution_matches_the_window_sums`.
 
 mod common;
 
 use attnlab_attn::burn::module::Param;
 use attnlab_attn::burn::tensor::{Device, Distribution, Tensor};
-use attnlab_attn::differential::lambda_init;
 use attnlab_attn::{Attention, AttentionConfig, Mta};
 use common::*;
 
@@ -166,7 +167,8 @@ fn reference(m: &Mta, x: &[f64], b: usize, t: usize) -> Vec<f64> {
     let (h, d) = (m.base.heads, m.base.head_dim);
     let gamma = m.norm.as_ref().map(|n| to_vec(n.gamma.val()));
     let gate = m.gate_w.as_ref().map(|w| (to_vec(w.val()), to_vec(m.gate_b.as_ref().unwrap().val())[0]));
-    let depth = if m.depth_scale != 1.0 { 1.0 - lambda_init(1) as f64 } else { 1.0 };
+    // Layer 1: λ_init = 0.8 − 0.6·e^{−0.3} (the paper's DIFF schedule), written out here.
+    let depth = if m.depth_scale != 1.0 { 1.0 - (0.8 - 0.6 * (-0.3f64).exp()) } else { 1.0 };
     let mut out = Vec::new();
     for s in 0..b {
         let xs = &x[s * t * D_MODEL..(s + 1) * t * D_MODEL];
@@ -327,6 +329,19 @@ fn decode_equals_the_forward() {
             let err = rel_err(&to_vec(decode(&attn, &x, prefill)), &full);
             assert!(err < 1e-4, "{config:?} prefill {prefill}: relative |decode − forward| = {err}");
         }
+        // Steps of several tokens after the prefill, fewer and more than the kept queries.
+        let mut state = attn.init_state(2, 2 * T, &dev);
+        let (mut parts, mut at) = (Vec::new(), 0);
+        for n in [2, 3, 1, 5, 2, 9] {
+            parts.push(attn.step(x.clone().narrow(1, at, n), &mut state));
+            at += n;
+        }
+        let err = rel_err(&to_vec(Tensor::cat(parts, 1)), &full);
+        assert!(err < 1e-4, "{config:?} ragged steps: relative |decode − forward| = {err}");
+        // A capacity below the kept queries (3 tokens, 2 or 4 kept).
+        let short = x.clone().narrow(1, 0, 3);
+        let err = rel_err(&to_vec(decode(&attn, &short, 1)), &to_vec(attn.forward(short)));
+        assert!(err < 1e-4, "{config:?} 3-token capacity: relative |decode − forward| = {err}");
         let Attention::Mta(m) = attn else { unreachable!() };
         let convs = 1 + usize::from(m.conv_post.is_some());
         assert_eq!(m.kept_queries(), 2 * convs);
@@ -340,6 +355,27 @@ fn decode_equals_the_forward() {
     assert!(m.mix_pre.is_some() && m.norm.is_some() && m.gate_w.is_some(), "mixing, norm and gate stay in every layer");
 }
 
+/// The convolution other devices run (Burn's `conv2d` after a past-side row padding) against the
+/// window sums of [`convolve`], on maps with their masked triangle zeroed.
+#[test]
+fn the_composed_convolution_matches_the_window_sums() {
+    let dev = cpu();
+    let (h, t, c_q, c_k) = (3, 9, 4, 5);
+    let a = seeded(&dev, 12, || Tensor::<4>::random([1, h, t, t], Distribution::Normal(0.0, 1.0), &dev));
+    let a = a.mask_fill(attnlab_attn::mask::causal_mask(t, t, &dev).unsqueeze::<4>().expand([1, h, t, t]), 0.0);
+    let w = seeded(&dev, 13, || Tensor::<4>::random([h, 1, c_q, c_k], Distribution::Normal(0.0, 1.0), &dev));
+    let got = to_vec(attnlab_attn::mta::map_conv_composed(a.clone(), w.clone()));
+    let (av, wv) = (to_vec(a), to_vec(w));
+    let want: Vec<f64> = (0..h)
+        .flat_map(|head| {
+            let map: Vec<Vec<f64>> = (0..t).map(|i| av[(head * t + i) * t..(head * t + i + 1) * t].to_vec()).collect();
+            convolve(&map, &wv[head * c_q * c_k..(head + 1) * c_q * c_k], c_q, c_k).into_iter().flatten()
+        })
+        .collect();
+    let err = rel_err(&got, &want);
+    assert!(err < 1e-5, "composed convolution: relative error {err}");
+}
+
 #[test]
 fn labels_and_validation() {
     let parse = |s: &str| toml::from_str::<AttentionConfig>(s).unwrap();
@@ -347,6 +383,7 @@ fn labels_and_validation() {
     let toy = parse("kind = \"mta\"\nquery_kernel = 2\nkey_kernel = 9\npost_conv = false\npre_mix = false\npost_mix = false\nnorm = false\ngate = false");
     assert_eq!(toy.label(), "mta-2x9-nopost-noprem-nopostm-nonorm-nogate");
     assert_eq!(parse("kind = \"mta\"\nconv_layers = [2, 6]\nkv_heads = 2").label(), "mta-L2,6-kv2");
+    assert_eq!(parse("kind = \"mta\"\nconv_layers = []").label(), "mta-noconv");
     let err = parse("kind = \"mta\"\nkey_kernel = 4").validate(32, 4).unwrap_err();
     assert_eq!(err.field, "model.attention.key_kernel");
     let err = parse("kind = \"mta\"\nmix_group = 3").validate(32, 4).unwrap_err();
