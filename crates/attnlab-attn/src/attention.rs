@@ -17,6 +17,7 @@ use crate::config::LogLinearBase;
 use crate::dsa::{Dsa, IndexerLoss};
 use crate::lolcats::{Lolcats, LolcatsOptions};
 use crate::mta::{Mta, MtaOptions};
+use crate::mosa::Mosa;
 use crate::recurrent::Recurrent;
 use crate::state::State;
 
@@ -46,6 +47,8 @@ pub enum Attention {
     Dsa(Dsa),
     /// Multi-Token Attention (convolutions and head mixing over the attention map).
     Mta(Mta),
+    /// Mixture of Sparse Attention (routed heads over chosen tokens, beside dense heads).
+    Mosa(Mosa),
 }
 
 impl AttentionConfig {
@@ -116,6 +119,10 @@ impl AttentionConfig {
                 };
                 return Attention::Mta(Mta::new(base, options, d_model, device));
             }
+            AttentionConfig::Mosa { rho, routing, dense_heads, .. } => {
+                let (mosa_heads, head_dim) = self.mosa_dims(d_model, heads).expect("mosa");
+                return Attention::Mosa(Mosa::new(d_model, *dense_heads, mosa_heads, head_dim, *rho, *routing, max_seq, rope_base, device));
+            }
             AttentionConfig::SlidingWindow { window, global_tokens, .. } => {
                 Variant { pattern: Pattern::Window { window: *window, global: *global_tokens }, ..Variant::default() }
             }
@@ -157,6 +164,7 @@ impl Attention {
             Attention::Lolcats(m) => m.forward(x),
             Attention::Dsa(m) => m.forward(x),
             Attention::Mta(m) => m.forward(x),
+            Attention::Mosa(m) => m.forward(x),
         }
     }
 
@@ -174,6 +182,7 @@ impl Attention {
             Attention::Lolcats(m) => State::Lolcats(m.init_state(batch, capacity, device)),
             Attention::Dsa(m) => State::Dsa(m.init_state(batch, capacity, device)),
             Attention::Mta(m) => State::Mta(m.init_state(batch, capacity, device)),
+            Attention::Mosa(m) => State::Mosa(m.init_state(batch, capacity, device)),
         }
     }
 
@@ -191,6 +200,7 @@ impl Attention {
             (Attention::Lolcats(m), State::Lolcats(c)) => m.step(x, c),
             (Attention::Dsa(m), State::Dsa(c)) => m.step(x, c),
             (Attention::Mta(m), State::Mta(c)) => m.step(x, c),
+            (Attention::Mosa(m), State::Mosa(c)) => m.step(x, c),
             _ => panic!("decode state does not belong to this mixer"),
         }
     }
@@ -209,6 +219,7 @@ impl Attention {
             Attention::Lolcats(m) => m.state_bytes(context),
             Attention::Dsa(m) => m.state_bytes(context),
             Attention::Mta(m) => m.state_bytes(context),
+            Attention::Mosa(m) => m.state_bytes(context),
         }
     }
 
@@ -226,6 +237,7 @@ impl Attention {
             Attention::Lolcats(m) => m.flops_per_token(context),
             Attention::Dsa(m) => m.flops_per_token(context),
             Attention::Mta(m) => m.flops_per_token(context),
+            Attention::Mosa(m) => m.flops_per_token(context),
         }
     }
 

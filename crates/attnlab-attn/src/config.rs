@@ -238,6 +238,56 @@ pub enum AttentionConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         conv_layers: Option<Vec<usize>>,
     },
+    /// Mixture of Sparse Attention (Piękos et al. 2025): `dense_heads` causal heads beside
+    /// `mosa_heads` routed heads (left out: model.heads − dense_heads), all of width `head_dim`
+    /// (left out: d_model / model.heads). Each routed head has a sigmoid router, chooses about
+    /// T/`rho` tokens and attends among them at their original positions, its output scaled by
+    /// the router score. `routing = "prefix"` (default, causal: a token is chosen iff its score
+    /// ranks in the top ⌈(t + 1)/ρ⌉ of the prefix, within that budget) or `"expert_choice"` (the
+    /// paper's top-k over the whole sequence: **not causal**, no decode).
+    Mosa {
+        #[serde(default = "default_mosa_rho", skip_serializing_if = "is_default_mosa_rho")]
+        rho: usize,
+        #[serde(default, skip_serializing_if = "MosaRouting::is_default")]
+        routing: MosaRouting,
+        #[serde(default = "default_mosa_dense", skip_serializing_if = "is_default_mosa_dense")]
+        dense_heads: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mosa_heads: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_dim: Option<usize>,
+    },
+}
+
+/// How MoSA's routed heads choose their tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MosaRouting {
+    /// Causal: chosen iff the score ranks in the top ⌈(t + 1)/ρ⌉ of the prefix (budgeted).
+    #[default]
+    Prefix,
+    /// The paper's expert choice: the top min(max(⌊T/ρ⌋, 2), T) of the whole sequence (not
+    /// causal).
+    ExpertChoice,
+}
+
+impl MosaRouting {
+    fn is_default(&self) -> bool {
+        *self == Self::Prefix
+    }
+}
+
+fn default_mosa_rho() -> usize {
+    4
+}
+fn is_default_mosa_rho(v: &usize) -> bool {
+    *v == 4
+}
+fn default_mosa_dense() -> usize {
+    1
+}
+fn is_default_mosa_dense(v: &usize) -> bool {
+    *v == 1
 }
 
 /// MTA's kernel at the paper's 830M config: c_q = 6 queries × c_k = 11 keys.
@@ -419,7 +469,7 @@ fn is_false(b: &bool) -> bool {
 /// The kinds a user can write, for error messages.
 pub const KINDS: &[&str] = &[
     "mha", "mqa", "gqa", "mla", "sliding_window", "strided_sparse", "fixed_sparse", "tiled", "gated", "differential", "linear",
-    "log_linear", "gated_deltanet", "kda", "dsa", "lolcats", "mta",
+    "log_linear", "gated_deltanet", "kda", "dsa", "lolcats", "mta", "mosa",
 ];
 
 /// A config value that cannot work, with the field, the value and what is allowed.
@@ -467,6 +517,7 @@ impl AttentionConfig {
             Self::Lolcats { .. } => "lolcats",
             Self::Dsa { .. } => "dsa",
             Self::Mta { .. } => "mta",
+            Self::Mosa { .. } => "mosa",
         }
     }
 
@@ -612,6 +663,22 @@ impl AttentionConfig {
                 }
                 label
             }
+            Self::Mosa { rho, routing, dense_heads, mosa_heads, head_dim } => {
+                let mut label = format!("mosa-r{rho}");
+                if let Some(e) = mosa_heads {
+                    label.push_str(&format!("-e{e}"));
+                }
+                if *dense_heads != 1 {
+                    label.push_str(&format!("-dense{dense_heads}"));
+                }
+                if let Some(h) = head_dim {
+                    label.push_str(&format!("-h{h}"));
+                }
+                if *routing == MosaRouting::ExpertChoice {
+                    label.push_str("-noncausal");
+                }
+                return label;
+            }
             other => other.kind().to_string(),
         };
         match self.explicit_kv_heads() {
@@ -640,7 +707,7 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } | Self::Dsa { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
+            Self::Mla { .. } | Self::Dsa { .. } | Self::Mosa { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
@@ -838,6 +905,16 @@ impl AttentionConfig {
                     }
                 }
             }
+            Self::Mosa { rho, .. } => {
+                positive("rho", *rho)?;
+                let (mosa_heads, h) = self.mosa_dims(d_model, heads).expect("mosa");
+                if mosa_heads == 0 {
+                    return Err(ConfigError::new("model.attention.mosa_heads", mosa_heads, "must be ≥ 1 (left out: model.heads − dense_heads)"));
+                }
+                if h < 4 || h % 2 != 0 {
+                    return Err(ConfigError::new("model.attention.head_dim", h, "must be even and ≥ 4 (RoPE on its first half, an even number of dims)"));
+                }
+            }
             Self::Mha {} | Self::Mqa {} | Self::Gqa { .. } => {}
         }
         Ok(())
@@ -848,6 +925,14 @@ impl AttentionConfig {
     pub fn rope_dims(&self, head_dim: usize) -> Option<usize> {
         match self {
             Self::Gated { partial_rope: Some(f), .. } => Some((f * head_dim as f64).round() as usize),
+            _ => None,
+        }
+    }
+
+    /// MoSA's routed heads and head width at `d_model / heads`, `None` for other kinds.
+    pub fn mosa_dims(&self, d_model: usize, heads: usize) -> Option<(usize, usize)> {
+        match self {
+            Self::Mosa { dense_heads, mosa_heads, head_dim, .. } => Some((mosa_heads.unwrap_or(heads.saturating_sub(*dense_heads)), head_dim.unwrap_or(d_model / heads))),
             _ => None,
         }
     }

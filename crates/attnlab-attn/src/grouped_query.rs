@@ -272,11 +272,11 @@ impl GroupedQuery {
         match state {
             State::Kv(cache) => self.step_kv(x, cache),
             State::Window(cache) => self.step_window(x, cache),
-            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) | State::Dsa(_) | State::Mta(_) => panic!("this decode state does not belong to grouped-query attention"),
+            State::Latent(_) | State::Recurrent(_) | State::Lolcats(_) | State::Dsa(_) | State::Mta(_) | State::Mosa(_) => panic!("this decode state does not belong to grouped-query attention"),
         }
     }
 
-    fn step_kv(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+    pub(crate) fn step_kv(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
         let [b, new, _] = x.dims();
         let (start, end) = (cache.len, cache.len + new);
         assert!(end <= cache.k.dims()[2], "KV cache full: {end} tokens > capacity {}", cache.k.dims()[2]);

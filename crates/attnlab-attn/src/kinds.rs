@@ -117,6 +117,12 @@ pub const DOCS: &[KindDoc] = &[
         what: r#"Multi-Token Attention (Golovneva et al. 2025): softmax attention whose score map goes through a depthwise key–query convolution c_q × c_k (masked entries 0 before it, −∞ after; the query axis padded on the past side only), H×H head mixing, softmax, an optional post-softmax convolution (masked entries 0 after, no renormalisation) and head mixing in groups of `mix_group`; then a per-head RMSNorm with one shared scale (× (1 − λ_init) with `depth_scale`) and a sigmoid gate σ(w·o + b). Identity at init (with norm and gate off it is MHA exactly). Defaults: the paper's 830M layer; `conv_layers = [2, 6]` puts the convolutions in those layers only. O(T²) training memory. Labels `mta`, `mta-2x9-nopost-noprem-nopostm-nonorm-nogate` (the paper's toy)"#,
         state: r#"MHA's K/V (at `kv_heads`) + a fixed (c_q − 1)·(convolutions)·h·d_h floats of recent queries"#,
     },
+    KindDoc {
+        kind: "mosa",
+        fields: r#"`rho` (4), `routing` (`prefix`; `expert_choice`), `dense_heads` (1), `mosa_heads` (heads − dense_heads), `head_dim` (d_model/heads)"#,
+        what: r#"Mixture of Sparse Attention (Piękos et al. 2025): dense causal heads beside routed heads; each routed head scores tokens with a sigmoid router, chooses about T/ρ of them, attends among them at their original positions (RoPE on half of each head) and scales its output by the score; other tokens get nothing from it. `expert_choice` is the paper's top-⌊T/ρ⌋ over the whole sequence: **not causal** (label `-noncausal`), no decode. `prefix` (default) chooses token t iff its score is in the top ⌈(t+1)/ρ⌉ of the prefix, within that budget: causal, decodable. Labels `mosa-r4`, `mosa-r8-e6-noncausal`"#,
+        state: r#"dense heads' 2·h_d·d_h + routed heads' 2·E·d_h per chosen token (≤ ⌈T/ρ⌉) + E router scores per token"#,
+    },
 ];
 
 /// The README's kinds table (Markdown).

@@ -14,6 +14,7 @@ pub mod latent;
 pub mod linear;
 pub mod lolcats;
 pub mod mask;
+pub mod mosa;
 pub mod mta;
 pub mod recurrent;
 pub mod rope;
@@ -41,7 +42,8 @@ pub use recurrent::log_linear_gdn::LogLinearGdn;
 pub use recurrent::Recurrent;
 pub use dsa::Dsa;
 pub use mta::Mta;
-pub use state::{DsaState, KvCache, LatentCache, LolcatsState, MtaState, RecurrentState, State, WindowCache};
+pub use mosa::Mosa;
+pub use state::{DsaState, KvCache, LatentCache, LolcatsState, MosaState, MtaState, RecurrentState, State, WindowCache};
 
 /// Bytes of one element of the default float dtype (f32).
 pub const F32_BYTES: usize = 4;

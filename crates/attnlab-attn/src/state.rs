@@ -98,6 +98,21 @@ pub struct MtaState {
     pub queries: Option<Tensor<4>>,
 }
 
+/// Mixture of Sparse Attention's decode state ([`crate::mosa`], prefix routing): the dense
+/// heads' KV cache, K/V of the chosen tokens per MoSA head `[batch, E, ⌈capacity/ρ⌉, h′]`
+/// (`chosen[n·E + e]` slots filled), and every token's router scores, token-major
+/// (`scores[(p·batch + n)·E + e]`), room for `capacity` tokens.
+#[derive(Debug, Clone)]
+pub struct MosaState {
+    pub dense: Option<KvCache>,
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    pub chosen: Vec<usize>,
+    pub scores: Vec<f32>,
+    pub capacity: usize,
+    pub len: usize,
+}
+
 /// The decode state of one mixer.
 #[derive(Debug, Clone)]
 pub enum State {
@@ -108,6 +123,7 @@ pub enum State {
     Lolcats(LolcatsState),
     Dsa(DsaState),
     Mta(MtaState),
+    Mosa(MosaState),
 }
 
 impl State {
@@ -121,6 +137,7 @@ impl State {
             State::Lolcats(c) => c.len,
             State::Dsa(c) => c.latent.len,
             State::Mta(c) => c.kv.len,
+            State::Mosa(c) => c.len,
         }
     }
 
@@ -139,6 +156,7 @@ impl State {
             State::Lolcats(c) => c.capacity,
             State::Dsa(c) => c.latent.c_kv.dims()[1],
             State::Mta(c) => c.kv.k.dims()[2],
+            State::Mosa(c) => c.capacity,
         }
     }
 
@@ -153,6 +171,11 @@ impl State {
             State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
             State::Dsa(c) => (c.latent.c_kv.shape().num_elements() + c.latent.k_rope.shape().num_elements() + c.keys.shape().num_elements(), c.keys.dims()[0]),
             State::Mta(c) => (c.kv.k.shape().num_elements() + c.kv.v.shape().num_elements() + c.queries.as_ref().map_or(0, |q| q.shape().num_elements()), c.kv.k.dims()[0]),
+            // The scores' room for `capacity` tokens counts (it is reserved up front).
+            State::Mosa(c) => {
+                let dense = c.dense.as_ref().map_or(0, |d| d.k.shape().num_elements() + d.v.shape().num_elements());
+                (dense + c.k.shape().num_elements() + c.v.shape().num_elements() + c.scores.capacity(), c.k.dims()[0])
+            }
         };
         elements * F32_BYTES / batch
     }

@@ -7,7 +7,7 @@ mod common;
 
 use attnlab_attn::burn::module::{Module, ModuleVisitor, Param};
 use attnlab_attn::burn::tensor::Tensor;
-use attnlab_attn::config::LogLinearBase;
+use attnlab_attn::config::{LogLinearBase, MosaRouting};
 use attnlab_attn::{AttentionConfig, AuxRequest, ConvInit, FeatureMap, LolcatsMap};
 use common::*;
 
@@ -55,6 +55,10 @@ fn kinds() -> Vec<AttentionConfig> {
         mta(Some(2), 6, 11, None, None),
         mta(None, 3, 3, Some(2), None),
         mta(None, 3, 3, None, Some(vec![1])),
+        // MoSA with prefix (causal) routing: one dense head beside 3 routed ones; routed heads
+        // only, of another width, at ρ = 2.
+        AttentionConfig::Mosa { rho: 3, routing: MosaRouting::Prefix, dense_heads: 1, mosa_heads: Some(3), head_dim: None },
+        AttentionConfig::Mosa { rho: 2, routing: MosaRouting::Prefix, dense_heads: 0, mosa_heads: Some(2), head_dim: Some(12) },
     ]
 }
 
@@ -156,6 +160,12 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
             AttentionConfig::Mta { kv_heads, query_kernel, conv_layers, .. } => {
                 let convs = if conv_layers.as_ref().is_some_and(|l| !l.contains(&0)) { 0 } else { 2 };
                 (kv_floats(*kv_heads) * 50 + (query_kernel - 1) * convs * heads * head_dim, 1)
+            }
+            // Dense heads' K/V for every token; routed heads' K/V for ⌈50/ρ⌉ chosen tokens and one
+            // router score per token and head.
+            AttentionConfig::Mosa { rho, dense_heads, .. } => {
+                let (e, h) = config.mosa_dims(d_model, heads).unwrap();
+                (2 * dense_heads * h * 50 + 2 * e * h * 50usize.div_ceil(*rho) + e * 50, 1)
             }
             AttentionConfig::Kda { conv, .. } => {
                 let (dk, dv) = config.delta_dims(d_model, heads).unwrap();
