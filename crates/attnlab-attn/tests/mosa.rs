@@ -6,14 +6,18 @@
 //! (ties to the lower index), prefix = rank within the prefix below ⌈(t + 1)/ρ⌉ and within the
 //! budget. Routed heads' weights × 6 (peaked attention).
 //!
-//! Mutations planted and seen to fail:
-//! - RoPE at compact positions 0..k − 1 instead of the original ones → `forward_matches_the_reference`;
-//! - the router score not applied to the routed output → forward, gradients;
-//! - the causal mask among the chosen tokens dropped → forward, `prefix_routing_does_not_leak`;
-//! - prefix routing without its budget (rank only) → forward;
+//! Mutations planted and seen to fail (with the contract tests, which also hold two MoSA layers):
+//! - RoPE at compact positions 0..k − 1 instead of the original ones → `forward_matches_the_reference`,
+//!   gradients, decode (here and in the contract);
+//! - the router score not applied to the routed output → forward, gradients, decode, and the
+//!   contract's every-parameter-has-a-gradient (the router gets none);
+//! - the causal mask among the chosen tokens dropped → forward, gradients, decode, the leak
+//!   probe, the contract's causality test;
+//! - prefix routing without its budget (rank only) → forward, gradients, decode,
+//!   `unchosen_tokens_get_nothing`;
 //! - expert choice's ties to the higher index → `expert_choice_breaks_ties_to_the_lower_index`;
-//! - decode ranking the new score with `>` instead of `≥` (ties to the later token) → the
-//!   contract's decode test with repeated inputs, `decode_equals_the_forward_on_repeated_tokens`.
+//! - decode ranking the new score with `>` instead of `≥` (a tie goes to the later token) →
+//!   `decode_equals_the_forward_on_repeated_tokens` only (random inputs never tie).
 
 mod common;
 
