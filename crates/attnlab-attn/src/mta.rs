@@ -283,6 +283,6 @@ impl Mta {
 pub fn map_conv_composed(a: Tensor<4>, kernel: Tensor<4>) -> Tensor<4> {
     let [b, h, _, s] = a.dims();
     let [_, _, c_q, c_k] = kernel.dims();
-    let a = if c_q > 1 { Tensor::cat(vec![Tensor::zeros([b, h, c_q - 1, s], &a.device()), a], 2) } else { a };
+    let a = if c_q > 1 { Tensor::cat(vec![Tensor::<4>::zeros([b, h, c_q - 1, s], &a.device()).cast(a.dtype()), a], 2) } else { a };
     conv2d(a, kernel, None, ConvOptions::new([1, 1], [0, (c_k - 1) / 2], [1, 1], h))
 }

@@ -65,6 +65,7 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
         "{kind = \"dsa\", top_k = 4}",
         "{kind = \"lolcats\", window = 4, feature_dim = 4, lora_rank = 0}",
         "{kind = \"mta\", query_kernel = 3, key_kernel = 5}",
+        "{kind = \"mosa\", rho = 2}",
     ];
     let covered: Vec<&str> = configs.iter().map(|c| c.split('"').nth(1).unwrap()).collect();
     assert_eq!(covered, KINDS, "one config per kind");

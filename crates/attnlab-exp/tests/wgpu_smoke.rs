@@ -80,6 +80,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2").unwrap(),
         toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_latent = 8\nrope_dim = 4\nindex_dim = 8").unwrap(),
         toml::from_str("kind = \"mta\"\nquery_kernel = 3\nkey_kernel = 5\nkv_heads = 2").unwrap(),
+        toml::from_str("kind = \"mosa\"\nrho = 2").unwrap(),
     ]
     .into_iter()
     .map(|attention| (attention, vec![]))

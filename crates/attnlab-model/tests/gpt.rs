@@ -24,6 +24,7 @@ fn kinds() -> Vec<AttentionConfig> {
         toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2\nlora_rank = 0").unwrap(),
         toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_latent = 8\nrope_dim = 4\nindex_dim = 8").unwrap(),
         toml::from_str("kind = \"mta\"\nquery_kernel = 3\nkey_kernel = 5\nkv_heads = 2\nconv_layers = [1]").unwrap(),
+        toml::from_str("kind = \"mosa\"\nrho = 2").unwrap(),
         // Kimi Linear's NoPE MLA and Qwen3-Next's gated attention (partial RoPE, q/k norm).
         toml::from_str("kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false").unwrap(),
         toml::from_str("kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.25\nqk_norm = true").unwrap(),
