@@ -199,10 +199,10 @@ impl Mosa {
         }
     }
 
-    /// Empty state (prefix routing only): the dense heads' KV cache, K/V slots for
-    /// ⌈capacity/ρ⌉ chosen tokens per MoSA head, room for every token's router scores.
+    /// Empty state: the dense heads' KV cache, K/V slots for ⌈capacity/ρ⌉ chosen tokens per
+    /// MoSA head, room for every token's router scores. With expert choice the state exists
+    /// (its bytes are reported) but [`Mosa::step`] refuses to run.
     pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> MosaState {
-        assert_eq!(self.routing, MosaRouting::Prefix, "mosa: routing = \"expert_choice\" is not causal and has no decode (MECHANISMS.md §6); use routing = \"prefix\"");
         let slots = capacity.div_ceil(self.rho).max(1);
         let shape = [batch, self.heads, slots, self.head_dim];
         MosaState {
@@ -222,6 +222,7 @@ impl Mosa {
 
     /// Feeds x: `[batch, new, d_model]` one token at a time.
     pub fn step(&self, x: Tensor<3>, state: &mut MosaState) -> Tensor<3> {
+        assert_eq!(self.routing, MosaRouting::Prefix, "mosa: routing = \"expert_choice\" is not causal and has no decode (MECHANISMS.md §6); use routing = \"prefix\"");
         let [b, new, _] = x.dims();
         let parts: Vec<Tensor<3>> = (0..new).map(|p| self.step_one(x.clone().narrow(1, p, 1), b, state)).collect();
         Tensor::cat(parts, 1)

@@ -779,6 +779,9 @@ fn run(cli: Cli) -> Result<()> {
             let mut configs: Vec<attnlab_model::ModelConfig> = Vec::new();
             for run in &exp.runs {
                 let mut c = run.spec.model.clone();
+                if let Some(e) = c.decode_error() {
+                    return Err(SpecError::new(format!("bench decode: {e}")).into());
+                }
                 c.max_seq = capacity;
                 let batch = batches.iter().max().copied().unwrap_or(1);
                 attnlab_exp::budget::check(&attnlab_exp::budget::decode(&c, batch, capacity), &format!("bench decode ({}, batch {batch}, {capacity} tokens)", c.mixer_label()))?;
@@ -1075,6 +1078,9 @@ fn run(cli: Cli) -> Result<()> {
             let attnlab_exp::export::LoadedRun { root, spec, tokenizer, mut model } = attnlab_exp::export::load_run(&run, &device)?;
             if let Some(file) = &weights {
                 model = attnlab_exp::export::import_safetensors(&spec.model, file, &device)?;
+            }
+            if let Some(e) = spec.model.decode_error() {
+                return Err(SpecError::new(format!("{}: {e}", root.display())).into());
             }
             if spec.model.head == attnlab_model::Head::Autoencoder {
                 return Err(SpecError::new(format!(

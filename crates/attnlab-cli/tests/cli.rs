@@ -164,6 +164,13 @@ fn bench_decode_smoke() {
     assert_eq!(rows[7]["state_bytes_per_token"], 48);
     assert_eq!(rows[2]["state_bytes_per_sequence"], 256 * 20);
     assert!(rows.iter().all(|r| r["decode_tokens_per_sec"].as_f64().unwrap() > 0.0));
+    // MoSA's expert choice is not causal and has no decode: refused before any compute.
+    let single = dir.path().join("mosa.toml");
+    std::fs::write(&single, TINY).unwrap();
+    let o = attnlab().args(["bench", "decode"]).arg(&single).args(["--set", "model.attention={kind = \"mosa\", rho = 2, routing = \"expert_choice\"}", "--contexts", "8", "--batches", "1", "--tokens", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.attention.routing") && err.contains("prefix"), "{err}");
 }
 
 #[test]

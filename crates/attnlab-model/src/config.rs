@@ -239,6 +239,18 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Why this model cannot decode token by token (`None`: it can): a MoSA layer with the
+    /// paper's expert-choice routing (not causal: it has no decode).
+    pub fn decode_error(&self) -> Option<ConfigError> {
+        self.layer_attentions().find(|a| matches!(a, AttentionConfig::Mosa { routing: attnlab_attn::config::MosaRouting::ExpertChoice, .. })).map(|a| {
+            ConfigError::new(
+                "model.attention.routing",
+                "\"expert_choice\"",
+                format!("{} chooses tokens by scores of later tokens (not causal) and has no token-by-token decode (allowed for generate and bench decode: routing = \"prefix\")", a.label()),
+            )
+        })
+    }
+
     /// Whether the layers mix kinds (a pattern or overrides).
     pub fn is_hybrid(&self) -> bool {
         !self.pattern.is_empty() || !self.overrides.is_empty()
