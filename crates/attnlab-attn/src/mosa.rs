@@ -20,8 +20,15 @@
 //!   among the top ⌈(t + 1)/ρ⌉ of r_e(x_0..x_t) (ties to the lower index) and fewer than
 //!   ⌈(t + 1)/ρ⌉ tokens were chosen before it: a decision from the prefix alone, so training and
 //!   decode route identically. At most ⌈T/ρ⌉ tokens are chosen (the budget), as expert choice;
-//!   under i.i.d. scores about T/ρ. Decode keeps the router scores of every past token (4·E bytes
-//!   per token) to rank the new one, and K/V of the chosen tokens only.
+//!   under i.i.d. scores about T/ρ. Token 0 is always chosen and tokens 1..ρ − 1 never are
+//!   (the budget is spent on token 0): a start-of-sequence asymmetry expert choice does not
+//!   have. Decode keeps the router scores of every past token (4·E bytes per token) to rank the
+//!   new one, and K/V of the chosen tokens only.
+//!
+//! Cost: gather and scatter through G cost 4·k·T·d FLOPs per head besides the 8·k·d·h′ + 4·k²·h′
+//! of the head itself (≈ 3× at T = 256, h′ = 32, ρ = 4; not in `flops_per_token`, which counts
+//! the mechanism, not this implementation), and prefix ranking is O(T²) per head on the host:
+//! an index-based gather and a Fenwick-tree rank would remove both.
 //!
 //! Gather and scatter are products with a one-hot selection matrix G `[b, E, k, T]` (built on
 //! the host from the detached scores): X[I_e] = G X, the outputs scatter back as Gᵀ Y (rows of

@@ -171,10 +171,10 @@ impl State {
             State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
             State::Dsa(c) => (c.latent.c_kv.shape().num_elements() + c.latent.k_rope.shape().num_elements() + c.keys.shape().num_elements(), c.keys.dims()[0]),
             State::Mta(c) => (c.kv.k.shape().num_elements() + c.kv.v.shape().num_elements() + c.queries.as_ref().map_or(0, |q| q.shape().num_elements()), c.kv.k.dims()[0]),
-            // The scores' room for `capacity` tokens counts (it is reserved up front).
+            // The scores' room for `capacity` tokens counts (reserved up front: capacity · batch · E).
             State::Mosa(c) => {
                 let dense = c.dense.as_ref().map_or(0, |d| d.k.shape().num_elements() + d.v.shape().num_elements());
-                (dense + c.k.shape().num_elements() + c.v.shape().num_elements() + c.scores.capacity(), c.k.dims()[0])
+                (dense + c.k.shape().num_elements() + c.v.shape().num_elements() + c.capacity * c.chosen.len(), c.k.dims()[0])
             }
         };
         elements * F32_BYTES / batch

@@ -17,7 +17,8 @@
 //!   `unchosen_tokens_get_nothing`;
 //! - expert choice's ties to the higher index → `expert_choice_breaks_ties_to_the_lower_index`;
 //! - decode ranking the new score with `>` instead of `≥` (a tie goes to the later token) →
-//!   `decode_equals_the_forward_on_repeated_tokens` only (random inputs never tie).
+//!   `decode_equals_the_forward_on_repeated_tokens` only (random inputs never tie);
+//! - decode slots ⌊capacity/ρ⌋ instead of ⌈capacity/ρ⌉ → the contract's state-bytes test only.
 
 mod common;
 
@@ -202,6 +203,29 @@ fn decode_equals_the_forward_on_repeated_tokens() {
     for prefill in [1, 6] {
         let err = rel_err(&to_vec(decode(&attn, &x, prefill)), &full);
         assert!(err < 1e-4, "prefill {prefill}: relative |decode − forward| = {err}");
+    }
+}
+
+/// Prefix routing on constructed scores: rising scores fill the budget exactly (tokens 0, ρ,
+/// 2ρ, …: each rank-0 token waits for the budget to grow), falling scores choose token 0 only,
+/// ρ = 1 chooses everything; never more than ⌈T/ρ⌉. Expert choice takes the k best.
+#[test]
+fn routing_rules_on_constructed_scores() {
+    let dev = cpu();
+    let at = |rho: usize, routing: MosaRouting| {
+        let Attention::Mosa(m) = config(routing, rho, 0, 1).init(D_MODEL, 4, 64, ROPE_BASE as f32, &dev) else { panic!("mosa") };
+        m
+    };
+    let rising: Vec<f32> = (0..10).map(|p| p as f32).collect();
+    let falling: Vec<f32> = rising.iter().rev().cloned().collect();
+    assert_eq!(at(3, MosaRouting::Prefix).select(&rising, 1, 10), vec![vec![0, 3, 6, 9]]);
+    assert_eq!(at(3, MosaRouting::Prefix).select(&falling, 1, 10), vec![vec![0]]);
+    assert_eq!(at(1, MosaRouting::Prefix).select(&falling, 1, 10), vec![(0..10).collect::<Vec<_>>()]);
+    assert_eq!(at(3, MosaRouting::ExpertChoice).select(&rising, 1, 10), vec![vec![7, 8, 9]]);
+    for rho in 1..6 {
+        let random: Vec<f32> = probe(40, rho as u64).iter().map(|v| *v as f32).collect();
+        let chosen = &at(rho, MosaRouting::Prefix).select(&random, 1, 40)[0];
+        assert!(chosen.len() <= 40usize.div_ceil(rho) && chosen[0] == 0, "ρ = {rho}: {chosen:?}");
     }
 }
 

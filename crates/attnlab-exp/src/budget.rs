@@ -139,7 +139,11 @@ fn layer_state_bytes(m: &ModelConfig, a: &AttentionConfig, capacity: usize) -> f
         AttentionConfig::Lolcats { window, .. } => window.saturating_mul(2).min(capacity),
         _ => capacity,
     } as f64;
-    if let Some(kv) = a.kv_heads(heads) {
+    if let (AttentionConfig::Mosa { rho, dense_heads, .. }, Some((routed, h))) = (a, a.mosa_dims(m.d_model, heads)) {
+        // Dense heads' K/V, routed heads' K/V for ⌈tokens/ρ⌉ chosen tokens, router scores.
+        let chosen = capacity.div_ceil((*rho).max(1)) as f64;
+        (2.0 * (*dense_heads * h) as f64 * tokens + 2.0 * (routed * h) as f64 * chosen + routed as f64 * tokens) * F32
+    } else if let Some(kv) = a.kv_heads(heads) {
         2.0 * kv as f64 * head_dim * F32 * tokens
     } else if let Some((latent, rope)) = a.mla_dims(m.d_model / heads) {
         (latent + rope) as f64 * F32 * tokens
