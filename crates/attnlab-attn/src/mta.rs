@@ -42,7 +42,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Bool, Device, Distribution, Tensor};
 
 use crate::differential::lambda_init;
-use crate::grouped_query::{merge_heads, repeat_heads, GroupedQuery};
+use crate::grouped_query::{merge_heads, GroupedQuery};
 use crate::linear::apply;
 use crate::mask::causal_mask;
 use crate::state::{write_in_place, KvCache, MtaState};
@@ -150,13 +150,30 @@ impl Mta {
         map_conv_composed(a, kernel.val())
     }
 
-    /// The attention map of q `[b, H, r, d]` (the last r of s positions) over k `[b, H, s, d]`
+    /// q·kᵀ/√d_h of q `[b, H, r, d]` over k `[b, g, s, d]` → `[b, H, r, s]`, without copying
+    /// K: the queries of a K/V group are stacked along the rows (`[b, g, (H/g)·r, d]`, head
+    /// i = group·(H/g) + j), as grouped-query attention does.
+    fn grouped_scores(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
+        let [b, h, r, d] = q.dims();
+        let [_, g, s, _] = k.dims();
+        let q = (q * (1.0 / (d as f32).sqrt())).reshape([b, g, (h / g) * r, d]);
+        q.matmul(k.swap_dims(2, 3)).reshape([b, h, r, s])
+    }
+
+    /// `P V` of maps p `[b, H, r, s]` and values v `[b, g, s, d]` → `[b, H, r, d]` (no copy of V).
+    fn grouped_values(p: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        let [b, h, r, s] = p.dims();
+        let [_, g, _, d] = v.dims();
+        p.reshape([b, g, (h / g) * r, s]).matmul(v).reshape([b, h, r, d])
+    }
+
+    /// The attention map of q `[b, H, r, d]` (the last r of s positions) over k `[b, g, s, d]`
     /// after every transform: `[b, H, r, s]` (rows need not sum to 1 after the post steps).
     fn map(&self, q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
-        let [b, h, r, d] = q.dims();
+        let [b, h, r, _] = q.dims();
         let s = k.dims()[2];
         let mask: Tensor<4, Bool> = causal_mask(r, s, &q.device()).unsqueeze::<4>().expand([b, h, r, s]);
-        let mut a = (q * (1.0 / (d as f32).sqrt())).matmul(k.swap_dims(2, 3));
+        let mut a = Self::grouped_scores(q, k);
         if let Some(kernel) = &self.conv_pre {
             a = self.convolve(a.mask_fill(mask.clone(), 0.0), kernel);
         }
@@ -178,15 +195,14 @@ impl Mta {
     /// The layer's attention map for x `[b, t, d_model]`: `[b, H, t, t]`.
     pub fn attention_map(&self, x: Tensor<3>) -> Tensor<4> {
         let (q, k, _) = self.project(x, 0);
-        self.map(q, repeat_heads(k, self.base.heads / self.base.kv_heads))
+        self.map(q, k)
     }
 
     /// The raw scores q·kᵀ/√d_h of x `[b, t, d_model]` before any transform or mask:
     /// `[b, H, t, t]`.
     pub fn scores(&self, x: Tensor<3>) -> Tensor<4> {
         let (q, k, _) = self.project(x, 0);
-        let d = q.dims()[3];
-        (q * (1.0 / (d as f32).sqrt())).matmul(repeat_heads(k, self.base.heads / self.base.kv_heads).swap_dims(2, 3))
+        Self::grouped_scores(q, k)
     }
 
     /// Group norm, depth scale, gate and W_o of o `[b, H, t, d]` → `[b, t, d_model]`.
@@ -213,8 +229,7 @@ impl Mta {
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (q, k, v) = self.project(x, 0);
-        let r = self.base.heads / self.base.kv_heads;
-        self.finish(self.map(q, repeat_heads(k, r)).matmul(repeat_heads(v, r)))
+        self.finish(Self::grouped_values(self.map(q, k), v))
     }
 
     /// Empty state: the KV cache of `base` and room for the last [`Self::kept_queries`] queries.
@@ -253,10 +268,8 @@ impl Mta {
             }
             None => (q, 0),
         };
-        let r = self.base.heads / self.base.kv_heads;
-        let keys = repeat_heads(cache.k.clone().narrow(2, 0, end), r);
-        let values = repeat_heads(cache.v.clone().narrow(2, 0, end), r);
-        let o = self.map(rows, keys).narrow(2, earlier, new).matmul(values);
+        let (keys, values) = (cache.k.clone().narrow(2, 0, end), cache.v.clone().narrow(2, 0, end));
+        let o = Self::grouped_values(self.map(rows, keys).narrow(2, earlier, new), values);
         self.finish(o)
     }
 
