@@ -25,20 +25,17 @@
 //!   have. Decode keeps the router scores of every past token (4·E bytes per token) to rank the
 //!   new one, and K/V of the chosen tokens only.
 //!
-//! Cost: gather and scatter through G cost 4·k·T·d FLOPs per head besides the 8·k·d·h′ + 4·k²·h′
-//! of the head itself (≈ 3× at T = 256, h′ = 32, ρ = 4; not in `flops_per_token`, which counts
-//! the mechanism, not this implementation), and prefix ranking is O(T²) per head on the host:
-//! an index-based gather and a Fenwick-tree rank would remove both.
-//!
-//! Gather and scatter are products with a one-hot selection matrix G `[b, E, k, T]` (built on
-//! the host from the detached scores): X[I_e] = G X, the outputs scatter back as Gᵀ Y (rows of
-//! G past a head's selection are 0). FLOPs per token (forward): the dense heads' plus, per MoSA
-//! head, 2dE for the router and, for the 1/ρ of tokens it chooses, 8dh′ + 4h′·(context/ρ).
+//! Gather and scatter are index operations on the flattened input (`select`, and
+//! `select_assign` with `Add` for the scatter, whose backward is again a `select`): each head's
+//! chosen rows are read and written in place, O(k·d) per head, exact autodiff on every backend.
+//! Prefix ranking keeps each head's prefix scores sorted on the host (a binary search and an
+//! insertion per token). FLOPs per token (forward): the dense heads' plus, per MoSA head, 2dE for
+//! the router and, for the 1/ρ of tokens it chooses, 8dh′ + 4h′·(context/ρ).
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::MosaRouting;
 use crate::grouped_query::GroupedQuery;
@@ -132,12 +129,15 @@ impl Mosa {
                         top
                     }
                     MosaRouting::Prefix => {
-                        let mut chosen = Vec::new();
+                        // The prefix's scores kept sorted (descending): the rank of token p is
+                        // the number of earlier scores ≥ its own (ties to the earlier token).
+                        let (mut chosen, mut sorted) = (Vec::new(), Vec::<f32>::with_capacity(t));
                         for p in 0..t {
-                            let rank = (0..p).filter(|&s| score(s) >= score(p)).count();
+                            let rank = sorted.partition_point(|&s| s >= score(p));
                             if prefix_chooses(rank, chosen.len(), p, self.rho) {
                                 chosen.push(p);
                             }
+                            sorted.insert(rank, score(p));
                         }
                         chosen
                     }
@@ -174,32 +174,23 @@ impl Mosa {
         let scores: Vec<f32> = r.clone().into_data().convert::<f32>().try_into_vec::<f32>().expect("router scores");
         let chosen = self.select(&scores, b, t);
         let k = chosen.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        // One-hot G [b, E, k, t], and the mask [b, E, k, k] (true = not allowed): row a sees
-        // row c iff c is a chosen token no later than a; padding rows see themselves only.
-        let mut g = vec![0f32; b * e_n * k * t];
-        let mut mask = vec![true; b * e_n * k * k];
-        for (be, rows) in chosen.iter().enumerate() {
-            for (a, &p) in rows.iter().enumerate() {
-                g[(be * k + a) * t + p] = 1.0;
-                for c in 0..=a {
-                    mask[(be * k + a) * k + c] = false;
-                }
-            }
-            for a in rows.len()..k {
-                mask[(be * k + a) * k + a] = false;
-            }
-        }
-        let g = Tensor::<4>::from_data(TensorData::new(g, [b, e_n, k, t]), &device).cast(x.dtype());
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, e_n, k, k]), &device);
-        let xs = g.clone().matmul(x.clone().unsqueeze_dim::<4>(1).expand([b, e_n, t, d]));
+        let sel = Selection::new(&chosen, b, t, e_n, k);
+        let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [b * e_n * k]), &device);
+        let (rows, positions) = (index(sel.rows), index(sel.positions));
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(sel.mask, [b, e_n, k, k]), &device);
+        let keep = Tensor::<4>::from_data(TensorData::new(sel.keep, [b, e_n, k, 1]), &device).cast(x.dtype());
+        let xs = x.clone().reshape([b * t, d]).select(0, rows.clone()).reshape([b, e_n, k, d]);
         let (cos, sin) = self.rope.tables();
         let half = self.rope.dim() / 2;
-        let table = |tab: Tensor<2>| g.clone().matmul(tab.narrow(0, 0, t).cast(x.dtype()).unsqueeze::<4>().expand([b, e_n, t, half]));
+        let table = |tab: Tensor<2>| tab.narrow(0, 0, t).cast(x.dtype()).select(0, positions.clone()).reshape([b, e_n, k, half]);
         let (q, kk, v) = self.project(xs, table(cos), table(sin));
         let att = softmax((q * (1.0 / (h as f32).sqrt())).matmul(kk.swap_dims(2, 3)).mask_fill(mask, f32::NEG_INFINITY), 3);
         let y = att.matmul(v).matmul(self.out.val().unsqueeze::<4>().expand([b, e_n, h, d])); // [b, E, k, d]
-        let gate = g.clone().matmul(r.swap_dims(1, 2).unsqueeze_dim::<4>(3)); // [b, E, k, 1]
-        let routed = g.swap_dims(2, 3).matmul(y * gate).sum_dim(1).reshape([b, t, d]);
+        let gate = r.reshape([b * t * e_n]).select(0, index(sel.scores)).reshape([b, e_n, k, 1]) * keep;
+        let routed = Tensor::<2>::zeros([b * t, d], &device)
+            .cast(x.dtype())
+            .select_assign(0, rows, (y * gate).reshape([b * e_n * k, d]), IndexingUpdateOp::Add)
+            .reshape([b, t, d]);
         match &self.dense {
             Some(dense) => dense.forward(x) + routed,
             None => routed,
@@ -305,6 +296,44 @@ impl Mosa {
         let d = self.router.weight.dims()[0];
         let per_chosen = 8 * d * self.head_dim + 4 * self.head_dim * context.div_ceil(self.rho);
         dense + (self.heads * (2 * d + per_chosen / self.rho)) as u64
+    }
+}
+
+/// Where the rows of the routed heads come from: for (sequence n, head e, slot a), flattened
+/// row-major `[b, E, k]`, the row `n·t + p` of the flattened input (p the slot's token), the
+/// position p (RoPE), the router score's flat index `(n·t + p)·E + e`, whether the slot holds a
+/// chosen token (`keep`; padding slots read token 0 and are multiplied by 0), and the mask
+/// `[b, E, k, k]` (true = not allowed): slot a sees slot c iff c holds a chosen token no later
+/// than a's; padding slots see themselves only.
+struct Selection {
+    rows: Vec<i64>,
+    positions: Vec<i64>,
+    scores: Vec<i64>,
+    keep: Vec<f32>,
+    mask: Vec<bool>,
+}
+
+impl Selection {
+    fn new(chosen: &[Vec<usize>], b: usize, t: usize, e_n: usize, k: usize) -> Self {
+        let n_slots = b * e_n * k;
+        let mut s = Selection { rows: vec![0; n_slots], positions: vec![0; n_slots], scores: vec![0; n_slots], keep: vec![0.0; n_slots], mask: vec![true; n_slots * k] };
+        for (be, set) in chosen.iter().enumerate() {
+            let (n, e) = (be / e_n, be % e_n);
+            for a in 0..k {
+                let slot = be * k + a;
+                let p = set.get(a).copied();
+                let row = n * t + p.unwrap_or(0);
+                s.rows[slot] = row as i64;
+                s.positions[slot] = p.unwrap_or(0) as i64;
+                s.scores[slot] = (row * e_n + e) as i64;
+                s.keep[slot] = if p.is_some() { 1.0 } else { 0.0 };
+                let seen = if p.is_some() { 0..=a } else { a..=a };
+                for c in seen {
+                    s.mask[slot * k + c] = false;
+                }
+            }
+        }
+        s
     }
 }
 

@@ -19,6 +19,9 @@
 //! - decode ranking the new score with `>` instead of `≥` (a tie goes to the later token) →
 //!   `decode_equals_the_forward_on_repeated_tokens` only (random inputs never tie);
 //! - decode slots ⌊capacity/ρ⌋ instead of ⌈capacity/ρ⌉ → the contract's state-bytes test only.
+//! - gathered rows without the sequence's offset n·t (batch 2 reads sequence 0) → forward,
+//!   decode, `rho_one_with_unit_scores_is_multi_head_attention`;
+//! - a constant gate instead of the router score → forward, gradients, decode, the ρ = 1 identity.
 
 mod common;
 
@@ -227,6 +230,29 @@ fn routing_rules_on_constructed_scores() {
         let chosen = &at(rho, MosaRouting::Prefix).select(&random, 1, 40)[0];
         assert!(chosen.len() <= 40usize.div_ceil(rho) && chosen[0] == 0, "ρ = {rho}: {chosen:?}");
     }
+}
+
+/// ρ = 1 with r ≡ 1 is multi-head attention: every head chooses every token and nothing is
+/// scaled. r ≡ 1 by a zero router (σ(0) = ½) with W_O doubled; the other side is attnlab's
+/// grouped-query module (MHA: as many K/V heads as heads) holding the routed heads' weights in its
+/// fused projection, RoPE on the same half of each head; batch 2, attention peaked.
+#[test]
+fn rho_one_with_unit_scores_is_multi_head_attention() {
+    let dev = cpu();
+    let (e_n, h) = (4, 8);
+    let mut m = layer(&config(MosaRouting::Prefix, 1, 0, e_n), &dev);
+    let Attention::Mosa(holder) = seeded(&dev, 5, || config(MosaRouting::Prefix, 1, e_n, 1).init(D_MODEL, 4, 64, ROPE_BASE as f32, &dev)) else { panic!("mosa") };
+    let mut mha = holder.dense.expect("dense heads");
+    assert_eq!((mha.heads, mha.kv_heads, mha.head_dim), (e_n, e_n, h));
+    let w = m.qkv.val(); // [E, d, 3h′]
+    let part = |from: usize| Tensor::cat((0..e_n).map(|e| w.clone().narrow(0, e, 1).reshape([D_MODEL, 3 * h]).narrow(1, from, h)).collect(), 1);
+    mha.qkv.weight = Param::from_tensor(Tensor::cat(vec![part(0), part(h), part(2 * h)], 1));
+    mha.out.weight = Param::from_tensor(m.out.val().reshape([e_n * h, D_MODEL]));
+    m.router.weight = Param::from_tensor(m.router.weight.val().zeros_like());
+    m.out = Param::from_tensor(m.out.val() * 2.0);
+    let x = random_input(2, T, D_MODEL, 9, &dev);
+    let err = rel_err(&to_vec(m.forward(x.clone())), &to_vec(mha.forward(x)));
+    assert!(err < 1e-5, "relative |MoSA(ρ = 1, r ≡ 1) − MHA| = {err}");
 }
 
 #[test]
