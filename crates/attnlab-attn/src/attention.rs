@@ -66,6 +66,11 @@ impl AttentionConfig {
                 let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("mla");
                 return Attention::Latent(LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, *rope, max_seq, rope_base, device));
             }
+            AttentionConfig::Dsa { kv_heads: Some(g), rope_dim, top_k, index_heads, index_dim, .. } => {
+                let gqa = GroupedQuery::new(d_model, heads, *g, max_seq, rope_base, device);
+                let rope_dim = rope_dim.unwrap_or(d_model / heads / 2);
+                return Attention::Dsa(Dsa::on_grouped(gqa, *index_heads, *index_dim, rope_dim, *top_k, max_seq, rope_base, device));
+            }
             AttentionConfig::Dsa { q_latent, top_k, index_heads, index_dim, .. } => {
                 let (kv_latent, rope_dim) = self.mla_dims(d_model / heads).expect("dsa");
                 let mla = LatentAttention::new(d_model, heads, kv_latent, *q_latent, rope_dim, true, max_seq, rope_base, device);

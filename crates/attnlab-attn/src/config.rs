@@ -166,12 +166,16 @@ pub enum AttentionConfig {
         #[serde(default = "default_kda_chunk", skip_serializing_if = "is_default_kda_chunk")]
         chunk: usize,
     },
-    /// DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, 2025) on MLA: a lightning indexer
+    /// DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, 2025) on MLA (or on GQA with `kv_heads`
+    /// K/V heads when that is set): a lightning indexer
     /// (`index_heads` heads of `index_dim`, one shared key) scores the earlier keys of each query,
     /// which then attends (MLA, every head) to its `top_k` best only. The MLA fields as `mla`
     /// (with RoPE). The indexer trains on its own KL loss (`[[train.stages]]` with
     /// `aux = { indexer_kl_dense = 1.0 }` for the dense warm-up, `{ indexer_kl = 1.0 }` sparse).
     Dsa {
+        /// Set: DSA on grouped-query attention with this many K/V heads instead of MLA.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kv_heads: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kv_latent: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,8 +609,11 @@ impl AttentionConfig {
                 push_chunk(&mut label, *chunk, KDA_CHUNK);
                 return label;
             }
-            Self::Dsa { kv_latent, q_latent, rope_dim, top_k, index_heads, index_dim } => {
+            Self::Dsa { kv_heads, kv_latent, q_latent, rope_dim, top_k, index_heads, index_dim } => {
                 let mut label = format!("dsa-k{top_k}");
+                if let Some(g) = kv_heads {
+                    label.push_str(&format!("-gqa{g}"));
+                }
                 for (tag, v) in [("c", kv_latent), ("q", q_latent), ("r", rope_dim)] {
                     if let Some(v) = v {
                         label.push_str(&format!("-{tag}{v}"));
@@ -707,7 +714,8 @@ impl AttentionConfig {
             Self::Mha {} => Some(heads),
             Self::Mqa {} => Some(1),
             Self::Gqa { kv_heads } => Some(*kv_heads),
-            Self::Mla { .. } | Self::Dsa { .. } | Self::Mosa { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
+            Self::Dsa { kv_heads, .. } => *kv_heads,
+            Self::Mla { .. } | Self::Mosa { .. } | Self::Differential {} | Self::Linear { .. } | Self::LogLinear { .. } | Self::GatedDeltanet { .. } | Self::Kda { .. } => None,
             other => Some(other.explicit_kv_heads().unwrap_or(heads)),
         }
     }
@@ -716,7 +724,7 @@ impl AttentionConfig {
     /// ratios (d_c = 4·d_h, d_R = d_h / 2). `None` for other kinds.
     pub fn mla_dims(&self, head_dim: usize) -> Option<(usize, usize)> {
         match self {
-            Self::Mla { kv_latent, rope_dim, .. } | Self::Dsa { kv_latent, rope_dim, .. } => Some((kv_latent.unwrap_or(4 * head_dim), rope_dim.unwrap_or(head_dim / 2))),
+            Self::Mla { kv_latent, rope_dim, .. } | Self::Dsa { kv_latent, rope_dim, kv_heads: None, .. } => Some((kv_latent.unwrap_or(4 * head_dim), rope_dim.unwrap_or(head_dim / 2))),
             _ => None,
         }
     }
@@ -757,6 +765,19 @@ impl AttentionConfig {
             even_head_dim()?;
         }
         match self {
+            Self::Dsa { kv_heads: Some(_), kv_latent, q_latent, rope_dim, top_k, index_heads, index_dim } => {
+                for (field, value) in [("kv_latent", kv_latent), ("q_latent", q_latent)] {
+                    if let Some(v) = value {
+                        return Err(ConfigError::new(&format!("model.attention.{field}"), v, "is an MLA field; with kv_heads set dsa is on grouped-query attention (leave kv_heads out for MLA)"));
+                    }
+                }
+                let rope_dim = rope_dim.unwrap_or(head_dim / 2);
+                if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > *index_dim {
+                    return Err(ConfigError::new("model.attention.rope_dim", rope_dim, format!("must be even, ≥ 2 and ≤ index_dim = {index_dim} (the indexer's rotated dims)")));
+                }
+                positive("top_k", *top_k)?;
+                positive("index_heads", *index_heads)?;
+            }
             Self::Mla { q_latent, rope_dim: set_rope_dim, .. } | Self::Dsa { q_latent, rope_dim: set_rope_dim, .. } => {
                 let (kv_latent, rope_dim) = self.mla_dims(head_dim).expect("mla");
                 positive("kv_latent", kv_latent)?;

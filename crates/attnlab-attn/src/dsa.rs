@@ -1,5 +1,7 @@
 //! DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, 2025; `inference/model.py`, class `Indexer`)
-//! on top of MLA ([`LatentAttention`]).
+//! on top of MLA ([`LatentAttention`]), DeepSeek's base, or of grouped-query attention
+//! ([`GroupedQuery`], `kv_heads` set; the indexer's queries then read x and its RoPE covers
+//! `rope_dim` dims). Everything below holds for both; "MLA" reads "the attention".
 //!
 //! A lightning indexer per layer scores every earlier key for each query:
 //! `q^I = c_q W_qI` `[H_I, d_I]` (c_q = MLA's normalised query latent, or x without one),
@@ -28,18 +30,19 @@
 //! Initialisation N(0, 0.02²) for W_qI, W_kI, W_w (a zero W_w would silence W_qI and W_kI).
 //!
 //! Decode: MLA's latent cache plus the indexer key per token, `(d_c + d_R + d_I)` floats per
-//! token per layer; K/V are rebuilt from the cached latents (not the absorbed form) and masked
-//! to the selected keys.
+//! token per layer (GQA: `2·g·d_h + d_I`); MLA's K/V are rebuilt from the cached latents (not
+//! the absorbed form) and masked to the selected keys.
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
+use crate::grouped_query::{merge_heads, repeat_heads, GroupedQuery};
 use crate::latent::LatentAttention;
 use crate::linear::{apply, linear};
 use crate::rope::Rope;
-use crate::state::{write_in_place, DsaState};
+use crate::state::{write_in_place, DsaState, KvCache};
 use crate::F32_BYTES;
 
 /// The lightning indexer.
@@ -138,10 +141,13 @@ pub enum IndexerLoss {
     Sparse,
 }
 
-/// DeepSeek Sparse Attention: MLA whose queries see only their indexer-selected keys.
+/// DeepSeek Sparse Attention: MLA (or grouped-query attention) whose queries see only their
+/// indexer-selected keys. Exactly one of `mla` and `gqa` is set (two options rather than an
+/// enum so that checkpoints of MLA-based DSA keep their parameter paths).
 #[derive(Module, Debug)]
 pub struct Dsa {
-    pub mla: LatentAttention,
+    pub mla: Option<LatentAttention>,
+    pub gqa: Option<GroupedQuery>,
     pub indexer: Indexer,
     pub top_k: usize,
 }
@@ -153,12 +159,39 @@ pub struct DsaOutput {
     pub recall: Option<f64>,
 }
 
+/// The attention under the selection: queries `[b, h, t, d_qk]` and keys, values of every head
+/// `[b, h, s, ·]` (GQA's K/V heads repeated, MLA's rebuilt from the latents).
+struct Heads {
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+}
+
 impl Dsa {
+    /// DSA on MLA (DeepSeek's): the indexer's queries read MLA's query input, its RoPE covers
+    /// MLA's `rope_dim`.
     pub fn new(mla: LatentAttention, index_heads: usize, index_dim: usize, top_k: usize, max_seq: usize, rope_base: f32, device: &Device) -> Self {
         let d_model = mla.out.weight.dims()[1];
         let q_in = mla.q_latent.as_ref().map_or(d_model, |ql| ql.norm.gamma.dims()[0]);
         let rope_dim = mla.rope.as_ref().map(|r| r.dim());
-        Self { indexer: Indexer::new(d_model, q_in, index_heads, index_dim, rope_dim, max_seq, rope_base, device), mla, top_k }
+        Self { indexer: Indexer::new(d_model, q_in, index_heads, index_dim, rope_dim, max_seq, rope_base, device), mla: Some(mla), gqa: None, top_k }
+    }
+
+    /// DSA on grouped-query attention: the indexer's queries read x, RoPE on its first
+    /// `rope_dim` dims.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_grouped(gqa: GroupedQuery, index_heads: usize, index_dim: usize, rope_dim: usize, top_k: usize, max_seq: usize, rope_base: f32, device: &Device) -> Self {
+        let d_model = gqa.out.weight.dims()[1];
+        Self { indexer: Indexer::new(d_model, d_model, index_heads, index_dim, Some(rope_dim), max_seq, rope_base, device), mla: None, gqa: Some(gqa), top_k }
+    }
+
+    fn gqa(&self) -> Option<&GroupedQuery> {
+        self.gqa.as_ref()
+    }
+
+    /// The MLA backbone; panics for DSA on GQA.
+    pub fn mla(&self) -> &LatentAttention {
+        self.mla.as_ref().expect("this dsa layer is on grouped-query attention, not MLA")
     }
 
     /// Causal training forward (sparse). x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
@@ -168,19 +201,52 @@ impl Dsa {
 
     /// The forward with the indexer loss `loss` (see the module doc).
     pub fn forward_with(&self, x: Tensor<3>, loss: IndexerLoss) -> DsaOutput {
-        let c_q = self.mla.query_input(x.clone());
-        let q = self.mla.queries_from(c_q.clone(), 0);
-        let (c_kv, k_r) = self.mla.latents(x.clone(), 0);
         let keys = self.indexer.keys(x.clone().detach(), 0);
-        self.attend(x, c_q, q, c_kv, k_r, keys, 0, loss)
+        let (c_q, heads) = match self.gqa() {
+            Some(gqa) => {
+                let (q, k, v) = gqa.split_rotate(apply(&gqa.qkv, x.clone()), 0);
+                (x.clone(), self.grouped_heads(gqa, q, k, v))
+            }
+            None => {
+                let mla = self.mla();
+                let c_q = mla.query_input(x.clone());
+                let q = mla.queries_from(c_q.clone(), 0);
+                let (c_kv, k_r) = mla.latents(x.clone(), 0);
+                let (k, v) = mla.keys_values(c_kv, k_r);
+                (c_q, Heads { q, k, v })
+            }
+        };
+        self.attend(x, c_q, heads, keys, 0, loss)
     }
 
-    /// Attention of the queries at positions `start..` over the latents and indexer keys of
-    /// positions `0..s`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(&self, x: Tensor<3>, c_q: Tensor<3>, q: Tensor<4>, c_kv: Tensor<3>, k_r: Tensor<3>, keys: Tensor<3>, start: usize, loss: IndexerLoss) -> DsaOutput {
+    fn grouped_heads(&self, gqa: &GroupedQuery, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Heads {
+        let r = gqa.heads / gqa.kv_heads;
+        Heads { q, k: repeat_heads(k, r), v: repeat_heads(v, r) }
+    }
+
+    /// The score scale: MLA's `1/√(d_h + d_R)`, GQA's `1/√d_h`.
+    fn scale(&self) -> f32 {
+        match self.gqa() {
+            Some(gqa) => 1.0 / (gqa.head_dim as f32).sqrt(),
+            None => self.mla().scale(),
+        }
+    }
+
+    /// Per-head outputs `[b, h, t, d_v]` through the output projection → `[b, t, d_model]`.
+    fn output(&self, o: Tensor<4>) -> Tensor<3> {
+        let out = match self.gqa() {
+            Some(gqa) => &gqa.out,
+            None => &self.mla().out,
+        };
+        apply(out, merge_heads(o))
+    }
+
+    /// Attention of the queries at positions `start..` over the keys and values and indexer
+    /// keys of positions `0..s`.
+    fn attend(&self, x: Tensor<3>, c_q: Tensor<3>, heads: Heads, keys: Tensor<3>, start: usize, loss: IndexerLoss) -> DsaOutput {
+        let Heads { q, k, v } = heads;
         let [b, h, t, _] = q.dims();
-        let s = c_kv.dims()[1];
+        let s = k.dims()[2];
         let device = q.device();
         // The causal mask, built once on the host for the indexer, the attention and the losses.
         let future = future(t, s, start, &device);
@@ -188,16 +254,14 @@ impl Dsa {
         let index_host: Vec<f32> = index.clone().into_data().convert::<f32>().try_into_vec::<f32>().expect("scores");
         let selected = select(&index_host, b, t, s, self.top_k);
         let selected_mask = Tensor::<3, Bool>::from_data(TensorData::new(selected.clone(), [b, t, s]), &device);
-        let (k, v) = self.mla.keys_values(c_kv, k_r);
-        let scores = q.matmul(k.swap_dims(2, 3)) * self.mla.scale();
+        let scores = q.matmul(k.swap_dims(2, 3)) * self.scale();
         let causal = future.clone().unsqueeze::<4>().expand([b, h, t, s]);
         let visible = match loss {
             IndexerLoss::Dense => causal,
             _ => selected_mask.clone().bool_not().unsqueeze_dim::<4>(1).expand([b, h, t, s]),
         };
         let probs = softmax(scores.clone().mask_fill(visible, f32::NEG_INFINITY), 3);
-        let o = probs.clone().matmul(v);
-        let y = apply(&self.mla.out, o.swap_dims(1, 2).reshape([b, t, h * self.mla.head_dim]));
+        let y = self.output(probs.clone().matmul(v));
         if loss == IndexerLoss::None {
             return DsaOutput { y, kl: None, recall: None };
         }
@@ -244,41 +308,67 @@ impl Dsa {
         (total > 0).then(|| hit as f64 / total as f64)
     }
 
-    /// Empty decode state: MLA's latent cache and the indexer keys.
+    /// Empty decode state: MLA's latent cache (or GQA's KV cache) and the indexer keys.
     pub fn init_state(&self, batch: usize, capacity: usize, device: &Device) -> DsaState {
-        DsaState { latent: self.mla.init_state(batch, capacity, device), keys: Tensor::zeros([batch, capacity, self.indexer.dim], device) }
+        let kv = self.gqa().map(|g| {
+            let shape = [batch, g.kv_heads, capacity, g.head_dim];
+            KvCache { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device), len: 0 }
+        });
+        DsaState { latent: self.mla.as_ref().map(|m| m.init_state(batch, capacity, device)), kv, keys: Tensor::zeros([batch, capacity, self.indexer.dim], device) }
     }
 
     /// Feeds x `[batch, new, d_model]` (prefill when new > 1).
     pub fn step(&self, x: Tensor<3>, state: &mut DsaState) -> Tensor<3> {
         let [b, new, _] = x.dims();
-        let cache = &mut state.latent;
-        let (start, end) = (cache.len, cache.len + new);
-        assert!(end <= cache.c_kv.dims()[1], "DSA cache full: {end} tokens > capacity {}", cache.c_kv.dims()[1]);
-        let c_q = self.mla.query_input(x.clone());
-        let q = self.mla.queries_from(c_q.clone(), start);
-        let (c_kv, k_r) = self.mla.latents(x.clone(), start);
+        let (start, end) = (state.len(), state.len() + new);
+        assert!(end <= state.capacity(), "DSA cache full: {end} tokens > capacity {}", state.capacity());
         let keys = self.indexer.keys(x.clone(), start);
-        write_in_place(&mut cache.c_kv, [0..b, start..end, 0..self.mla.kv_latent], c_kv);
-        write_in_place(&mut cache.k_rope, [0..b, start..end, 0..self.mla.rope_dim], k_r);
         write_in_place(&mut state.keys, [0..b, start..end, 0..self.indexer.dim], keys);
-        cache.len = end;
-        let c_kv = cache.c_kv.clone().narrow(1, 0, end);
-        let k_r = cache.k_rope.clone().narrow(1, 0, end);
         let keys = state.keys.clone().narrow(1, 0, end);
-        self.attend(x, c_q, q, c_kv, k_r, keys, start, IndexerLoss::None).y
+        let (c_q, heads) = match (self.gqa(), &mut state.kv, &mut state.latent) {
+            (Some(gqa), Some(cache), _) => {
+                let (q, k, v) = gqa.split_rotate(apply(&gqa.qkv, x.clone()), start);
+                let range = [0..b, 0..gqa.kv_heads, start..end, 0..gqa.head_dim];
+                write_in_place(&mut cache.k, range.clone(), k);
+                write_in_place(&mut cache.v, range, v);
+                cache.len = end;
+                (x.clone(), self.grouped_heads(gqa, q, cache.k.clone().narrow(2, 0, end), cache.v.clone().narrow(2, 0, end)))
+            }
+            (None, _, Some(cache)) => {
+                let mla = self.mla();
+                let c_q = mla.query_input(x.clone());
+                let q = mla.queries_from(c_q.clone(), start);
+                let (c_kv, k_r) = mla.latents(x.clone(), start);
+                write_in_place(&mut cache.c_kv, [0..b, start..end, 0..mla.kv_latent], c_kv);
+                write_in_place(&mut cache.k_rope, [0..b, start..end, 0..mla.rope_dim], k_r);
+                cache.len = end;
+                let (k, v) = mla.keys_values(cache.c_kv.clone().narrow(1, 0, end), cache.k_rope.clone().narrow(1, 0, end));
+                (c_q, Heads { q, k, v })
+            }
+            _ => panic!("this decode state does not belong to this dsa layer"),
+        };
+        self.attend(x, c_q, heads, keys, start, IndexerLoss::None).y
     }
 
-    /// Bytes of the decode state of one sequence: `(d_c + d_R + d_I) · context · 4`.
+    /// Bytes of the decode state of one sequence: MLA's `(d_c + d_R)` (or GQA's `2·g·d_h`) plus
+    /// the indexer key's `d_I` floats per token.
     pub fn state_bytes(&self, context: usize) -> usize {
-        self.mla.state_bytes(context) + self.indexer.dim * context * F32_BYTES
+        let base = match self.gqa() {
+            Some(gqa) => gqa.state_bytes(context),
+            None => self.mla().state_bytes(context),
+        };
+        base + self.indexer.dim * context * F32_BYTES
     }
 
-    /// Forward FLOPs per token at `context`: MLA over min(k, context) keys, the indexer's
-    /// projections and its scoring of every key.
+    /// Forward FLOPs per token at `context`: the attention over min(k, context) keys, the
+    /// indexer's projections and its scoring of every key.
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let ix = &self.indexer;
         let proj = ix.q.weight.shape().num_elements() + ix.k.weight.shape().num_elements() + ix.w.weight.shape().num_elements();
-        self.mla.flops_per_token(context.min(self.top_k)) + (2 * proj + 2 * ix.heads * ix.dim * context + 2 * ix.heads * context) as u64
+        let base = match self.gqa() {
+            Some(gqa) => gqa.flops_per_token(context.min(self.top_k)),
+            None => self.mla().flops_per_token(context.min(self.top_k)),
+        };
+        base + (2 * proj + 2 * ix.heads * ix.dim * context + 2 * ix.heads * context) as u64
     }
 }

@@ -80,12 +80,37 @@ pub struct LolcatsState {
     pub capacity: usize,
 }
 
-/// DSA's decode state: MLA's latent cache and the indexer key of every position,
-/// keys `[batch, capacity, d_I]`.
+/// DSA's decode state: MLA's latent cache (or, on grouped-query attention, its KV cache) and
+/// the indexer key of every position, keys `[batch, capacity, d_I]`.
 #[derive(Debug, Clone)]
 pub struct DsaState {
-    pub latent: LatentCache,
+    pub latent: Option<LatentCache>,
+    pub kv: Option<KvCache>,
     pub keys: Tensor<3>,
+}
+
+impl DsaState {
+    /// Tokens held so far.
+    pub fn len(&self) -> usize {
+        self.latent.as_ref().map_or_else(|| self.kv.as_ref().map_or(0, |c| c.len), |c| c.len)
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Room in tokens.
+    pub fn capacity(&self) -> usize {
+        self.keys.dims()[1]
+    }
+
+    /// Elements of every state tensor.
+    fn elements(&self) -> usize {
+        let latent = self.latent.as_ref().map_or(0, |c| c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements());
+        let kv = self.kv.as_ref().map_or(0, |c| c.k.shape().num_elements() + c.v.shape().num_elements());
+        latent + kv + self.keys.shape().num_elements()
+    }
 }
 
 /// Multi-Token Attention's decode state ([`crate::mta`]): the KV cache and the last
@@ -135,7 +160,7 @@ impl State {
             State::Latent(c) => c.len,
             State::Recurrent(c) => c.len,
             State::Lolcats(c) => c.len,
-            State::Dsa(c) => c.latent.len,
+            State::Dsa(c) => c.len(),
             State::Mta(c) => c.kv.len,
             State::Mosa(c) => c.len,
         }
@@ -154,7 +179,7 @@ impl State {
             State::Latent(c) => c.c_kv.dims()[1],
             State::Recurrent(c) => c.capacity,
             State::Lolcats(c) => c.capacity,
-            State::Dsa(c) => c.latent.c_kv.dims()[1],
+            State::Dsa(c) => c.capacity(),
             State::Mta(c) => c.kv.k.dims()[2],
             State::Mosa(c) => c.capacity,
         }
@@ -169,7 +194,7 @@ impl State {
             State::Latent(c) => (c.c_kv.shape().num_elements() + c.k_rope.shape().num_elements(), c.c_kv.dims()[0]),
             State::Recurrent(c) => (c.s.shape().num_elements() + c.conv.as_ref().map_or(0, |t| t.shape().num_elements()), c.s.dims()[0]),
             State::Lolcats(c) => ([&c.k, &c.v, &c.s, &c.z].iter().map(|t| t.shape().num_elements()).sum(), c.k.dims()[0]),
-            State::Dsa(c) => (c.latent.c_kv.shape().num_elements() + c.latent.k_rope.shape().num_elements() + c.keys.shape().num_elements(), c.keys.dims()[0]),
+            State::Dsa(c) => (c.elements(), c.keys.dims()[0]),
             State::Mta(c) => (c.kv.k.shape().num_elements() + c.kv.v.shape().num_elements() + c.queries.as_ref().map_or(0, |q| q.shape().num_elements()), c.kv.k.dims()[0]),
             // The scores' room for `capacity` tokens counts (reserved up front: capacity · batch · E).
             State::Mosa(c) => {

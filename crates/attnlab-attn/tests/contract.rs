@@ -46,9 +46,10 @@ fn kinds() -> Vec<AttentionConfig> {
         // adapters with B ≠ 0 are checked in lolcats.rs (decode, gradients).
         AttentionConfig::Lolcats { kv_heads: Some(2), window: 3, feature_dim: 4, feature_map: LolcatsMap::Softmax, lora_rank: 0, lora_alpha: 4.0 },
         AttentionConfig::Lolcats { kv_heads: None, window: 0, feature_dim: 4, feature_map: LolcatsMap::Elu1, lora_rank: 0, lora_alpha: 16.0 },
-        // DSA with top_k < T (sparse from position 4 on), with and without a query latent.
-        AttentionConfig::Dsa { kv_latent: Some(12), q_latent: None, rope_dim: Some(4), top_k: 4, index_heads: 2, index_dim: 8 },
-        AttentionConfig::Dsa { kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), top_k: 3, index_heads: 4, index_dim: 32 },
+        // DSA with top_k < T (sparse from position 4 on), with and without a query latent; on GQA-2.
+        AttentionConfig::Dsa { kv_heads: None, kv_latent: Some(12), q_latent: None, rope_dim: Some(4), top_k: 4, index_heads: 2, index_dim: 8 },
+        AttentionConfig::Dsa { kv_heads: None, kv_latent: Some(12), q_latent: Some(16), rope_dim: Some(4), top_k: 3, index_heads: 4, index_dim: 32 },
+        AttentionConfig::Dsa { kv_heads: Some(2), kv_latent: None, q_latent: None, rope_dim: None, top_k: 3, index_heads: 2, index_dim: 8 },
         // MTA: the paper's layer (6 × 11, both convolutions, both mixings, norm, gate) at GQA;
         // 3 × 3 with groups of 2, depth scale; a layer outside `conv_layers` (no convolutions).
         // At init the kernels are the identity: decode with trained-looking kernels is in mta.rs.
@@ -116,6 +117,8 @@ fn state_bytes_match_the_real_state_tensors_and_the_formulas() {
                 let (kv_latent, rope_dim) = config.mla_dims(head_dim).unwrap();
                 (kv_latent + rope_dim, 50)
             }
+            // GQA's K/V plus the indexer key.
+            AttentionConfig::Dsa { kv_heads: Some(g), index_dim, .. } => (2 * g * head_dim + index_dim, 50),
             // MLA's latent and rotary key plus the indexer key.
             AttentionConfig::Dsa { index_dim, .. } => {
                 let (kv_latent, rope_dim) = config.mla_dims(head_dim).unwrap();

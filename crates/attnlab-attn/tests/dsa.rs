@@ -31,10 +31,10 @@ const T: usize = 16;
 const K: usize = 4;
 
 fn layer(q_latent: Option<usize>, top_k: usize, dev: &Device) -> Dsa {
-    let config = AttentionConfig::Dsa { kv_latent: Some(16), q_latent, rope_dim: Some(4), top_k, index_heads: 3, index_dim: 8 };
+    let config = AttentionConfig::Dsa { kv_heads: None, kv_latent: Some(16), q_latent, rope_dim: Some(4), top_k, index_heads: 3, index_dim: 8 };
     let Attention::Dsa(mut m) = seeded(dev, 21, || config.init(D_MODEL, HEADS, 64, ROPE_BASE as f32, dev)) else { panic!("dsa") };
     // ×16: with a query latent the RMSNorm of c_q undoes the scaling of W_dq, so only W_uq sharpens q.
-    m.mla = sharpen(m.mla, 16.0);
+    m.mla = m.mla.map(|mla| sharpen(mla, 16.0));
     m.indexer = sharpen(m.indexer, 4.0);
     m
 }
@@ -108,14 +108,36 @@ struct Reference {
     recall: f64,
 }
 
+/// DSA on GQA-2 (4 heads, 2 K/V heads): the same indexer reading x, attention weights ×12.
+fn grouped_layer(top_k: usize, dev: &Device) -> Dsa {
+    let config = AttentionConfig::Dsa { kv_heads: Some(2), kv_latent: None, q_latent: None, rope_dim: Some(4), top_k, index_heads: 3, index_dim: 8 };
+    let Attention::Dsa(mut m) = seeded(dev, 22, || config.init(D_MODEL, HEADS, 64, ROPE_BASE as f32, dev)) else { panic!("dsa") };
+    m.gqa = m.gqa.map(|g| sharpen(g, SHARP));
+    m.indexer = sharpen(m.indexer, 4.0);
+    m
+}
+
+/// DSA on GQA: the grouped-query reference with each query's visible keys = its selection.
+fn grouped_reference(m: &Dsa, x: &[f64], b: usize, t: usize) -> Vec<f64> {
+    let gqa = m.gqa.as_ref().expect("gqa");
+    (0..b)
+        .flat_map(|seq| {
+            let xs = &x[seq * t * D_MODEL..(seq + 1) * t * D_MODEL];
+            let cq: Vec<Vec<f64>> = (0..t).map(|p| xs[p * D_MODEL..(p + 1) * D_MODEL].to_vec()).collect();
+            let sel = selection(&index_scores(m, xs, &cq, t), m.top_k);
+            gqa_reference(gqa, xs, 1, t, D_MODEL, &|_, i, j| sel[i][j])
+        })
+        .collect()
+}
+
 fn reference(m: &Dsa, x: &[f64], b: usize, t: usize) -> Reference {
-    let (h, d, r) = (m.mla.heads, m.mla.head_dim, m.mla.rope_dim);
+    let (h, d, r) = (m.mla().heads, m.mla().head_dim, m.mla().rope_dim);
     let scale = 1.0 / ((d + r) as f64).sqrt();
-    let w_out = to_vec(m.mla.out.weight.val());
+    let w_out = to_vec(m.mla().out.weight.val());
     let (mut y, mut kl_dense, mut kl_sparse, mut hits, mut total) = (Vec::new(), 0.0, 0.0, 0usize, 0usize);
     for seq in 0..b {
         let xs = &x[seq * t * D_MODEL..(seq + 1) * t * D_MODEL];
-        let heads = mla_heads(&m.mla, xs, t, D_MODEL);
+        let heads = mla_heads(m.mla(), xs, t, D_MODEL);
         let scores = index_scores(m, xs, &heads.cq, t);
         let sel = selection(&scores, m.top_k);
         let mut concat = vec![0.0; t * h * d];
@@ -172,11 +194,31 @@ fn forward_matches_the_reference() {
 }
 
 #[test]
+fn on_grouped_query_attention_forward_and_decode_match_the_reference() {
+    let dev = cpu();
+    let m = grouped_layer(K, &dev);
+    let x = random_input(2, T, D_MODEL, 11, &dev);
+    let got = to_vec(m.forward(x.clone()));
+    assert_matches_reference("dsa on gqa-2", &got, || grouped_reference(&m, &to_vec(x.clone()), 2, T));
+    let err = rel_err(&to_vec(decode(&Attention::Dsa(m), &x, 5)), &got);
+    assert!(err < 1e-5, "dsa on gqa-2: decode vs forward, relative error {err}");
+}
+
+#[test]
+fn on_grouped_query_attention_top_k_covering_the_sequence_is_gqa() {
+    let dev = cpu();
+    let m = grouped_layer(T, &dev);
+    let x = random_input(2, T, D_MODEL, 12, &dev);
+    let err = rel_err(&to_vec(m.forward(x.clone())), &to_vec(m.gqa.as_ref().unwrap().forward(x)));
+    assert!(err < 1e-5, "top_k ≥ T vs GQA: relative error {err}");
+}
+
+#[test]
 fn top_k_covering_the_sequence_is_mla() {
     let dev = cpu();
     let m = layer(Some(12), T, &dev);
     let x = random_input(2, T, D_MODEL, 4, &dev);
-    let err = rel_err(&to_vec(m.forward(x.clone())), &to_vec(m.mla.forward(x)));
+    let err = rel_err(&to_vec(m.forward(x.clone())), &to_vec(m.mla().forward(x)));
     assert!(err < 1e-5, "top_k ≥ T vs MLA: relative error {err}");
 }
 
@@ -233,7 +275,7 @@ fn the_indexer_losses_match_the_reference() {
     assert_eq!(dense.recall, sparse.recall);
     assert!((dense.recall.unwrap() - want.recall).abs() < 1e-9, "recall {:?} vs {}", dense.recall, want.recall);
     // The dense warm-up's main attention is dense: MLA's output.
-    let err = rel_err(&to_vec(dense.y), &to_vec(m.mla.forward(x)));
+    let err = rel_err(&to_vec(dense.y), &to_vec(m.mla().forward(x)));
     assert!(err < 1e-5, "dense mode vs MLA: {err}");
 }
 
@@ -251,12 +293,12 @@ fn gradients_stay_on_their_side() {
     for (name, w) in [("q", &m.indexer.q.weight), ("k", &m.indexer.k.weight), ("w", &m.indexer.w.weight)] {
         assert!(!nonzero(w.val().grad(&lm)), "the LM loss reached the indexer's {name}");
     }
-    assert!(nonzero(m.mla.kv_down.weight.val().grad(&lm)), "the LM loss trains MLA");
+    assert!(nonzero(m.mla().kv_down.weight.val().grad(&lm)), "the LM loss trains MLA");
     let kl = m.forward_with(x.clone(), IndexerLoss::Sparse).kl.unwrap().backward();
-    for (name, w) in [("q_up", &m.mla.q_up.weight), ("kv_down", &m.mla.kv_down.weight), ("kv_up", &m.mla.kv_up.weight), ("out", &m.mla.out.weight)] {
+    for (name, w) in [("q_up", &m.mla().q_up.weight), ("kv_down", &m.mla().kv_down.weight), ("kv_up", &m.mla().kv_up.weight), ("out", &m.mla().out.weight)] {
         assert!(!nonzero(w.val().grad(&kl)), "the indexer's KL reached MLA's {name}");
     }
-    let ql = m.mla.q_latent.as_ref().unwrap();
+    let ql = m.mla().q_latent.as_ref().unwrap();
     assert!(!nonzero(ql.down.weight.val().grad(&kl)), "the indexer's KL reached MLA's query latent");
     // Nor the layer's input (the norm, earlier layers, the embedding).
     assert!(x.grad(&kl).is_none_or(|g| g.abs().max().into_scalar::<f32>() == 0.0), "the indexer's KL reached the layer's input");

@@ -161,6 +161,12 @@ pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model:
                 return Err(format!("its layers have {kv} K/V heads; set model.attention.kv_heads = {kv}"));
             }
         }
+        AttentionConfig::Dsa { kv_heads: Some(g), .. } => {
+            let kv = softmax_kv_heads(teacher)?.unwrap_or(teacher.heads);
+            if *g != kv {
+                return Err(format!("its layers have {kv} K/V heads; set model.attention.kv_heads = {kv}"));
+            }
+        }
         AttentionConfig::Dsa { q_latent, .. } => {
             let AttentionConfig::Mla { q_latent: tq, rope: true, .. } = &teacher.attention else {
                 return Err(format!("a dsa model starts from an mla run with RoPE; the source's attention is {:?}", teacher.attention.kind()));
@@ -177,7 +183,7 @@ pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model:
                 ));
             }
         }
-        other => return Err(format!("starts a lolcats model from a softmax run or a dsa model from an mla run; this model's attention is {:?}", other.kind())),
+        other => return Err(format!("starts a lolcats model from a softmax run, or a dsa model from an mla run (a grouped-query run with kv_heads set); this model's attention is {:?}", other.kind())),
     }
     let shape = |m: &attnlab_model::ModelConfig| format!("d_model {}, layers {}, heads {}, vocab {}, mlp {:?} × {}, rope_base {}", m.d_model, m.layers, m.heads, m.vocab, m.mlp, m.mlp_hidden(), m.rope_base);
     if shape(teacher) != shape(model) {

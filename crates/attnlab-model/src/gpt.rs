@@ -184,13 +184,21 @@ impl Gpt {
                     }
                     lolcats.base = base;
                 }
-                (Attention::Dsa(dsa), Attention::Latent(mla)) => {
-                    if (mla.kv_latent, mla.rope_dim, mla.q_up.weight.dims()) != (dsa.mla.kv_latent, dsa.mla.rope_dim, dsa.mla.q_up.weight.dims()) {
+                (Attention::Dsa(dsa), Attention::Latent(mla)) if dsa.mla.is_some() => {
+                    let own = dsa.mla();
+                    if (mla.kv_latent, mla.rope_dim, mla.q_up.weight.dims()) != (own.kv_latent, own.rope_dim, own.q_up.weight.dims()) {
                         return Err(format!("layer {l}: the MLA layer's latent sizes differ from the DSA layer's"));
                     }
-                    dsa.mla = mla;
+                    dsa.mla = Some(mla);
                 }
-                (mine, _) => return Err(format!("layer {l}: a {} layer cannot start from the source's layer (lolcats from mha/mqa/gqa, dsa from mla)", mine_kind(mine))),
+                (Attention::Dsa(dsa), Attention::GroupedQuery(base)) if dsa.gqa.is_some() => {
+                    let own = dsa.gqa.as_ref().expect("gqa");
+                    if (base.kv_heads, base.qkv.weight.dims()) != (own.kv_heads, own.qkv.weight.dims()) {
+                        return Err(format!("layer {l}: the source's K/V heads ({}) differ from the DSA layer's ({})", base.kv_heads, own.kv_heads));
+                    }
+                    dsa.gqa = Some(base);
+                }
+                (mine, _) => return Err(format!("layer {l}: a {} layer cannot start from the source's layer (lolcats from mha/mqa/gqa, dsa from mla, or from mha/mqa/gqa when it has kv_heads)", mine_kind(mine))),
             }
             mine.attn_norm = theirs.attn_norm;
             mine.mlp_norm = theirs.mlp_norm;
