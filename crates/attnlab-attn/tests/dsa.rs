@@ -16,6 +16,10 @@
 //! - the indexer's input not detached (keys, or scores) → `gradients_stay_on_their_side` (the
 //!   layer's input gets a gradient from the KL);
 //! - the indexer key not cached (recomputed at position 0) in decode → `decode_equals_the_forward`.
+//! - on GQA: K/V heads tiled (head i reads group i mod g) instead of grouped, and the score scale
+//!   1/d_h instead of 1/√d_h → both `on_grouped_query_attention_*` tests; decode writing the
+//!   new K/V at slot 0 → `on_grouped_query_attention_forward_and_decode_match_the_reference` and
+//!   the contract's prefill test.
 
 mod common;
 
@@ -355,4 +359,18 @@ fn state_bytes_equal_the_real_tensors() {
     let state = attn.init_state(2, 40, &dev);
     assert_eq!(state.bytes(), attn.state_bytes(40));
     assert_eq!(attn.state_bytes(40), 4 * 40 * (16 + 4 + 8), "(d_c + d_R + d_I) per token");
+}
+
+#[test]
+fn labels_and_validation_of_the_grouped_option() {
+    let parse = |s: &str| toml::from_str::<AttentionConfig>(s).unwrap();
+    assert_eq!(parse("kind = \"dsa\"\ntop_k = 32").label(), "dsa-k32");
+    assert_eq!(parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2").label(), "dsa-k32-gqa2");
+    assert_eq!(parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2").validate(128, 4), Ok(()));
+    let err = parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 3").validate(128, 4).unwrap_err();
+    assert_eq!(err.field, "model.attention.kv_heads");
+    let err = parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2\nkv_latent = 64").validate(128, 4).unwrap_err();
+    assert_eq!(err.field, "model.attention.kv_latent");
+    let err = parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2\nrope_dim = 64").validate(128, 4).unwrap_err();
+    assert_eq!(err.field, "model.attention.rope_dim");
 }
