@@ -228,6 +228,37 @@ impl Attention {
         }
     }
 
+    /// The fraction of the causal (query, key) pairs of a `context`-token sequence whose score
+    /// is computed, averaged over the layer's heads: 1 for dense softmax attention, below 1 for
+    /// sparse patterns (from the pattern's mask), DSA (`min(k, t + 1)` keys per query) and MoSA
+    /// (a routed head scores the pairs among its k = the routing budget's chosen tokens: prefix
+    /// routing may choose fewer, so this is its upper bound). `None` where no key is scored
+    /// one by one: a recurrent state summarises them all (linear, log-linear, delta-rule kinds,
+    /// and LoLCATs' linear part).
+    pub fn keys_attended(&self, context: usize) -> Option<f64> {
+        let t = context.max(1);
+        let pairs = (t * (t + 1) / 2) as f64;
+        match self {
+            Attention::GroupedQuery(m) => {
+                let heads = if m.pattern.is_head_independent() { 1 } else { m.heads };
+                let seen: usize = (0..heads).map(|h| (0..t).map(|q| (0..=q).filter(|&k| m.pattern.allows(h, m.heads, q, k)).count()).sum::<usize>()).sum();
+                Some(seen as f64 / (heads as f64 * pairs))
+            }
+            Attention::Latent(_) | Attention::Differential(_) | Attention::Mta(_) => Some(1.0),
+            Attention::Dsa(m) => Some((0..t).map(|q| m.top_k.min(q + 1)).sum::<usize>() as f64 / pairs),
+            Attention::Mosa(m) => {
+                let k = match m.routing {
+                    crate::config::MosaRouting::ExpertChoice => m.expert_k(t),
+                    crate::config::MosaRouting::Prefix => t.div_ceil(m.rho),
+                };
+                let dense = m.dense.as_ref().map_or(0, |d| d.heads);
+                let routed = m.heads as f64 * (k * (k + 1) / 2) as f64 / pairs;
+                Some((dense as f64 + routed) / (dense + m.heads) as f64)
+            }
+            Attention::Linear(_) | Attention::LogLinear(_) | Attention::LogLinearGdn(_) | Attention::GatedDeltaNet(_) | Attention::Kda(_) | Attention::Lolcats(_) => None,
+        }
+    }
+
     /// Forward FLOPs per token at `context` (for MFU).
     pub fn flops_per_token(&self, context: usize) -> u64 {
         match self {

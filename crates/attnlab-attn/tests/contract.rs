@@ -240,3 +240,27 @@ fn changing_later_tokens_leaves_earlier_outputs_unchanged() {
         assert!(max_abs_diff(&a, &b) <= 1e-5 * a.iter().fold(1.0f64, |m, v| m.max(v.abs())), "{config:?}: a later token changed an earlier output");
     }
 }
+
+/// `keys_attended` against counts made by hand at T = 8 (36 causal pairs) and T = 4 (10):
+/// a window of 3 with 1 sink scores 1 + 2 + 3 + 4·5 = 26 pairs; DSA with top_k 2 at T = 4
+/// scores 1 + 2 + 2 + 2 = 7; MoSA expert choice ρ 2 (k = 4, 10 pairs per routed head) with one
+/// dense head and two routed ones: (1 + 2·10/36)/3; MHA all; GDN none (a state, no scores).
+///
+/// Planted and seen to fail: DSA counting min(k, t) keys; MoSA's routed pairs k² (no causal
+/// triangle).
+#[test]
+fn keys_attended_matches_hand_counts() {
+    let dev = cpu();
+    let at = |toml_text: &str, t: usize| {
+        let config: AttentionConfig = toml::from_str(toml_text).unwrap();
+        locked(|| config.init(32, 4, 64, 10_000.0, &dev)).keys_attended(t)
+    };
+    let close = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 1e-12);
+    assert!(close(at("kind = \"sliding_window\"\nwindow = 3\nglobal_tokens = 1", 8), 26.0 / 36.0), "{:?}", at("kind = \"sliding_window\"\nwindow = 3\nglobal_tokens = 1", 8));
+    assert!(close(at("kind = \"dsa\"\ntop_k = 2", 4), 0.7));
+    assert!(close(at("kind = \"dsa\"\ntop_k = 2\nkv_heads = 2", 4), 0.7));
+    let mosa = at("kind = \"mosa\"\nrho = 2\nmosa_heads = 2\nrouting = \"expert_choice\"", 8);
+    assert!(close(mosa, (1.0 + 2.0 * 10.0 / 36.0) / 3.0), "{mosa:?}");
+    assert!(close(at("kind = \"mha\"", 8), 1.0));
+    assert_eq!(at("kind = \"gated_deltanet\"", 8), None);
+}

@@ -1039,7 +1039,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let names: Vec<String> = runs.iter().map(|r| attnlab_report::store_name(r)).collect();
             let out = out.unwrap_or_else(|| PathBuf::from("reports").join(names.join("-vs-")));
-            let groups = attnlab_report::write_report_stores(&runs, &out, peak_gflops.map(|g| g * 1e9))?;
+            let groups = attnlab_report::write_report_stores_with(&runs, &out, peak_gflops.map(|g| g * 1e9), &fill_keys_attended)?;
             println!("{} configs → {}", groups.len(), out.join("README.md").display());
             Ok(())
         }
@@ -1111,5 +1111,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}{}", prompt, tokenizer.decode(&out));
             Ok(())
         }
+    }
+}
+
+/// Runs recorded before summaries carried `keys_attended`: the fraction derived from the run's
+/// config (an untrained model of its shape; the fraction depends on shapes only).
+fn fill_keys_attended(dir: &Path, run: &mut attnlab_report::RunRecord) {
+    if run.summary.get("keys_attended").is_some() {
+        return;
+    }
+    let Ok(spec) = attnlab_exp::ExperimentSpec::load(&dir.join("config.toml"), &[]) else { return };
+    let keys = Gpt::new(&spec.model, &attnlab_attn::burn::tensor::Device::flex()).keys_attended(spec.train.block);
+    if let Some(obj) = run.summary.as_object_mut() {
+        obj.insert("keys_attended".into(), serde_json::json!(keys));
     }
 }

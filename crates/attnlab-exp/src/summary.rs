@@ -107,6 +107,10 @@ pub struct Summary {
     pub kv_bytes_per_token_measured: usize,
     /// Forward FLOPs per token at the training block length.
     pub flops_per_token: u64,
+    /// The fraction of causal (query, key) pairs scored at the training block length, averaged
+    /// over heads and layers (`Gpt::keys_attended`; `None` for recurrent-state models).
+    #[serde(default)]
+    pub keys_attended: Option<f64>,
     /// Model FLOPs utilisation: 3 · flops_per_token · train_tokens_per_sec / peak_flops (never
     /// above 1, see `peak_exceeded`).
     #[serde(default)]

@@ -770,6 +770,7 @@ pub fn train(run: &PreparedRun, opts: &TrainOptions) -> Result<RunOutcome> {
         kv_bytes_per_token: model.state_bytes(model.max_seq) / model.max_seq,
         kv_bytes_per_token_measured: measured_state_bytes(&model.valid(), &inner),
         flops_per_token,
+        keys_attended: model.keys_attended(t.block),
         mfu: mfu.map(|m| m.value),
         peak_flops: Some(mfu.map_or(peak, |m| m.peak)),
         peak_exceeded: mfu.is_some_and(|m| m.exceeded),

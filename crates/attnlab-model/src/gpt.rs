@@ -278,6 +278,13 @@ impl Gpt {
         self.loops * self.blocks.iter().map(|b| b.attn.state_bytes(context)).sum::<usize>()
     }
 
+    /// [`Attention::keys_attended`] averaged over the layers that score keys one by one (`None`
+    /// when none does).
+    pub fn keys_attended(&self, context: usize) -> Option<f64> {
+        let fractions: Vec<f64> = self.blocks.iter().filter_map(|b| b.attn.keys_attended(context)).collect();
+        (!fractions.is_empty()).then(|| fractions.iter().sum::<f64>() / fractions.len() as f64)
+    }
+
     /// Forward FLOPs per token at `context`: mixers + MLPs (2 per weight, × `loops`) + LM head.
     /// Training costs ≈ 3× this (forward + backward).
     pub fn flops_per_token(&self, context: usize) -> u64 {

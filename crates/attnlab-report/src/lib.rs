@@ -34,10 +34,19 @@ pub fn store_name(dir: &Path) -> String {
 /// noise check compares them. Run ids are shown as `store/run-id`. With one store this is the
 /// plain report.
 pub fn write_report_stores(stores: &[std::path::PathBuf], out: &Path, peak_flops: Option<f64>) -> Result<Vec<Group>> {
+    write_report_stores_with(stores, out, peak_flops, &|_, _| {})
+}
+
+/// [`write_report_stores`], with `fill(run folder, run)` called on every run as it is loaded: the
+/// CLI derives there what older summaries lack (`keys_attended`) from the run's config.
+pub fn write_report_stores_with(stores: &[std::path::PathBuf], out: &Path, peak_flops: Option<f64>, fill: &dyn Fn(&Path, &mut RunRecord)) -> Result<Vec<Group>> {
     let (mut runs, mut skipped) = (Vec::new(), Vec::new());
     let names: Vec<String> = stores.iter().map(|s| store_name(s)).collect();
     for (i, dir) in stores.iter().enumerate() {
         let (mut r, s) = load_store(dir)?;
+        for run in &mut r {
+            fill(&dir.join(&run.run_id), run);
+        }
         if stores.len() > 1 {
             let clash = names.iter().filter(|n| **n == names[i]).count() > 1;
             let name = if clash { dir.display().to_string() } else { names[i].clone() };

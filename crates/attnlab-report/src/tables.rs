@@ -228,6 +228,12 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     md.push_str("## Results\n\n");
     md.push_str("| config | seeds | params | attention params | KV bytes/token | KV vs ");
     md.push_str(&base.label);
+    // Selection methods: the fraction of causal (query, key) pairs scored, when any config scores fewer than all.
+    let keys = |g: &Group| group_mean(runs, g, "keys_attended");
+    let sparse = groups.iter().any(|g| keys(g) < 1.0 - 1e-12);
+    if sparse {
+        md.push_str(" | keys attended⁴");
+    }
     let accuracy = has_accuracy(groups);
     md.push_str(if accuracy { " | best val loss | Δ test acc. (pp) vs " } else { " | best val loss | Δ vs " });
     md.push_str(&base.label);
@@ -236,6 +242,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
         md.push_str(&format!(" test accuracy (final) | test acc. at best val² | solved (≥ {:.0}%), 95% CI³ |", 100.0 * SOLVED));
     }
     md.push_str(" train tokens/s | ms/step | MFU | peak RSS MiB¹ |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    if sparse {
+        md.push_str("---|");
+    }
     md.push_str(if accuracy { "---|---|---|\n" } else { "\n" });
     for g in groups {
         let n = g.runs.len();
@@ -255,13 +264,18 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
             String::new()
         };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.3}×{} | {} | {} | {} |{acc} {:.0} | {:.1} | {} | {:.0} |\n",
             g.label,
             n,
             group_mean(runs, g, "params"),
             group_mean(runs, g, "mixer_params"),
             g.kv_bytes,
             g.kv_bytes / base.kv_bytes,
+            match (sparse, keys(g)) {
+                (false, _) => String::new(),
+                (true, k) if k.is_finite() => format!(" | {:.1}%", 100.0 * k),
+                (true, _) => " | —".to_string(),
+            },
             pm(&g.best_val),
             format!("{:+.*}", if accuracy { 1 } else { 4 }, delta(g, base, accuracy)),
             pm(&finals),
@@ -277,6 +291,11 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                  so their bytes are averaged over a full `model.max_seq` context).\n\n\
                  MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured matmul peak in the run's compute type (`attnlab bench peak`: best over sizes since 2026-12-04, 1024³ only before), never above 100%.\n\n\
                  ¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
+    if sparse {
+        md.push_str("⁴ Keys attended: the fraction of the causal (query, key) pairs whose score is computed at the training block length, averaged over heads and layers \
+                     (dense softmax 100%; a sliding window or sparse pattern from its mask; DSA min(top_k, t + 1) keys per query; MoSA's routed heads the pairs among their \
+                     routing budget's tokens, an upper bound for prefix routing, which may choose fewer; — = a recurrent state summarises every key).\n\n");
+    }
     if accuracy {
         md.push_str(&format!(
             "Test accuracy: exact match on the answers of the task's test set, which nothing is selected on (a separate validation set picks the best evaluation). \
@@ -493,7 +512,7 @@ const COLUMNS: &[&str] = &[
     "best_val_bits_per_token", "best_val_accuracy", "final_val_accuracy", "final_val_accuracy_by_bucket",
     "final_test_accuracy", "final_test_accuracy_by_bucket", "test_accuracy_at_best_val", "best_val_step", "final_train_loss", "train_tokens_per_sec",
     "ms_per_step_median", "ms_per_step_p90", "mfu",
-    "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token",
+    "params", "mixer_params", "kv_bytes_per_token", "kv_bytes_per_token_measured", "flops_per_token", "keys_attended",
     "peak_rss_bytes", "device_memory_peak_bytes", "wall_seconds", "device", "data_source", "vocab",
 ];
 
