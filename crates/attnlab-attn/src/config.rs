@@ -182,6 +182,8 @@ pub enum AttentionConfig {
         q_latent: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rope_dim: Option<usize>,
+        /// Always serialised (run ids of runs that set it stay as they were).
+        #[serde(default = "default_top_k")]
         top_k: usize,
         #[serde(default = "default_index_heads", skip_serializing_if = "is_default_index_heads")]
         index_heads: usize,
@@ -306,6 +308,12 @@ fn default_mta_key_kernel() -> usize {
 }
 fn is_default_mta_key_kernel(v: &usize) -> bool {
     *v == 11
+}
+
+/// DSA's keys per query when left out: sparse from T = 65 on (DeepSeek-V3.2 keeps 2,048 of
+/// up to 128K; a run whose block is ≤ top_k gets a warning, its layer being dense).
+fn default_top_k() -> usize {
+    64
 }
 
 /// DSA's indexer heads and width at baby scale (MECHANISMS.md §5: H_I = 4, d_I = 32).

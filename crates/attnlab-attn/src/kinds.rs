@@ -101,7 +101,7 @@ pub const DOCS: &[KindDoc] = &[
     },
     KindDoc {
         kind: "dsa",
-        fields: r#"`top_k` (required), `index_heads` (4), `index_dim` (32), and `mla`'s `kv_latent`, `q_latent`, `rope_dim`; or `kv_heads` (on GQA instead of MLA; `rope_dim` = the indexer's rotated dims)"#,
+        fields: r#"`top_k` (64; ≥ the block length = dense, warned), `index_heads` (4), `index_dim` (32), and `mla`'s `kv_latent`, `q_latent`, `rope_dim`; or `kv_heads` (on GQA instead of MLA; `rope_dim` = the indexer's rotated dims)"#,
         what: r#"DeepSeek Sparse Attention (DeepSeek-V3.2-Exp 2025) on MLA with RoPE: a lightning indexer (q from MLA's query input, one LayerNorm'd key shared by its heads, RoPE on its first d_R dims, I = Σ_j w_j·ReLU(q_j·k)) picks each query's `top_k` earlier keys (ties to the lower index) and MLA attends to those only; `top_k ≥ T` equals `mla` (to float rounding: another softmax path). With `kv_heads` the same on grouped-query attention (the indexer's queries read x). The indexer trains on its KL to the main attention (`[[train.stages]]` aux `indexer_kl_dense` = dense warm-up, `indexer_kl` = sparse), its inputs detached; `indexer_recall` is logged. Labels `dsa-k32`, `dsa-k32-gqa2`"#,
         state: r#"d_c + d_R + d_I (MLA's latent + the indexer key); on GQA 2·g·d_h + d_I"#,
     },

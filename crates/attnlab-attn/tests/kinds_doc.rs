@@ -16,3 +16,23 @@ fn the_readme_holds_the_kinds_table_verbatim_and_every_kind_is_documented() {
         assert!(text.lines().any(|l| l == *kind), "{kind}");
     }
 }
+
+/// Every kind parses from `kind = "…"` alone and validates on the baby shape (width 128, 4
+/// heads): each trains with its defaults (`--set model.attention.kind=<kind>`), except the four
+/// whose defining size has no neutral value — `gqa`'s K/V heads, the window and the sparse
+/// patterns' block — where the error names that field. Planted and seen to fail: `dsa`'s `top_k`
+/// without a default (as it was until 2026-12-06).
+#[test]
+fn every_kind_has_working_defaults() {
+    let required = [("gqa", "kv_heads"), ("sliding_window", "window"), ("strided_sparse", "block"), ("fixed_sparse", "block")];
+    let parse = |kind: &str| toml::from_str::<attnlab_attn::AttentionConfig>(&format!("kind = \"{kind}\""));
+    for kind in KINDS {
+        match required.iter().find(|(k, _)| k == kind) {
+            Some((_, field)) => assert!(parse(kind).unwrap_err().to_string().contains(field), "{kind}"),
+            None => {
+                let config = parse(kind).unwrap_or_else(|e| panic!("{kind}: {e}"));
+                config.validate(128, 4).unwrap_or_else(|e| panic!("{kind}: {} = {}: {}", e.field, e.value, e.allowed));
+            }
+        }
+    }
+}
