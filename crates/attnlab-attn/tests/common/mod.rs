@@ -39,17 +39,44 @@ static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// threads and share the backend's generator, so without the lock another test's draws can
 /// fall between a seed and its draws (seen: one full run where the strided-sparse reference
 /// test lost its peaked regime). Every draw in these tests goes through here or [`locked`].
-pub fn seeded<T>(device: &Device, seed: u64, draw: impl FnOnce() -> T) -> T {
+pub fn seeded<T: 'static>(device: &Device, seed: u64, draw: impl FnOnce() -> T) -> T {
     locked(|| {
         device.seed(seed);
         draw()
     })
 }
 
-/// Runs `draw` (an unseeded initialisation) under the lock of [`seeded`].
-pub fn locked<T>(draw: impl FnOnce() -> T) -> T {
+/// Runs `draw` (an unseeded initialisation) under the lock of [`seeded`], and initialises
+/// every parameter of the modules it returns before the lock is released: Burn creates a
+/// `Linear`'s weights lazily, drawing them at their first use, which without this happened
+/// outside the lock, interleaved with other tests' draws (the cause of one CI run whose DSA
+/// layer had other weights than every local run).
+pub fn locked<T: 'static>(draw: impl FnOnce() -> T) -> T {
     let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    draw()
+    let value = draw();
+    materialise(&value);
+    value
+}
+
+/// Draws every lazily initialised parameter of the modules in `value` (an attention layer, a
+/// pair of them, or one of the modules tests build directly); other values are left alone.
+fn materialise(value: &dyn std::any::Any) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    if let Some(m) = value.downcast_ref::<Attention>() {
+        m.visit(&mut Touch);
+    } else if let Some((a, b)) = value.downcast_ref::<(Attention, Attention)>() {
+        a.visit(&mut Touch);
+        b.visit(&mut Touch);
+    } else if let Some(m) = value.downcast_ref::<GroupedQuery>() {
+        m.visit(&mut Touch);
+    } else if let Some(m) = value.downcast_ref::<LatentAttention>() {
+        m.visit(&mut Touch);
+    }
 }
 
 /// Largest |a − b|.
