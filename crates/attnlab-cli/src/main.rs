@@ -777,10 +777,16 @@ fn run(cli: Cli) -> Result<()> {
                 .and_then(|c| c.checked_add(1))
                 .ok_or_else(|| SpecError::new(format!("bench decode: --contexts {longest} + --tokens {tokens} overflows")))?;
             let mut configs: Vec<attnlab_model::ModelConfig> = Vec::new();
+            let mut no_decode = Vec::new();
             for run in &exp.runs {
                 let mut c = run.spec.model.clone();
-                if let Some(e) = c.decode_error() {
-                    return Err(SpecError::new(format!("bench decode: {e}")).into());
+                // A point without a decode path (MoSA's non-causal expert choice) is left out and
+                // said; an experiment of such points only is refused.
+                if let Some(e) = c.decode_error().map(|e| e.to_string()) {
+                    if !no_decode.contains(&e) {
+                        no_decode.push(e);
+                    }
+                    continue;
                 }
                 c.max_seq = capacity;
                 let batch = batches.iter().max().copied().unwrap_or(1);
@@ -788,6 +794,12 @@ fn run(cli: Cli) -> Result<()> {
                 if !configs.contains(&c) {
                     configs.push(c);
                 }
+            }
+            if configs.is_empty() {
+                return Err(SpecError::new(format!("bench decode: no point of this experiment has a decode path: {}", no_decode.join("; "))).into());
+            }
+            for e in &no_decode {
+                println!("left out (no decode): {e}");
             }
             println!("decode benchmark on {device}: {} configs, {tokens} timed steps per point", configs.len());
             println!("{:<10} {:>7} {:>5} {:>12} {:>10} {:>14} {:>10}", "attention", "context", "batch", "tokens/s", "ms/step", "state bytes", "bytes/tok");

@@ -171,6 +171,13 @@ fn bench_decode_smoke() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("model.attention.routing") && err.contains("prefix"), "{err}");
+    // Beside points that have one, it is left out and said.
+    let mixed = dir.path().join("mixed.toml");
+    std::fs::write(&mixed, format!("{TINY}\n[sweep]\n\"model.attention\" = [{{kind = \"mha\"}}, {{kind = \"mosa\", rho = 2, routing = \"expert_choice\"}}]\n")).unwrap();
+    let o = attnlab().args(["bench", "decode"]).arg(&mixed).args(["--contexts", "8", "--batches", "1", "--tokens", "2"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("left out (no decode)") && out.contains("1 configs"), "{out}");
 }
 
 #[test]
