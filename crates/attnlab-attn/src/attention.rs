@@ -228,8 +228,9 @@ impl Attention {
         }
     }
 
-    /// The fraction of the causal (query, key) pairs of a `context`-token sequence whose score
-    /// is computed, averaged over the layer's heads: 1 for dense softmax attention, below 1 for
+    /// The fraction of the causal (query, key) pairs of a `context`-token sequence that enter
+    /// the attention softmax (DSA's indexer scores them all to choose), averaged over the
+    /// layer's heads: 1 for dense softmax attention, below 1 for
     /// sparse patterns (from the pattern's mask), DSA (`min(k, t + 1)` keys per query) and MoSA
     /// (a routed head scores the pairs among its k = the routing budget's chosen tokens: prefix
     /// routing may choose fewer, so this is its upper bound). `None` where no key is scored

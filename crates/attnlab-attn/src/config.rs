@@ -779,9 +779,18 @@ impl AttentionConfig {
                         return Err(ConfigError::new(&format!("model.attention.{field}"), v, "is an MLA field; with kv_heads set dsa is on grouped-query attention (leave kv_heads out for MLA)"));
                     }
                 }
-                let rope_dim = rope_dim.unwrap_or(head_dim / 2);
-                if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > *index_dim {
-                    return Err(ConfigError::new("model.attention.rope_dim", rope_dim, format!("must be even, ≥ 2 and ≤ index_dim = {index_dim} (the indexer's rotated dims)")));
+                match rope_dim {
+                    Some(r) if *r == 0 || r % 2 != 0 || r > index_dim => {
+                        return Err(ConfigError::new("model.attention.rope_dim", r, format!("must be even, ≥ 2 and ≤ index_dim = {index_dim} (the indexer's rotated dims)")));
+                    }
+                    None if head_dim / 2 < 2 || (head_dim / 2) % 2 != 0 || head_dim / 2 > *index_dim => {
+                        return Err(ConfigError::new(
+                            "model.attention.index_dim",
+                            index_dim,
+                            format!("must be ≥ the indexer's rotated dims, head_dim / 2 = {} when rope_dim is left out (or set rope_dim: even, ≥ 2, ≤ index_dim)", head_dim / 2),
+                        ));
+                    }
+                    _ => {}
                 }
                 positive("top_k", *top_k)?;
                 positive("index_heads", *index_heads)?;

@@ -27,7 +27,8 @@
 //!
 //! Gather and scatter are index operations on the flattened input (`select`, and
 //! `select_assign` with `Add` for the scatter, whose backward is again a `select`): each head's
-//! chosen rows are read and written in place, O(k·d) per head, exact autodiff on every backend.
+//! chosen rows are read and written in place, O(k·d) per head, exact autodiff on every backend
+//! (a token chosen by several heads is summed in an unspecified order on GPUs).
 //! Prefix ranking keeps each head's prefix scores sorted on the host (a binary search and an
 //! insertion per token). FLOPs per token (forward): the dense heads' plus, per MoSA head, 2dE for
 //! the router and, for the 1/ρ of tokens it chooses, 8dh′ + 4h′·(context/ρ).

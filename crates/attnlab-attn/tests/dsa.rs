@@ -373,4 +373,7 @@ fn labels_and_validation_of_the_grouped_option() {
     assert_eq!(err.field, "model.attention.kv_latent");
     let err = parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2\nrope_dim = 64").validate(128, 4).unwrap_err();
     assert_eq!(err.field, "model.attention.rope_dim");
+    // rope_dim left out (head_dim / 2 = 16) and a narrower indexer: the field to change is named.
+    let err = parse("kind = \"dsa\"\ntop_k = 32\nkv_heads = 2\nindex_dim = 8").validate(128, 4).unwrap_err();
+    assert_eq!(err.field, "model.attention.index_dim");
 }

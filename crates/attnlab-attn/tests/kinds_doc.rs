@@ -17,8 +17,8 @@ fn the_readme_holds_the_kinds_table_verbatim_and_every_kind_is_documented() {
     }
 }
 
-/// Every kind parses from `kind = "…"` alone and validates on the baby shape (width 128, 4
-/// heads): each trains with its defaults (`--set model.attention.kind=<kind>`), except the four
+/// Every kind parses from `kind = "…"` alone, validates and runs a forward on the baby shape
+/// (width 128, 4 heads): each trains with its defaults (`--set model.attention.kind=<kind>`), except the four
 /// whose defining size has no neutral value — `gqa`'s K/V heads, the window and the sparse
 /// patterns' block — where the error names that field. Planted and seen to fail: `dsa`'s `top_k`
 /// without a default (as it was until 2026-12-06).
@@ -32,6 +32,10 @@ fn every_kind_has_working_defaults() {
             None => {
                 let config = parse(kind).unwrap_or_else(|e| panic!("{kind}: {e}"));
                 config.validate(128, 4).unwrap_or_else(|e| panic!("{kind}: {} = {}: {}", e.field, e.value, e.allowed));
+                // Built and run: a default that validates but cannot run would fail here.
+                let dev = attnlab_attn::burn::tensor::Device::flex();
+                let y = config.init(128, 4, 64, 10_000.0, &dev).forward(attnlab_attn::burn::tensor::Tensor::ones([1, 8, 128], &dev));
+                assert_eq!(y.dims(), [1, 8, 128], "{kind}");
             }
         }
     }

@@ -216,7 +216,7 @@ fn decode_equals_the_forward_on_repeated_tokens() {
 fn routing_rules_on_constructed_scores() {
     let dev = cpu();
     let at = |rho: usize, routing: MosaRouting| {
-        let Attention::Mosa(m) = config(routing, rho, 0, 1).init(D_MODEL, 4, 64, ROPE_BASE as f32, &dev) else { panic!("mosa") };
+        let Attention::Mosa(m) = locked(|| config(routing, rho, 0, 1).init(D_MODEL, 4, 64, ROPE_BASE as f32, &dev)) else { panic!("mosa") };
         m
     };
     let rising: Vec<f32> = (0..10).map(|p| p as f32).collect();

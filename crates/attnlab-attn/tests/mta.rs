@@ -350,7 +350,7 @@ fn decode_equals_the_forward() {
     if let AttentionConfig::Mta { conv_layers, .. } = &mut outside {
         *conv_layers = Some(vec![0]);
     }
-    let Attention::Mta(m) = outside.init_layer(D_MODEL, HEADS, 64, ROPE_BASE as f32, 1, &dev) else { panic!("mta") };
+    let Attention::Mta(m) = locked(|| outside.init_layer(D_MODEL, HEADS, 64, ROPE_BASE as f32, 1, &dev)) else { panic!("mta") };
     assert!(m.conv_pre.is_none() && m.conv_post.is_none() && m.kept_queries() == 0);
     assert!(m.mix_pre.is_some() && m.norm.is_some() && m.gate_w.is_some(), "mixing, norm and gate stay in every layer");
 }

@@ -752,7 +752,7 @@ fn run(cli: Cli) -> Result<()> {
             if report {
                 let runs = out.join(&exp.name);
                 let dest = runs.join("report");
-                attnlab_report::write_report(&runs, &dest, None)?;
+                attnlab_report::write_report_stores_with(&[runs.clone()], &dest, None, &fill_keys_attended)?;
                 let text = std::fs::read_to_string(dest.join("README.md"))?;
                 // The results table: from its heading to the next blank line after it.
                 let lines: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("## Results")).skip(2).take_while(|l| !l.is_empty()).collect();

@@ -147,7 +147,8 @@ fn softmax_kv_heads(m: &attnlab_model::ModelConfig) -> Result<Option<usize>, Str
 
 /// Whether `model` (this run's) can start from the trained `teacher` (`train.init_from`): a plain
 /// stack of LoLCATs layers over the teacher's softmax layers (the same K/V heads), or of DSA
-/// layers over its MLA layers (the same latent sizes, with RoPE); the same width, depth, heads,
+/// layers over its MLA layers (the same latent sizes, with RoPE) or, with `kv_heads` set, over
+/// its softmax layers (the same K/V heads); the same width, depth, heads,
 /// vocabulary, MLP and RoPE base, and no longer context than the teacher's RoPE tables cover.
 /// Err says what differs.
 pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model::ModelConfig) -> Result<(), String> {

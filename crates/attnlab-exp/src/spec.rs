@@ -359,7 +359,8 @@ impl ExperimentSpec {
         if t.block > self.model.max_seq {
             return Err(err(source, "train.block", t.block, &format!("must be ≤ model.max_seq = {} (the model's context)", self.model.max_seq)));
         }
-        if let attnlab_attn::AttentionConfig::Dsa { top_k, .. } = &self.model.attention {
+        for attention in self.model.layer_attentions() {
+            let attnlab_attn::AttentionConfig::Dsa { top_k, .. } = attention else { continue };
             if *top_k >= t.block {
                 crate::warn::warn_once(&format!(
                     "model.attention.top_k = {top_k} ≥ train.block = {}: every query keeps all its earlier keys, so this dsa layer is dense; set top_k < train.block (e.g. {} = block/8) for sparse attention",

@@ -155,7 +155,8 @@ impl Gpt {
     /// This model with the weights of the trained model `source` it is made from: embedding,
     /// norms, MLPs, and each layer's trained mixer as the part it extends — a LoLCATs layer
     /// ([`attnlab_attn::Lolcats`]) takes a grouped-query layer's W_qkv, W_o and RoPE as its
-    /// `base`, a DSA layer ([`attnlab_attn::Dsa`]) takes an MLA layer as its `mla`. The new parts
+    /// `base`, a DSA layer ([`attnlab_attn::Dsa`]) takes an MLA layer as its `mla` (or, on
+    /// grouped-query attention, a grouped-query layer as its `gqa`). The new parts
     /// (feature maps, γ, adapters; the indexer) stay as initialised. Err names the first layer
     /// that does not fit.
     pub fn with_source_weights(mut self, source: Gpt) -> Result<Gpt, String> {
@@ -194,7 +195,13 @@ impl Gpt {
                 (Attention::Dsa(dsa), Attention::GroupedQuery(base)) if dsa.gqa.is_some() => {
                     let own = dsa.gqa.as_ref().expect("gqa");
                     if (base.kv_heads, base.qkv.weight.dims()) != (own.kv_heads, own.qkv.weight.dims()) {
-                        return Err(format!("layer {l}: the source's K/V heads ({}) differ from the DSA layer's ({})", base.kv_heads, own.kv_heads));
+                        return Err(format!(
+                            "layer {l}: the source's K/V heads and W_qkv ({}, {:?}) differ from the DSA layer's ({}, {:?})",
+                            base.kv_heads,
+                            base.qkv.weight.dims(),
+                            own.kv_heads,
+                            own.qkv.weight.dims()
+                        ));
                     }
                     dsa.gqa = Some(base);
                 }

@@ -292,8 +292,8 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                  MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured matmul peak in the run's compute type (`attnlab bench peak`: best over sizes since 2026-12-04, 1024³ only before), never above 100%.\n\n\
                  ¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
     if sparse {
-        md.push_str("⁴ Keys attended: the fraction of the causal (query, key) pairs whose score is computed at the training block length, averaged over heads and layers \
-                     (dense softmax 100%; a sliding window or sparse pattern from its mask; DSA min(top_k, t + 1) keys per query; MoSA's routed heads the pairs among their \
+        md.push_str("⁴ Keys attended: the fraction of the causal (query, key) pairs that enter the attention softmax at the training block length, averaged over heads and over the layers that attend key by key \
+                     (dense softmax 100%; DSA's indexer scores every pair to choose; a sliding window or sparse pattern from its mask; DSA min(top_k, t + 1) keys per query; MoSA's routed heads the pairs among their \
                      routing budget's tokens, an upper bound for prefix routing, which may choose fewer; — = a recurrent state summarises every key).\n\n");
     }
     if accuracy {

@@ -393,3 +393,36 @@ fn svg_texts(svg: &str) -> Vec<(f64, String)> {
         })
         .collect()
 }
+
+/// The keys-attended column appears only when some config attends to fewer than all keys, with
+/// the fraction in percent and "—" where a run carries none (a recurrent state); the fill hook
+/// sees every run's folder. Planted and seen to fail: the column shown for dense-only stores.
+#[test]
+fn keys_attended_column_shows_for_sparse_configs_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    for i in 0..2 {
+        fixture_run(&store, &format!("mha{i}"), "mha", 4096, i as u64, 2.0 + i as f64 / 10.0);
+        fixture_run(&store, &format!("gqa{i}"), "gqa", 2048, i as u64, 2.1 + i as f64 / 10.0);
+    }
+    let fill = |value: Option<f64>| move |dir: &Path, run: &mut attnlab_report::RunRecord| {
+        assert!(dir.join("summary.json").exists());
+        let keys = if run.run_id.starts_with("gqa") { value } else { Some(1.0) };
+        run.summary.as_object_mut().unwrap().insert("keys_attended".into(), serde_json::json!(keys));
+    };
+    let out = tmp.path().join("dense");
+    attnlab_report::write_report_stores_with(&[store.clone()], &out, None, &fill(Some(1.0))).unwrap();
+    assert!(!std::fs::read_to_string(out.join("README.md")).unwrap().contains("keys attended"));
+    let out = tmp.path().join("sparse");
+    attnlab_report::write_report_stores_with(&[store.clone()], &out, None, &fill(Some(0.234))).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| keys attended⁴") && md.contains("| 23.4% |") && md.contains("| 100.0% |"), "{md}");
+    let out = tmp.path().join("none");
+    attnlab_report::write_report_stores_with(&[store], &out, None, &|_, run: &mut attnlab_report::RunRecord| {
+        let keys = if run.run_id.starts_with("gqa") { Some(0.5) } else { None };
+        run.summary.as_object_mut().unwrap().insert("keys_attended".into(), serde_json::json!(keys));
+    })
+    .unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| 50.0% |") && md.contains("× | — |"), "{md}");
+}
