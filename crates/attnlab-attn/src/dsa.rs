@@ -131,6 +131,20 @@ pub fn select(scores: &[f32], b: usize, t: usize, s: usize, k: usize) -> Vec<boo
     out
 }
 
+/// The indexer's KL loss `mean_t KL(p_t ‖ softmax(I_t))` over the keys `allowed` `[b, t, s]`
+/// marks, with `p_t` the attention probabilities `probs` `[b, h, t, s]` summed over heads and
+/// L1-normalised (no gradient), and the softmax of the scores `index` `[b, t, s]` over the
+/// allowed keys only. In f32 whatever the compute type (as the LM loss); p = 0 terms are 0
+/// (xlogy). Returns the loss `[1]` and p `[b, t, s]`.
+pub fn indexer_kl(probs: Tensor<4>, index: Tensor<3>, allowed: Tensor<3, Bool>) -> (Tensor<1>, Tensor<3>) {
+    let [b, _, t, s] = probs.dims();
+    let p = probs.detach().cast(DType::F32).sum_dim(1).reshape([b, t, s]);
+    let p = p.clone() / p.sum_dim(2);
+    let log_q = log_softmax(index.cast(DType::F32).mask_fill(allowed.clone().bool_not(), f32::NEG_INFINITY), 2).mask_fill(allowed.bool_not(), 0.0);
+    let kl = (p.clone() * (p.clone().clamp_min(1e-30).log() - log_q)).sum_dim(2).mean().reshape([1]);
+    (kl, p)
+}
+
 /// Which attention a forward uses and which indexer loss it computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexerLoss {
@@ -265,17 +279,11 @@ impl Dsa {
         if loss == IndexerLoss::None {
             return DsaOutput { y, kl: None, recall: None };
         }
-        // p_t: probabilities summed over heads, L1-normalised, no gradient; the KL in f32 whatever
-        // the compute type (as the LM loss).
-        let p = probs.detach().cast(DType::F32).sum_dim(1).reshape([b, t, s]);
-        let p = p.clone() / p.sum_dim(2);
         let allowed = match loss {
             IndexerLoss::Dense => future.clone().unsqueeze::<3>().expand([b, t, s]).bool_not(),
             _ => selected_mask,
         };
-        let log_q = log_softmax(index.cast(DType::F32).mask_fill(allowed.clone().bool_not(), f32::NEG_INFINITY), 2).mask_fill(allowed.bool_not(), 0.0);
-        // xlogy: p = 0 terms are 0.
-        let kl = (p.clone() * (p.clone().clamp_min(1e-30).log() - log_q)).sum_dim(2).mean().reshape([1]);
+        let (kl, p) = indexer_kl(probs, index, allowed);
         let dense = match loss {
             IndexerLoss::Dense => p,
             _ => {
