@@ -203,12 +203,49 @@ impl GroupedQuery {
                 softmax_attention(q, k, v, Some(mask), scale)
             }
         };
-        let o = o.reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
+        self.finish(o.reshape([b, h, t, d]), gate)
+    }
+
+    /// Per-head outputs o `[b, h, t, d_h]` → `[b, t, d_model]`: head merge, the output gate
+    /// (when gated) and the output projection.
+    pub fn finish(&self, o: Tensor<4>, gate: Option<Tensor<3>>) -> Tensor<3> {
+        let o = merge_heads(o);
         let o = match gate {
             Some(gate) => o * gate,
             None => o,
         };
         apply(&self.out, o)
+    }
+
+    /// q `[b, heads, t, d_h]`, k and v `[b, kv_heads, t, d_h]` of x `[b, t, d_model]` as positions
+    /// `start..start + t`, and the output gate (when gated): the projections an inference mode
+    /// (Star Attention's phase 2) attends with in its own way before [`Self::finish`].
+    pub fn project_at(&self, x: Tensor<3>, start: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
+        self.project(x, start)
+    }
+
+    /// Causal attention over a sequence made of `segments` `(length, first position)` laid end
+    /// to end (Star Attention's phase 1: the anchor at positions `0..a`, then a context block
+    /// at its own positions): RoPE by each token's position, visibility by order in x. Causal
+    /// pattern only. Returns the output `[b, t, d_model]` and the rotated keys and the values
+    /// `[b, kv_heads, t, d_h]` of every token.
+    pub fn forward_segments(&self, x: Tensor<3>, segments: &[(usize, usize)]) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
+        assert_eq!(self.pattern, Pattern::Causal, "forward_segments: causal attention only");
+        assert_eq!(segments.iter().map(|s| s.0).sum::<usize>(), x.dims()[1], "segments must cover x");
+        let gate = self.gate_values(&x);
+        let qkv = apply(&self.qkv, x);
+        let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut from = 0;
+        for &(len, position) in segments.iter().filter(|s| s.0 > 0) {
+            let (q, k, v) = self.split_rotate(qkv.clone().narrow(1, from, len), position);
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+            from += len;
+        }
+        let (q, k, v) = (Tensor::cat(qs, 2), Tensor::cat(ks, 2), Tensor::cat(vs, 2));
+        let y = self.attend(q, k.clone(), v.clone(), gate, 0, None);
+        (y, k, v)
     }
 
     /// Causal forward. x: `[batch, seq, d_model]` → `[batch, seq, d_model]`.

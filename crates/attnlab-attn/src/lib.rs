@@ -19,6 +19,7 @@ pub mod mta;
 pub mod recurrent;
 pub mod rope;
 pub mod softmax_attention;
+pub mod star;
 pub mod state;
 pub mod tiled_attention;
 

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gpt;
 pub mod looped;
 pub mod mlp;
+pub mod star;
 
 pub use config::{Exit, Head, MlpKind, ModelConfig};
 pub use generate::{generate, generate_cropped, Sampling};
