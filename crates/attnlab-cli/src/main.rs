@@ -307,6 +307,10 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Inference-time settings: eval.inference.kind=star (with eval.inference.block,
+        /// .anchor, .hosts, .query), eval.loops=R, eval.exit_q=q.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Linearise a trained softmax run (mha, mqa, gqa) into LoLCATs: writes the experiment
     /// (`<out>/<name>.toml`: the source's data and shape, `kind = "lolcats"`, train.init_from =
@@ -613,15 +617,26 @@ fn run(cli: Cli) -> Result<()> {
         std::env::set_var("ATTNLAB_MAX_MEMORY", size);
     }
     match cli.command {
-        Command::Eval { run, split, block, batches, device, json } => {
+        Command::Eval { run, split, block, batches, device, json, sets } => {
+            let settings = attnlab_exp::inference::EvalSettings::from_sets(&sets)?;
             let device = backend(&device)?;
-            let r = attnlab_exp::eval::eval_run(&run, &split, block, batches, &device)?;
+            let r = attnlab_exp::eval::eval_run(&run, &split, block, batches, &settings, &device)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
             let acc = r.accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
-            println!("{} ({}): {} loss {:.4}{acc} ({} windows of {} tokens)", r.run, r.attention, r.split, r.loss, r.windows, r.block);
+            if let Some(s) = &r.star {
+                let gacc = s.global_accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
+                println!("{} ({}), {}: {} loss on the last {} tokens of {} windows of {} (context {} in {} blocks)", r.run, r.attention, r.settings, r.split, s.query, r.windows, r.block, s.context, s.blocks);
+                println!("  star:   loss {:.4}{acc}", s.loss);
+                println!("  global: loss {:.4}{gacc}", s.global_loss);
+                println!("  phase 1 {:.3} s vs global prefill {:.3} s ({:.2}×); KV cache {} bytes, largest host {}", s.phase1_seconds, s.prefill_seconds, s.phase1_seconds / s.prefill_seconds.max(1e-9), s.cache_bytes, s.largest_host_bytes);
+                println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
+                return Ok(());
+            }
+            let exits = r.mean_exit_loop.map_or(String::new(), |m| format!(", mean exit loop {m:.2}"));
+            println!("{} ({}), {}: {} loss {:.4}{acc}{exits} ({} windows of {} tokens)", r.run, r.attention, r.settings, r.split, r.loss, r.windows, r.block);
             let width = r.block.div_ceil(8).max(1);
             let buckets: Vec<String> = r
                 .loss_by_position
@@ -630,6 +645,7 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|(i, c)| format!("{}–{}: {:.3}", i * width, i * width + c.len() - 1, c.iter().filter(|v| v.is_finite()).sum::<f64>() / c.iter().filter(|v| v.is_finite()).count().max(1) as f64))
                 .collect();
             println!("loss by position: {}", buckets.join(", "));
+            println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
             Ok(())
         }
         Command::Linearize { run, to, transfer_steps, lora_steps, transfer_lr, lora_lr, no_transfer, name, out, device, sets, dry_run, quiet } => {

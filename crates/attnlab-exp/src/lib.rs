@@ -11,6 +11,7 @@ pub mod eval;
 pub mod export;
 pub mod export_metrics;
 pub mod extend;
+pub mod inference;
 pub mod interrupt;
 pub mod linearize;
 pub mod lock;

@@ -282,6 +282,12 @@ pub struct Evaluation {
 /// Mean loss per scored token over the fixed evaluation batches of `split` (no gradients); for a
 /// task also the fraction of answers whose argmax prediction is right, and macro accuracy.
 pub fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
+    evaluate_with(&|ids| model.forward(ids), run, split, device)
+}
+
+/// [`evaluate`] with logits `[b, t, vocab]` from `forward` (an inference-time variant of the
+/// model's forward: another loop count, Q-exit).
+pub fn evaluate_with(forward: &dyn Fn(Tensor<2, Int>) -> Tensor<3>, run: &PreparedRun, split: Split, device: &Device) -> Evaluation {
     let t = &run.spec.train;
     let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
     let buckets = run.data.buckets();
@@ -291,7 +297,9 @@ pub fn evaluate(model: &Gpt, run: &PreparedRun, split: Split, device: &Device) -
     let mut confusion = crate::accuracy::Confusion::default();
     let (mut bucket_right, mut bucket_total) = (vec![0usize; buckets], vec![0usize; buckets]);
     for eb in &batches {
-        let (logits, loss) = batch_logits_loss(model, eb.batch.clone(), device);
+        let (b, len) = (eb.batch.batch, eb.batch.block);
+        let logits = forward(tokens_tensor(eb.batch.inputs.clone(), [b, len], device)).cast(burn::tensor::DType::F32);
+        let loss = logits_loss(logits.clone(), &eb.batch, device);
         let weight = eb.batch.loss_mask.as_ref().map_or((eb.batch.batch * eb.batch.block) as f64, |m| m.iter().map(|&v| v as f64).sum());
         loss_sum += weight * loss.into_scalar::<f32>() as f64;
         weight_sum += weight;

@@ -5,10 +5,18 @@
 //! Planted, and seen to fail: the per-position pass drawing its windows from another seed than
 //! the loss's (`EVAL_SEED + 1`) and the position of token i taken as i mod batch →
 //! `the_loss_by_position_averages_to_the_loss`. (The loss itself is the trainer's `evaluate`.)
+//!
+//! Inference-time settings (`--set eval.…`): Star Attention with one block equals global
+//! attention on the same query positions, smaller blocks do not; Q-exit at q → 0 equals the
+//! one-loop model and at q = 1 the full loop count; each evaluation is appended to the run's
+//! `evals.jsonl`. Planted, and seen to fail: Q-exit's CDF starting at loop 2 (`skip(1)`) →
+//! `q_exit_spans_one_loop_to_all_loops`; the star scores taken over the whole window →
+//! `star_with_one_block_is_global_attention_on_the_query`.
 
 mod common;
 
-use attnlab_exp::eval::eval_run;
+use attnlab_exp::eval::{eval_run, stored_evals};
+use attnlab_exp::inference::EvalSettings;
 use attnlab_exp::train;
 use attnlab_exp::trainer::RunOutcome;
 use burn::tensor::Device;
@@ -24,7 +32,7 @@ fn trained(store: &std::path::Path, sets: &[&str]) -> (std::path::PathBuf, attnl
 fn eval_gives_the_runs_last_validation_loss() {
     let store = tempfile::tempdir().unwrap();
     let (dir, summary) = trained(store.path(), &[]);
-    let r = eval_run(&dir, "val", None, None, &Device::flex()).unwrap();
+    let r = eval_run(&dir, "val", None, None, &EvalSettings::default(), &Device::flex()).unwrap();
     assert!((r.loss - summary.final_val_loss).abs() < 1e-6, "eval {} vs the run's last val loss {}", r.loss, summary.final_val_loss);
     assert_eq!((r.block, r.windows), (16, 2 * 4));
 }
@@ -33,7 +41,7 @@ fn eval_gives_the_runs_last_validation_loss() {
 fn the_loss_by_position_averages_to_the_loss() {
     let store = tempfile::tempdir().unwrap();
     let (dir, _) = trained(store.path(), &[]);
-    let r = eval_run(&dir, "val", Some(32), Some(3), &Device::flex()).unwrap();
+    let r = eval_run(&dir, "val", Some(32), Some(3), &EvalSettings::default(), &Device::flex()).unwrap();
     assert_eq!(r.loss_by_position.len(), 32);
     let mean = r.loss_by_position.iter().sum::<f64>() / 32.0;
     assert!((mean - r.loss).abs() < 1e-5 * r.loss, "mean over positions {mean} vs loss {}", r.loss);
@@ -44,10 +52,85 @@ fn bad_options_are_refused() {
     let store = tempfile::tempdir().unwrap();
     let (dir, _) = trained(store.path(), &[]);
     let dev = Device::flex();
-    let e = eval_run(&dir, "val", Some(33), None, &dev).unwrap_err().to_string();
+    let e = eval_run(&dir, "val", Some(33), None, &EvalSettings::default(), &dev).unwrap_err().to_string();
     assert!(e.contains("--block = 33") && e.contains("1..=32"), "{e}");
-    let e = eval_run(&dir, "test", None, None, &dev).unwrap_err().to_string();
+    let e = eval_run(&dir, "test", None, None, &EvalSettings::default(), &dev).unwrap_err().to_string();
     assert!(e.contains("--split = \"test\"") && e.contains("no test set"), "{e}");
-    let e = eval_run(&dir, "val", None, Some(0), &dev).unwrap_err().to_string();
+    let e = eval_run(&dir, "val", None, Some(0), &EvalSettings::default(), &dev).unwrap_err().to_string();
     assert!(e.contains("--batches = 0"), "{e}");
+}
+
+fn settings(sets: &[&str]) -> EvalSettings {
+    EvalSettings::from_sets(&sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+}
+
+#[test]
+fn star_with_one_block_is_global_attention_on_the_query() {
+    let store = tempfile::tempdir().unwrap();
+    let (dir, _) = trained(store.path(), &[]);
+    let dev = Device::flex();
+    // Window 16: context 12, query 4 (the last quarter).
+    let one = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=star", "eval.inference.block=12", "eval.inference.query=4"]), &dev).unwrap();
+    let s = one.star.as_ref().expect("a star score");
+    assert_eq!((s.query, s.context, s.blocks), (4, 12, 1));
+    assert!((s.loss - s.global_loss).abs() < 1e-5 * s.global_loss, "one block: star {} vs global {}", s.loss, s.global_loss);
+    // The global loss on the query positions is the dense evaluation's loss there.
+    let dense = eval_run(&dir, "val", None, None, &EvalSettings::default(), &dev).unwrap();
+    let tail = dense.loss_by_position[12..].iter().sum::<f64>() / 4.0;
+    assert!((s.global_loss - tail).abs() < 1e-5 * tail, "global on the query {} vs dense by position {tail}", s.global_loss);
+    let small = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=star", "eval.inference.block=3", "eval.inference.anchor=0", "eval.inference.query=4", "eval.inference.hosts=3"]), &dev).unwrap();
+    let s3 = small.star.unwrap();
+    assert_eq!(s3.blocks, 4);
+    assert!((s3.global_loss - s.global_loss).abs() < 1e-6 && (s3.loss - s3.global_loss).abs() > 1e-4, "blocks of 3 without anchor change the loss: {} vs {}", s3.loss, s3.global_loss);
+    assert_eq!(small.settings, "star block=3 anchor=0 hosts=3 query=4");
+    let stored = stored_evals(&dir);
+    assert_eq!(stored.len(), 3, "every evaluation is appended to evals.jsonl");
+    assert_eq!(stored[2].settings, small.settings);
+    assert_eq!(stored[1].settings, "dense");
+}
+
+#[test]
+fn q_exit_spans_one_loop_to_all_loops() {
+    let store = tempfile::tempdir().unwrap();
+    let (dir, _) = trained(store.path(), &["model.loops=3", "model.exit=learned"]);
+    let dev = Device::flex();
+    let all = eval_run(&dir, "val", None, None, &EvalSettings::default(), &dev).unwrap();
+    let one = eval_run(&dir, "val", None, None, &settings(&["eval.loops=1"]), &dev).unwrap();
+    let first = eval_run(&dir, "val", None, None, &settings(&["eval.exit_q=1e-12"]), &dev).unwrap();
+    let last = eval_run(&dir, "val", None, None, &settings(&["eval.exit_q=1"]), &dev).unwrap();
+    assert!((first.loss - one.loss).abs() < 1e-5 * one.loss, "q → 0: {} vs one loop {}", first.loss, one.loss);
+    assert_eq!(first.mean_exit_loop, Some(1.0));
+    assert!((last.loss - all.loss).abs() < 1e-5 * all.loss, "q = 1: {} vs all loops {}", last.loss, all.loss);
+    assert_eq!(last.mean_exit_loop, Some(3.0));
+    assert!((one.loss - all.loss).abs() > 1e-4, "one loop and three differ");
+    let mid = eval_run(&dir, "val", None, None, &settings(&["eval.exit_q=0.5"]), &dev).unwrap();
+    let m = mid.mean_exit_loop.unwrap();
+    assert!((1.0..=3.0).contains(&m), "{m}");
+}
+
+#[test]
+fn bad_inference_settings_are_refused() {
+    let parse = |sets: &[&str]| EvalSettings::from_sets(&sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
+    let e = parse(&["model.loops=2"]);
+    assert!(e.contains("--set model.loops") && e.contains("eval.inference.kind"), "{e}");
+    let e = parse(&["eval.inference.kind=star"]);
+    assert!(e.contains("block"), "{e}");
+    let e = parse(&["eval.inference.kind=star", "eval.inference.block=4", "eval.inference.anchor=9"]);
+    assert!(e.contains("anchor = 9") && e.contains("≤ block = 4"), "{e}");
+    let e = parse(&["eval.inference.kind=adamax"]);
+    assert!(e.contains("adamax") && e.contains("star"), "{e}");
+    let e = parse(&["eval.exit_q=1.5"]);
+    assert!(e.contains("eval.exit_q = 1.5"), "{e}");
+    let e = parse(&["eval.loops=0"]);
+    assert!(e.contains("eval.loops = 0"), "{e}");
+    let store = tempfile::tempdir().unwrap();
+    let (dir, _) = trained(store.path(), &[]);
+    let dev = Device::flex();
+    let e = eval_run(&dir, "val", None, None, &settings(&["eval.loops=2"]), &dev).unwrap_err().to_string();
+    assert!(e.contains("not a looped model"), "{e}");
+    let e = eval_run(&dir, "val", None, None, &settings(&["eval.exit_q=0.5"]), &dev).unwrap_err().to_string();
+    assert!(e.contains("no learned exit"), "{e}");
+    let e = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=star", "eval.inference.block=4", "eval.inference.query=16"]), &dev).unwrap_err().to_string();
+    assert!(e.contains("eval.inference.query = 16"), "{e}");
+    assert!(stored_evals(&dir).is_empty(), "a refused evaluation stores nothing");
 }

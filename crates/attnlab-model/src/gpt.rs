@@ -236,6 +236,25 @@ impl Gpt {
         out
     }
 
+    /// Logits `[b, t, vocab]` under Q-exit at threshold `q` (a learned exit only): each token's
+    /// logits from the loop [`crate::looped::q_exit`] picks, and that loop (1-based) per token
+    /// `[b·t]`.
+    pub fn forward_q_exit(&self, tokens: Tensor<2, Int>, q: f64) -> (Tensor<3>, Vec<usize>) {
+        let [b, t] = tokens.dims();
+        let loops = self.forward_loops(tokens);
+        let gates: Vec<Vec<f32>> = loops.iter().map(|(_, g)| g.clone().into_data().convert::<f32>().try_into_vec::<f32>().expect("gate logits")).collect();
+        let chosen = crate::looped::q_exit(&gates, q);
+        let device = loops[0].0.device();
+        let mut out: Option<Tensor<3>> = None;
+        for (r, (logits, _)) in loops.into_iter().enumerate() {
+            let pick: Vec<f32> = chosen.iter().map(|&c| f32::from(u8::from(c == r))).collect();
+            let pick = Tensor::<3>::from_data(burn::tensor::TensorData::new(pick, [b, t, 1]), &device);
+            let part = logits * pick;
+            out = Some(out.map_or(part.clone(), |acc| acc + part));
+        }
+        (out.expect("at least one loop"), chosen.into_iter().map(|c| c + 1).collect())
+    }
+
     /// The next loop's input: the final norm of the previous loop's output (Ouro: no
     /// re-injection of the embedding).
     fn between_loops(&self, h: Tensor<3>) -> Tensor<3> {

@@ -11,8 +11,12 @@
 //! MECHANISMS.md §12): the LM frozen, the gate alone learns from the per-token loss improvement
 //! of each loop, `I_r = max(0, CE_{r−1} − CE_r)` (detached), target `w_r = σ(50·(I_r − 0.005))`,
 //! loss `BCE(1 − λ_r, w_r)` averaged over r = 2..R and the tokens (λ_r paired with loop r's own
-//! improvement): a loop that still improves the loss should not be exited before. Not built:
-//! Q-exit at inference (evaluation and decode read the last loop).
+//! improvement): a loop that still improves the loss should not be exited before.
+//!
+//! Q-exit at inference ([`q_exit`], `attnlab eval --set eval.exit_q=q`): per token, the first
+//! loop r whose exit CDF `Σ_{s≤r} p(s) = 1 − Π_{j≤r}(1 − λ_j)` reaches q, else the last loop.
+//! All loops are computed (as HF's `OuroModel.forward` does); the loops a token would use are
+//! reported, not saved. Decode reads the last loop.
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::Tensor;
@@ -40,6 +44,27 @@ pub fn exit_log_probs(gate_logits: Tensor<2>, r: usize, n: usize) -> Tensor<2> {
     let survived = Tensor::cat(vec![Tensor::zeros([1, n], &log_stay.device()), log_stay.narrow(0, 0, r - 1).cumsum(0)], 0);
     let last = survived.clone().narrow(0, r - 1, 1);
     Tensor::cat(vec![survived.narrow(0, 0, r - 1) + log_exit.narrow(0, 0, r - 1), last], 0)
+}
+
+/// Q-exit: for gate logits `[R][n]` (loop-major), the loop (0-based) each of the n tokens exits
+/// at: the first r < R − 1 with `1 − Π_{j≤r}(1 − σ(g_j)) ≥ q`, else R − 1. In f64, so a gate of
+/// λ ≈ 1 reaches q = 1 only when it does in f64 (σ(g) rounds to 1 in f32 for g ≳ 17).
+pub fn q_exit(gate_logits: &[Vec<f32>], q: f64) -> Vec<usize> {
+    let r = gate_logits.len();
+    let n = gate_logits.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|i| {
+            let mut stay = 1.0f64;
+            for (loop_index, g) in gate_logits.iter().take(r - 1).enumerate() {
+                let exit = 1.0 / (1.0 + (-(g[i] as f64)).exp());
+                stay *= 1.0 - exit;
+                if 1.0 - stay >= q {
+                    return loop_index;
+                }
+            }
+            r - 1
+        })
+        .collect()
 }
 
 /// Ouro's stage-II loss from per-token cross-entropies `ce` `[R, n]` (detached here) and gate

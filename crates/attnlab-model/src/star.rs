@@ -56,8 +56,8 @@ impl StarCache {
     }
 }
 
-/// Why a model cannot run Star Attention, naming what is wrong.
-pub fn check(model: &Gpt, settings: &StarSettings) -> Result<(), String> {
+/// Why the settings cannot work, naming the field.
+pub fn check_settings(settings: &StarSettings) -> Result<(), String> {
     if settings.block == 0 {
         return Err("eval.inference.block = 0: must be ≥ 1".into());
     }
@@ -67,6 +67,12 @@ pub fn check(model: &Gpt, settings: &StarSettings) -> Result<(), String> {
     if settings.hosts == 0 {
         return Err("eval.inference.hosts = 0: must be ≥ 1".into());
     }
+    Ok(())
+}
+
+/// Why a model cannot run Star Attention with these settings, naming what is wrong.
+pub fn check(model: &Gpt, settings: &StarSettings) -> Result<(), String> {
+    check_settings(settings)?;
     if model.loops != 1 || model.decoder.is_some() {
         return Err("star: the model must be a plain LM (model.loops = 1, model.head = \"lm\")".into());
     }

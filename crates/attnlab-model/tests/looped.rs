@@ -184,3 +184,16 @@ fn a_learned_exit_model_reads_every_loop() {
     assert_eq!(m.flops_per_token(7) - plain.flops_per_token(7), (3 - 1) * 2 * 29 * 32 + 3 * 2 * 32, "R LM heads (R − 1 more) and R gates");
     assert!(ModelConfig { exit: Exit::Learned, ..config(1, AttentionConfig::Mha {}) }.validate().is_err(), "a learned exit needs loops ≥ 2");
 }
+
+/// Q-exit against a CDF computed by hand. Gate logits (loops × tokens) `[[0, 2], [0, −1], [·, ·]]`:
+/// token 0 has λ = (½, ½) → CDF (0.5, 0.75); token 1 has λ = (σ(2), σ(−1)) = (0.8808, 0.2689) →
+/// CDF (0.8808, 1 − 0.1192·0.7311 = 0.9129). Planted, and seen to fail: the CDF started at loop
+/// 2 (`skip(1)`); the comparison `>` instead of `≥` (q = 0.5 on token 0).
+#[test]
+fn q_exit_picks_the_first_loop_whose_cdf_reaches_q() {
+    let gates = vec![vec![0.0, 2.0], vec![0.0, -1.0], vec![5.0, 5.0]];
+    assert_eq!(attnlab_model::looped::q_exit(&gates, 0.5), vec![0, 0]);
+    assert_eq!(attnlab_model::looped::q_exit(&gates, 0.6), vec![1, 0]);
+    assert_eq!(attnlab_model::looped::q_exit(&gates, 0.9), vec![2, 1]);
+    assert_eq!(attnlab_model::looped::q_exit(&gates, 0.95), vec![2, 2], "the last loop when the CDF never reaches q");
+}
