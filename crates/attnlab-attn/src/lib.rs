@@ -5,10 +5,12 @@
 //! A config ([`AttentionConfig`]) picks the mechanism at run time.
 
 pub mod attention;
+pub mod adamas;
 pub mod config;
 pub mod differential;
 pub mod dsa;
 pub mod grouped_query;
+pub mod key_selection;
 pub mod kinds;
 pub mod latent;
 pub mod linear;

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gpt;
 pub mod looped;
 pub mod mlp;
+pub mod sparse_decode;
 pub mod star;
 
 pub use config::{Exit, Head, MlpKind, ModelConfig};
