@@ -8,9 +8,8 @@
 //! - the CUDA kernel's XOR/popcount estimate instead of L1 →
 //!   `packed_l1_equals_l1_of_the_codes` (codes 1 and 2 at distance 3);
 //! - ties to the oldest key → `selection_is_a_sort_of_all_distances_with_ties_to_the_newest`;
-//! - the current token left to compete → `the_current_token_is_always_attended`;
-//! - codes computed before RoPE (from the raw keys) → `cached_codes_are_the_codes_of_the_cached_keys`
-//!   (in the model-level test `decode_equals_a_masked_forward_of_the_same_rule`).
+//! - the current token replaced by key 0 → `the_current_token_is_always_attended_and_short_contexts_are_dense`
+//!   and the selection tests.
 
 use attnlab_attn::adamas::{code, hadamard, l1_packed, pack};
 use attnlab_attn::burn::tensor::{Device, Tensor, TensorData};

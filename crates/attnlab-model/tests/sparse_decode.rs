@@ -8,9 +8,12 @@
 //! the selection must change the logits (checked against the dense model).
 //!
 //! Mutations planted and seen to fail (`decode_equals_a_masked_forward_of_the_same_rule`):
-//! - codes from the keys before RoPE (`project_at(x, 0)` positions in the cache) → fails;
-//! - τ calibrated on every layer's first layer keys (one τ for all layers) → fails;
-//! - the dense layers counted from the last layer → fails.
+//! - τ calibrated as the variance instead of the standard deviation;
+//! - the dense layers counted from the last layer;
+//! - ties to the oldest key; the current token replaced by key 0; the CUDA kernel's XOR /
+//!   popcount estimate instead of L1 (each also fails a unit test in `attnlab-attn`'s `adamas`).
+//! (The transform without its 1/√n passes here, rightly: τ is calibrated on the same transform,
+//! so only the scale relative to τ matters; the unit test catches it.)
 
 mod common;
 
