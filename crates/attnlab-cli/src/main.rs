@@ -308,7 +308,9 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Inference-time settings: eval.inference.kind=star (with eval.inference.block,
-        /// .anchor, .hosts, .query), eval.loops=R, eval.exit_q=q.
+        /// .anchor, .hosts, .query), =adamas | sink_window | pages | oracle (with
+        /// eval.inference.budget, .prefill, .dense_layers, .tau, .sinks, .page), eval.loops=R,
+        /// eval.exit_q=q.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -632,6 +634,16 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  star:   loss {:.4}{acc}", s.loss);
                 println!("  global: loss {:.4}{gacc}", s.global_loss);
                 println!("  phase 1 {:.3} s vs global prefill {:.3} s ({:.2}×); KV cache {} bytes, largest host {}", s.phase1_seconds, s.prefill_seconds, s.phase1_seconds / s.prefill_seconds.max(1e-9), s.cache_bytes, s.largest_host_bytes);
+                println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
+                return Ok(());
+            }
+            if let Some(s) = &r.sparse {
+                let dacc = s.dense_accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
+                println!("{} ({}), {}: {} loss on {} tokens decoded one at a time after a dense prefill of {} ({} windows)", r.run, r.attention, r.settings, r.split, s.decoded, s.prefill, r.windows);
+                println!("  selected: loss {:.4}{acc}, recall of the top keys {:.3}", s.loss, s.recall);
+                println!("  dense:    loss {:.4}{dacc}", s.dense_loss);
+                let taus: Vec<String> = s.taus.iter().map(|t| format!("{t:.3}")).collect();
+                println!("  τ per layer [{}]; codes {} bytes/token; decode {:.3} s (host-side selection) vs dense cached decode {:.3} s (not a speed comparison)", taus.join(", "), s.code_bytes_per_token, s.decode_seconds, s.dense_decode_seconds);
                 println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
                 return Ok(());
             }

@@ -14,7 +14,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::export::{load_run, LoadedRun};
-use crate::inference::{score_star, EvalSettings, Inference, StarScore};
+use crate::inference::{score_sparse, score_star, EvalSettings, Inference, SparseScore, StarScore};
 use crate::trainer::{evaluate, evaluate_with, EVAL_SEED};
 use crate::SpecError;
 
@@ -38,6 +38,10 @@ pub struct EvalReport {
     /// Star Attention: the query positions under star and under global attention, timings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub star: Option<StarScore>,
+    /// Key selection at decode (Adamas, sink + window, pages, oracle): the decoded positions
+    /// against the dense model, recall, τ, timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SparseScore>,
     /// Q-exit: the mean loop (1-based) the tokens exit at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_exit_loop: Option<f64>,
@@ -99,6 +103,27 @@ pub fn eval_run(run_dir: &Path, split: &str, block: Option<usize>, batches: Opti
             loss_by_position: Vec::new(),
             settings: settings.label(),
             star: Some(star),
+            sparse: None,
+            mean_exit_loop: None,
+            time,
+        };
+        store_eval(&root, &report)?;
+        return Ok(report);
+    }
+    if settings.inference.selection().is_some() {
+        let sparse = score_sparse(&model, &run, split, settings, device)?;
+        let report = EvalReport {
+            run: root.display().to_string(),
+            attention: run.spec.model.mixer_label(),
+            split: format!("{split:?}").to_lowercase(),
+            block: t.block,
+            windows: run.spec.eval.batches * t.batch,
+            loss: sparse.loss,
+            accuracy: sparse.accuracy,
+            loss_by_position: Vec::new(),
+            settings: settings.label(),
+            star: None,
+            sparse: Some(sparse),
             mean_exit_loop: None,
             time,
         };
@@ -151,6 +176,7 @@ pub fn eval_run(run_dir: &Path, split: &str, block: Option<usize>, batches: Opti
         loss_by_position: sums.into_iter().map(|(s, w)| if w > 0.0 { s / w } else { f64::NAN }).collect(),
         settings: settings.label(),
         star: None,
+        sparse: None,
         mean_exit_loop: (exit_count > 0).then(|| exit_sum as f64 / exit_count as f64),
         time,
     };

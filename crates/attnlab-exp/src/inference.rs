@@ -12,6 +12,8 @@
 use std::time::Instant;
 
 use attnlab_data::Split;
+use attnlab_attn::key_selection::Selector;
+use attnlab_model::sparse_decode;
 use attnlab_model::star::{self, StarSettings};
 use attnlab_model::Gpt;
 use burn::tensor::activation::log_softmax;
@@ -24,7 +26,7 @@ use crate::trainer::EVAL_SEED;
 use crate::SpecError;
 
 /// What `--set eval.…` may set.
-pub const EVAL_KEYS: &str = "eval.inference.kind (dense, star), eval.inference.block, eval.inference.anchor, eval.inference.hosts, eval.inference.query, eval.loops, eval.exit_q";
+pub const EVAL_KEYS: &str = "eval.inference.kind (dense, star, adamas, sink_window, pages, oracle); star: eval.inference.block, .anchor, .hosts, .query; adamas, sink_window, pages, oracle: eval.inference.budget, .prefill, .dense_layers, .tau (adamas), .sinks (sink_window), .page (pages); eval.loops, eval.exit_q";
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,6 +56,78 @@ pub enum Inference {
         #[serde(default)]
         query: Option<usize>,
     },
+    /// Adamas at decode: each window's first `prefill` tokens (default: half) prefilled densely,
+    /// the rest decoded one at a time attending `budget` keys (the current one included) chosen
+    /// by 2-bit Hadamard codes; the first `dense_layers` (default 2) layers dense; `tau`
+    /// (default: calibrated per layer on the prefill keys).
+    Adamas {
+        budget: usize,
+        #[serde(default)]
+        tau: Option<f32>,
+        #[serde(default)]
+        prefill: Option<usize>,
+        #[serde(default = "two")]
+        dense_layers: usize,
+    },
+    /// The sink + window baseline at the same protocol: the first `sinks` (default 4) and the
+    /// most recent keys.
+    SinkWindow {
+        budget: usize,
+        #[serde(default = "four")]
+        sinks: usize,
+        #[serde(default)]
+        prefill: Option<usize>,
+        #[serde(default = "two")]
+        dense_layers: usize,
+    },
+    /// Quest-like page selection at the same protocol: pages of `page` keys (default 16).
+    Pages {
+        budget: usize,
+        #[serde(default = "sixteen")]
+        page: usize,
+        #[serde(default)]
+        prefill: Option<usize>,
+        #[serde(default = "two")]
+        dense_layers: usize,
+    },
+    /// The true top-`budget` keys by score (the bound every selector's recall is measured against).
+    Oracle {
+        budget: usize,
+        #[serde(default)]
+        prefill: Option<usize>,
+        #[serde(default = "two")]
+        dense_layers: usize,
+    },
+}
+
+fn four() -> usize {
+    4
+}
+
+fn sixteen() -> usize {
+    16
+}
+
+/// A decode-time key selection: the selector, τ, prefill and dense layers.
+pub struct Selection {
+    pub selector: Selector,
+    pub tau: Option<f32>,
+    pub prefill: Option<usize>,
+    pub dense_layers: usize,
+}
+
+impl Inference {
+    /// The key selection this setting decodes with, if it is one.
+    pub fn selection(&self) -> Option<Selection> {
+        let s = |selector, tau, prefill: &Option<usize>, dense_layers: &usize| Some(Selection { selector, tau, prefill: *prefill, dense_layers: *dense_layers });
+        match self {
+            Inference::Dense | Inference::Star { .. } => None,
+            Inference::Adamas { budget, tau, prefill, dense_layers } => s(Selector::Adamas { budget: *budget }, *tau, prefill, dense_layers),
+            Inference::SinkWindow { budget, sinks, prefill, dense_layers } => s(Selector::SinkWindow { budget: *budget, sinks: *sinks }, None, prefill, dense_layers),
+            Inference::Pages { budget, page, prefill, dense_layers } => s(Selector::Pages { budget: *budget, page: *page }, None, prefill, dense_layers),
+            Inference::Oracle { budget, prefill, dense_layers } => s(Selector::Oracle { budget: *budget }, None, prefill, dense_layers),
+        }
+    }
 }
 
 fn two() -> usize {
@@ -102,6 +176,16 @@ impl EvalSettings {
         }
         if let Some(q) = self.exit_q {
             parts.push(format!("exit_q={q}"));
+        }
+        if let Some(sel) = self.inference.selection() {
+            let name = match sel.selector {
+                Selector::Adamas { budget } => format!("adamas budget={budget}{}", sel.tau.map_or(String::new(), |t| format!(" tau={t}"))),
+                Selector::SinkWindow { budget, sinks } => format!("sink_window budget={budget} sinks={sinks}"),
+                Selector::Pages { budget, page } => format!("pages budget={budget} page={page}"),
+                Selector::Oracle { budget } => format!("oracle budget={budget}"),
+                Selector::Dense => "dense".into(),
+            };
+            parts.push(format!("{name} dense_layers={}{}", sel.dense_layers, sel.prefill.map_or(String::new(), |p| format!(" prefill={p}"))));
         }
         if parts.is_empty() {
             "dense".into()
@@ -223,5 +307,101 @@ pub fn score_star(model: &Gpt, run: &PreparedRun, split: Split, settings: &EvalS
         prefill_seconds: prefill,
         cache_bytes,
         largest_host_bytes: largest,
+    })
+}
+
+/// Decode-time key selection scored on the decoded positions of `split`'s windows, next to the
+/// dense model on the same positions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SparseScore {
+    /// Tokens prefilled densely per window; the rest are decoded one at a time.
+    pub prefill: usize,
+    pub decoded: usize,
+    pub loss: f64,
+    pub dense_loss: f64,
+    pub accuracy: Option<f64>,
+    pub dense_accuracy: Option<f64>,
+    /// Mean fraction of the oracle's top-`budget` keys selected, over the (sequence, head,
+    /// step) rows of the selecting layers with more keys than the budget (NaN when none).
+    pub recall: f64,
+    /// Adamas' threshold per layer (the last window's; calibrated on its prefill).
+    pub taus: Vec<f32>,
+    /// Wall seconds of the sparse decode (host-side selection and attention) and of the dense
+    /// cached decode of the same tokens (Burn ops): not a speed comparison of the methods.
+    pub decode_seconds: f64,
+    pub dense_decode_seconds: f64,
+    /// Bytes of Adamas' packed key codes per token (all layers, one sequence).
+    pub code_bytes_per_token: usize,
+}
+
+/// Key selection (Adamas or a baseline) on `split` (see [`SparseScore`]).
+pub fn score_sparse(model: &Gpt, run: &PreparedRun, split: Split, settings: &EvalSettings, device: &Device) -> Result<SparseScore, SpecError> {
+    let sel = settings.inference.selection().expect("a key-selection setting");
+    sparse_decode::check(model, &sel.selector).map_err(SpecError::new)?;
+    let layers = model.blocks.len();
+    if sel.dense_layers >= layers {
+        return Err(SpecError::new(format!("eval.inference.dense_layers = {}: the model has {layers} layers, so none would select keys; allowed: 0..={}", sel.dense_layers, layers - 1)));
+    }
+    let t = &run.spec.train;
+    let len = t.block;
+    let prefill = sel.prefill.unwrap_or(len / 2);
+    if prefill == 0 || prefill >= len {
+        return Err(SpecError::new(format!("eval.inference.prefill = {prefill}: must be in 1..{len} (the window's tokens)")));
+    }
+    let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
+    let decoded = len - prefill;
+    let (mut sparse_tally, mut dense_tally) = (Tally::default(), Tally::default());
+    let (mut recall_sum, mut recall_rows) = (0.0, 0usize);
+    let (mut sparse_seconds, mut dense_seconds) = (0.0, 0.0);
+    let mut taus = Vec::new();
+    let mut code_bytes = 0;
+    for eb in &batches {
+        let b = eb.batch.batch;
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(eb.batch.inputs.clone(), [b, len]), device);
+        let (_, mut decoder) = sparse_decode::prefill(model, ids.clone().narrow(1, 0, prefill), sel.selector, sel.dense_layers, sel.tau);
+        let mut states = model.init_states(b, len, device);
+        model.step(ids.clone().narrow(1, 0, prefill), &mut states);
+        let (mut sparse, mut dense) = (Vec::with_capacity(decoded), Vec::with_capacity(decoded));
+        for p in prefill..len {
+            let token = ids.clone().narrow(1, p, 1);
+            let started = Instant::now();
+            let (logits, recall) = sparse_decode::step(model, &mut decoder, token.clone());
+            sparse_seconds += started.elapsed().as_secs_f64();
+            recall_sum += recall.sum;
+            recall_rows += recall.rows;
+            sparse.push(logits);
+            let started = Instant::now();
+            let logits = model.step(token, &mut states);
+            let _ = logits.clone().narrow(2, 0, 1).into_data();
+            dense_seconds += started.elapsed().as_secs_f64();
+            dense.push(logits);
+        }
+        taus = decoder.taus();
+        code_bytes = decoder.caches.iter().map(|c| c.code_bytes()).sum::<usize>() / (b * len);
+        let targets: Vec<i64> = (0..b).flat_map(|r| eb.batch.targets[r * len + prefill..(r + 1) * len].to_vec()).collect();
+        let mask: Vec<f32> = match &eb.batch.loss_mask {
+            Some(m) => (0..b).flat_map(|r| m[r * len + prefill..(r + 1) * len].to_vec()).collect(),
+            None => vec![1.0; b * decoded],
+        };
+        sparse_tally.add(Tensor::cat(sparse, 1), &targets, &mask, device);
+        dense_tally.add(Tensor::cat(dense, 1), &targets, &mask, device);
+    }
+    if dense_tally.weight == 0.0 {
+        return Err(SpecError::new(format!("eval.inference.prefill = {prefill}: this task scores no position after it; lower the prefill")));
+    }
+    let is_task = batches.iter().any(|eb| eb.batch.loss_mask.is_some());
+    let ratio = |a: f64, w: f64| if w > 0.0 { a / w } else { f64::NAN };
+    Ok(SparseScore {
+        prefill,
+        decoded,
+        loss: ratio(sparse_tally.loss, sparse_tally.weight),
+        dense_loss: ratio(dense_tally.loss, dense_tally.weight),
+        accuracy: is_task.then(|| ratio(sparse_tally.right, sparse_tally.weight)),
+        dense_accuracy: is_task.then(|| ratio(dense_tally.right, dense_tally.weight)),
+        recall: if recall_rows > 0 { recall_sum / recall_rows as f64 } else { f64::NAN },
+        taus,
+        decode_seconds: sparse_seconds,
+        dense_decode_seconds: dense_seconds,
+        code_bytes_per_token: code_bytes,
     })
 }

@@ -134,3 +134,31 @@ fn bad_inference_settings_are_refused() {
     assert!(e.contains("eval.inference.query = 16"), "{e}");
     assert!(stored_evals(&dir).is_empty(), "a refused evaluation stores nothing");
 }
+
+/// Adamas through `attnlab eval`: a budget over the window is the dense model on the decoded
+/// positions (recall undefined: no row over budget), the oracle at a small budget has recall 1,
+/// and the stored record carries the setting. (The mechanism itself is tested against the rule
+/// by hand in `attnlab-model`'s `sparse_decode` tests.)
+#[test]
+fn key_selection_at_decode_is_scored_against_the_dense_model() {
+    let store = tempfile::tempdir().unwrap();
+    let (dir, _) = trained(store.path(), &["model.layers=3"]);
+    let dev = Device::flex();
+    let full = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=adamas", "eval.inference.budget=16", "eval.inference.dense_layers=1"]), &dev).unwrap();
+    let s = full.sparse.as_ref().unwrap();
+    assert_eq!((s.prefill, s.decoded), (8, 8));
+    assert!((s.loss - s.dense_loss).abs() < 1e-5 * s.dense_loss, "budget ≥ window: {} vs dense {}", s.loss, s.dense_loss);
+    assert!(s.recall.is_nan());
+    let dense = eval_run(&dir, "val", None, None, &EvalSettings::default(), &dev).unwrap();
+    let tail = dense.loss_by_position[8..].iter().sum::<f64>() / 8.0;
+    assert!((s.dense_loss - tail).abs() < 1e-5 * tail, "dense decode {} vs the forward's loss there {tail}", s.dense_loss);
+    let oracle = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=oracle", "eval.inference.budget=4", "eval.inference.dense_layers=1", "eval.inference.prefill=4"]), &dev).unwrap();
+    assert_eq!(oracle.sparse.as_ref().unwrap().recall, 1.0);
+    let adamas = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=adamas", "eval.inference.budget=4", "eval.inference.dense_layers=1", "eval.inference.prefill=4"]), &dev).unwrap();
+    let a = adamas.sparse.as_ref().unwrap();
+    assert!(a.recall > 0.0 && a.recall < 1.0 && a.taus.len() == 3, "{a:?}");
+    assert_eq!(adamas.settings, "adamas budget=4 dense_layers=1 prefill=4");
+    assert_eq!(stored_evals(&dir).last().unwrap().sparse.as_ref().unwrap().recall, a.recall);
+    let e = eval_run(&dir, "val", None, None, &settings(&["eval.inference.kind=adamas", "eval.inference.budget=4", "eval.inference.dense_layers=3"]), &dev).unwrap_err().to_string();
+    assert!(e.contains("dense_layers = 3") && e.contains("0..=2"), "{e}");
+}
