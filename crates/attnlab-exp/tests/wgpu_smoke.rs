@@ -79,6 +79,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"log_linear\"").unwrap(),
         toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2").unwrap(),
         toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_latent = 8\nrope_dim = 4\nindex_dim = 8").unwrap(),
+        toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_heads = 2\nindex_dim = 8").unwrap(),
         toml::from_str("kind = \"mta\"\nquery_kernel = 3\nkey_kernel = 5\nkv_heads = 2").unwrap(),
         toml::from_str("kind = \"mosa\"\nrho = 2").unwrap(),
     ]
@@ -191,4 +192,33 @@ fn a_half_precision_step_on_wgpu_matches_f32_on_cpu() {
         assert!((l - l32).abs() <= 0.01 * l32, "{}: loss {l} vs f32 on CPU {l32}", precision.name());
         assert!(err <= tol, "{}: gradients differ from f32 on CPU by {err:.4}", precision.name());
     }
+}
+
+/// The inference modes of `attnlab eval` on wgpu against CPU from the same weights: Star
+/// Attention (phase 1 on host threads, phase 2 merged) and Adamas' sparse decode (a dense
+/// prefill on the device, host-side selection) give the same logits.
+#[test]
+fn star_and_adamas_inference_on_wgpu_match_cpu() {
+    use attnlab_attn::key_selection::Selector;
+    use attnlab_model::{sparse_decode, star};
+    let Some(gpu) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let config = ModelConfig { vocab: 29, d_model: 32, layers: 3, heads: 4, max_seq: 32, attention: AttentionConfig::Gqa { kv_heads: 2 }, ..ModelConfig::default() };
+    let model = Gpt::seeded(&config, 9, &cpu);
+    let on_gpu = model.clone().fork(&gpu);
+    let ids: Vec<i64> = (0..2 * 24).map(|i| ((i * 7 + 3) % 29) as i64).collect();
+    let run = |m: &Gpt, dev: &Device| -> Vec<f32> {
+        let ids = Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids.clone(), [2, 24]), dev);
+        let settings = star::StarSettings { block: 5, anchor: 2, hosts: 2 };
+        let mut cache = star::encode(m, ids.clone().narrow(1, 0, 18), &settings);
+        let mut out = star::decode(m, &mut cache, ids.clone().narrow(1, 18, 6)).into_data().try_into_vec::<f32>().unwrap();
+        let (_, mut decoder) = sparse_decode::prefill(m, ids.clone().narrow(1, 0, 8), Selector::Adamas { budget: 4 }, 1, None);
+        for p in 8..24 {
+            out.extend(sparse_decode::step(m, &mut decoder, ids.clone().narrow(1, p, 1)).0.into_data().try_into_vec::<f32>().unwrap());
+        }
+        out
+    };
+    let (a, b) = (run(&model, &cpu), run(&on_gpu, &gpu));
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "star / adamas logits differ by {err} between CPU and wgpu");
 }
