@@ -99,6 +99,19 @@ fn a_tiny_run_trains_and_generates() {
     let w = greedy(&[&export.join("probe.safetensors")]);
     assert_eq!(w.status.code(), Some(2), "{}", String::from_utf8_lossy(&w.stderr));
     assert!(String::from_utf8_lossy(&w.stderr).contains("embed.weight: missing"), "{}", String::from_utf8_lossy(&w.stderr));
+    // `eval` with an inference-time setting stores its record, which `report` tabulates; a bad
+    // setting exits 2 and stores nothing.
+    let ev = attnlab().arg("eval").arg(&run_dir).args(["--set", "eval.inference.kind=star", "--set", "eval.inference.block=8", "--set", "eval.inference.anchor=0"]).output().unwrap();
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    assert!(String::from_utf8_lossy(&ev.stdout).contains("phase 1"), "{}", String::from_utf8_lossy(&ev.stdout));
+    let bad = attnlab().arg("eval").arg(&run_dir).args(["--set", "eval.inference.kind=star", "--set", "eval.inference.blok=8"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("blok"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(std::fs::read_to_string(run_dir.join("evals.jsonl")).unwrap().lines().count(), 1);
+    let rep = attnlab().arg("report").arg(out.join("tiny")).arg("--out").arg(dir.path().join("report")).output().unwrap();
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    let md = std::fs::read_to_string(dir.path().join("report").join("README.md")).unwrap();
+    assert!(md.contains("## Evaluations") && md.contains("star block=8 anchor=0 hosts=2"), "{md}");
     // A tokenizer that does not match the checkpoint's vocabulary is refused, naming both.
     std::fs::write(run_dir.join("tokenizer.json"), r#"{"kind":"char","chars":["a","b","c"]}"#).unwrap();
     let g = attnlab().arg("generate").arg(&run_dir).args(["--prompt", "a"]).output().unwrap();

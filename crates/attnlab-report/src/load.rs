@@ -17,6 +17,8 @@ pub struct RunRecord {
     pub val_curve: Vec<(usize, f64)>,
     /// (step, training loss) every `train.log_every` steps.
     pub train_curve: Vec<(usize, f64)>,
+    /// `attnlab eval` records of the run (`evals.jsonl`, one JSON object each).
+    pub evals: Vec<Json>,
 }
 
 impl RunRecord {
@@ -133,7 +135,8 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
     };
     let (val_curve, train_curve) = (curve("eval", "val_loss"), curve("train", "loss"));
     let run_id = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Some(RunRecord { run_id, summary, config: flat, val_curve, train_curve }))
+    let evals = std::fs::read_to_string(root.join("evals.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<Json>(l).ok()).collect();
+    Ok(Some(RunRecord { run_id, summary, config: flat, val_curve, train_curve, evals }))
 }
 
 /// All finished runs below `dir`, sorted by run id, and one line per run folder left out

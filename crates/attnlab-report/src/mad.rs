@@ -218,7 +218,7 @@ mod tests {
         .collect();
         let summary = serde_json::json!({"attention": "mha", "best_val_accuracy": val, "test_accuracy_at_best_val": test,
             "test_macro_accuracy_at_best_val": test, "published_test_macro_accuracy": published, "kv_bytes_per_token": 1024.0, "train_tokens_per_sec": 10.0});
-        RunRecord { run_id: format!("{task}{vocab}{lr}{seed}"), summary, config, val_curve: vec![], train_curve: vec![] }
+        RunRecord { run_id: format!("{task}{vocab}{lr}{seed}"), summary, config, val_curve: vec![], train_curve: vec![], evals: vec![] }
     }
 
     /// Two settings × two learning rates × two seeds, by hand: at vocab 16 lr 1e-3 has the better

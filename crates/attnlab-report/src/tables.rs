@@ -319,6 +319,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     if let Some(depths) = accuracy_by_depth(runs, groups) {
         md.push_str(&depths);
     }
+    if let Some(evals) = evaluations(runs, groups) {
+        md.push_str(&evals);
+    }
     md.push_str("## Noise check\n\n");
     let (measure, unit, scale, p) = if accuracy { ("final test accuracy", " pp", 100.0, 1) } else { ("best val loss", "", 1.0, 4) };
     md.push_str(&format!(
@@ -494,6 +497,65 @@ fn accuracy_by_depth(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
             md.push_str(&format!(" {:.1}% |", 100.0 * mean(&rows.iter().map(|r| r[b]).collect::<Vec<_>>())));
         }
         md.push('\n');
+    }
+    md.push('\n');
+    Some(md)
+}
+
+/// The `attnlab eval` records of the runs: one row per (config, inference setting, split),
+/// means over the seeds that have it (the latest record of each run), the same positions
+/// scored under the setting and under the model's own attention side by side.
+fn evaluations(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
+    let mut rows: Vec<(String, String, String, Vec<&Json>)> = Vec::new();
+    for g in groups {
+        for &i in &g.runs {
+            let mut latest: Vec<&Json> = Vec::new();
+            for e in &runs[i].evals {
+                let key = |e: &Json| (e.get("settings").cloned(), e.get("split").cloned(), e.get("block").cloned());
+                latest.retain(|x| key(x) != key(e));
+                latest.push(e);
+            }
+            for e in latest {
+                let text = |k: &str| e.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+                let (settings, split) = (text("settings"), format!("{} @ {}", text("split"), e.get("block").and_then(Json::as_u64).unwrap_or(0)));
+                match rows.iter_mut().find(|r| r.0 == g.label && r.1 == settings && r.2 == split) {
+                    Some(r) => r.3.push(e),
+                    None => rows.push((g.label.clone(), settings, split, vec![e])),
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut md = String::from(
+        "## Evaluations (`attnlab eval`)\n\nThe latest record of each run per setting, mean over seeds. Star Attention scores each window's query tokens \
+         (global attention on the same positions beside it); key selection (Adamas, sink + window, pages, oracle) the tokens decoded one at a time \
+         after a dense prefill (the dense model's cached decode beside it; recall = share of the true top-budget keys selected).\n\n\
+         | config | inference | split @ window | seeds | loss | same positions, dense/global | accuracy | dense/global accuracy | recall | phase 1 / prefill |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let num = |e: &Json, path: &[&str]| -> f64 { path.iter().try_fold(e, |v, k| v.get(*k)).and_then(Json::as_f64).unwrap_or(f64::NAN) };
+    for (label, settings, split, evals) in rows {
+        let avg = |path: &[&str]| mean(&evals.iter().map(|e| num(e, path)).collect::<Vec<_>>());
+        let (dense, dense_acc) = if evals[0].get("star").is_some() {
+            (avg(&["star", "global_loss"]), avg(&["star", "global_accuracy"]))
+        } else {
+            (avg(&["sparse", "dense_loss"]), avg(&["sparse", "dense_accuracy"]))
+        };
+        let show = |x: f64, f: &dyn Fn(f64) -> String| if x.is_finite() { f(x) } else { "–".to_string() };
+        let loss = |x: f64| format!("{x:.4}");
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let phase = avg(&["star", "phase1_seconds"]) / avg(&["star", "prefill_seconds"]);
+        md.push_str(&format!(
+            "| {label} | {settings} | {split} | {} | {} | {} | {} | {} | {} | {} |\n",
+            evals.len(),
+            show(avg(&["loss"]), &loss),
+            show(dense, &loss),
+            show(avg(&["accuracy"]), &pct),
+            show(dense_acc, &pct),
+            show(avg(&["sparse", "recall"]), &|x| format!("{x:.3}")),
+            show(phase, &|x| format!("{x:.2}×")),
+        ));
     }
     md.push('\n');
     Some(md)
