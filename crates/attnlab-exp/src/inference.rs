@@ -46,7 +46,8 @@ pub enum Inference {
     Dense,
     /// Star Attention: `block` context tokens per block; `anchor` (default: `block`, as the
     /// reference; 0 = no anchor); `hosts` threads (default 2); `query` final tokens of each
-    /// window (default: a task's scored part and the token before it; text: ⌈T/8⌉).
+    /// window, the only ones scored (default: a task's scored part and the token before it when
+    /// that leaves half the window as context, else the last ⌈T/4⌉; text: the last ⌈T/8⌉).
     Star {
         block: usize,
         #[serde(default)]
@@ -203,7 +204,11 @@ pub struct StarScore {
     pub query: usize,
     pub context: usize,
     pub blocks: usize,
-    /// Mean cross-entropy over the scored query positions (a task's loss mask, or all).
+    /// Scored tokens in the query parts of all windows (a task's loss mask there, or all); the
+    /// context's positions are not scored (phase 1 only encodes them).
+    #[serde(default)]
+    pub scored_tokens: usize,
+    /// Mean cross-entropy over the scored query positions.
     pub loss: f64,
     pub global_loss: f64,
     /// A task's token accuracy on the scored positions.
@@ -254,16 +259,16 @@ pub fn score_star(model: &Gpt, run: &PreparedRun, split: Split, settings: &EvalS
         .iter()
         .filter_map(|eb| eb.batch.loss_mask.as_ref().map(|m| m.iter().enumerate().filter(|(_, &w)| w > 0.0).map(|(i, _)| i % len).min().unwrap_or(len)))
         .min();
+    // Default: a task's scored part and the token before it when that leaves at least half the
+    // window as context (the needle: its last 2 tokens), else the last quarter; text: the last eighth.
     let query = match (query, first_scored) {
         (Some(q), _) => q,
-        (None, Some(first)) => len - first.saturating_sub(1),
+        (None, Some(first)) if len - first.saturating_sub(1) <= len / 2 => len - first.saturating_sub(1),
+        (None, Some(_)) => len.div_ceil(4),
         (None, None) => len.div_ceil(8),
     };
     if query >= len {
         return Err(SpecError::new(format!("eval.inference.query = {query}: must be < the window's {len} tokens (the rest is the context)")));
-    }
-    if let Some(first) = first_scored.filter(|&f| f < len - query) {
-        return Err(SpecError::new(format!("eval.inference.query = {query}: this task scores positions from {first} on; the query must hold them all (query ≥ {})", len - first)));
     }
     let context = len - query;
     let (mut star_tally, mut global_tally) = (Tally::default(), Tally::default());
@@ -293,12 +298,16 @@ pub fn score_star(model: &Gpt, run: &PreparedRun, split: Split, settings: &EvalS
         star_tally.add(star_logits, &targets, &mask, device);
         global_tally.add(global_logits, &targets, &mask, device);
     }
+    if global_tally.weight == 0.0 {
+        return Err(SpecError::new(format!("eval.inference.query = {query}: no scored position of this task falls in the last {query} tokens; raise it")));
+    }
     let is_task = first_scored.is_some();
     let ratio = |a: f64, w: f64| if w > 0.0 { a / w } else { f64::NAN };
     Ok(StarScore {
         query,
         context,
         blocks: context.div_ceil(block),
+        scored_tokens: global_tally.weight as usize,
         loss: ratio(star_tally.loss, star_tally.weight),
         global_loss: ratio(global_tally.loss, global_tally.weight),
         accuracy: is_task.then(|| ratio(star_tally.right, star_tally.weight)),
