@@ -90,43 +90,31 @@ pub fn eval_run(run_dir: &Path, split: &str, block: Option<usize>, batches: Opti
     let run = spec.prepare(&source)?;
     let t = &run.spec.train;
     let time = chrono_now();
+    // The shared fields; a method-specific record fills loss, accuracy and its own part.
+    let report = EvalReport {
+        run: root.display().to_string(),
+        attention: run.spec.model.mixer_label(),
+        split: format!("{split:?}").to_lowercase(),
+        block: t.block,
+        windows: run.spec.eval.batches * t.batch,
+        loss: f64::NAN,
+        accuracy: None,
+        loss_by_position: Vec::new(),
+        settings: settings.label(),
+        star: None,
+        sparse: None,
+        mean_exit_loop: None,
+        time,
+    };
     if let Inference::Star { .. } = settings.inference {
         let star = score_star(&model, &run, split, settings, device)?;
-        let report = EvalReport {
-            run: root.display().to_string(),
-            attention: run.spec.model.mixer_label(),
-            split: format!("{split:?}").to_lowercase(),
-            block: t.block,
-            windows: run.spec.eval.batches * t.batch,
-            loss: star.loss,
-            accuracy: star.accuracy,
-            loss_by_position: Vec::new(),
-            settings: settings.label(),
-            star: Some(star),
-            sparse: None,
-            mean_exit_loop: None,
-            time,
-        };
+        let report = EvalReport { loss: star.loss, accuracy: star.accuracy, star: Some(star), ..report };
         store_eval(&root, &report)?;
         return Ok(report);
     }
     if settings.inference.selection().is_some() {
         let sparse = score_sparse(&model, &run, split, settings, device)?;
-        let report = EvalReport {
-            run: root.display().to_string(),
-            attention: run.spec.model.mixer_label(),
-            split: format!("{split:?}").to_lowercase(),
-            block: t.block,
-            windows: run.spec.eval.batches * t.batch,
-            loss: sparse.loss,
-            accuracy: sparse.accuracy,
-            loss_by_position: Vec::new(),
-            settings: settings.label(),
-            star: None,
-            sparse: Some(sparse),
-            mean_exit_loop: None,
-            time,
-        };
+        let report = EvalReport { loss: sparse.loss, accuracy: sparse.accuracy, sparse: Some(sparse), ..report };
         store_eval(&root, &report)?;
         return Ok(report);
     }
@@ -166,19 +154,11 @@ pub fn eval_run(run_dir: &Path, split: &str, block: Option<usize>, batches: Opti
     }
     let (exit_sum, exit_count) = *exits.borrow();
     let report = EvalReport {
-        run: root.display().to_string(),
-        attention: run.spec.model.mixer_label(),
-        split: format!("{split:?}").to_lowercase(),
-        block: t.block,
-        windows: run.spec.eval.batches * t.batch,
         loss: scored.loss,
         accuracy: scored.accuracy,
         loss_by_position: sums.into_iter().map(|(s, w)| if w > 0.0 { s / w } else { f64::NAN }).collect(),
-        settings: settings.label(),
-        star: None,
-        sparse: None,
         mean_exit_loop: (exit_count > 0).then(|| exit_sum as f64 / exit_count as f64),
-        time,
+        ..report
     };
     store_eval(&root, &report)?;
     Ok(report)

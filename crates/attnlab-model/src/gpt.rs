@@ -236,6 +236,24 @@ impl Gpt {
         out
     }
 
+    /// Every layer's attention, when this is a plain LM (one loop, the LM head) whose layers
+    /// are all causal grouped-query attention (mha, mqa, gqa and their gated / q/k-norm
+    /// variants): the models an inference-time method over global attention runs on (Star
+    /// Attention, decode-time key selection). `method` names the method in the error.
+    pub fn causal_grouped_layers(&self, method: &str) -> Result<Vec<&attnlab_attn::GroupedQuery>, String> {
+        if self.loops != 1 || self.decoder.is_some() {
+            return Err(format!("{method}: the model must be a plain LM (model.loops = 1, model.head = \"lm\")"));
+        }
+        self.blocks
+            .iter()
+            .enumerate()
+            .map(|(l, b)| match &b.attn {
+                Attention::GroupedQuery(m) if m.pattern == attnlab_attn::Pattern::Causal => Ok(m),
+                _ => Err(format!("{method}: layer {l} is not global causal softmax attention; allowed kinds: mha, mqa, gqa (and their gated / qk-norm variants)")),
+            })
+            .collect()
+    }
+
     /// Logits `[b, t, vocab]` under Q-exit at threshold `q` (a learned exit only): each token's
     /// logits from the loop [`crate::looped::q_exit`] picks, and that loop (1-based) per token
     /// `[b·t]`.

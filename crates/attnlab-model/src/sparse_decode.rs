@@ -11,7 +11,7 @@
 
 use attnlab_attn::adamas::hadamard;
 use attnlab_attn::key_selection::{host, step_layer, HostCache, Recall, Selector};
-use attnlab_attn::{Attention, GroupedQuery, Pattern, State};
+use attnlab_attn::State;
 use attnlab_kernels::rms_norm;
 use burn::tensor::{Int, Tensor};
 
@@ -47,26 +47,12 @@ pub fn check(model: &Gpt, selector: &Selector) -> Result<(), String> {
     if let Selector::Pages { page: 0, .. } = *selector {
         return Err("eval.inference.page = 0: must be ≥ 1".into());
     }
-    if model.loops != 1 || model.decoder.is_some() {
-        return Err("key selection: the model must be a plain LM (model.loops = 1, model.head = \"lm\")".into());
-    }
-    for (l, b) in model.blocks.iter().enumerate() {
-        match &b.attn {
-            Attention::GroupedQuery(m) if m.pattern == Pattern::Causal && m.head_dim.is_power_of_two() && m.head_dim >= 4 => {}
-            Attention::GroupedQuery(m) if m.pattern == Pattern::Causal => {
-                return Err(format!("key selection: layer {l} has head_dim = {}: Adamas' Hadamard codes need a power of two ≥ 4", m.head_dim))
-            }
-            _ => return Err(format!("key selection: layer {l} is not global causal softmax attention; allowed kinds: mha, mqa, gqa (and their gated / qk-norm variants)")),
+    for (l, m) in model.causal_grouped_layers("key selection")?.into_iter().enumerate() {
+        if !(m.head_dim.is_power_of_two() && m.head_dim >= 4) {
+            return Err(format!("key selection: layer {l} has head_dim = {}: Adamas' Hadamard codes need a power of two ≥ 4", m.head_dim));
         }
     }
     Ok(())
-}
-
-fn grouped(model: &Gpt, layer: usize) -> &GroupedQuery {
-    match &model.blocks[layer].attn {
-        Attention::GroupedQuery(m) => m,
-        _ => unreachable!("checked by sparse_decode::check"),
-    }
 }
 
 /// One standard deviation of the Hadamard-transformed keys `[b, g, t, d_h]`.
@@ -107,9 +93,10 @@ pub fn prefill(model: &Gpt, context: Tensor<2, Int>, selector: Selector, dense_l
 pub fn step(model: &Gpt, decoder: &mut SparseDecoder, token: Tensor<2, Int>) -> (Tensor<3>, Recall) {
     let mut h = model.embed.forward(token);
     let mut recall = Recall::default();
-    for (l, b) in model.blocks.iter().enumerate() {
+    let layers = model.causal_grouped_layers("key selection").expect("checked by sparse_decode::check");
+    for (l, (b, attn)) in model.blocks.iter().zip(layers).enumerate() {
         let selector = if l < decoder.dense_layers { Selector::Dense } else { decoder.selector };
-        let (y, r) = step_layer(grouped(model, l), rms_norm(&b.attn_norm, h.clone()), &mut decoder.caches[l], &selector);
+        let (y, r) = step_layer(attn, rms_norm(&b.attn_norm, h.clone()), &mut decoder.caches[l], &selector);
         recall.sum += r.sum;
         recall.rows += r.rows;
         h = h + y;

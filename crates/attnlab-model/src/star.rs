@@ -24,7 +24,7 @@
 //! partial-RoPE variants) in every layer, one loop, the LM head.
 
 use attnlab_attn::star::{attend_hosts, Shard};
-use attnlab_attn::{Attention, GroupedQuery, Pattern};
+use attnlab_attn::GroupedQuery;
 use attnlab_kernels::rms_norm;
 use burn::tensor::{Int, Tensor};
 
@@ -73,23 +73,11 @@ pub fn check_settings(settings: &StarSettings) -> Result<(), String> {
 /// Why a model cannot run Star Attention with these settings, naming what is wrong.
 pub fn check(model: &Gpt, settings: &StarSettings) -> Result<(), String> {
     check_settings(settings)?;
-    if model.loops != 1 || model.decoder.is_some() {
-        return Err("star: the model must be a plain LM (model.loops = 1, model.head = \"lm\")".into());
-    }
-    for (l, b) in model.blocks.iter().enumerate() {
-        match &b.attn {
-            Attention::GroupedQuery(m) if m.pattern == Pattern::Causal => {}
-            _ => return Err(format!("star: layer {l} is not global causal softmax attention; allowed kinds: mha, mqa, gqa (and their gated / qk-norm variants)")),
-        }
-    }
-    Ok(())
+    model.causal_grouped_layers("star").map(|_| ())
 }
 
-fn grouped(model: &Gpt, layer: usize) -> &GroupedQuery {
-    match &model.blocks[layer].attn {
-        Attention::GroupedQuery(m) => m,
-        _ => unreachable!("checked by star::check"),
-    }
+fn layers(model: &Gpt) -> Vec<&GroupedQuery> {
+    model.causal_grouped_layers("star").expect("checked by star::check")
 }
 
 /// Block boundaries `[start, end)` of a context of `t` tokens.
@@ -123,8 +111,8 @@ fn encode_block(model: &Gpt, context: &Tensor<2, Int>, (start, end): (usize, usi
     let segments = [(anchor, 0), (len, start)];
     let mut h = model.embed.forward(Tensor::cat(parts, 1));
     let mut kv = Vec::with_capacity(model.blocks.len());
-    for (l, b) in model.blocks.iter().enumerate() {
-        let (y, k, v) = grouped(model, l).forward_segments(rms_norm(&b.attn_norm, h.clone()), &segments);
+    for (b, attn) in model.blocks.iter().zip(layers(model)) {
+        let (y, k, v) = attn.forward_segments(rms_norm(&b.attn_norm, h.clone()), &segments);
         kv.push((k.narrow(2, anchor, len), v.narrow(2, anchor, len)));
         h = h + y;
         h = h.clone() + b.mlp.forward(rms_norm(&b.mlp_norm, h));
@@ -173,8 +161,8 @@ pub fn decode(model: &Gpt, cache: &mut StarCache, tokens: Tensor<2, Int>) -> Ten
     let tq = tokens.dims()[1];
     assert!(cache.len + tq <= model.max_seq, "{} tokens exceed model.max_seq = {}", cache.len + tq, model.max_seq);
     let mut h = model.embed.forward(tokens);
-    for (l, b) in model.blocks.iter().enumerate() {
-        let y = attend_hosts(grouped(model, l), rms_norm(&b.attn_norm, h.clone()), &mut cache.layers[l], cache.len);
+    for ((b, attn), shards) in model.blocks.iter().zip(layers(model)).zip(cache.layers.iter_mut()) {
+        let y = attend_hosts(attn, rms_norm(&b.attn_norm, h.clone()), shards, cache.len);
         h = h + y;
         h = h.clone() + b.mlp.forward(rms_norm(&b.mlp_norm, h));
     }
