@@ -5,7 +5,8 @@
 //! - **sink + window**: the first `sinks` positions and the most recent ones;
 //! - **pages** (Quest-like, Tang et al. 2024): pages of `page` positions ranked by the upper
 //!   bound `Σ_i max(q_i·min_i, q_i·max_i)` over the page's per-dimension key range, whole pages
-//!   taken while they fit;
+//!   taken while they fit, the slots left filled with the most recent keys of the best page
+//!   that did not fit;
 //! - **oracle**: the true top scores `q·k_j` (the target whose recall the others are scored by).
 //!
 //! Conventions (MECHANISMS.md §8): the budget counts the current token, which is always
@@ -140,12 +141,21 @@ pub fn select(selector: &Selector, cache: &HostCache, s: usize, q: &[f32]) -> Ve
                     (-f64::from(bound), p)
                 })
                 .collect();
+            // Whole pages by bound while they fit; the slots left go to the most recent keys of
+            // the best page that did not fit, so every selector attends exactly `budget` keys.
             let mut keys = Vec::new();
+            let mut partial = None;
             for p in smallest(pages, usize::MAX) {
                 let span = p * page..((p + 1) * page).min(earlier);
                 if keys.len() + span.len() <= budget - 1 {
                     keys.extend(span);
+                } else if partial.is_none() {
+                    partial = Some(span);
                 }
+            }
+            if let Some(span) = partial {
+                let room = budget - 1 - keys.len();
+                keys.extend(span.rev().take(room));
             }
             keys
         }
@@ -173,8 +183,10 @@ pub fn attend(cache: &HostCache, s: usize, q: &[f32], keys: &[usize]) -> Vec<f32
     o
 }
 
-/// What one decode step of a layer selected, for scoring: Σ recall of the oracle's keys and
-/// how many (sequence, head) rows had more keys than the budget.
+/// What one decode step of a layer selected, for scoring: Σ recall of the oracle's earlier keys
+/// (the budget − 1 largest true scores before the current token, which every selector attends
+/// and which is left out of the count) and how many (sequence, head) rows had more keys than
+/// the budget.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Recall {
     pub sum: f64,
@@ -200,8 +212,11 @@ pub fn step_layer(layer: &GroupedQuery, x: Tensor<3>, cache: &mut HostCache, sel
             let qv = &qs[(bi * h + head) * d..][..d];
             let keys = select(selector, cache, s, qv);
             if let Some(budget) = selector.budget().filter(|&bud| cache.len > bud) {
+                // Over the earlier keys: the current token, which every selector attends, is
+                // left out of both sets.
                 let oracle = select(&Selector::Oracle { budget }, cache, s, qv);
-                recall.sum += keys.iter().filter(|j| oracle.binary_search(j).is_ok()).count() as f64 / oracle.len() as f64;
+                let current = cache.len - 1;
+                recall.sum += keys.iter().filter(|&&j| j != current && oracle.binary_search(&j).is_ok()).count() as f64 / (budget - 1) as f64;
                 recall.rows += 1;
             }
             out.extend(attend(cache, s, qv, &keys));

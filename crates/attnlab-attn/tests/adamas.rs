@@ -177,4 +177,8 @@ fn pages_are_ranked_by_their_upper_bound() {
     want.push(12);
     want.sort_unstable();
     assert_eq!(select(&Selector::Pages { budget: 9, page: 4 }, &c, 0, &q), want);
+    // Budget 7: the best page, then the 2 most recent keys of the second best.
+    let mut want: Vec<usize> = (pages[0] * 4..pages[0] * 4 + 4).chain([pages[1] * 4 + 2, pages[1] * 4 + 3, 12]).collect();
+    want.sort_unstable();
+    assert_eq!(select(&Selector::Pages { budget: 7, page: 4 }, &c, 0, &q), want);
 }

@@ -27,10 +27,12 @@ pub struct EvalReport {
     /// Tokens per window (the training block unless `--block`).
     pub block: usize,
     pub windows: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     pub accuracy: Option<f64>,
     /// Mean cross-entropy at each position of the window (over the scored tokens there; NaN
     /// where none is scored). Empty under Star Attention (it scores the query positions only).
+    #[serde(deserialize_with = "nans_if_null")]
     pub loss_by_position: Vec<f64>,
     /// The inference-time settings ([`EvalSettings::label`]; `dense` when none).
     #[serde(default)]
@@ -162,6 +164,16 @@ pub fn eval_run(run_dir: &Path, split: &str, block: Option<usize>, batches: Opti
     };
     store_eval(&root, &report)?;
     Ok(report)
+}
+
+/// JSON writes NaN as `null`: read it back as NaN.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_if_null`] for every element.
+fn nans_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    Ok(<Vec<Option<f64>> as serde::Deserialize>::deserialize(d)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 /// The run store's record of evaluations: one JSON object a line.

@@ -156,6 +156,14 @@ impl EvalSettings {
                 return Err(SpecError::new(format!("eval.exit_q = {q}: must be in (0, 1]")));
             }
         }
+        if settings.inference != Inference::Dense && (settings.loops.is_some() || settings.exit_q.is_some()) {
+            return Err(SpecError::new("eval.loops / eval.exit_q: they change a looped model's own forward; allowed only with eval.inference.kind = \"dense\""));
+        }
+        if let Inference::Adamas { tau: Some(tau), .. } = settings.inference {
+            if !(tau.is_finite() && tau > 0.0) {
+                return Err(SpecError::new(format!("eval.inference.tau = {tau}: must be a finite number > 0 (or left out: calibrated per layer)")));
+            }
+        }
         if let Inference::Star { block, anchor, hosts, query } = settings.inference {
             if query == Some(0) {
                 return Err(SpecError::new("eval.inference.query = 0: must be ≥ 1"));
@@ -209,7 +217,9 @@ pub struct StarScore {
     #[serde(default)]
     pub scored_tokens: usize,
     /// Mean cross-entropy over the scored query positions.
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub global_loss: f64,
     /// A task's token accuracy on the scored positions.
     pub accuracy: Option<f64>,
@@ -280,6 +290,10 @@ pub fn score_star(model: &Gpt, run: &PreparedRun, split: Split, settings: &EvalS
         let (ctx, qry) = (ids.clone().narrow(1, 0, context), ids.narrow(1, context, query));
         let started = Instant::now();
         let mut cache = star::encode(model, ctx.clone(), &star);
+        // Wait for the device (a GPU runs asynchronously): read the last layer's last shard back.
+        if let Some((k, _)) = cache.layers.last().and_then(|l| l.iter().rev().find_map(|s| s.kv.clone())) {
+            let _ = k.narrow(2, 0, 1).into_data();
+        }
         phase1 += started.elapsed().as_secs_f64();
         cache_bytes = cache.bytes();
         largest = (0..star.hosts).map(|h| cache.layers.iter().map(|l| l[h].bytes()).sum::<usize>()).max().unwrap_or(0);
@@ -326,12 +340,16 @@ pub struct SparseScore {
     /// Tokens prefilled densely per window; the rest are decoded one at a time.
     pub prefill: usize,
     pub decoded: usize,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub dense_loss: f64,
     pub accuracy: Option<f64>,
     pub dense_accuracy: Option<f64>,
-    /// Mean fraction of the oracle's top-`budget` keys selected, over the (sequence, head,
-    /// step) rows of the selecting layers with more keys than the budget (NaN when none).
+    /// Mean fraction of the oracle's keys selected: the budget − 1 earlier keys of largest true
+    /// score (the current token, always attended, left out), over the (sequence, head, step) rows
+    /// of the selecting layers with more keys than the budget (NaN when none).
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub recall: f64,
     /// Adamas' threshold per layer (the last window's; calibrated on its prefill).
     pub taus: Vec<f32>,
@@ -339,7 +357,7 @@ pub struct SparseScore {
     /// cached decode of the same tokens (Burn ops): not a speed comparison of the methods.
     pub decode_seconds: f64,
     pub dense_decode_seconds: f64,
-    /// Bytes of Adamas' packed key codes per token (all layers, one sequence).
+    /// Bytes of Adamas' packed key codes per token (the selecting layers, one sequence).
     pub code_bytes_per_token: usize,
 }
 
@@ -386,7 +404,7 @@ pub fn score_sparse(model: &Gpt, run: &PreparedRun, split: Split, settings: &Eva
             dense.push(logits);
         }
         taus = decoder.taus();
-        code_bytes = decoder.caches.iter().map(|c| c.code_bytes()).sum::<usize>() / (b * len);
+        code_bytes = decoder.caches.iter().skip(sel.dense_layers).map(|c| c.code_bytes()).sum::<usize>() / (b * len);
         let targets: Vec<i64> = (0..b).flat_map(|r| eb.batch.targets[r * len + prefill..(r + 1) * len].to_vec()).collect();
         let mask: Vec<f32> = match &eb.batch.loss_mask {
             Some(m) => (0..b).flat_map(|r| m[r * len + prefill..(r + 1) * len].to_vec()).collect(),

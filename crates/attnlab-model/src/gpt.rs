@@ -241,8 +241,11 @@ impl Gpt {
     /// variants): the models an inference-time method over global attention runs on (Star
     /// Attention, decode-time key selection). `method` names the method in the error.
     pub fn causal_grouped_layers(&self, method: &str) -> Result<Vec<&attnlab_attn::GroupedQuery>, String> {
-        if self.loops != 1 || self.decoder.is_some() {
-            return Err(format!("{method}: the model must be a plain LM (model.loops = 1, model.head = \"lm\")"));
+        if self.loops != 1 {
+            return Err(format!("{method}: model.loops = {}: allowed: 1 (a plain LM)", self.loops));
+        }
+        if self.decoder.is_some() {
+            return Err(format!("{method}: model.head = \"autoencoder\": allowed: \"lm\""));
         }
         self.blocks
             .iter()

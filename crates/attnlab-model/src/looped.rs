@@ -56,8 +56,8 @@ pub fn q_exit(gate_logits: &[Vec<f32>], q: f64) -> Vec<usize> {
         .map(|i| {
             let mut stay = 1.0f64;
             for (loop_index, g) in gate_logits.iter().take(r - 1).enumerate() {
-                let exit = 1.0 / (1.0 + (-(g[i] as f64)).exp());
-                stay *= 1.0 - exit;
+                // 1 − σ(g) = σ(−g), without the cancellation of 1 − σ(g) at large g.
+                stay *= 1.0 / (1.0 + (g[i] as f64).exp());
                 if 1.0 - stay >= q {
                     return loop_index;
                 }

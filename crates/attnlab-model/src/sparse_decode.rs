@@ -44,8 +44,10 @@ pub fn check(model: &Gpt, selector: &Selector) -> Result<(), String> {
             return Err(format!("eval.inference.sinks = {sinks}: must be < budget = {budget}"));
         }
     }
-    if let Selector::Pages { page: 0, .. } = *selector {
-        return Err("eval.inference.page = 0: must be ≥ 1".into());
+    if let Selector::Pages { page, budget } = *selector {
+        if page == 0 || page > budget.saturating_sub(1) {
+            return Err(format!("eval.inference.page = {page}: must be in 1..={} (budget − 1: a page must fit beside the current token)", budget.saturating_sub(1)));
+        }
     }
     for (l, m) in model.causal_grouped_layers("key selection")?.into_iter().enumerate() {
         if !(m.head_dim.is_power_of_two() && m.head_dim >= 4) {

@@ -531,7 +531,7 @@ fn evaluations(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
     let mut md = String::from(
         "## Evaluations (`attnlab eval`)\n\nThe latest record of each run per setting, mean over seeds. Star Attention scores each window's query tokens \
          (global attention on the same positions beside it); key selection (Adamas, sink + window, pages, oracle) the tokens decoded one at a time \
-         after a dense prefill (the dense model's cached decode beside it; recall = share of the true top-budget keys selected).\n\n\
+         after a dense prefill (the dense model's cached decode beside it; recall = share of the budget − 1 earlier keys of largest true score that were selected, the current token, always attended, left out).\n\n\
          | config | inference | split @ window | seeds | loss | same positions, dense/global | accuracy | dense/global accuracy | recall | phase 1 / prefill |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let num = |e: &Json, path: &[&str]| -> f64 { path.iter().try_fold(e, |v, k| v.get(*k)).and_then(Json::as_f64).unwrap_or(f64::NAN) };
