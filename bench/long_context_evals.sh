@@ -11,6 +11,7 @@ set -euo pipefail
 bin=${1:-attnlab}
 store=${2:-runs/long_context}
 for run in "$store"/*/; do
+    run=${run%/}
     [ -f "$run/summary.json" ] || continue
     "$bin" eval "$run"
     for block in 448 224 112; do

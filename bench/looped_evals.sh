@@ -9,6 +9,7 @@ shift || true
 stores=("${@:-runs/looped runs/looped_mqar}")
 for store in ${stores[@]}; do
     for run in "$store"/*/; do
+        run=${run%/}
         [ -f "$run/summary.json" ] || continue
         grep -q '^loops = ' "$run/config.toml" || continue
         split=val
