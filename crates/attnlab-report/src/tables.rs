@@ -546,6 +546,8 @@ fn evaluations(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
         let loss = |x: f64| format!("{x:.4}");
         let pct = |x: f64| format!("{:.1}%", 100.0 * x);
         let phase = avg(&["star", "phase1_seconds"]) / avg(&["star", "prefill_seconds"]);
+        let exit = avg(&["mean_exit_loop"]);
+        let settings = if exit.is_finite() { format!("{settings} (mean exit loop {exit:.2})") } else { settings };
         md.push_str(&format!(
             "| {label} | {settings} | {split} | {} | {} | {} | {} | {} | {} | {} |\n",
             evals.len(),
