@@ -6,14 +6,14 @@
 set -euo pipefail
 bin=${1:-attnlab}
 shift || true
-stores=("${@:-runs/looped runs/looped_mqar}")
-for store in ${stores[@]}; do
+if [ $# -gt 0 ]; then stores=("$@"); else stores=(runs/looped runs/looped_mqar); fi
+for store in "${stores[@]}"; do
     for run in "$store"/*/; do
         run=${run%/}
         [ -f "$run/summary.json" ] || continue
         grep -q '^loops = ' "$run/config.toml" || continue
-        split=val
-        grep -q '^\[data.task\]' "$run/config.toml" && split=test
+        split="val"
+        grep -q '^\[data.task\]' "$run/config.toml" && split="test"
         for r in 1 2 3 4 5 6 8; do
             "$bin" eval "$run" --split $split --set eval.loops=$r
         done
