@@ -633,17 +633,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} ({}), {}: {} loss on the last {} tokens of {} windows of {} (context {} in {} blocks)", r.run, r.attention, r.settings, r.split, s.query, r.windows, r.block, s.context, s.blocks);
                 println!("  star:   loss {:.4}{acc}", s.loss);
                 println!("  global: loss {:.4}{gacc}", s.global_loss);
-                println!("  phase 1 {:.3} s vs global prefill {:.3} s ({:.2}×); KV cache {} bytes, largest host {}", s.phase1_seconds, s.prefill_seconds, s.phase1_seconds / s.prefill_seconds.max(1e-9), s.cache_bytes, s.largest_host_bytes);
+                println!("  phase 1 {:.3} s vs global prefill {:.3} s ({:.2}×); context KV cache of one batch of windows {} bytes, the largest host's share {}", s.phase1_seconds, s.prefill_seconds, s.phase1_seconds / s.prefill_seconds.max(1e-9), s.cache_bytes, s.largest_host_bytes);
                 println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
                 return Ok(());
             }
             if let Some(s) = &r.sparse {
                 let dacc = s.dense_accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
-                println!("{} ({}), {}: {} loss on {} tokens decoded one at a time after a dense prefill of {} ({} windows)", r.run, r.attention, r.settings, r.split, s.decoded, s.prefill, r.windows);
-                println!("  selected: loss {:.4}{acc}, recall of the top keys {:.3}", s.loss, s.recall);
+                println!("{} ({}), {}: {} loss on the last {} tokens of each of {} windows of {}, decoded one at a time after a dense prefill of {}", r.run, r.attention, r.settings, r.split, s.decoded, r.windows, r.block, s.prefill);
+                let recall = if s.recall.is_finite() { format!("{:.3}", s.recall) } else { "– (no step had more keys than the budget: every layer ran dense)".to_string() };
+                println!("  selected: loss {:.4}{acc}, recall of the top keys {recall}", s.loss);
                 println!("  dense:    loss {:.4}{dacc}", s.dense_loss);
-                let taus: Vec<String> = s.taus.iter().map(|t| format!("{t:.3}")).collect();
-                println!("  τ per layer [{}]; codes {} bytes/token; decode {:.3} s (host-side selection) vs dense cached decode {:.3} s (not a speed comparison)", taus.join(", "), s.code_bytes_per_token, s.decode_seconds, s.dense_decode_seconds);
+                if r.settings.starts_with("adamas") {
+                    let taus: Vec<String> = s.taus.iter().map(|t| format!("{t:.3}")).collect();
+                    println!("  τ per layer [{}] (layers below dense_layers do not select); codes {} bytes/token", taus.join(", "), s.code_bytes_per_token);
+                }
+                println!("  decode {:.3} s (host-side selection) vs dense cached decode {:.3} s (not a speed comparison)", s.decode_seconds, s.dense_decode_seconds);
                 println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);
                 return Ok(());
             }

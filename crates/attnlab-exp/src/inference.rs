@@ -135,6 +135,53 @@ fn two() -> usize {
     2
 }
 
+/// The fields of each `eval.inference.kind` (besides `kind`), and whether each is a whole number.
+const KIND_FIELDS: &[(&str, &[&str])] = &[
+    ("dense", &[]),
+    ("star", &["block", "anchor", "hosts", "query"]),
+    ("adamas", &["budget", "tau", "prefill", "dense_layers"]),
+    ("sink_window", &["budget", "sinks", "prefill", "dense_layers"]),
+    ("pages", &["budget", "page", "prefill", "dense_layers"]),
+    ("oracle", &["budget", "prefill", "dense_layers"]),
+];
+
+/// Field names and value types before serde reads the table, so that a misspelt field is named
+/// as such (serde would first report the required field it hides) and a value of the wrong type
+/// names its field.
+fn check_fields(eval: &toml::Value) -> Result<(), SpecError> {
+    let number = |key: &str, v: &toml::Value, whole: bool| -> Result<(), SpecError> {
+        let ok = if whole { v.as_integer().is_some_and(|i| i >= 0) } else { v.as_float().is_some() || v.as_integer().is_some() };
+        if ok {
+            Ok(())
+        } else {
+            Err(SpecError::new(format!("{key} = {v}: must be {}", if whole { "a whole number ≥ 0" } else { "a number" })))
+        }
+    };
+    let Some(table) = eval.as_table() else { return Ok(()) };
+    for (key, value) in table {
+        match key.as_str() {
+            "loops" => number("eval.loops", value, true)?,
+            "exit_q" => number("eval.exit_q", value, false)?,
+            "inference" => {}
+            other => return Err(SpecError::new(format!("eval.{other}: unknown; allowed: {EVAL_KEYS}"))),
+        }
+    }
+    let Some(inference) = table.get("inference").and_then(|v| v.as_table()) else { return Ok(()) };
+    let kind = inference.get("kind").and_then(|k| k.as_str()).unwrap_or("dense");
+    let kinds: Vec<&str> = KIND_FIELDS.iter().map(|(k, _)| *k).collect();
+    let Some((_, fields)) = KIND_FIELDS.iter().find(|(k, _)| *k == kind) else {
+        return Err(SpecError::new(format!("eval.inference.kind = {kind:?}: allowed: {}", kinds.join(", "))));
+    };
+    for (key, value) in inference.iter().filter(|(k, _)| k.as_str() != "kind") {
+        if !fields.contains(&key.as_str()) {
+            let allowed = if fields.is_empty() { "none".to_string() } else { fields.join(", ") };
+            return Err(SpecError::new(format!("eval.inference.{key}: unknown for kind = {kind:?}; its fields: {allowed}")));
+        }
+        number(&format!("eval.inference.{key}"), value, key != "tau")?;
+    }
+    Ok(())
+}
+
 impl EvalSettings {
     /// Settings from `--set eval.KEY=VALUE` pairs, checked for what needs no model.
     pub fn from_sets(sets: &[String]) -> Result<Self, SpecError> {
@@ -147,6 +194,7 @@ impl EvalSettings {
             apply_set(&mut root, set).map_err(|e| SpecError::new(format!("--set {set}: {e}")))?;
         }
         let table = root.get("eval").cloned().unwrap_or(toml::Value::Table(toml::Table::new()));
+        check_fields(&table)?;
         let settings: EvalSettings = table.try_into().map_err(|e: toml::de::Error| SpecError::new(format!("--set eval.…: {}; allowed: {EVAL_KEYS}", e.message())))?;
         if settings.loops == Some(0) {
             return Err(SpecError::new("eval.loops = 0: must be ≥ 1"));
@@ -373,7 +421,7 @@ pub fn score_sparse(model: &Gpt, run: &PreparedRun, split: Split, settings: &Eva
     let len = t.block;
     let prefill = sel.prefill.unwrap_or(len / 2);
     if prefill == 0 || prefill >= len {
-        return Err(SpecError::new(format!("eval.inference.prefill = {prefill}: must be in 1..{len} (the window's tokens)")));
+        return Err(SpecError::new(format!("eval.inference.prefill = {prefill}: allowed: 1 to {} (the window has {len} tokens; at least one is decoded)", len - 1)));
     }
     let batches = run.data.eval_batches(split, EVAL_SEED, run.spec.eval.batches, t.batch, t.block);
     let decoded = len - prefill;

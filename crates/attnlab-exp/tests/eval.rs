@@ -117,6 +117,12 @@ fn bad_inference_settings_are_refused() {
     assert!(e.contains("block"), "{e}");
     let e = parse(&["eval.inference.kind=star", "eval.inference.block=4", "eval.inference.anchor=9"]);
     assert!(e.contains("anchor = 9") && e.contains("≤ block = 4"), "{e}");
+    let e = parse(&["eval.inference.kind=star", "eval.inference.blok=8"]);
+    assert!(e.contains("eval.inference.blok") && e.contains("block, anchor, hosts, query"), "{e}");
+    let e = parse(&["eval.inference.kind=star", "eval.inference.block=abc"]);
+    assert!(e.contains("eval.inference.block = \"abc\"") && e.contains("whole number"), "{e}");
+    let e = parse(&["eval.inference.kind=star", "eval.inference.budget=8"]);
+    assert!(e.contains("eval.inference.budget: unknown for kind = \"star\""), "{e}");
     let e = parse(&["eval.inference.kind=adamax"]);
     assert!(e.contains("adamax") && e.contains("star"), "{e}");
     let e = parse(&["eval.exit_q=1.5"]);
