@@ -415,7 +415,7 @@ pub fn score_sparse(model: &Gpt, run: &PreparedRun, split: Split, settings: &Eva
     sparse_decode::check(model, &sel.selector).map_err(SpecError::new)?;
     let layers = model.blocks.len();
     if sel.dense_layers >= layers {
-        return Err(SpecError::new(format!("eval.inference.dense_layers = {}: the model has {layers} layers, so none would select keys; allowed: 0..={}", sel.dense_layers, layers - 1)));
+        return Err(SpecError::new(format!("eval.inference.dense_layers = {}: the model has {layers} layers, so none would select keys; allowed: 0 to {}", sel.dense_layers, layers - 1)));
     }
     let t = &run.spec.train;
     let len = t.block;

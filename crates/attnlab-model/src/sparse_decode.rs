@@ -46,7 +46,7 @@ pub fn check(model: &Gpt, selector: &Selector) -> Result<(), String> {
     }
     if let Selector::Pages { page, budget } = *selector {
         if page == 0 || page > budget.saturating_sub(1) {
-            return Err(format!("eval.inference.page = {page}: must be in 1..={} (budget − 1: a page must fit beside the current token)", budget.saturating_sub(1)));
+            return Err(format!("eval.inference.page = {page}: allowed: 1 to {} (budget − 1: a page must fit beside the current token)", budget.saturating_sub(1)));
         }
     }
     for (l, m) in model.causal_grouped_layers("key selection")?.into_iter().enumerate() {
