@@ -191,6 +191,9 @@ impl GroupedQuery {
                 tiled_attention(q, k, v, &rows, &keys, scale, *block_q, *block_k)
             }
             (_, None) if self.pattern == Pattern::Causal => causal_softmax_attention(q, k, v, t, start, scale),
+            (_, None) if attnlab_kernels::gpu_fused(&q) && self.fused_window().is_some() => {
+                attnlab_kernels::gpu_causal_attention(q, k, v, t, start, scale, self.fused_window().flatten())
+            }
             _ => {
                 let keys: Vec<Option<usize>> = match slots {
                     Some(slots) => slots.to_vec(),

@@ -10,10 +10,14 @@ use burn::tensor::{Bool, Tensor};
 /// `j ≤ start + ρ mod t`. q: `[batch, groups, rows, d_qk]`, k: `[batch, groups, keys, d_qk]`,
 /// v: `[batch, groups, keys, d_v]` → `[batch, groups, rows, d_v]`.
 /// On the CPU backend this is one fused kernel ([`attnlab_kernels::causal_attention`], O(T) saved
-/// memory for the backward); elsewhere [`softmax_attention`] with the mask.
+/// memory for the backward), on wgpu its GPU counterpart ([`attnlab_kernels::gpu_causal_attention`]);
+/// with `ATTNLAB_FUSED=0`, or another dtype, [`softmax_attention`] with the mask.
 pub fn causal_softmax_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, start: usize, scale: f32) -> Tensor<4> {
     if attnlab_kernels::fused(&q) {
         return attnlab_kernels::causal_attention(q, k, v, t, start, scale, None);
+    }
+    if attnlab_kernels::gpu_fused(&q) {
+        return attnlab_kernels::gpu_causal_attention(q, k, v, t, start, scale, None);
     }
     let (rows, keys) = (q.dims()[2], k.dims()[2]);
     // Query i (position start + i) may not see keys j > start + i.

@@ -52,7 +52,7 @@ pub struct Dims {
 }
 
 impl Dims {
-    fn of(q: &Shape, k: &Shape, v: &Shape, t: usize, offset: usize, scale: f32) -> Self {
+    pub(crate) fn of(q: &Shape, k: &Shape, v: &Shape, t: usize, offset: usize, scale: f32) -> Self {
         let (q, k, v) = (q.as_slice(), k.as_slice(), v.as_slice());
         assert!(q.len() == 4 && k.len() == 4 && v.len() == 4, "causal_attention: q, k, v must be rank 4");
         assert!(q[..2] == k[..2] && k[..3] == v[..3] && q[3] == k[3], "causal_attention: q {q:?}, k {k:?}, v {v:?} do not match");

@@ -17,6 +17,8 @@
 pub mod causal_attention;
 pub mod delta_rule;
 pub mod gelu;
+#[cfg(feature = "wgpu")]
+pub mod gpu_attention;
 pub mod linear;
 pub mod map_conv;
 pub mod matmul;
@@ -31,6 +33,8 @@ pub mod vector_math;
 pub use causal_attention::causal_attention;
 pub use delta_rule::{delta_rule, RuleOptions};
 pub use gelu::gelu_tanh;
+#[cfg(feature = "wgpu")]
+pub use gpu_attention::{gpu_causal_attention, gpu_fused};
 pub use linear::linear;
 pub use map_conv::map_conv;
 pub use qkv_attention::qkv_attention;
@@ -44,7 +48,24 @@ use burn::tensor::{DType, Device, Tensor};
 /// Whether `x` takes the fused CPU kernels: f32 data on the burn-flex device, unless the
 /// environment sets `ATTNLAB_FUSED=0` (to measure or debug against the composed ops).
 pub fn fused<const D: usize>(x: &Tensor<D>) -> bool {
+    fusion_enabled() && x.dtype() == DType::F32 && x.device() == Device::flex()
+}
+
+/// False when the environment sets `ATTNLAB_FUSED=0`: every fused op (CPU and GPU) then gives
+/// way to Burn's composed ops.
+pub fn fusion_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| std::env::var("ATTNLAB_FUSED").map_or(true, |v| v != "0"));
-    enabled && x.dtype() == DType::F32 && x.device() == Device::flex()
+    *ENABLED.get_or_init(|| std::env::var("ATTNLAB_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// Without the `wgpu` feature there is no GPU device, so never the fused GPU attention.
+#[cfg(not(feature = "wgpu"))]
+pub fn gpu_fused<const D: usize>(_x: &Tensor<D>) -> bool {
+    false
+}
+
+/// Never called without the `wgpu` feature ([`gpu_fused`] is false there).
+#[cfg(not(feature = "wgpu"))]
+pub fn gpu_causal_attention(_q: Tensor<4>, _k: Tensor<4>, _v: Tensor<4>, _t: usize, _offset: usize, _scale: f32, _window: Option<(usize, usize)>) -> Tensor<4> {
+    unreachable!("gpu_causal_attention without the wgpu feature")
 }
