@@ -43,6 +43,9 @@ for bin in "${bins[@]}"; do
     run "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps" --set model.attention.kind=mla --set model.attention.kv_latent=128
     say "$name: nanoGPT GPU config, train.precision = f16 (f32 master weights)"
     run "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps" --set train.precision=f16
+    say "$name: nanoGPT GPU config with Burn's composed attention instead of the fused kernel (ATTNLAB_FUSED=0), f32 and f16"
+    run env ATTNLAB_FUSED=0 "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps"
+    run env ATTNLAB_FUSED=0 "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps" --set train.precision=f16
 done
 say "PyTorch eager, same configs"
 for dtype in f32 tf32; do

@@ -3,9 +3,11 @@
 //! A point is one mixer (the experiment's width and heads) on random input `[batch, seq,
 //! d_model]`: `infer` times the forward pass, `train` the forward plus the backward of
 //! `mean(y²)` (optionally with Burn's balanced gradient checkpointing). One untimed warm-up pass,
-//! then the median of `reps` synced passes. Peak memory is the growth of the process's peak
-//! resident set (VmHWM, reset through `/proc/self/clear_refs`) over the resident set before the
-//! timed passes, so each point should run in a fresh process (`attnlab bench scaling` does).
+//! then the median of `reps` synced passes. Peak memory on CPU is the growth of the process's
+//! peak resident set (VmHWM, reset through `/proc/self/clear_refs`) over the resident set before
+//! the timed passes; on a GPU (a backend whose allocator reports its pools: wgpu, CUDA) it is the
+//! growth of the allocator's reserved bytes over the first pass (its pools grow to the pass's
+//! peak and are kept). Each point should run in a fresh process (`attnlab bench scaling` does).
 
 use std::time::Instant;
 
@@ -13,7 +15,7 @@ use attnlab_attn::AttentionConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::memory::{current_rss_bytes, peak_rss_bytes, reset_peak_rss};
+use crate::memory::{current_rss_bytes, device_reserved_bytes, peak_rss_bytes, reset_peak_rss};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScalingPoint {
@@ -25,7 +27,8 @@ pub struct ScalingPoint {
     pub mode: String,
     pub checkpointing: bool,
     pub ms_median: f64,
-    /// Peak resident memory the passes added, in bytes (CPU only).
+    /// Peak memory the first pass added, in bytes: resident set on CPU, the allocator's
+    /// reserved bytes on a GPU.
     pub peak_bytes: Option<u64>,
 }
 
@@ -64,10 +67,12 @@ pub fn scaling_point(case: &ScalingCase, device: &Device) -> ScalingPoint {
     device.sync().ok();
     reset_peak_rss();
     let base = current_rss_bytes();
+    let gpu_base = device_reserved_bytes(&device);
     pass();
     device.sync().ok();
-    let peak = match (peak_rss_bytes(), base) {
-        (Some(peak), Some(base)) => Some(peak.saturating_sub(base)),
+    let peak = match (gpu_base, device_reserved_bytes(&device), peak_rss_bytes(), base) {
+        (Some(before), Some(after), _, _) => Some(after.saturating_sub(before)),
+        (_, _, Some(peak), Some(base)) => Some(peak.saturating_sub(base)),
         _ => None,
     };
     let mut times = Vec::with_capacity(case.reps);

@@ -231,13 +231,20 @@ mod kernels {
         for c in 0..dv {
             acc_v[c] = f32::new(0.0);
         }
-        for rho in 0..rows {
-            let p = offset + rho % t;
-            let lo = window_start(p, window);
-            let se = sinks_end(lo, sinks);
-            let seen = j <= p && (j >= lo || j < se);
-            if seen {
-                let row = h * rows + rho;
+        // Positions that see key j: from j (or the first query) on; a key outside the sinks
+        // only until it leaves the window.
+        let last = offset + t - 1;
+        let mut end = last;
+        if j >= sinks && j + window - 1 < last {
+            end = j + window - 1;
+        }
+        let mut first = offset;
+        if j > offset {
+            first = j;
+        }
+        for i in 0..rows / t {
+            for p in first..end + 1 {
+                let row = h * rows + i * t + p - offset;
                 let prob = (dot::<E>(q, row * d, k, key * d, d) * scale - lse[row]).exp();
                 for c in 0..dv {
                     acc_v[c] += prob * f32::cast_from(d_o[row * dv + c]);
