@@ -46,6 +46,9 @@ for bin in "${bins[@]}"; do
     say "$name: nanoGPT GPU config with Burn's composed attention instead of the fused kernel (ATTNLAB_FUSED=0), f32 and f16"
     run env ATTNLAB_FUSED=0 "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps"
     run env ATTNLAB_FUSED=0 "$bin" bench train experiments/shakespeare_gpu.toml --device wgpu --steps "$steps" --set train.precision=f16
+    say "$name: one attention layer vs T, fused kernel then composed ops (time; memory = the allocator's growth)"
+    run "$bin" bench scaling experiments/gpu_attention.toml --device wgpu --lengths 1024,2048,4096,8192 --modes infer,train
+    run env ATTNLAB_FUSED=0 "$bin" bench scaling experiments/gpu_attention.toml --device wgpu --lengths 1024,2048,4096,8192 --modes infer,train
 done
 say "PyTorch eager, same configs"
 for dtype in f32 tf32; do
