@@ -31,8 +31,8 @@ use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::wgpu::{CubeBackend, CubeTensor};
-use burn::backend::{backend_extension, Backend, Dispatch, TensorMetadata};
-use burn::tensor::{DType, Device, Shape, Tensor};
+use burn::backend::{backend_extension, Backend, Dispatch, DispatchDevice, TensorMetadata};
+use burn::tensor::{DType, Shape, Tensor};
 use cubecl::prelude::CubeCount;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
@@ -362,6 +362,8 @@ impl GpuAttentionBackend for CubeBackend {
     fn gpu_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTensor, o: CubeTensor, lse: CubeTensor, d_o: CubeTensor, t: usize, offset: usize, scale: f32, window: usize, sinks: usize) -> (CubeTensor, CubeTensor, CubeTensor) {
         let (q, k, v, o, lse, d_o) = (contiguous(q), contiguous(k), contiguous(v), contiguous(o), contiguous(lse), contiguous(d_o));
         let Launch { dims, window, sinks } = Launch::of(&q, &k, &v, t, offset, scale, window, sinks);
+        assert!(o.dtype == q.dtype && d_o.dtype == q.dtype && lse.dtype == DType::F32, "gpu attention backward: o {:?}, dO {:?}, lse {:?} for q {:?}", o.dtype, d_o.dtype, lse.dtype, q.dtype);
+        assert!(o.shape() == d_o.shape() && o.shape()[3] == dims.dv && lse.shape().num_elements() == dims.heads * dims.rows, "gpu attention backward: o {:?}, dO {:?}, lse {:?} do not match q {:?}", o.shape(), d_o.shape(), lse.shape(), q.shape());
         let (dq, dk, dvv) = (empty(&q, q.shape(), q.dtype), empty(&k, k.shape(), k.dtype), empty(&v, v.shape(), v.dtype));
         let delta = empty(&q, lse.shape(), DType::F32);
         let (client, dtype) = (q.client.clone(), dtype_to_storage_type(q.dtype));
@@ -444,7 +446,7 @@ impl<B: GpuAttentionBackend, C: CheckpointStrategy> GpuAttentionBackend for Auto
 /// Whether `x` takes the fused GPU attention: f32 or f16 data on a CubeCL (wgpu) device, unless
 /// the environment sets `ATTNLAB_FUSED=0` (the composed ops then run, to compare or debug).
 pub fn gpu_fused<const D: usize>(x: &Tensor<D>) -> bool {
-    crate::fusion_enabled() && matches!(x.dtype(), DType::F32 | DType::F16) && x.device() != Device::flex()
+    crate::fusion_enabled() && matches!(x.dtype(), DType::F32 | DType::F16) && matches!(x.device().inner().as_dispatch(), DispatchDevice::Cube(_))
 }
 
 /// Fused causal attention on the GPU (see the module docs). q: `[batch, groups, rows, d]`,
@@ -455,10 +457,14 @@ pub fn gpu_causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, 
     gpu_causal_attention_lse(q, k, v, t, offset, scale, window).0
 }
 
-/// [`gpu_causal_attention`] and each row's log-sum-exp `[batch, groups, rows]` (f32, no gradient).
+/// [`gpu_causal_attention`] and each row's log-sum-exp `[batch, groups, rows]` (f32). The
+/// log-sum-exp is a constant to autodiff: a loss on it gets no gradient through the kernel.
 pub fn gpu_causal_attention_lse(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, t: usize, offset: usize, scale: f32, window: Option<(usize, usize)>) -> (Tensor<4>, Tensor<3>) {
-    assert!(gpu_fused(&q), "gpu_causal_attention: the fused kernel needs f32 or f16 tensors on a wgpu device");
+    assert!(gpu_fused(&q), "gpu_causal_attention: the fused kernel needs f32 or f16 tensors on a CubeCL (wgpu) device");
     let (window, sinks) = window.unwrap_or((usize::MAX, 0));
+    // Checked here, at the call: under fusion the kernels run later, when the queue flushes.
+    Dims::of(&q.shape(), &k.shape(), &v.shape(), t, offset, scale).windowed(window, sinks);
+    assert!(q.dtype() == k.dtype() && k.dtype() == v.dtype(), "gpu_causal_attention: q, k, v dtypes {:?} {:?} {:?} differ", q.dtype(), k.dtype(), v.dtype());
     let (o, lse) = Dispatch::gpu_attention_forward(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), t, offset, scale, window, sinks);
     (Tensor::from_dispatch(o), Tensor::from_dispatch(lse))
 }

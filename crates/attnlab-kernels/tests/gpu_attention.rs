@@ -2,7 +2,8 @@
 //! independent f64 loop (values and log-sum-exp) and against Burn's composed ops under autodiff
 //! on the same device with the visibility rule written out as a dense mask (all three
 //! gradients): plain causal, grouped-query heads stacked along the rows at a cache offset, a
-//! sliding window with sinks, a window of one key, and f16 inputs. Scores are peaked (logits of
+//! sliding window with sinks, a window of one key, keys after the last query, a window and sinks
+//! beyond the keys over 900 rows (many workgroups), and f16 inputs. Scores are peaked (logits of
 //! order 1–10). Skipped with a message when no adapter exists, unless ATTNLAB_REQUIRE_WGPU=1 (CI).
 //!
 //! Planted and caught (each alone): the forward's visible-key count one short (mask off by one);
@@ -52,6 +53,10 @@ const CASES: &[Case] = &[
     Case { dims: [2, 2 * 7, 12, 8, 4], t: 7, offset: 5, window: None },
     Case { dims: [2, 2 * 9, 30, 8, 4], t: 9, offset: 21, window: Some((4, 2)) },
     Case { dims: [1, 20, 20, 4, 4], t: 20, offset: 0, window: Some((1, 3)) },
+    // Keys after the last query (no row sees them: zero dK, dV), d ≠ dv as MLA's.
+    Case { dims: [2, 2 * 5, 16, 12, 8], t: 5, offset: 6, window: None },
+    // A window and sinks larger than the keys (clamped), and enough rows for many workgroups.
+    Case { dims: [3, 2 * 150, 150, 16, 16], t: 150, offset: 0, window: Some((400, 200)) },
 ];
 
 impl Case {
@@ -157,4 +162,16 @@ fn gradients_match_burns_composed_ops() {
 #[test]
 fn half_precision_matches_the_composed_ops_in_f16() {
     gradients_match(DType::F16, 2e-2);
+}
+
+/// Shapes the kernels cannot take are refused at the call, not later when fusion flushes its
+/// queue: 12 rows are not a whole number of heads of t = 5 queries.
+#[test]
+fn a_bad_shape_is_refused_at_the_call() {
+    let Some(gpu) = wgpu_device() else { return };
+    let x = Tensor::<4>::zeros([1, 1, 12, 4], &gpu);
+    let call = std::panic::AssertUnwindSafe(|| gpu_causal_attention(x.clone(), x.clone(), x.clone(), 5, 0, 1.0, None));
+    let err = std::panic::catch_unwind(call).expect_err("rows = 12 with t = 5 must be refused");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("not a multiple of t = 5"), "unexpected message: {msg}");
 }
