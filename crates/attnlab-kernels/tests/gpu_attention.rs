@@ -8,7 +8,8 @@
 //!
 //! Planted and caught (each alone): the forward's visible-key count one short (mask off by one);
 //! the log-sum-exp without `ln ℓ`; the scale left out of dQ's `dS`; the dK/dV kernel ignoring the
-//! sinks; D = rowsum(dO ⊙ O) left at zero.
+//! sinks; D = rowsum(dO ⊙ O) left at zero; the shape check left to the launch (fusion defers it
+//! past the call).
 #![cfg(feature = "wgpu")]
 
 use attnlab_kernels::gpu_attention::gpu_causal_attention_lse;
