@@ -119,7 +119,8 @@ pub fn params(m: &ModelConfig) -> f64 {
             (None, _) => d * d,
         })
         .sum();
-    m.vocab as f64 * d + mixers + layers * (mlp + 2.0 * d) + d
+    let positions = if m.positions == attnlab_model::Positions::Learned { m.max_seq as f64 * d } else { 0.0 };
+    m.vocab as f64 * d + positions + mixers + layers * (mlp + 2.0 * d) + d
 }
 
 /// Decode-state bytes of one sequence at `capacity` tokens, all layers (a lower bound: the

@@ -32,6 +32,25 @@ impl Head {
     }
 }
 
+/// `model.positions`: position information outside the mixers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// None (default): positions reach the model only through its mixers (RoPE in softmax
+    /// attention, order in a recurrence).
+    #[default]
+    None,
+    /// Learned absolute position embeddings `[max_seq, d_model]` added to the token embeddings
+    /// (GPT-2; the models of Zoology's MQAR study), on top of whatever the mixers do.
+    Learned,
+}
+
+impl Positions {
+    pub fn is_none(&self) -> bool {
+        *self == Positions::None
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -84,6 +103,10 @@ pub struct ModelConfig {
     /// (`mad_compression` only).
     #[serde(skip_serializing_if = "Head::is_lm")]
     pub head: Head,
+    /// `"none"` (default; left out of the saved config and the run id) or `"learned"`
+    /// ([`Positions::Learned`]).
+    #[serde(skip_serializing_if = "Positions::is_none")]
+    pub positions: Positions,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -137,6 +160,7 @@ impl Default for ModelConfig {
             exit: Exit::None,
             exit_entropy: EXIT_ENTROPY,
             head: Head::Lm,
+            positions: Positions::None,
         }
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::autoencoder::Decoder;
 use crate::block::Block;
-use crate::config::{Exit, Head, ModelConfig};
+use crate::config::{Exit, Head, ModelConfig, Positions};
 use crate::mlp::Mlp;
 
 /// Burn's seeded generator is global to the process: whoever seeds it and draws (a model's
@@ -31,6 +31,9 @@ pub struct Gpt {
     pub loops: usize,
     /// `model.exit = "learned"`: Ouro's exit gate `d → 1` (with bias) on each loop's normed state.
     pub exit_gate: Option<Linear>,
+    /// `model.positions = "learned"`: absolute position embeddings `[max_seq, d_model]`, added
+    /// to the token embeddings ([`Gpt::embed_tokens`]).
+    pub positions: Option<Embedding>,
 }
 
 /// Parameter counts (the tied embedding counted once).
@@ -68,6 +71,24 @@ impl Gpt {
             exit_gate: (config.exit == Exit::Learned).then(|| {
                 LinearConfig::new(d, 1).with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD }).init(device)
             }),
+            positions: (config.positions == Positions::Learned).then(|| {
+                EmbeddingConfig::new(config.max_seq, d).with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD }).init(device)
+            }),
+        }
+    }
+
+    /// The input of the first layer: the embeddings of `tokens` `[batch, seq]` at positions
+    /// `start..start + seq`, plus the learned position embeddings of those positions when the
+    /// model has them → `[batch, seq, d_model]`.
+    pub fn embed_tokens(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let h = self.embed.forward(tokens);
+        match &self.positions {
+            None => h,
+            Some(p) => {
+                let t = h.dims()[1];
+                assert!(start + t <= self.max_seq, "positions {start}..{} exceed model.max_seq = {}", start + t, self.max_seq);
+                h + p.weight.val().narrow(0, start, t).unsqueeze_dim(0)
+            }
         }
     }
 
@@ -99,7 +120,7 @@ impl Gpt {
         let seq = tokens.dims()[1];
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
-        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        let mut h = crate::block::dropout(self.embed_tokens(tokens, 0), p);
         for r in 0..self.loops {
             if r > 0 {
                 h = self.between_loops(h);
@@ -116,7 +137,7 @@ impl Gpt {
         let seq = tokens.dims()[1];
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
-        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        let mut h = crate::block::dropout(self.embed_tokens(tokens, 0), p);
         let mut sums: Vec<(AuxLoss, Tensor<1>, usize)> = Vec::new();
         for r in 0..self.loops {
             if r > 0 {
@@ -169,7 +190,11 @@ impl Gpt {
                 self.embed.weight.dims()
             ));
         }
+        if source.positions.is_some() != self.positions.is_some() {
+            return Err(format!("the source model's model.positions differs from this model's ({} vs {})", positions_name(&source), positions_name(&self)));
+        }
         self.embed = source.embed;
+        self.positions = source.positions;
         self.norm = source.norm;
         for (l, (mine, theirs)) in self.blocks.iter_mut().zip(source.blocks).enumerate() {
             match (&mut mine.attn, theirs.attn) {
@@ -221,7 +246,7 @@ impl Gpt {
         let seq = tokens.dims()[1];
         assert!(seq <= self.max_seq, "sequence of {seq} tokens exceeds model.max_seq = {}", self.max_seq);
         let p = self.dropout;
-        let mut h = crate::block::dropout(self.embed.forward(tokens), p);
+        let mut h = crate::block::dropout(self.embed_tokens(tokens, 0), p);
         let mut out = Vec::with_capacity(self.loops);
         for r in 0..self.loops {
             if r > 0 {
@@ -246,6 +271,9 @@ impl Gpt {
         }
         if self.decoder.is_some() {
             return Err(format!("{method}: model.head = \"autoencoder\": allowed: \"lm\""));
+        }
+        if self.positions.is_some() {
+            return Err(format!("{method}: model.positions = \"learned\": allowed: \"none\" (it places tokens at other positions than their own)"));
         }
         self.blocks
             .iter()
@@ -303,7 +331,7 @@ impl Gpt {
     pub fn step(&self, tokens: Tensor<2, Int>, states: &mut [State]) -> Tensor<3> {
         assert!(self.decoder.is_none(), "model.head = \"autoencoder\" decodes the whole sequence from its last position: it has no token-by-token decode");
         assert_eq!(states.len(), self.loops * self.blocks.len(), "one decode state per loop and layer");
-        let mut h = self.embed.forward(tokens);
+        let mut h = self.embed_tokens(tokens, states[0].len());
         // Loop r, layer l reads state r·L + l.
         for (r, loop_states) in states.chunks_mut(self.blocks.len()).enumerate() {
             if r > 0 {
@@ -345,6 +373,15 @@ impl Gpt {
         // A learned exit reads the LM head (and the gate) after every loop.
         let heads = if self.exit_gate.is_some() { self.loops as u64 * (2 * (vocab * d + d) as u64) } else { 2 * (vocab * d) as u64 };
         self.loops as u64 * blocks + heads + decoder
+    }
+}
+
+/// `model.positions` of a model, for messages.
+fn positions_name(m: &Gpt) -> &'static str {
+    if m.positions.is_some() {
+        "learned"
+    } else {
+        "none"
     }
 }
 

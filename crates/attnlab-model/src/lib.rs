@@ -12,6 +12,6 @@ pub mod mlp;
 pub mod sparse_decode;
 pub mod star;
 
-pub use config::{Exit, Head, MlpKind, ModelConfig};
+pub use config::{Exit, Head, MlpKind, ModelConfig, Positions};
 pub use generate::{generate, generate_cropped, Sampling};
 pub use gpt::{Gpt, ParamCounts, RNG_LOCK};
