@@ -658,7 +658,12 @@ fn run(cli: Cli) -> Result<()> {
                 .loss_by_position
                 .chunks(width)
                 .enumerate()
-                .map(|(i, c)| format!("{}–{}: {:.3}", i * width, i * width + c.len() - 1, c.iter().filter(|v| v.is_finite()).sum::<f64>() / c.iter().filter(|v| v.is_finite()).count().max(1) as f64))
+                .map(|(i, c)| {
+                    let scored: Vec<f64> = c.iter().copied().filter(|v| v.is_finite()).collect();
+                    // A bucket with no scored token (a task's pair section) has no loss.
+                    let loss = if scored.is_empty() { "–".to_string() } else { format!("{:.3}", scored.iter().sum::<f64>() / scored.len() as f64) };
+                    format!("{}–{}: {loss}", i * width, i * width + c.len() - 1)
+                })
                 .collect();
             println!("loss by position: {}", buckets.join(", "));
             println!("(appended to {}/{})", r.run, attnlab_exp::eval::EVALS_FILE);

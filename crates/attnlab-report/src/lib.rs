@@ -1,6 +1,7 @@
 //! Reports from a run store `runs/<experiment>/`: runs are grouped by the config fields that
 //! vary (seeds pooled), and written as `README.md` (tables, mean ± std over seeds),
-//! `results.csv` and `results.json` (one row per run), `loss.svg` and `pareto.svg`.
+//! `results.csv` and `results.json` (one row per run), `loss.svg` and `pareto.svg`, and
+//! `position_loss.svg` when runs have dense `attnlab eval` records.
 
 pub mod load;
 pub mod mad;
@@ -89,6 +90,7 @@ pub fn write_report_stores_with(stores: &[std::path::PathBuf], out: &Path, peak_
     if mad::markdown(&runs).is_some() {
         mad::plot(&runs, &out.join("mad.svg"))?;
     }
+    plots::position_svg(&tables::position_rows(&runs, &groups), &out.join("position_loss.svg"))?;
     for field in plots::accuracy_axes(&groups) {
         plots::accuracy_svg(&groups, &field, &out.join(plots::accuracy_file(&field)))?;
     }

@@ -400,6 +400,33 @@ pub fn lines_svg(axes: &Axes, mut series: Vec<(String, Vec<(f64, f64)>)>, path: 
     Ok(())
 }
 
+/// Loss against position ([`crate::tables::position_rows`]): one line per config (and window,
+/// when several were evaluated), the mean over seeds of each bucket at the bucket's middle
+/// position. Nothing is written when no run has a dense evaluation.
+pub fn position_svg(rows: &[crate::tables::PositionRow], path: &Path) -> Result<()> {
+    let windows: std::collections::BTreeSet<(&str, usize)> = rows.iter().map(|r| (r.split.as_str(), r.block)).collect();
+    let series: Vec<(String, Vec<(f64, f64)>)> = rows
+        .iter()
+        .map(|r| {
+            let name = if windows.len() > 1 { format!("{} ({} @ {})", r.label, r.split, r.block) } else { r.label.clone() };
+            let pts = crate::tables::position_buckets(r.block)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(b, (lo, hi))| {
+                    let xs: Vec<f64> = r.per_run.iter().filter_map(|v| v.get(b).copied()).filter(|v| v.is_finite()).collect();
+                    (!xs.is_empty()).then(|| ((lo + hi) as f64 / 2.0, crate::stats::mean(&xs)))
+                })
+                .collect();
+            (name, pts)
+        })
+        .collect();
+    if series.iter().all(|(_, p)| p.is_empty()) {
+        return Ok(());
+    }
+    let axes = Axes { title: "Loss by position (dense attnlab eval)".into(), x: "position in the window (log)".into(), y: "mean cross-entropy (log)".into(), log_y: true };
+    lines_svg(&axes, series, path)
+}
+
 /// The attention part of a group's label (before any ` field=value`).
 fn attention_name(g: &Group) -> String {
     g.label.split(' ').next().unwrap_or(&g.label).to_string()

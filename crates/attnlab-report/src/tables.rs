@@ -322,6 +322,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
     if let Some(evals) = evaluations(runs, groups) {
         md.push_str(&evals);
     }
+    if let Some(positions) = position_markdown(runs, groups) {
+        md.push_str(&positions);
+    }
     md.push_str("## Noise check\n\n");
     let (measure, unit, scale, p) = if accuracy { ("final test accuracy", " pp", 100.0, 1) } else { ("best val loss", "", 1.0, 4) };
     md.push_str(&format!(
@@ -558,6 +561,94 @@ fn evaluations(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
             show(avg(&["sparse", "recall"]), &|x| format!("{x:.3}")),
             show(phase, &|x| format!("{x:.2}×")),
         ));
+    }
+    md.push('\n');
+    Some(md)
+}
+
+/// Position buckets `[lo, hi)` of a window of `block` tokens (0-based): position 0 alone, then
+/// doubling widths 1, 2–3, 4–7, … (the last cut at the window's end).
+pub fn position_buckets(block: usize) -> Vec<(usize, usize)> {
+    let mut buckets = vec![(0, 1.min(block))];
+    let mut lo = 1;
+    while lo < block {
+        let hi = (2 * lo).min(block);
+        buckets.push((lo, hi));
+        lo = hi;
+    }
+    buckets
+}
+
+/// One row of the loss-by-position table: a config, the split and window its dense `attnlab
+/// eval` records scored, and per seed (run) the mean loss of each [`position_buckets`] bucket
+/// (NaN where no position of the bucket was scored).
+pub struct PositionRow {
+    pub label: String,
+    pub split: String,
+    pub block: usize,
+    pub per_run: Vec<Vec<f64>>,
+}
+
+/// The latest dense `attnlab eval` record (no inference-time setting) of each run per split and
+/// window, grouped by config: the mean cross-entropy at each position, bucketed.
+pub fn position_rows(runs: &[RunRecord], groups: &[Group]) -> Vec<PositionRow> {
+    let mut rows: Vec<PositionRow> = Vec::new();
+    for g in groups {
+        for &i in &g.runs {
+            let mut latest: Vec<&Json> = Vec::new();
+            for e in runs[i].evals.iter().filter(|e| e.get("settings").and_then(Json::as_str).is_none_or(|s| s.is_empty() || s == "dense")) {
+                let key = |e: &Json| (e.get("split").cloned(), e.get("block").cloned());
+                latest.retain(|x| key(x) != key(e));
+                latest.push(e);
+            }
+            for e in latest {
+                let losses: Vec<f64> = e.get("loss_by_position").and_then(Json::as_array).map(|a| a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect()).unwrap_or_default();
+                if losses.len() < 2 {
+                    continue;
+                }
+                let block = losses.len();
+                let buckets: Vec<f64> = position_buckets(block)
+                    .into_iter()
+                    .map(|(lo, hi)| {
+                        let scored: Vec<f64> = losses[lo..hi].iter().copied().filter(|v| v.is_finite()).collect();
+                        if scored.is_empty() { f64::NAN } else { mean(&scored) }
+                    })
+                    .collect();
+                let split = e.get("split").and_then(Json::as_str).unwrap_or("").to_string();
+                match rows.iter_mut().find(|r| r.label == g.label && r.split == split && r.block == block) {
+                    Some(r) => r.per_run.push(buckets),
+                    None => rows.push(PositionRow { label: g.label.clone(), split, block, per_run: vec![buckets] }),
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// The loss-by-position table: one row per config and window, mean ± std over seeds per bucket.
+fn position_markdown(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
+    let rows = position_rows(runs, groups);
+    let block = rows.iter().map(|r| r.block).max()?;
+    let buckets = position_buckets(block);
+    let mut md = String::from(
+        "## Loss by position (`attnlab eval`, dense)\n\nMean cross-entropy over the positions of each bucket (0-based, doubling widths) of each run's latest dense \
+         evaluation, then mean ± std over the seeds that have one; `position_loss.svg` plots the means. – = no scored position there.\n\n| config | split @ window | seeds |",
+    );
+    for (lo, hi) in &buckets {
+        md.push_str(&if hi - lo == 1 { format!(" {lo} |") } else { format!(" {lo}–{} |", hi - 1) });
+    }
+    md.push_str(&format!("\n|---|---|---|{}\n", "---|".repeat(buckets.len())));
+    for r in &rows {
+        md.push_str(&format!("| {} | {} @ {} | {} |", r.label, r.split, r.block, r.per_run.len()));
+        for b in 0..buckets.len() {
+            let xs: Vec<f64> = r.per_run.iter().filter_map(|v| v.get(b).copied()).filter(|v| v.is_finite()).collect();
+            md.push_str(&match xs.len() {
+                0 => " – |".to_string(),
+                1 => format!(" {:.4} |", xs[0]),
+                _ => format!(" {:.4} ± {:.4} |", mean(&xs), std(&xs)),
+            });
+        }
+        md.push('\n');
     }
     md.push('\n');
     Some(md)

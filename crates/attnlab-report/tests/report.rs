@@ -426,3 +426,39 @@ fn keys_attended_column_shows_for_sparse_configs_only() {
     let md = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(md.contains("| 50.0% |") && md.contains("× | — |"), "{md}");
 }
+
+/// Dense `attnlab eval` records become the loss-by-position table (buckets 0, 1, 2–3, 4–7 of an
+/// 8-token window, unscored NaN positions left out of a bucket's mean, mean ± std over seeds,
+/// only each run's latest dense record) and its plot; a Star record is not a dense one.
+/// Planted and seen to fail: buckets of equal width; NaN positions counted as 0; the first
+/// record kept instead of the latest; Star records read as dense.
+#[test]
+fn dense_evaluations_give_a_loss_by_position_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs").join("fx");
+    let record = |losses: [f64; 8], settings: &str| {
+        let list: Vec<String> = losses.iter().map(|v| if v.is_nan() { "null".to_string() } else { v.to_string() }).collect();
+        format!("{{\"run\":\"x\",\"attention\":\"mha\",\"split\":\"val\",\"block\":8,\"windows\":4,\"loss\":1.0,\"accuracy\":null,\"loss_by_position\":[{}],\"settings\":\"{settings}\"}}\n", list.join(","))
+    };
+    let nan = f64::NAN;
+    for (seed, (older, latest)) in [
+        ([9.0; 8], [4.0, 3.0, 2.0, nan, 1.0, 1.0, 1.0, 1.0]),
+        ([9.0; 8], [4.0, 3.0, 2.5, 2.5, 1.5, 1.5, 1.5, 1.5]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("mha{seed}");
+        fixture_run(&store, &id, "mha", 4096, seed as u64, 2.0);
+        let star = record([7.0; 8], "star block=4 anchor=4 hosts=2 query=2");
+        std::fs::write(store.join(&id).join("evals.jsonl"), format!("{}{}{star}", record(older, "dense"), record(latest, "dense"))).unwrap();
+    }
+    let out = tmp.path().join("report");
+    attnlab_report::write_report(&store, &out, None).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("| config | split @ window | seeds | 0 | 1 | 2–3 | 4–7 |"), "{md}");
+    // Bucket 2–3: seed 0 has 2.0 (the NaN left out), seed 1 2.5 → mean 2.25, std 0.3536.
+    assert!(md.contains("| mha | val @ 8 | 2 | 4.0000 ± 0.0000 | 3.0000 ± 0.0000 | 2.2500 ± 0.3536 | 1.2500 ± 0.3536 |"), "{md}");
+    let svg = std::fs::read_to_string(out.join("position_loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("mha"), "{svg}");
+}
