@@ -6,7 +6,8 @@ tokens of probe.safetensors and compares the logits with the ones attnlab comput
 max |Δ| / max |logit| must be ≤ 1e-5 (float64 here, float32 in attnlab).
 
 Covers attention kinds mha, mqa, gqa (one module: kv heads from the QKV shape) and mla
-(dims from the tensor shapes). The model: tied token embedding, no positional embedding,
+(dims from the tensor shapes). The model: tied token embedding, plus `positions.weight[:T]`
+when the model has learned position embeddings (`model.positions = "learned"`),
 pre-norm blocks `x += attn(rms(x)); x += mlp(rms(x))`, RMSNorm `x / sqrt(mean(x²) + 1e-5) * gamma`,
 final RMSNorm, logits `h @ embedᵀ`. Linear weights are stored `[d_in, d_out]`: `y = x @ W`.
 RoPE: rotate-half, `θ_i = base^(-2i/d)` over the rotated width d.
@@ -117,6 +118,8 @@ def logits(tokens, w, config):
         print("NoPE MLA (rope = false): not re-implemented here")
         sys.exit(2)
     x = w["embed.weight"][tokens]
+    if "positions.weight" in w:
+        x = x + w["positions.weight"][: tokens.shape[-1]]
     for i in range(config["layers"]):
         p = f"blocks.{i}."
         x = x + attention(rms(x, w[p + "attn_norm.gamma"]), w, p + "attn.", config["heads"], config["rope_base"])

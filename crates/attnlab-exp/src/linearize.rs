@@ -186,7 +186,7 @@ pub fn check_source(teacher: &attnlab_model::ModelConfig, model: &attnlab_model:
         }
         other => return Err(format!("starts a lolcats model from a softmax run, or a dsa model from an mla run (a grouped-query run with kv_heads set); this model's attention is {:?}", other.kind())),
     }
-    let shape = |m: &attnlab_model::ModelConfig| format!("d_model {}, layers {}, heads {}, vocab {}, mlp {:?} × {}, rope_base {}", m.d_model, m.layers, m.heads, m.vocab, m.mlp, m.mlp_hidden(), m.rope_base);
+    let shape = |m: &attnlab_model::ModelConfig| format!("d_model {}, layers {}, heads {}, vocab {}, mlp {:?} × {}, rope_base {}, positions {:?}", m.d_model, m.layers, m.heads, m.vocab, m.mlp, m.mlp_hidden(), m.rope_base, m.positions);
     if shape(teacher) != shape(model) {
         return Err(format!("its model ({}) differs from this one ({})", shape(teacher), shape(model)));
     }

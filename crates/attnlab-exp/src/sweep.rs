@@ -296,6 +296,7 @@ fn known_path(path: &str) -> bool {
     spec.model.exit = attnlab_model::Exit::Learned;
     spec.model.exit_entropy = 0.1;
     spec.model.head = attnlab_model::Head::Autoencoder;
+    spec.model.positions = attnlab_model::Positions::Learned;
     spec.train.accumulate = 2;
     spec.train.epochs = Some(1);
     spec.data.train_samples = Some(1);

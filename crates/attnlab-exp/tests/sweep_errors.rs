@@ -48,9 +48,10 @@ fn bad_points_name_the_run_and_the_field() {
 /// Planted, and seen to fail: `known_path` from the plain defaults ("is not a config field").
 #[test]
 fn fields_omitted_at_their_defaults_can_be_swept() {
-    let text = "name = \"s\"\n[model]\nd_model = 32\nheads = 4\nmax_seq = 32\n[train]\nsteps = 2\nblock = 16\nwarmup = 1\n[sweep]\n\"model.dropout\" = [0.0, 0.1]\n\"train.accumulate\" = [1, 2]\n";
+    let text = "name = \"s\"\n[model]\nd_model = 32\nheads = 4\nmax_seq = 32\n[train]\nsteps = 2\nblock = 16\nwarmup = 1\n[sweep]\n\"model.dropout\" = [0.0, 0.1]\n\"train.accumulate\" = [1, 2]\n\"model.positions\" = [\"none\", \"learned\"]\n";
     let exp = attnlab_exp::sweep::load_experiment(text, "s.toml", &[]).unwrap();
-    assert_eq!(exp.runs.len(), 4);
-    assert_eq!(exp.runs[3].spec.model.dropout, 0.1);
-    assert_eq!(exp.runs[3].spec.train.accumulate, 2);
+    assert_eq!(exp.runs.len(), 8);
+    assert_eq!(exp.runs[7].spec.model.dropout, 0.1);
+    assert_eq!(exp.runs[7].spec.train.accumulate, 2);
+    assert_eq!(exp.runs[7].spec.model.positions, attnlab_model::Positions::Learned);
 }

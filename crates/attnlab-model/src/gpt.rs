@@ -190,8 +190,15 @@ impl Gpt {
                 self.embed.weight.dims()
             ));
         }
-        if source.positions.is_some() != self.positions.is_some() {
-            return Err(format!("the source model's model.positions differs from this model's ({} vs {})", positions_name(&source), positions_name(&self)));
+        let table = |m: &Gpt| m.positions.as_ref().map(|p| p.weight.dims());
+        if table(&source) != table(&self) {
+            return Err(format!(
+                "the source model's position embeddings ({}, {:?}) differ from this model's ({}, {:?}): model.positions and model.max_seq must match",
+                positions_name(&source),
+                table(&source),
+                positions_name(&self),
+                table(&self)
+            ));
         }
         self.embed = source.embed;
         self.positions = source.positions;
@@ -273,7 +280,7 @@ impl Gpt {
             return Err(format!("{method}: model.head = \"autoencoder\": allowed: \"lm\""));
         }
         if self.positions.is_some() {
-            return Err(format!("{method}: model.positions = \"learned\": allowed: \"none\" (it places tokens at other positions than their own)"));
+            return Err(format!("{method}: model.positions = \"learned\": allowed: \"none\" (not built for learned position embeddings)"));
         }
         self.blocks
             .iter()

@@ -3,12 +3,14 @@
 //! Planted and seen to fail: the position rows taken from 1.. instead of 0.. (the forward
 //! reference); `step` adding the rows of 0.. on every call instead of the state's length (decode
 //! = forward); the position embedding left out of the forward (the reference); the check that
-//! refuses Star / key selection removed (the refusal test).
+//! refuses Star / key selection removed (the refusal test). The source-table check compares the
+//! table's shape (a kind-only check lets a source with another `max_seq` through: the message
+//! assertion of the refusal test fails on the layer error that follows).
 
 use attnlab_attn::burn::module::Param;
 use attnlab_attn::burn::nn::Embedding;
 use attnlab_attn::burn::tensor::{Device, Int, Tensor, TensorData};
-use attnlab_attn::AttentionConfig;
+use attnlab_attn::{AttentionConfig, AuxRequest};
 use attnlab_model::{Gpt, ModelConfig, Positions};
 
 const VOCAB: usize = 29;
@@ -59,9 +61,14 @@ fn the_forward_adds_the_row_of_each_position() {
     }
     let h0 = Tensor::<3>::from_data(TensorData::new(h0, [b, t, D]), &dev);
     let reference = to_vec(model.logits(model.blocks.iter().fold(h0, |h, block| block.forward(h, 0.0))));
-    let forward = to_vec(model.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev)));
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
+    let forward = to_vec(model.forward(ids.clone()));
     let err = max_rel(&forward, &reference);
     assert!(err < 1e-5, "forward vs E[token] + P[position] through the layers: relative error {err}");
+    // The training forward with auxiliary losses (stages) embeds the same way.
+    let aux = to_vec(model.forward_aux(ids, &AuxRequest::default()).0);
+    let err = max_rel(&aux, &reference);
+    assert!(err < 1e-5, "forward_aux vs the reference: relative error {err}");
 }
 
 /// Decode (a prefill of 4, then one token at a time) equals the forward: `step` adds the rows of
@@ -84,14 +91,21 @@ fn decode_adds_the_rows_of_the_positions_reached() {
     }
 }
 
-/// Star Attention and decode-time key selection place tokens at other positions than their own
-/// (anchors, shards): a model with learned positions is refused by name.
+/// Star Attention (anchors, shards) and decode-time key selection are not built for learned
+/// positions: such a model is refused by name. A source model whose position table differs (in
+/// kind or in `max_seq`) cannot start this one (`train.init_from`, `attnlab linearize`).
 #[test]
 fn inference_methods_over_global_attention_refuse_learned_positions() {
     let dev = Device::flex();
     let (model, _) = model(AttentionConfig::Mha {}, &dev);
-    let err = model.causal_grouped_layers("star").err().expect("refused");
-    assert!(err.contains("model.positions"), "{err}");
+    for method in ["star", "key selection"] {
+        let err = model.causal_grouped_layers(method).err().expect("refused");
+        assert!(err.contains("model.positions") && err.starts_with(method), "{err}");
+    }
+    dev.seed(5);
+    let shorter = Gpt::new(&ModelConfig { max_seq: 16, ..config(AttentionConfig::Mha {}) }, &dev);
+    let err = shorter.with_source_weights(model).err().expect("refused");
+    assert!(err.contains("position embeddings") && err.contains("[24, 32]") && err.contains("[16, 32]"), "{err}");
 }
 
 /// The default is left out of the saved config (run ids of earlier runs do not change); the

@@ -414,7 +414,9 @@ pub fn position_svg(rows: &[crate::tables::PositionRow], path: &Path) -> Result<
                 .enumerate()
                 .filter_map(|(b, (lo, hi))| {
                     let xs: Vec<f64> = r.per_run.iter().filter_map(|v| v.get(b).copied()).filter(|v| v.is_finite()).collect();
-                    (!xs.is_empty()).then(|| ((lo + hi) as f64 / 2.0, crate::stats::mean(&xs)))
+                    let y = crate::stats::mean(&xs);
+                    // A log axis: a bucket with zero loss (a saturated task) is left out.
+                    (!xs.is_empty() && y > 0.0).then(|| ((lo + hi) as f64 / 2.0, y))
                 })
                 .collect();
             (name, pts)
