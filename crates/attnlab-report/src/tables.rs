@@ -650,7 +650,7 @@ fn position_markdown(runs: &[RunRecord], groups: &[Group]) -> Option<String> {
         }
         md.push('\n');
     }
-    md.push('\n');
+    md.push_str("\n![loss by position](position_loss.svg)\n\n");
     Some(md)
 }
 

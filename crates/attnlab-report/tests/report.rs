@@ -459,6 +459,7 @@ fn dense_evaluations_give_a_loss_by_position_table() {
     assert!(md.contains("| config | split @ window | seeds | 0 | 1 | 2–3 | 4–7 |"), "{md}");
     // Bucket 2–3: seed 0 has 2.0 (the NaN left out), seed 1 2.5 → mean 2.25, std 0.3536.
     assert!(md.contains("| mha | val @ 8 | 2 | 4.0000 ± 0.0000 | 3.0000 ± 0.0000 | 2.2500 ± 0.3536 | 1.2500 ± 0.3536 |"), "{md}");
+    assert!(md.contains("![loss by position](position_loss.svg)"), "{md}");
     let svg = std::fs::read_to_string(out.join("position_loss.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("mha"), "{svg}");
 }
