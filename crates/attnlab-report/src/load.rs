@@ -112,7 +112,7 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
     flatten("", &config, &mut flat);
     // Fields a config leaves out at their defaults (so older run ids stay): present for
     // grouping, so a dropout run is never pooled with a run without it.
-    for (key, default) in [("model.dropout", "0.0"), ("train.accumulate", "1"), ("train.precision", "\"f32\"")] {
+    for (key, default) in [("model.dropout", "0.0"), ("train.accumulate", "1"), ("train.precision", "\"f32\""), ("model.positions", "\"none\"")] {
         flat.entry(key.to_string()).or_insert_with(|| default.to_string());
     }
     // An extension (`train --extend`) has the config of a run trained from scratch to the same

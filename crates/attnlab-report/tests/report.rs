@@ -284,7 +284,8 @@ fn two_stores_side_by_side() {
 /// field its config omits at 0) and a run whose best val loss is null each stay apart from the
 /// plain runs, and nothing panics on the null.
 /// Planted, and seen to fail: `extended_from` not read into the config (the extension
-/// deduplicated away as a copy of the from-scratch run).
+/// deduplicated away as a copy of the from-scratch run); no default for `model.positions` (the
+/// plain runs labelled `positions=–`).
 #[test]
 fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -305,6 +306,15 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     assert_eq!(runs.len(), 4, "{skipped:?}");
     let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
     assert_eq!(groups.len(), 3, "{:?}", groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+    // Learned positions (omitted from a config at "none"): apart, and the plain runs' label
+    // names the default rather than "–".
+    fixture_run(&store, "pos", "mha", 4096, 0, 2.2);
+    let config = std::fs::read_to_string(store.join("pos/config.toml")).unwrap().replace("[model]\n", "[model]\npositions = \"learned\"\n");
+    std::fs::write(store.join("pos/config.toml"), config).unwrap();
+    let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
+    let labels: Vec<&String> = groups.iter().map(|g| &g.label).collect();
+    assert_eq!(groups.len(), 4, "{labels:?}");
+    assert!(labels.iter().any(|l| l.contains("positions=\"learned\"")) && labels.iter().any(|l| l.contains("positions=\"none\"")), "{labels:?}");
 }
 
 /// Plots for a paper: a two-factor sweep (attention × learning rate) gets one loss panel per
