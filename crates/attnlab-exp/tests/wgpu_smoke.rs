@@ -7,7 +7,7 @@ use attnlab_attn::AttentionConfig;
 // (toml: the recurrent kinds' configs with every field at its default.)
 use attnlab_data::{Rng, Split, TokenSplits, Tokenizer};
 use attnlab_exp::trainer::batch_loss;
-use attnlab_model::{Gpt, MlpKind, ModelConfig};
+use attnlab_model::{Gpt, MlpKind, ModelConfig, Positions};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, DeviceKind, Tensor};
@@ -61,7 +61,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
     let splits = TokenSplits::new("builtin", tokenizer.encode(&text).unwrap(), 0.1, 16).unwrap();
     let cpu = Device::flex().autodiff();
     let gpu = gpu.autodiff();
-    for (attention, pattern) in [
+    for (attention, pattern, positions) in [
         AttentionConfig::Mha {},
         AttentionConfig::Mqa {},
         AttentionConfig::Gqa { kv_heads: 2 },
@@ -84,17 +84,19 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"mosa\"\nrho = 2").unwrap(),
     ]
     .into_iter()
-    .map(|attention| (attention, vec![]))
+    .map(|attention| (attention, vec![], Positions::None))
     // Hybrid schedules, one layer of each kind: Kimi Linear's KDA with NoPE MLA, Qwen3-Next's
     // grouped-value-head Gated DeltaNet with gated attention (partial RoPE, q/k norm).
     .chain([
         ["kind = \"kda\"\nchunk = 4", "kind = \"mla\"\nkv_latent = 8\nrope_dim = 4\nrope = false"],
         ["kind = \"gated_deltanet\"\nchunk = 4\nvalue_heads = 8\nexpand_v = 1", "kind = \"gated\"\nkv_heads = 2\npartial_rope = 0.5\nqk_norm = true"],
     ]
-    .map(|pattern| (AttentionConfig::Mha {}, pattern.iter().map(|p| toml::from_str::<AttentionConfig>(p).unwrap()).collect::<Vec<_>>())))
+    .map(|pattern| (AttentionConfig::Mha {}, pattern.iter().map(|p| toml::from_str::<AttentionConfig>(p).unwrap()).collect::<Vec<_>>(), Positions::None)))
+    // Learned absolute position embeddings (`model.positions`).
+    .chain([(AttentionConfig::Mha {}, vec![], Positions::Learned)])
     {
-        let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention, pattern, ..ModelConfig::default() };
-        let attention = config.mixer_label();
+        let config = ModelConfig { vocab: tokenizer.vocab_size(), d_model: 32, layers: 2, heads: 4, max_seq: 16, mlp: MlpKind::Swiglu, attention, pattern, positions, ..ModelConfig::default() };
+        let attention = if positions == Positions::Learned { format!("{} positions=learned", config.mixer_label()) } else { config.mixer_label() };
         let model = Gpt::seeded(&config, 5, &cpu);
         let on_gpu = model.clone().fork(&gpu);
         let (b_cpu, a_cpu, w_cpu) = one_step(model, &splits, &cpu);
