@@ -653,16 +653,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let exits = r.mean_exit_loop.map_or(String::new(), |m| format!(", mean exit loop {m:.2}"));
             println!("{} ({}), {}: {} loss {:.4}{acc}{exits} ({} windows of {} tokens)", r.run, r.attention, r.settings, r.split, r.loss, r.windows, r.block);
-            let width = r.block.div_ceil(8).max(1);
-            let buckets: Vec<String> = r
-                .loss_by_position
-                .chunks(width)
-                .enumerate()
-                .map(|(i, c)| {
-                    let scored: Vec<f64> = c.iter().copied().filter(|v| v.is_finite()).collect();
+            // The report's buckets (0, 1, 2–3, 4–7, …): one bucketing for the printout and the table.
+            let buckets: Vec<String> = attnlab_report::tables::position_buckets(r.loss_by_position.len())
+                .into_iter()
+                .map(|(lo, hi)| {
+                    let scored: Vec<f64> = r.loss_by_position[lo..hi].iter().copied().filter(|v| v.is_finite()).collect();
                     // A bucket with no scored token (a task's pair section) has no loss.
                     let loss = if scored.is_empty() { "–".to_string() } else { format!("{:.3}", scored.iter().sum::<f64>() / scored.len() as f64) };
-                    format!("{}–{}: {loss}", i * width, i * width + c.len() - 1)
+                    if hi - lo == 1 { format!("{lo}: {loss}") } else { format!("{lo}–{}: {loss}", hi - 1) }
                 })
                 .collect();
             println!("loss by position: {}", buckets.join(", "));
