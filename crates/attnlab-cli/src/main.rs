@@ -654,12 +654,11 @@ fn run(cli: Cli) -> Result<()> {
             let exits = r.mean_exit_loop.map_or(String::new(), |m| format!(", mean exit loop {m:.2}"));
             println!("{} ({}), {}: {} loss {:.4}{acc}{exits} ({} windows of {} tokens)", r.run, r.attention, r.settings, r.split, r.loss, r.windows, r.block);
             // The report's buckets (0, 1, 2–3, 4–7, …): one bucketing for the printout and the table.
-            let buckets: Vec<String> = attnlab_report::tables::position_buckets(r.loss_by_position.len())
+            let buckets: Vec<String> = attnlab_report::tables::bucket_means(&r.loss_by_position)
                 .into_iter()
-                .map(|(lo, hi)| {
-                    let scored: Vec<f64> = r.loss_by_position[lo..hi].iter().copied().filter(|v| v.is_finite()).collect();
+                .map(|((lo, hi), loss)| {
                     // A bucket with no scored token (a task's pair section) has no loss.
-                    let loss = if scored.is_empty() { "–".to_string() } else { format!("{:.3}", scored.iter().sum::<f64>() / scored.len() as f64) };
+                    let loss = if loss.is_nan() { "–".to_string() } else { format!("{loss:.3}") };
                     if hi - lo == 1 { format!("{lo}: {loss}") } else { format!("{lo}–{}: {loss}", hi - 1) }
                 })
                 .collect();

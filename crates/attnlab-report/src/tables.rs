@@ -579,6 +579,18 @@ pub fn position_buckets(block: usize) -> Vec<(usize, usize)> {
     buckets
 }
 
+/// Each [`position_buckets`] bucket of a per-position loss, with the mean over its scored
+/// (finite) positions: NaN where none was scored (a task's pair section).
+pub fn bucket_means(losses: &[f64]) -> Vec<((usize, usize), f64)> {
+    position_buckets(losses.len())
+        .into_iter()
+        .map(|(lo, hi)| {
+            let scored: Vec<f64> = losses[lo..hi].iter().copied().filter(|v| v.is_finite()).collect();
+            ((lo, hi), if scored.is_empty() { f64::NAN } else { mean(&scored) })
+        })
+        .collect()
+}
+
 /// One row of the loss-by-position table: a config, the split and window its dense `attnlab
 /// eval` records scored, and per seed (run) the mean loss of each [`position_buckets`] bucket
 /// (NaN where no position of the bucket was scored).
@@ -607,13 +619,7 @@ pub fn position_rows(runs: &[RunRecord], groups: &[Group]) -> Vec<PositionRow> {
                     continue;
                 }
                 let block = losses.len();
-                let buckets: Vec<f64> = position_buckets(block)
-                    .into_iter()
-                    .map(|(lo, hi)| {
-                        let scored: Vec<f64> = losses[lo..hi].iter().copied().filter(|v| v.is_finite()).collect();
-                        if scored.is_empty() { f64::NAN } else { mean(&scored) }
-                    })
-                    .collect();
+                let buckets: Vec<f64> = bucket_means(&losses).into_iter().map(|(_, loss)| loss).collect();
                 let split = e.get("split").and_then(Json::as_str).unwrap_or("").to_string();
                 match rows.iter_mut().find(|r| r.label == g.label && r.split == split && r.block == block) {
                     Some(r) => r.per_run.push(buckets),
