@@ -1,13 +1,19 @@
 //! Log-linear Gated DeltaNet against an independent f64 reference written from GDN's effective
 //! attention, `o_t = Σ_s λ_t^{bucket(t,s)} P_ts v_s`, `P_ts = β_s q_tᵀ(A_t ⋯ A_{s+1})k_s`,
-//! `A = α(I − β k kᵀ)` (not the per-level recurrence the module runs), with the layer's conv,
-//! SiLU, L2 norms, gates, output norm and gate; decode across powers of two; one-hot λ; λ all
-//! equal gives Gated DeltaNet itself (its chunked WY form); gradients against finite differences.
+//! `A = α(I − β k kᵀ)`, built token by token from q_t backwards (neither the WY inverse of the
+//! dense training form nor the per-level recurrence of decode), with the layer's conv, SiLU, L2
+//! norms, gates, output norm and gate. Both of the layer's paths are checked against it: the
+//! dense training form (forward, one-hot λ, gradients against finite differences) and the Fenwick
+//! recurrence (decode across powers of two, one-hot λ); λ all equal gives Gated DeltaNet itself
+//! (its chunked WY form) on both paths.
 //!
-//! Mutations planted and seen to fail (every test of this file each time):
-//! - the transition applied to level 0 only (higher levels left undecayed);
-//! - the transition skipped;
-//! - S^(0) = k vᵀ without β.
+//! Mutations planted and seen to fail:
+//! - recurrence (decode and one-hot tests): the transition applied to level 0 only (higher levels
+//!   left undecayed); the transition skipped; S^(0) = k vᵀ without β;
+//! - dense form (forward, one-hot and gradient tests): V without the β factor; the level mask
+//!   applied to the scores before the WY inverse, `((QKᵀ ⊙ Γ) ⊙ M)(I + A)⁻¹`; the exclusive
+//!   cumsum of the log-decays in Γ; across chunks (forward test at chunks 5, 8, 1): the carry
+//!   M_i skipped, M without its decay e^{G_C}, the writes F_j without the decay to the chunk's end.
 
 mod common;
 
@@ -84,14 +90,16 @@ fn reference(m: &LogLinearGdn, xs: &[f64], t: usize, lambda: &[Vec<Vec<f64>>]) -
 #[test]
 fn forward_matches_the_effective_attention_reference() {
     let dev = cpu();
-    for t in [1, 6, 19] {
-        let m = layer(3, &dev);
+    // Chunks of the dense form's WY blocks: one chunk (64), and several with a ragged last one.
+    for (t, chunk) in [(1, 64), (6, 64), (19, 64), (40, 64), (19, 5), (40, 8), (40, 1)] {
+        let mut m = layer(3, &dev);
+        m.base.chunk = chunk;
         let x = random_input(1, t, D_MODEL, 4, &dev);
         let xs = to_vec(x.clone());
         let lambda = reference_lambda(&m, &xs, t);
         let want = reference(&m, &xs, t, &lambda);
         let err = rel_err(&to_vec(m.forward(x)), &want);
-        assert!(err < 1e-4, "t = {t}: relative error {err}");
+        assert!(err < 1e-4, "t = {t}, chunk {chunk}: relative error {err}");
     }
 }
 
@@ -114,17 +122,20 @@ fn decode_equals_the_reference_across_powers_of_two() {
 fn one_hot_lambda_keeps_one_bucket() {
     let dev = cpu();
     let t = 13;
-    let m = layer(7, &dev);
+    let mut m = layer(7, &dev);
+    m.base.chunk = 4;
     let x = random_input(1, t, D_MODEL, 8, &dev);
     let xs = to_vec(x.clone());
     for keep in 0..4 {
         let one_hot: Vec<Vec<Vec<f64>>> = vec![vec![(0..m.levels).map(|l| f64::from(u8::from(l == keep))).collect(); HEADS]; t];
         let flat: Vec<f32> = (0..HEADS * t).flat_map(|_| (0..m.levels).map(|l| if l == keep { 1.0 } else { 0.0 })).collect();
         let lambda = Tensor::<1>::from_data(TensorData::new(flat, [HEADS * t * m.levels]), &dev).reshape([1, HEADS, t, m.levels]);
+        let want = reference(&m, &xs, t, &one_hot);
         let mut state = m.init_state(1, t, &dev);
-        let got = to_vec(m.step_with_lambda(x.clone(), lambda, &mut state));
-        let err = rel_err(&got, &reference(&m, &xs, t, &one_hot));
-        assert!(err < 1e-4, "bucket {keep}: relative error {err}");
+        let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), lambda.clone(), &mut state)), &want);
+        assert!(err < 1e-4, "recurrence, bucket {keep}: relative error {err}");
+        let err = rel_err(&to_vec(m.forward_with_lambda(x.clone(), lambda)), &want);
+        assert!(err < 1e-4, "dense form, bucket {keep}: relative error {err}");
     }
 }
 
@@ -138,15 +149,19 @@ fn equal_lambda_is_gated_deltanet() {
     let (b, t) = (2, 23);
     let x = random_input(b, t, D_MODEL, 10, &dev);
     let ones = Tensor::<4>::ones([b, HEADS, t, m.levels], &dev);
+    let want = to_vec(m.base.forward(x.clone()));
     let mut state = m.init_state(b, t, &dev);
-    let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), ones, &mut state)), &to_vec(m.base.forward(x)));
-    assert!(err < 1e-4, "relative error {err}");
+    let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), ones.clone(), &mut state)), &want);
+    assert!(err < 1e-4, "recurrence: relative error {err}");
+    let err = rel_err(&to_vec(m.forward_with_lambda(x, ones)), &want);
+    assert!(err < 1e-4, "dense form: relative error {err}");
 }
 
 #[test]
 fn gradients_match_finite_differences_of_the_reference() {
     let dev = cpu().autodiff();
-    let m = layer(11, &dev);
+    let mut m = layer(11, &dev);
+    m.base.chunk = 3; // three WY chunks: the blocks below the diagonal carry gradients too
     let t = 7;
     let x = random_input(1, t, D_MODEL, 12, &dev);
     check_gradients("log_linear gdn", &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, t, &reference_lambda(m, x, t)));

@@ -77,6 +77,7 @@ fn one_training_step_of_every_kind_matches_cpu() {
         toml::from_str("kind = \"gated_deltanet\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"kda\"\nchunk = 4").unwrap(),
         toml::from_str("kind = \"log_linear\"").unwrap(),
+        toml::from_str("kind = \"log_linear\"\nbase = \"gated_deltanet\"").unwrap(),
         toml::from_str("kind = \"lolcats\"\nwindow = 4\nfeature_dim = 4\nkv_heads = 2").unwrap(),
         toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_latent = 8\nrope_dim = 4\nindex_dim = 8").unwrap(),
         toml::from_str("kind = \"dsa\"\ntop_k = 4\nkv_heads = 2\nindex_dim = 8").unwrap(),

@@ -195,6 +195,62 @@ impl Rule {
     }
 }
 
+/// The delta rule's effective attention from S = 0 with one per-head log-decay:
+/// `E [b, h, t, t]` (lower triangular) such that the rule's output is `O = E (β ⊙ V)`, i.e.
+/// `E_ts β_s = β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s` with `A_r = α_r (I − β_r k_r k_rᵀ)`. q (scaled),
+/// k (normalised) `[b, h, t, d_k]`, beta `[b, h, t]`, g `[b, h, t, 1]`.
+///
+/// Built from the WY chunks of [`Rule::chunked`] (length `chunk`): inside chunk i,
+/// `E_ii = P_i T_i` (`P = (QKᵀ) ⊙ Γ`, `T = (I + A)⁻¹`); a state S at the chunk's start is read as
+/// `R_i S` with `R_i = Q_i ⊙ e^{G_i} − P_i W_i` (`W = T(β ⊙ K ⊙ e^G)`) and carried to its end as
+/// `M_i S` with `M_i = e^{G_C} I − K̃_iᵀ W_i` (`K̃ = K ⊙ e^{G_C − G}`), and chunk j's own writes
+/// leave `F_j (β ⊙ V_j)` with `F_j = K̃_jᵀ T_j`; so `E_ij = R_i M_{i−1} ⋯ M_{j+1} F_j` (j < i).
+/// Cost per head: O(t·C·(d_k + C·log₂C)) for the chunks and O(t²·d_k + t²/C·d_k²) for the
+/// blocks below the diagonal (log-linear Gated DeltaNet's training form weighs E per pair).
+pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, chunk: usize) -> Tensor<4> {
+    let [b, h, t, dk] = q.dims();
+    let c = chunk.clamp(1, t.max(1));
+    let n = t.div_ceil(c);
+    let pad = n * c - t;
+    let device = q.device();
+    let split = |x: Tensor<4>| {
+        let d = x.dims()[3];
+        pad_time(x, pad).reshape([b, h, n, c, d])
+    };
+    let (q, k, beta) = (split(q), split(k), split(beta.unsqueeze_dim::<4>(3)));
+    let big_g = split(g).cumsum(3); // inclusive, chunk-local
+    let causal = lower_mask(c, 0, &device);
+    let strict = lower_mask(c, -1, &device).reshape([1, 1, 1, c, c]);
+    let (scores, gram) = pair_products(&q, &k, Some(&big_g), &causal);
+    let inv = unit_lower_inverse(gram * strict * beta.clone(), &device);
+    let diagonal = scores.clone().matmul(inv.clone()); // [b, h, n, C, C]
+    let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
+    let mut blocks: Vec<Vec<Tensor<4>>> = (0..n).map(|_| vec![Tensor::zeros([b, h, c, c], &device); n]).collect();
+    for (i, row) in blocks.iter_mut().enumerate() {
+        row[i] = at(&diagonal, i);
+    }
+    if n > 1 {
+        let w = inv.clone().matmul(k.clone() * big_g.clone().exp() * beta);
+        let read = q * big_g.clone().exp() - scores.matmul(w.clone()); // R [b, h, n, C, d_k]
+        let last = big_g.clone().narrow(3, c - 1, 1); // G_C [b, h, n, 1, 1]
+        let k_end = (k * (last.clone() - big_g).exp()).swap_dims(3, 4); // K̃ᵀ [b, h, n, d_k, C]
+        let eye = Tensor::<2>::eye(dk, &device).reshape([1, 1, 1, dk, dk]);
+        let carry = eye * last.exp() - k_end.clone().matmul(w); // M [b, h, n, d_k, d_k]
+        let writes = k_end.matmul(inv); // F [b, h, n, d_k, C]
+        for j in 0..n - 1 {
+            let mut state = at(&writes, j);
+            for i in j + 1..n {
+                blocks[i][j] = at(&read, i).matmul(state.clone());
+                if i + 1 < n {
+                    state = at(&carry, i).matmul(state);
+                }
+            }
+        }
+    }
+    let rows = blocks.into_iter().map(|row| Tensor::cat(row, 3)).collect();
+    Tensor::cat(rows, 2).narrow(2, 0, t).narrow(3, 0, t)
+}
+
 /// The training path `ATTNLAB_RECURRENT` asks for (`chunked`, `fused`; unset: the default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {

@@ -74,6 +74,14 @@ fn level_table(n: usize, device: &Device, dtype: burn::tensor::DType) -> (Tensor
     (levels, Tensor::<2>::from_data(TensorData::new(causal, [n, n]), device).cast(dtype))
 }
 
+/// `M_ts = λ_t^{ℓ(t,s)}` for s ≤ t, 0 for s > t: the dense level mask `[b, h, t, t]` of level
+/// weights `λ [b, h, t, L]`.
+pub fn level_mask(lambda: Tensor<4>, t: usize) -> Tensor<4> {
+    let [b, h, _, _] = lambda.dims();
+    let (levels, causal) = level_table(t, &lambda.device(), lambda.dtype());
+    lambda.gather(3, levels.unsqueeze::<4>().expand([b, h, t, t])) * causal.unsqueeze::<4>()
+}
+
 /// Checks that token position `t` fits the `levels` (positions < 2^(levels − 1)) and a state
 /// holding `held` levels (allocated for `capacity`).
 pub fn check_position(t: usize, levels: usize, held: usize, capacity: usize) {
@@ -166,16 +174,11 @@ impl LogLinearAttention {
     /// The masked form with given level weights `λ [b, h, t, L]` (the forward passes
     /// [`Self::lambda`]; tests pass one-hot weights).
     pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
-        let [b, t, _] = x.dims();
+        let t = x.dims()[1];
         assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
-        let h = self.base.heads;
         let (q, k, v) = self.qkv(x);
-        let device = q.device();
         let scale = 1.0 / (self.base.feature_dim() as f64).sqrt();
-        let (levels, causal) = level_table(t, &device, q.dtype());
-        let levels = levels.unsqueeze::<4>().expand([b, h, t, t]);
-        let causal = causal.unsqueeze::<4>();
-        let weights = lambda.gather(3, levels) * causal;
+        let weights = level_mask(lambda.cast(q.dtype()), t);
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         self.output((scores * weights).matmul(v))
     }
