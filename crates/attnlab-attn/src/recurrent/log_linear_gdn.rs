@@ -96,9 +96,12 @@ impl LogLinearGdn {
         assert!(t <= max_positions(self.levels), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
         let mut state = self.init_state(b, t, &x.device());
         let i = self.inputs(x, &mut state, true);
-        let e = chunk::delta_attention(i.q, i.k, i.beta.clone(), i.g.unsqueeze_dim(3), self.base.chunk);
-        let bv = i.v * i.beta.unsqueeze_dim(3);
-        self.output((e * level_mask(lambda, t)).matmul(bv), i.gate)
+        // In f32 whatever the training precision, as GDN's rule (`run_rule`).
+        let f32 = |x: Tensor<4>| x.cast(burn::tensor::DType::F32);
+        let beta = i.beta.cast(burn::tensor::DType::F32);
+        let e = chunk::delta_attention(f32(i.q), f32(i.k), beta.clone(), f32(i.g.unsqueeze_dim(3)), self.base.chunk);
+        let bv = f32(i.v) * beta.unsqueeze_dim(3);
+        self.output((e * level_mask(f32(lambda), t)).matmul(bv), i.gate)
     }
 
     /// Feeds x `[batch, new, d_model]` token by token and updates the state.
