@@ -16,7 +16,8 @@
 //! quadratic cost of softmax attention, not the paper's O(T log T) chunked form (Fenwick levels
 //! across WY chunks, not built). `attnlab bench train`, 2-core AMD EPYC, ms per training step:
 //! MQAR at T = 64 (d_model 64, batch 32) 148 against the token recurrence's 858 (Gated DeltaNet's
-//! fused op: 42); Tiny Shakespeare at T = 256 (4 layers, d_model 128, batch 8) 3.1× Gated DeltaNet's.
+//! fused op: 42); Tiny Shakespeare at T = 256 (4 layers, d_model 128, batch 8) 2.3–3.1× Gated
+//! DeltaNet's (with other trainings sharing the cores).
 //! Decode (and the tests' second path) runs the per-level recurrence above, token by token.
 //! Decode state: the levels (`bit-length(t) + 1` of them at position t) plus the conv tails.
 
@@ -88,9 +89,9 @@ impl LogLinearGdn {
     }
 
     /// The dense training form with level weights `λ [b, h, t, L]`: GDN's effective attention
-    /// `E` ([`chunk::delta_attention`], one WY chunk of length t) weighed per (t, s) pair,
-    /// `o = (E ⊙ M) (β ⊙ V)`, `M_ts = λ_t^{ℓ(t,s)}`. O(t²·(d_k + d_v) + t³·log₂ t) per head:
-    /// for the short sequences of the recall tasks and the baby config.
+    /// `E` ([`chunk::delta_attention`], from WY chunks of GDN's `chunk`) weighed per (t, s)
+    /// pair, `o = (E ⊙ M) (β ⊙ V)`, `M_ts = λ_t^{ℓ(t,s)}`. O(t²·(d_k + d_v)) per head, like
+    /// softmax attention.
     pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         assert!(t <= max_positions(self.levels), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
