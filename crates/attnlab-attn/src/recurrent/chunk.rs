@@ -225,7 +225,8 @@ pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>
     let inv = unit_lower_inverse(gram * strict * beta.clone(), &device);
     let diagonal = scores.clone().matmul(inv.clone()); // [b, h, n, C, C]
     let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
-    let mut blocks: Vec<Vec<Tensor<4>>> = (0..n).map(|_| vec![Tensor::zeros([b, h, c, c], &device); n]).collect();
+    let zero = Tensor::<4>::zeros([b, h, c, c], &device);
+    let mut blocks: Vec<Vec<Tensor<4>>> = vec![vec![zero; n]; n];
     for (i, row) in blocks.iter_mut().enumerate() {
         row[i] = at(&diagonal, i);
     }

@@ -95,7 +95,8 @@ impl LogLinearGdn {
     pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         assert!(t <= max_positions(self.levels), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
-        let mut state = self.init_state(b, t, &x.device());
+        // Only the conv reads the state here: GDN's (one level of S), not the levels' stack.
+        let mut state = self.base.init_state(b, t, &x.device());
         let i = self.inputs(x, &mut state, true);
         // In f32 whatever the training precision, as GDN's rule (`run_rule`).
         let f32 = |x: Tensor<4>| x.cast(burn::tensor::DType::F32);
