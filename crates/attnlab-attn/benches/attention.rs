@@ -64,3 +64,20 @@ fn train<const T: usize>(bencher: divan::Bencher, kind: &str) {
         x.grad(&grads).map(|g| g.into_data())
     });
 }
+
+/// Log-linear Gated DeltaNet's two training forms, forward + backward of mean(y²): the dense
+/// O(T²) form (GDN's effective attention weighed per pair) and the chunked O(T log T) one (the
+/// forward), at T = 256 and 1024 (levels for 1024 positions).
+#[divan::bench(args = ["dense", "chunked"], consts = [256, 1024])]
+fn log_linear_gdn_train<const T: usize>(bencher: divan::Bencher, form: &str) {
+    let device = Device::flex().autodiff();
+    let Attention::LogLinearGdn(m) = toml_config("kind = \"log_linear\"\nbase = \"gated_deltanet\"").init(128, 4, 1024, 10_000.0, &device) else { unreachable!() };
+    let x = Tensor::random([4, T, 128], Distribution::Normal(0.0, 1.0), &device);
+    bencher.bench_local(|| {
+        let x = x.clone().require_grad();
+        let lambda = m.lambda(x.clone());
+        let y = if form == "dense" { m.forward_dense(x.clone(), lambda) } else { m.forward_chunked(x.clone(), lambda, m.base.chunk) };
+        let grads = y.powi_scalar(2).mean().backward();
+        x.grad(&grads).map(|g| g.into_data())
+    });
+}

@@ -157,7 +157,7 @@ fn chunked_form_equals_the_dense_form() {
     for t in [1, 6, 16, 37] {
         let x = random_input(2, t, D_MODEL, 16, &dev);
         let lambda = m.lambda(x.clone());
-        let dense = to_vec(m.forward_with_lambda(x.clone(), lambda.clone()));
+        let dense = to_vec(m.forward_dense(x.clone(), lambda.clone()));
         for c in [1, 2, 4, 8, 64] {
             let err = rel_err(&to_vec(m.forward_chunked(x.clone(), lambda.clone(), c)), &dense);
             assert!(err < 1e-5, "t = {t}, chunk {c}: relative error {err}");
@@ -174,7 +174,7 @@ fn a_chunk_longer_than_the_levels_cover_is_fine() {
     for t in [1, 3, 4] {
         let x = random_input(1, t, D_MODEL, 18, &dev);
         let lambda = m.lambda(x.clone());
-        let dense = to_vec(m.forward_with_lambda(x.clone(), lambda.clone()));
+        let dense = to_vec(m.forward_dense(x.clone(), lambda.clone()));
         let err = rel_err(&to_vec(m.forward_chunked(x, lambda, 64)), &dense);
         assert!(err < 1e-5, "t = {t}: relative error {err}");
     }
@@ -194,7 +194,7 @@ fn one_hot_lambda_keeps_one_bucket() {
         let flat: Vec<f32> = (0..HEADS * t).flat_map(|_| (0..m.levels).map(|l| if l == keep { 1.0 } else { 0.0 })).collect();
         let lambda = Tensor::<1>::from_data(TensorData::new(flat, [b * HEADS * t * m.levels]), &dev).reshape([b, HEADS, t, m.levels]);
         let want = reference(&m, &xs, b, t, &one_hot);
-        for (form, got) in [("dense", m.forward_with_lambda(x.clone(), lambda.clone())), ("chunked", m.forward_chunked(x.clone(), lambda, 4))] {
+        for (form, got) in [("dense", m.forward_dense(x.clone(), lambda.clone())), ("chunked", m.forward_chunked(x.clone(), lambda, 4))] {
             let err = rel_err(&to_vec(got), &want);
             assert!(err < 1e-4, "{form}, bucket {keep}: relative error {err}");
         }

@@ -1,13 +1,18 @@
 //! Log-linear Gated DeltaNet against an independent f64 reference written from GDN's effective
 //! attention, `o_t = Σ_s λ_t^{bucket(t,s)} P_ts v_s`, `P_ts = β_s q_tᵀ(A_t ⋯ A_{s+1})k_s`,
 //! `A = α(I − β k kᵀ)`, built token by token from q_t backwards (neither the WY inverse of the
-//! dense training form nor the per-level recurrence of decode), with the layer's conv, SiLU, L2
-//! norms, gates, output norm and gate. Both of the layer's paths are checked against it: the
-//! dense training form (forward, one-hot λ, gradients against finite differences) and the Fenwick
-//! recurrence (decode across powers of two, one-hot λ); λ all equal gives Gated DeltaNet itself
-//! (its chunked WY form) on both paths.
+//! training forms nor the per-level recurrence of decode), with the layer's conv, SiLU, L2
+//! norms, gates, output norm and gate. The layer's three paths are checked against it: the
+//! chunked training form (the forward: chunks 1–64, one-hot λ, gradients against finite
+//! differences), the dense form (the same) and the Fenwick recurrence (decode across powers of
+//! two, one-hot λ); λ all equal gives Gated DeltaNet itself (its chunked WY form) on all three.
 //!
 //! Mutations planted and seen to fail:
+//! - chunked form (forward test at chunks 8, 4, 2, 1; one-hot λ in chunks of 4; gradients in
+//!   chunks of 2): the buckets read from level 0 up (levels shifted by one); the chunk-level binary
+//!   carry skipped; the chunks' transition M_i skipped, or applied after inserting the chunk's
+//!   writes; the level mask inside a chunk dropped; λ of the levels across chunks read one level
+//!   low (`log₂C + ℓ' − 1`);
 //! - recurrence (decode and one-hot tests): the transition applied to level 0 only (higher levels
 //!   left undecayed); the transition skipped; S^(0) = k vᵀ without β;
 //! - dense form (forward, one-hot and gradient tests): V without the β factor; the level mask
@@ -90,8 +95,9 @@ fn reference(m: &LogLinearGdn, xs: &[f64], t: usize, lambda: &[Vec<Vec<f64>>]) -
 #[test]
 fn forward_matches_the_effective_attention_reference() {
     let dev = cpu();
-    // Chunks of the dense form's WY blocks: one chunk (64), and several with a ragged last one.
-    for (t, chunk) in [(1, 64), (6, 64), (19, 64), (40, 64), (19, 5), (40, 8), (40, 1)] {
+    // The chunked form (the forward): one chunk, and chunks of 8, 4, 2, 1 with ragged last ones
+    // and up to 5 levels across chunks (t = 64 in chunks of 2: 32 chunks).
+    for (t, chunk) in [(1, 64), (6, 64), (19, 64), (40, 64), (19, 4), (40, 8), (37, 2), (40, 1), (64, 2)] {
         let mut m = layer(3, &dev);
         m.base.chunk = chunk;
         let x = random_input(1, t, D_MODEL, 4, &dev);
@@ -99,7 +105,18 @@ fn forward_matches_the_effective_attention_reference() {
         let lambda = reference_lambda(&m, &xs, t);
         let want = reference(&m, &xs, t, &lambda);
         let err = rel_err(&to_vec(m.forward(x)), &want);
-        assert!(err < 1e-4, "t = {t}, chunk {chunk}: relative error {err}");
+        assert!(err < 1e-4, "chunked form, t = {t}, chunk {chunk}: relative error {err}");
+    }
+    // The dense form over WY blocks of any length.
+    for (t, chunk) in [(19, 64), (19, 5), (40, 8), (40, 1)] {
+        let mut m = layer(3, &dev);
+        m.base.chunk = chunk;
+        let x = random_input(1, t, D_MODEL, 4, &dev);
+        let xs = to_vec(x.clone());
+        let lambda = reference_lambda(&m, &xs, t);
+        let want = reference(&m, &xs, t, &lambda);
+        let err = rel_err(&to_vec(m.forward_dense(x.clone(), m.lambda(x))), &want);
+        assert!(err < 1e-4, "dense form, t = {t}, chunk {chunk}: relative error {err}");
     }
 }
 
@@ -118,6 +135,8 @@ fn decode_equals_the_reference_across_powers_of_two() {
     }
 }
 
+/// Every level alone (t = 13 uses levels 0..=4; in chunks of 4, levels 0–2 lie inside a chunk
+/// and 3–4 across chunks).
 #[test]
 fn one_hot_lambda_keeps_one_bucket() {
     let dev = cpu();
@@ -126,7 +145,7 @@ fn one_hot_lambda_keeps_one_bucket() {
     m.base.chunk = 4;
     let x = random_input(1, t, D_MODEL, 8, &dev);
     let xs = to_vec(x.clone());
-    for keep in 0..4 {
+    for keep in 0..5 {
         let one_hot: Vec<Vec<Vec<f64>>> = vec![vec![(0..m.levels).map(|l| f64::from(u8::from(l == keep))).collect(); HEADS]; t];
         let flat: Vec<f32> = (0..HEADS * t).flat_map(|_| (0..m.levels).map(|l| if l == keep { 1.0 } else { 0.0 })).collect();
         let lambda = Tensor::<1>::from_data(TensorData::new(flat, [HEADS * t * m.levels]), &dev).reshape([1, HEADS, t, m.levels]);
@@ -134,7 +153,9 @@ fn one_hot_lambda_keeps_one_bucket() {
         let mut state = m.init_state(1, t, &dev);
         let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), lambda.clone(), &mut state)), &want);
         assert!(err < 1e-4, "recurrence, bucket {keep}: relative error {err}");
-        let err = rel_err(&to_vec(m.forward_with_lambda(x.clone(), lambda)), &want);
+        let err = rel_err(&to_vec(m.forward_chunked(x.clone(), lambda.clone(), 4)), &want);
+        assert!(err < 1e-4, "chunked form, bucket {keep}: relative error {err}");
+        let err = rel_err(&to_vec(m.forward_dense(x.clone(), lambda)), &want);
         assert!(err < 1e-4, "dense form, bucket {keep}: relative error {err}");
     }
 }
@@ -153,7 +174,9 @@ fn equal_lambda_is_gated_deltanet() {
     let mut state = m.init_state(b, t, &dev);
     let err = rel_err(&to_vec(m.step_with_lambda(x.clone(), ones.clone(), &mut state)), &want);
     assert!(err < 1e-4, "recurrence: relative error {err}");
-    let err = rel_err(&to_vec(m.forward_with_lambda(x, ones)), &want);
+    let err = rel_err(&to_vec(m.forward_chunked(x.clone(), ones.clone(), 4)), &want);
+    assert!(err < 1e-4, "chunked form: relative error {err}");
+    let err = rel_err(&to_vec(m.forward_dense(x, ones)), &want);
     assert!(err < 1e-4, "dense form: relative error {err}");
 }
 
@@ -161,8 +184,13 @@ fn equal_lambda_is_gated_deltanet() {
 fn gradients_match_finite_differences_of_the_reference() {
     let dev = cpu().autodiff();
     let mut m = layer(11, &dev);
-    m.base.chunk = 3; // three WY chunks: the blocks below the diagonal carry gradients too
     let t = 7;
     let x = random_input(1, t, D_MODEL, 12, &dev);
-    check_gradients("log_linear gdn", &m, x, &|m, x| m.forward(x), &|m, x| reference(m, x, t, &reference_lambda(m, x, t)));
+    let reference = |m: &LogLinearGdn, x: &[f64]| reference(m, x, t, &reference_lambda(m, x, t));
+    // The chunked form in chunks of 2: four chunks, two levels across them.
+    m.base.chunk = 2;
+    check_gradients("log_linear gdn, chunked", &m, x.clone(), &|m, x| m.forward(x), &reference);
+    // The dense form over three WY chunks: the blocks below the diagonal carry gradients too.
+    m.base.chunk = 3;
+    check_gradients("log_linear gdn, dense", &m, x, &|m, x| m.forward_dense(x.clone(), m.lambda(x)), &reference);
 }

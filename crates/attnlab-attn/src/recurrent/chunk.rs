@@ -137,12 +137,8 @@ impl Rule {
         let dv = this.v.dims()[3];
         let c = chunk.clamp(1, t.max(1));
         let n = t.div_ceil(c);
-        let pad = n * c - t;
         let device = this.q.device();
-        let split = |x: Tensor<4>| {
-            let d = x.dims()[3];
-            pad_time(x, pad).reshape([b, h, n, c, d])
-        };
+        let split = |x: Tensor<4>| split_chunks(x, c);
         let (q, k, v) = (split(this.q), split(this.k), split(this.v));
         // Inclusive chunk-local cumsum of the log-decays, [b, h, n, c, e].
         let big_g = this.g.map(|g| split(g).cumsum(3));
@@ -195,49 +191,75 @@ impl Rule {
     }
 }
 
-/// The delta rule's effective attention from S = 0 with one per-head log-decay:
-/// `E [b, h, t, t]` (lower triangular) such that the rule's output is `O = E (β ⊙ V)`, i.e.
-/// `E_ts β_s = β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s` with `A_r = α_r (I − β_r k_r k_rᵀ)`. q (scaled),
-/// k (normalised) `[b, h, t, d_k]`, beta `[b, h, t]`, g `[b, h, t, 1]`.
-///
-/// Built from the WY chunks of [`Rule::chunked`] (length `chunk`): inside chunk i,
+/// The WY pieces of the delta rule from S = 0 with one per-head log-decay, chunk by chunk
+/// ([`delta_chunks`]). With `A_r = α_r (I − β_r k_r k_rᵀ)`, inside chunk i
 /// `E_ii = P_i T_i` (`P = (QKᵀ) ⊙ Γ`, `T = (I + A)⁻¹`); a state S at the chunk's start is read as
 /// `R_i S` with `R_i = Q_i ⊙ e^{G_i} − P_i W_i` (`W = T(β ⊙ K ⊙ e^G)`) and carried to its end as
 /// `M_i S` with `M_i = e^{G_C} I − K̃_iᵀ W_i` (`K̃ = K ⊙ e^{G_C − G}`), and chunk j's own writes
-/// leave `F_j (β ⊙ V_j)` with `F_j = K̃_jᵀ T_j`; so `E_ij = R_i M_{i−1} ⋯ M_{j+1} F_j` (j < i).
-/// Cost per head: O(t·C·(d_k + C·log₂C)) for the chunks and O(t²·d_k + t²/C·d_k²) for the
-/// blocks below the diagonal (log-linear Gated DeltaNet's training form weighs E per pair).
-pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, chunk: usize) -> Tensor<4> {
-    let [b, h, t, dk] = q.dims();
-    let c = chunk.clamp(1, t.max(1));
+/// leave `F_j (β ⊙ V_j)` with `F_j = K̃_jᵀ T_j`; so the rule's effective attention below the
+/// diagonal is `E_ij = R_i M_{i−1} ⋯ M_{j+1} F_j` (j < i).
+pub struct DeltaChunks {
+    /// `E_ii` `[b, h, n, C, C]`: the effective attention inside each chunk (`E_ts β_s =
+    /// β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s`).
+    pub diagonal: Tensor<5>,
+    /// R, M, F across chunks; `None` for a single chunk.
+    pub across: Option<Across>,
+}
+
+/// The pieces that link chunks ([`DeltaChunks`]).
+pub struct Across {
+    /// `R_i` `[b, h, n, C, d_k]`: the outputs' read of the state at the chunk's start.
+    pub read: Tensor<5>,
+    /// `M_i` `[b, h, n, d_k, d_k]`: the state at the chunk's start carried to its end.
+    pub carry: Tensor<5>,
+    /// `F_i` `[b, h, n, d_k, C]`: the chunk's writes, `F_i (β ⊙ V_i)`, at its end.
+    pub writes: Tensor<5>,
+}
+
+/// [`DeltaChunks`] of q (scaled), k (normalised) `[b, h, t, d_k]`, beta `[b, h, t]` and g
+/// `[b, h, t, 1]` in chunks of `chunk` (a ragged or short last chunk is padded as in
+/// [`Rule::chunked`]).
+/// Cost per head: O(t·C·(d_k + C·log₂C)) for the chunks, O(t·d_k·(C + d_k)) across them.
+pub fn delta_chunks(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, chunk: usize) -> DeltaChunks {
+    let [_, _, t, dk] = q.dims();
+    let c = chunk.max(1);
     let n = t.div_ceil(c);
-    let pad = n * c - t;
     let device = q.device();
-    let split = |x: Tensor<4>| {
-        let d = x.dims()[3];
-        pad_time(x, pad).reshape([b, h, n, c, d])
-    };
-    let (q, k, beta) = (split(q), split(k), split(beta.unsqueeze_dim::<4>(3)));
-    let big_g = split(g).cumsum(3); // inclusive, chunk-local
+    let (q, k, beta) = (split_chunks(q, c), split_chunks(k, c), split_chunks(beta.unsqueeze_dim::<4>(3), c));
+    let big_g = split_chunks(g, c).cumsum(3); // inclusive, chunk-local
     let causal = lower_mask(c, 0, &device);
     let strict = lower_mask(c, -1, &device).reshape([1, 1, 1, c, c]);
     let (scores, gram) = pair_products(&q, &k, Some(&big_g), &causal);
     let inv = unit_lower_inverse(gram * strict * beta.clone(), &device);
     let diagonal = scores.clone().matmul(inv.clone()); // [b, h, n, C, C]
+    let across = (n > 1).then(|| {
+        let w = inv.clone().matmul(k.clone() * big_g.clone().exp() * beta);
+        let read = q * big_g.clone().exp() - scores.matmul(w.clone());
+        let last = big_g.clone().narrow(3, c - 1, 1); // G_C [b, h, n, 1, 1]
+        let k_end = (k * (last.clone() - big_g).exp()).swap_dims(3, 4); // K̃ᵀ [b, h, n, d_k, C]
+        let eye = Tensor::<2>::eye(dk, &device).reshape([1, 1, 1, dk, dk]);
+        let carry = eye * last.exp() - k_end.clone().matmul(w);
+        Across { read, carry, writes: k_end.matmul(inv) }
+    });
+    DeltaChunks { diagonal, across }
+}
+
+/// The delta rule's effective attention from S = 0 with one per-head log-decay:
+/// `E [b, h, t, t]` (lower triangular) such that the rule's output is `O = E (β ⊙ V)`, assembled
+/// block by block from [`delta_chunks`] (`E_ij = R_i M_{i−1} ⋯ M_{j+1} F_j` below the
+/// diagonal). Inputs as [`delta_chunks`]. Cost per head: the chunks' and O(t²·d_k + t²/C·d_k²)
+/// for the blocks below the diagonal (log-linear Gated DeltaNet's dense form weighs E per pair).
+pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, chunk: usize) -> Tensor<4> {
+    let t = q.dims()[2];
+    let DeltaChunks { diagonal, across } = delta_chunks(q, k, beta, g, chunk.clamp(1, t.max(1)));
+    let [b, h, n, c, _] = diagonal.dims();
     let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
-    let zero = Tensor::<4>::zeros([b, h, c, c], &device);
+    let zero = Tensor::<4>::zeros([b, h, c, c], &diagonal.device());
     let mut blocks: Vec<Vec<Tensor<4>>> = vec![vec![zero; n]; n];
     for (i, row) in blocks.iter_mut().enumerate() {
         row[i] = at(&diagonal, i);
     }
-    if n > 1 {
-        let w = inv.clone().matmul(k.clone() * big_g.clone().exp() * beta);
-        let read = q * big_g.clone().exp() - scores.matmul(w.clone()); // R [b, h, n, C, d_k]
-        let last = big_g.clone().narrow(3, c - 1, 1); // G_C [b, h, n, 1, 1]
-        let k_end = (k * (last.clone() - big_g).exp()).swap_dims(3, 4); // K̃ᵀ [b, h, n, d_k, C]
-        let eye = Tensor::<2>::eye(dk, &device).reshape([1, 1, 1, dk, dk]);
-        let carry = eye * last.exp() - k_end.clone().matmul(w); // M [b, h, n, d_k, d_k]
-        let writes = k_end.matmul(inv); // F [b, h, n, d_k, C]
+    if let Some(Across { read, carry, writes }) = across {
         for j in 0..n - 1 {
             let mut state = at(&writes, j);
             for i in j + 1..n {
@@ -334,12 +356,11 @@ fn lower_mask(c: usize, offset: i64, device: &Device) -> Tensor<2> {
     Tensor::<2, Bool>::tril_mask([c, c], offset, device).bool_not().float()
 }
 
-/// Appends `pad` zero positions on the time axis (2) of `[b, h, t, d]`.
-fn pad_time(x: Tensor<4>, pad: usize) -> Tensor<4> {
-    if pad == 0 {
-        return x;
-    }
-    let [b, h, _, d] = x.dims();
-    let zeros = Tensor::zeros([b, h, pad, d], &x.device());
-    Tensor::cat(vec![x, zeros], 2)
+/// `[b, h, t, d]` as chunks of `c` `[b, h, ⌈t/c⌉, c, d]`, the last padded with zeros on the
+/// time axis.
+pub fn split_chunks(x: Tensor<4>, c: usize) -> Tensor<5> {
+    let [b, h, t, d] = x.dims();
+    let n = t.div_ceil(c);
+    let x = if n * c == t { x } else { Tensor::cat(vec![x.clone(), Tensor::zeros([b, h, n * c - t, d], (&x.device(), x.dtype()))], 2) };
+    x.reshape([b, h, n, c, d])
 }

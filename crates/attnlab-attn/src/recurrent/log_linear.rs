@@ -15,7 +15,7 @@
 //! chunk j of query chunk i has level `log₂C + bit-length(i XOR j)`, so each higher level reads one
 //! bucket of whole chunks — a difference of two prefix sums of the chunk states `Σ φ(k)vᵀ`:
 //! O(T·C + T·log(T/C)·d_φ·d_h) ([`LogLinearAttention::forward_chunked`]). The dense O(T²)
-//! form ([`LogLinearAttention::forward_with_lambda`]) is kept as the tests' second path.
+//! form ([`LogLinearAttention::forward_dense`]) is kept as the tests' second path.
 //! Decode: one `d_φ × d_h` state per level; before inserting token t > 0, with z the trailing
 //! zeros of t, `S^(z+1) += Σ_{ℓ ≤ z} S^(ℓ)` and levels 0..=z are cleared (a binary carry); then
 //! `S^(0) = φ(k_t) v_tᵀ` and `o_t = Σ_ℓ λ_t^ℓ S^(ℓ)ᵀ φ(q_t)`. The state holds bit-length(t) + 1
@@ -28,6 +28,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::chunk::split_chunks;
 use super::linear_attention::LinearAttention;
 use super::{merge_heads, split_heads};
 use crate::config::FeatureMap;
@@ -80,6 +81,24 @@ pub fn level_mask(lambda: Tensor<4>, t: usize) -> Tensor<4> {
     let [b, h, _, _] = lambda.dims();
     let (levels, causal) = level_table(t, &lambda.device(), lambda.dtype());
     lambda.gather(3, levels.unsqueeze::<4>().expand([b, h, t, t])) * causal.unsqueeze::<4>()
+}
+
+/// The level mask inside chunks of `c` (a power of two; chunks start at multiples of c, so the
+/// level of a pair is `ℓ(t mod c, s mod c)`): `[b, h, n, c, c]` from λ `[b, h, n, c, L]`.
+pub fn chunk_level_mask(lambda: Tensor<5>) -> Tensor<5> {
+    let [b, h, n, c, _] = lambda.dims();
+    let (levels, causal) = level_table(c, &lambda.device(), lambda.dtype());
+    lambda.gather(4, levels.unsqueeze::<5>().expand([b, h, n, c, c])) * causal.unsqueeze::<5>()
+}
+
+/// The levels across chunks of `c`: a key in chunk j < i of a query in chunk i has level
+/// `log₂c + ℓ'`, `ℓ' = bit-length(i XOR j)`. `Σ_ℓ' λ_t^{log₂c + ℓ'} read^(ℓ')_t` for the reads of
+/// the buckets `[b, h, n, cross, c, d]` and λ `[b, h, n, c, L]` → `[b, h, n, c, d]`.
+pub fn weigh_cross(read: Tensor<6>, lambda: Tensor<5>) -> Tensor<5> {
+    let [b, h, n, cross, c, d] = read.dims();
+    let base = c.trailing_zeros() as usize;
+    let w = lambda.narrow(4, base + 1, cross).swap_dims(3, 4).unsqueeze_dim::<6>(5); // [b, h, n, cross, c, 1]
+    (read * w).sum_dim(3).reshape([b, h, n, c, d])
 }
 
 /// Checks that token position `t` fits the `levels` (positions < 2^(levels − 1)) and a state
@@ -173,7 +192,7 @@ impl LogLinearAttention {
 
     /// The masked form with given level weights `λ [b, h, t, L]` (the forward passes
     /// [`Self::lambda`]; tests pass one-hot weights).
-    pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
+    pub fn forward_dense(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
         let t = x.dims()[1];
         assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
         let (q, k, v) = self.qkv(x);
@@ -203,22 +222,10 @@ impl LogLinearAttention {
         let device = q.device();
         let dtype = q.dtype();
         // Zero padding to n·C: a padded key has v = 0 and adds nothing; padded queries are dropped.
-        let pad = |x: Tensor<4>| {
-            let [b, h, _, w] = x.dims();
-            if n * c == t { x } else { Tensor::cat(vec![x, Tensor::zeros([b, h, n * c - t, w], (&device, dtype))], 2) }
-        };
-        let chunks = |x: Tensor<4>| {
-            let w = x.dims()[3];
-            pad(x).reshape([b, h, n, c, w])
-        };
-        let (q, k, v) = (chunks(q), chunks(k), chunks(v));
-        let lambda = chunks(lambda.cast(dtype));
+        let (q, k, v) = (split_chunks(q, c), split_chunks(k, c), split_chunks(v, c));
+        let lambda = split_chunks(lambda.cast(dtype), c);
         let scale = 1.0 / (dphi as f64).sqrt();
-        // Inside a chunk (chunks start at multiples of C): the level of (i, j) is ℓ(i mod C, j mod C).
-        let (levels, causal) = level_table(c, &device, dtype);
-        let levels = levels.unsqueeze::<5>().expand([b, h, n, c, c]);
-        let causal = causal.unsqueeze::<5>();
-        let weights = lambda.clone().gather(4, levels) * causal;
+        let weights = chunk_level_mask(lambda.clone());
         let intra = (q.clone().matmul(k.clone().swap_dims(3, 4)) * scale * weights).matmul(v.clone());
         // Across chunks: bucket ℓ' ≥ 1 of chunk i is chunks [β − 2^(ℓ'−1), β), β = i − (i mod 2^(ℓ'−1)),
         // non-empty iff bit ℓ'−1 of i is set; its state is P[β] − P[β − 2^(ℓ'−1)] with P the
@@ -243,9 +250,7 @@ impl LogLinearAttention {
             let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n * cross]), &device);
             let buckets = (prefix.clone().select(2, index(hi)) - prefix.select(2, index(lo))).cast(dtype).reshape([b, h, n, cross, dphi, d]);
             let read = q.unsqueeze_dim::<6>(3).matmul(buckets) * scale; // [b, h, n, cross, C, d_h]
-            let base = c.trailing_zeros() as usize;
-            let w = lambda.narrow(4, base + 1, cross).swap_dims(3, 4).unsqueeze_dim::<6>(5); // [b, h, n, cross, C, 1]
-            intra + (read * w).sum_dim(3).reshape([b, h, n, c, d])
+            intra + weigh_cross(read, lambda)
         };
         self.output(out.reshape([b, h, n * c, d]).narrow(2, 0, t))
     }

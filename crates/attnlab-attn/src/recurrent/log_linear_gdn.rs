@@ -10,24 +10,30 @@
 //! RMSNorm removes the common factor). Equivalently `o_t = Σ_s λ_t^{ℓ(t,s)} P_ts v_s` with GDN's
 //! effective attention `P_ts = β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s / √d_k`.
 //!
-//! Training runs the dense form: GDN's effective attention `E [t, t]` (`E_ts β_s = P_ts`),
-//! assembled from the WY chunks of GDN's chunked form ([`super::chunk::delta_attention`]),
-//! masked per pair: `O = (E ⊙ M)(β ⊙ V)`, `M_ts = λ_t^{ℓ(t,s)}` — O(T²·(d_k + d_v)) per head, the
-//! quadratic cost of softmax attention, not the paper's O(T log T) chunked form (Fenwick levels
-//! across WY chunks, not built). `attnlab bench train`, 2-core AMD EPYC, ms per training step:
-//! MQAR at T = 64 (d_model 64, batch 32) 135 (Gated DeltaNet's fused op 47, MHA 25, same
-//! invocation) — the token recurrence it replaces took 858 (GDN 52); Tiny Shakespeare at T = 256 (4 layers, d_model 128, batch 8) 2.3–3.1× Gated
-//! DeltaNet's (with other trainings sharing the cores).
-//! Decode (and the tests' second path) runs the per-level recurrence above, token by token.
+//! Training runs the chunked form (the paper's O(T log T) one): chunks of C (a power of two, GDN's
+//! chunk) at multiples of C. Inside chunk i, GDN's effective attention `E_ii` from its WY form
+//! (`E_ts β_s = P_ts`, [`super::chunk::delta_chunks`]) weighed per pair,
+//! `(E_ii ⊙ M)(β ⊙ V_i)`, `M_ts = λ_t^{ℓ(t,s)}` (levels ≤ log₂C). A key in an earlier chunk j has
+//! level `log₂C + bit-length(i XOR j)`: the chunks of one bucket are carried to chunk i's start
+//! as one `d_k × d_v` state, by decode's binary carry run over chunks (the chunk's WY carry `M_i`
+//! as the transition, its writes `F_i(β ⊙ V_i)` as level 0), and read through the chunk's
+//! `R_i`. Cost per head O(T·C·(d_k + d_v + C log₂C) + T/C·log₂(T/C)·d_k²·d_v).
+//! The dense form (`O = (E ⊙ M)(β ⊙ V)` over the whole `E [T, T]`, [`super::chunk::delta_attention`],
+//! O(T²)) is kept as the tests' second path. `attnlab bench train`, 2-core AMD EPYC, ms per training
+//! step, MQAR at T = 64 (d_model 64, batch 32): the dense form 135 (Gated DeltaNet's fused op 47,
+//! MHA 25, same invocation); the token recurrence it replaced took 858 (GDN 52).
+//! Decode runs the per-level recurrence above, token by token (the tests hold all three forms to
+//! one reference).
 //! Decode state: the levels (`bit-length(t) + 1` of them at position t) plus the conv tails.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use super::gated_deltanet::{GatedDeltaNet, GdnOptions};
-use super::log_linear::{carry, check_position, level_mask, level_weights, levels_for, max_positions, set_level0, weigh_levels};
+use super::chunk::split_chunks;
+use super::log_linear::{carry, check_position, chunk_level_mask, level, level_mask, level_weights, levels_for, max_positions, set_level0, weigh_cross, weigh_levels};
 use super::{chunk, conv_silu, gates, l2_normalize, merge_heads, split_heads, Recurrent};
 use crate::config::{ConvInit, DELTA_CHUNK};
 use crate::linear::{apply, linear, Columns};
@@ -43,6 +49,39 @@ struct Inputs {
     beta: Tensor<3>,
     g: Tensor<3>,
     gate: Option<Tensor<3>>,
+}
+
+/// The rule's inputs in f32 for the training forms: q, k `[b, h, t, d_k]`, β `[b, h, t]`,
+/// g `[b, h, t, 1]`, β ⊙ v `[b, h, t, d_v]`, the output gate.
+struct TrainingInputs {
+    q: Tensor<4>,
+    k: Tensor<4>,
+    beta: Tensor<3>,
+    g: Tensor<4>,
+    bv: Tensor<4>,
+    gate: Option<Tensor<3>>,
+}
+
+/// The states of chunk i's cross-chunk buckets at its start, `[b, h, n, cross, d_k, d_v]`
+/// (bucket ℓ' ≥ 1: the chunks j < i with bit-length(i XOR j) = ℓ', carried to chunk i): decode's
+/// binary carry ([`carry`]) at the granularity of chunks, with each chunk's carry `M_i` as the
+/// transition and its writes `F_i (β ⊙ V_i)` as the new level 0. `bv` `[b, h, n, C, d_v]`.
+fn bucket_states(across: &chunk::Across, bv: Tensor<5>) -> Tensor<6> {
+    let [b, h, n, dk, _] = across.carry.dims();
+    let dv = bv.dims()[4];
+    let cross = level(n - 1, 0);
+    let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
+    let mut s = Tensor::<5>::zeros([b, cross + 1, h, dk, dv], &bv.device()); // [b, levels, h, d_k, d_v]
+    let mut reads = Vec::with_capacity(n);
+    for i in 0..n {
+        s = carry(s, i);
+        reads.push(s.clone().narrow(1, 1, cross));
+        if i + 1 < n {
+            let moved = at(&across.carry, i).unsqueeze_dim::<5>(1).matmul(s);
+            s = set_level0(moved, at(&across.writes, i).matmul(at(&bv, i)).unsqueeze_dim::<5>(1));
+        }
+    }
+    Tensor::stack::<6>(reads, 1).permute([0, 3, 1, 2, 4, 5])
 }
 
 #[derive(Module, Debug)]
@@ -82,28 +121,58 @@ impl LogLinearGdn {
         RecurrentState { s: Tensor::zeros([batch, levels * h, dk, dv], device), conv: self.base.short_conv().map(|c| c.empty_tail(batch, device)), len: 0, capacity }
     }
 
-    /// Causal forward: the dense form ([`Self::forward_with_lambda`]).
+    /// Causal forward: the chunked form ([`Self::forward_chunked`]) with GDN's chunk.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let lambda = self.lambda(x.clone());
-        self.forward_with_lambda(x, lambda)
+        self.forward_chunked(x, lambda, self.base.chunk)
     }
 
-    /// The dense training form with level weights `λ [b, h, t, L]`: GDN's effective attention
-    /// `E` ([`chunk::delta_attention`], from WY chunks of GDN's `chunk`) weighed per (t, s)
-    /// pair, `o = (E ⊙ M) (β ⊙ V)`, `M_ts = λ_t^{ℓ(t,s)}`. O(t²·(d_k + d_v)) per head, like
-    /// softmax attention.
-    pub fn forward_with_lambda(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
+    /// The chunked training form with chunks of `c` (a power of two) and level weights
+    /// `λ [b, h, t, L]`: inside chunk i GDN's `E_ii` weighed per pair, `(E_ii ⊙ M_ii)(β ⊙ V_i)`;
+    /// across chunks the buckets' states at the chunk's start ([`bucket_states`]) read through
+    /// `R_i` and weighed by `λ_t^{log₂c + ℓ'}` ([`chunk::delta_chunks`]). O(T·C) per head for
+    /// the chunks plus `O(T/C·log₂(T/C)·d_k²·d_v)` for the buckets.
+    pub fn forward_chunked(&self, x: Tensor<3>, lambda: Tensor<4>, c: usize) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        assert!(c.is_power_of_two(), "log-linear Gated DeltaNet: chunk {c} must be a power of two");
+        // A chunk longer than the sequence would read levels beyond those `t` positions need.
+        let c = c.min(t.next_power_of_two());
+        let TrainingInputs { q, k, beta, g, bv, gate } = self.rule(x);
+        let parts = chunk::delta_chunks(q, k, beta, g, c);
+        let lambda = split_chunks(lambda.cast(DType::F32), c); // [b, h, n, C, L]
+        let bv = split_chunks(bv, c); // [b, h, n, C, d_v]
+        let [_, h, n, _, dv] = bv.dims();
+        let mut o = (parts.diagonal * chunk_level_mask(lambda.clone())).matmul(bv.clone());
+        if let Some(across) = parts.across {
+            let read = across.read.clone().unsqueeze_dim::<6>(3).matmul(bucket_states(&across, bv)); // [b, h, n, cross, C, d_v]
+            o = o + weigh_cross(read, lambda);
+        }
+        self.output(o.reshape([b, h, n * c, dv]).narrow(2, 0, t), gate)
+    }
+
+    /// The dense form with level weights `λ [b, h, t, L]` (the tests' second path): GDN's
+    /// effective attention `E [t, t]` ([`chunk::delta_attention`], from WY chunks of GDN's
+    /// `chunk`, any length) weighed per pair, `o = (E ⊙ M)(β ⊙ V)`, `M_ts = λ_t^{ℓ(t,s)}`.
+    /// O(t²·(d_k + d_v)) per head, like softmax attention.
+    pub fn forward_dense(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
+        let t = x.dims()[1];
+        let TrainingInputs { q, k, beta, g, bv, gate } = self.rule(x);
+        let e = chunk::delta_attention(q, k, beta, g, self.base.chunk);
+        self.output((e * level_mask(lambda.cast(DType::F32), t)).matmul(bv), gate)
+    }
+
+    /// GDN's rule for a training forward of x `[b, t, d]` (the conv from an empty tail), in f32
+    /// whatever the training precision (as GDN's `run_rule`).
+    fn rule(&self, x: Tensor<3>) -> TrainingInputs {
         let [b, t, _] = x.dims();
         assert!(t <= max_positions(self.levels), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
         // Only the conv reads the state here: GDN's (one level of S), not the levels' stack.
         let mut state = self.base.init_state(b, t, &x.device());
         let i = self.inputs(x, &mut state, true);
-        // In f32 whatever the training precision, as GDN's rule (`run_rule`).
-        let f32 = |x: Tensor<4>| x.cast(burn::tensor::DType::F32);
-        let beta = i.beta.cast(burn::tensor::DType::F32);
-        let e = chunk::delta_attention(f32(i.q), f32(i.k), beta.clone(), f32(i.g.unsqueeze_dim(3)), self.base.chunk);
-        let bv = f32(i.v) * beta.unsqueeze_dim(3);
-        self.output((e * level_mask(f32(lambda), t)).matmul(bv), i.gate)
+        let f32 = |x: Tensor<4>| x.cast(DType::F32);
+        let beta = i.beta.cast(DType::F32);
+        let bv = f32(i.v) * beta.clone().unsqueeze_dim(3);
+        TrainingInputs { q: f32(i.q), k: f32(i.k), beta, g: f32(i.g.unsqueeze_dim(3)), bv, gate: i.gate }
     }
 
     /// Feeds x `[batch, new, d_model]` token by token and updates the state.
@@ -175,22 +244,23 @@ impl LogLinearGdn {
         (m.heads * m.key_dim * m.value_dim * levels_for(context.max(1)).min(self.levels) + tail) * crate::F32_BYTES
     }
 
-    /// Projections (2 per weight), the conv, and the dense training form per token and head over
-    /// `context` positions, as computed: [`chunk::delta_attention`]'s chunks (pair products,
-    /// inverse, diagonal block; across chunks W, R, M, F) and blocks below the diagonal (one read
-    /// and one carry per block), then `(E ⊙ M)(β ⊙ V)` over all t columns.
+    /// Projections (2 per weight), the conv, and the chunked training form per token and head over
+    /// `context` positions, as computed ([`chunk::delta_chunks`]): in a chunk the pair products,
+    /// inverse, diagonal block and its masked product with `β ⊙ V`; across chunks W, R, M, F, the
+    /// chunk's write `F(β ⊙ V)`, the carry of every bucket level and one read per level.
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let m = &self.base;
         let proj = m.proj.weight.shape().num_elements() + m.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
         let conv = m.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
         let (t, dk, dv) = (context.max(1), m.key_dim, m.value_dim);
-        let c = m.chunk.clamp(1, t);
+        let c = m.chunk.min(t.next_power_of_two()).max(1);
         let n = t.div_ceil(c);
         let squarings = (c.max(2) as f64).log2().ceil() as usize - 1;
-        let mut dense = 4 * c * dk + 4 * c * c * squarings + 2 * c * c + 2 * t * dv;
+        let mut chunked = 4 * c * dk + 4 * c * c * squarings + 2 * c * c + 2 * c * dv;
         if n > 1 {
-            dense += 4 * c * dk + 2 * c * dk + 2 * dk * dk + 2 * dk * c + (n - 1) * (c * dk + dk * dk);
+            let cross = level(n - 1, 0);
+            chunked += 4 * c * dk + 2 * dk * dk + 2 * dk * c + 2 * dk * dv + (2 * dk * dk * dv * (cross + 1)).div_ceil(c) + 2 * dk * dv * cross;
         }
-        (2 * proj + 2 * conv + m.heads * dense) as u64
+        (2 * proj + 2 * conv + m.heads * chunked) as u64
     }
 }
