@@ -95,28 +95,21 @@ fn reference(m: &LogLinearGdn, xs: &[f64], t: usize, lambda: &[Vec<Vec<f64>>]) -
 #[test]
 fn forward_matches_the_effective_attention_reference() {
     let dev = cpu();
+    let dense = |m: &LogLinearGdn, x: Tensor<3>| m.forward_dense(x.clone(), m.lambda(x));
     // The chunked form (the forward): one chunk, and chunks of 8, 4, 2, 1 with ragged last ones
-    // and up to 5 levels across chunks (t = 64 in chunks of 2: 32 chunks).
-    for (t, chunk) in [(1, 64), (6, 64), (19, 64), (40, 64), (19, 4), (40, 8), (37, 2), (40, 1), (64, 2)] {
+    // and up to 5 levels across chunks (t = 64 in chunks of 2: 32 chunks); the dense form over
+    // WY blocks of any length.
+    let chunked: [(usize, usize); 9] = [(1, 64), (6, 64), (19, 64), (40, 64), (19, 4), (40, 8), (37, 2), (40, 1), (64, 2)];
+    let cases = chunked.iter().map(|&c| ("chunked", c)).chain([(19, 64), (19, 5), (40, 8), (40, 1)].map(|c| ("dense", c)));
+    for (form, (t, chunk)) in cases {
         let mut m = layer(3, &dev);
         m.base.chunk = chunk;
         let x = random_input(1, t, D_MODEL, 4, &dev);
         let xs = to_vec(x.clone());
-        let lambda = reference_lambda(&m, &xs, t);
-        let want = reference(&m, &xs, t, &lambda);
-        let err = rel_err(&to_vec(m.forward(x)), &want);
-        assert!(err < 1e-4, "chunked form, t = {t}, chunk {chunk}: relative error {err}");
-    }
-    // The dense form over WY blocks of any length.
-    for (t, chunk) in [(19, 64), (19, 5), (40, 8), (40, 1)] {
-        let mut m = layer(3, &dev);
-        m.base.chunk = chunk;
-        let x = random_input(1, t, D_MODEL, 4, &dev);
-        let xs = to_vec(x.clone());
-        let lambda = reference_lambda(&m, &xs, t);
-        let want = reference(&m, &xs, t, &lambda);
-        let err = rel_err(&to_vec(m.forward_dense(x.clone(), m.lambda(x))), &want);
-        assert!(err < 1e-4, "dense form, t = {t}, chunk {chunk}: relative error {err}");
+        let want = reference(&m, &xs, t, &reference_lambda(&m, &xs, t));
+        let got = if form == "dense" { dense(&m, x) } else { m.forward(x) };
+        let err = rel_err(&to_vec(got), &want);
+        assert!(err < 1e-4, "{form} form, t = {t}, chunk {chunk}: relative error {err}");
     }
 }
 
