@@ -888,7 +888,7 @@ impl AttentionConfig {
                     return Err(ConfigError::new(
                         "model.attention.base",
                         "\"gated_deltanet\"",
-                        "takes Gated DeltaNet's own q, k (no feature_map) and trains by its recurrence (no chunk): leave feature_map and chunk out",
+                        "takes Gated DeltaNet's own q, k (no feature_map) and its chunk (32): leave feature_map and chunk out",
                     ));
                 }
                 if !chunk.is_power_of_two() {

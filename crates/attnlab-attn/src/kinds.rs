@@ -83,7 +83,7 @@ pub const DOCS: &[KindDoc] = &[
     },
     KindDoc {
         kind: "log_linear",
-        fields: r#"`base` (`linear`; `gated_deltanet`), `feature_map` (`elu1`), `levels` (bit-length(max_seq − 1) + 1), `chunk` (64, a power of two)"#,
+        fields: r#"`base` (`linear`; `gated_deltanet`), `feature_map` (`elu1`), `levels` (bit-length(max_seq − 1) + 1), `chunk` (64, a power of two; the `gated_deltanet` base uses Gated DeltaNet's 32)"#,
         what: r#"log-linear attention (Guo et al. 2025) over `linear`: key s of query t in Fenwick level ℓ = bit-length(t XOR s) (0 for s = t), weighted by λ_t^ℓ = softplus(Λ ⊙ x W_l) per head; with all λ equal it is its base (the output RMSNorm removes the factor). Training: the chunked O(T log T) form (masked inside a chunk, prefix sums of chunk states per cross-chunk level); decode: one state per level with a binary carry. `base = "gated_deltanet"`: Gated DeltaNet at its defaults with one delta-rule state per level, every level taking the transition α(I − βkkᵀ); trained in the chunked O(T log T) form: inside a WY chunk GDN's effective attention masked per pair, (E ⊙ M)(β ⊙ V); across chunks one delta-rule state per cross-chunk level, carried by the chunks' WY transitions with the binary carry. Labels `loglinear`, `loglinear-gdn`"#,
         state: r#"none: h·d_φ·d_h per level, (⌊log₂t⌋ + 2) levels at t: grows with log t"#,
     },

@@ -12,7 +12,8 @@
 //!   chunks of 2): the buckets read from level 0 up (levels shifted by one); the chunk-level binary
 //!   carry skipped; the chunks' transition M_i skipped, or applied after inserting the chunk's
 //!   writes; the level mask inside a chunk dropped; λ of the levels across chunks read one level
-//!   low (`log₂C + ℓ' − 1`);
+//!   low (`log₂C + ℓ' − 1`); the chunk not capped at the sequence's next power of two
+//!   (`a_chunk_longer_than_the_levels_cover_is_fine`: an out-of-range level);
 //! - recurrence (decode and one-hot tests): the transition applied to level 0 only (higher levels
 //!   left undecayed); the transition skipped; S^(0) = k vᵀ without β;
 //! - dense form (forward, one-hot and gradient tests): V without the β factor; the level mask
@@ -34,7 +35,12 @@ const D_MODEL: usize = 16;
 const HEADS: usize = 2;
 
 fn layer(seed: u64, dev: &Device) -> LogLinearGdn {
-    let config = AttentionConfig::LogLinear { base: LogLinearBase::GatedDeltanet, feature_map: FeatureMap::Elu1, levels: None, chunk: 64 };
+    layer_with_levels(seed, None, dev)
+}
+
+/// [`layer`] with `levels` (None: those of 64 positions, 7).
+fn layer_with_levels(seed: u64, levels: Option<usize>, dev: &Device) -> LogLinearGdn {
+    let config = AttentionConfig::LogLinear { base: LogLinearBase::GatedDeltanet, feature_map: FeatureMap::Elu1, levels, chunk: 64 };
     let Attention::LogLinearGdn(m) = seeded(dev, seed, || config.init(D_MODEL, HEADS, 64, 10_000.0, dev)) else { panic!("expected log-linear GDN") };
     let mut m = sharpen(m, 4.0);
     // Decays of order 0.3–0.97 (A = 0.05 and 1.2), Λ = 4 so that λ varies.
@@ -110,6 +116,36 @@ fn forward_matches_the_effective_attention_reference() {
         let got = if form == "dense" { dense(&m, x) } else { m.forward(x) };
         let err = rel_err(&to_vec(got), &want);
         assert!(err < 1e-4, "{form} form, t = {t}, chunk {chunk}: relative error {err}");
+    }
+}
+
+/// A batch of three sequences with their own λ, in GDN's chunk (32: two chunks at t = 64) and in
+/// chunks of 16 (four, the last ragged at t = 50).
+#[test]
+fn a_batch_matches_the_reference_per_sequence() {
+    let dev = cpu();
+    for (t, chunk) in [(64, 32), (50, 16)] {
+        let mut m = layer(13, &dev);
+        m.base.chunk = chunk;
+        let x = random_input(3, t, D_MODEL, 14, &dev);
+        let xs = to_vec(x.clone());
+        let want: Vec<f64> = xs.chunks(t * D_MODEL).flat_map(|seq| reference(&m, seq, t, &reference_lambda(&m, seq, t))).collect();
+        let err = rel_err(&to_vec(m.forward(x)), &want);
+        assert!(err < 1e-4, "t = {t}, chunk {chunk}: relative error {err}");
+    }
+}
+
+/// Levels for 4 positions (L = 3) and GDN's chunk of 32: the chunk is capped at the sequence's
+/// next power of two (else its padded rows would read levels up to 5).
+#[test]
+fn a_chunk_longer_than_the_levels_cover_is_fine() {
+    let dev = cpu();
+    let m = layer_with_levels(15, Some(3), &dev);
+    for t in [1, 3, 4] {
+        let x = random_input(1, t, D_MODEL, 16, &dev);
+        let xs = to_vec(x.clone());
+        let err = rel_err(&to_vec(m.forward(x)), &reference(&m, &xs, t, &reference_lambda(&m, &xs, t)));
+        assert!(err < 1e-4, "t = {t}: relative error {err}");
     }
 }
 

@@ -138,10 +138,9 @@ impl Rule {
         let c = chunk.clamp(1, t.max(1));
         let n = t.div_ceil(c);
         let device = this.q.device();
-        let split = |x: Tensor<4>| split_chunks(x, c);
-        let (q, k, v) = (split(this.q), split(this.k), split(this.v));
+        let (q, k, v) = (split_chunks(this.q, c), split_chunks(this.k, c), split_chunks(this.v, c));
         // Inclusive chunk-local cumsum of the log-decays, [b, h, n, c, e].
-        let big_g = this.g.map(|g| split(g).cumsum(3));
+        let big_g = this.g.map(|g| split_chunks(g, c).cumsum(3));
         let causal = lower_mask(c, 0, &device); // j ≤ i
         let strict = lower_mask(c, -1, &device).reshape([1, 1, 1, c, c]); // j < i
         let (scores, gram) = pair_products(&q, &k, big_g.as_ref(), &causal);
@@ -151,7 +150,7 @@ impl Rule {
         };
         let (u, w) = match this.beta {
             Some(beta) => {
-                let beta = split(beta.unsqueeze_dim::<4>(3));
+                let beta = split_chunks(beta.unsqueeze_dim::<4>(3), c);
                 let a = gram * strict * beta.clone();
                 let inv = unit_lower_inverse(a, &device);
                 (inv.clone().matmul(v * beta.clone()), Some(inv.matmul(decayed(k.clone()) * beta)))
@@ -175,7 +174,7 @@ impl Rule {
         let mut starts = Vec::with_capacity(n);
         for i in 0..n {
             starts.push(s.clone());
-            let at = |x: &Tensor<5>| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
+            let at = |x: &Tensor<5>| chunk_at(x, i);
             let v_new = match &w {
                 Some(w) => at(&u) - at(w).matmul(s.clone()),
                 None => at(&u),
@@ -199,8 +198,8 @@ impl Rule {
 /// leave `F_j (β ⊙ V_j)` with `F_j = K̃_jᵀ T_j`; so the rule's effective attention below the
 /// diagonal is `E_ij = R_i M_{i−1} ⋯ M_{j+1} F_j` (j < i).
 pub struct DeltaChunks {
-    /// `E_ii` `[b, h, n, C, C]`: the effective attention inside each chunk (`E_ts β_s =
-    /// β_s q_tᵀ (A_t ⋯ A_{s+1}) k_s`).
+    /// `E_ii` `[b, h, n, C, C]`: the effective attention inside each chunk,
+    /// `E_ts = q_tᵀ (A_t ⋯ A_{s+1}) k_s` (the output is `E (β ⊙ V)`).
     pub diagonal: Tensor<5>,
     /// R, M, F across chunks; `None` for a single chunk.
     pub across: Option<Across>,
@@ -217,8 +216,8 @@ pub struct Across {
 }
 
 /// [`DeltaChunks`] of q (scaled), k (normalised) `[b, h, t, d_k]`, beta `[b, h, t]` and g
-/// `[b, h, t, 1]` in chunks of `chunk` (a ragged or short last chunk is padded as in
-/// [`Rule::chunked`]).
+/// `[b, h, t, 1]` in chunks of `chunk` (not capped at t: a ragged or short last chunk is padded
+/// with zero k, β and g, as in [`Rule::chunked`]).
 /// Cost per head: O(t·C·(d_k + C·log₂C)) for the chunks, O(t·d_k·(C + d_k)) across them.
 pub fn delta_chunks(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>, chunk: usize) -> DeltaChunks {
     let [_, _, t, dk] = q.dims();
@@ -253,7 +252,7 @@ pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>
     let t = q.dims()[2];
     let DeltaChunks { diagonal, across } = delta_chunks(q, k, beta, g, chunk.clamp(1, t.max(1)));
     let [b, h, n, c, _] = diagonal.dims();
-    let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
+    let at = chunk_at;
     let zero = Tensor::<4>::zeros([b, h, c, c], &diagonal.device());
     let mut blocks: Vec<Vec<Tensor<4>>> = vec![vec![zero; n]; n];
     for (i, row) in blocks.iter_mut().enumerate() {
@@ -356,11 +355,19 @@ fn lower_mask(c: usize, offset: i64, device: &Device) -> Tensor<2> {
     Tensor::<2, Bool>::tril_mask([c, c], offset, device).bool_not().float()
 }
 
+/// Chunk `i` `[b, h, c, d]` of chunked `[b, h, n, c, d]`.
+pub fn chunk_at(x: &Tensor<5>, i: usize) -> Tensor<4> {
+    x.clone().narrow(2, i, 1).squeeze_dim::<4>(2)
+}
+
 /// `[b, h, t, d]` as chunks of `c` `[b, h, ⌈t/c⌉, c, d]`, the last padded with zeros on the
 /// time axis.
 pub fn split_chunks(x: Tensor<4>, c: usize) -> Tensor<5> {
     let [b, h, t, d] = x.dims();
     let n = t.div_ceil(c);
-    let x = if n * c == t { x } else { Tensor::cat(vec![x.clone(), Tensor::zeros([b, h, n * c - t, d], (&x.device(), x.dtype()))], 2) };
-    x.reshape([b, h, n, c, d])
+    if n * c == t {
+        return x.reshape([b, h, n, c, d]);
+    }
+    let zeros = Tensor::zeros([b, h, n * c - t, d], (&x.device(), x.dtype()));
+    Tensor::cat(vec![x, zeros], 2).reshape([b, h, n, c, d])
 }

@@ -101,6 +101,19 @@ pub fn weigh_cross(read: Tensor<6>, lambda: Tensor<5>) -> Tensor<5> {
     (read * w).sum_dim(3).reshape([b, h, n, c, d])
 }
 
+/// Checks that a training sequence of `t` positions fits the `levels` (positions < 2^(L − 1)).
+pub fn check_length(t: usize, levels: usize) {
+    assert!(t <= max_positions(levels), "log-linear attention: {t} positions exceed the {levels} levels' 2^{} (set model.attention.levels)", levels - 1);
+}
+
+/// The chunk the chunked forms use for `t` positions: `c` (a power of two), capped at t's next
+/// power of two — a longer chunk's padded rows would read levels up to log₂c, beyond the L
+/// that cover `t` positions.
+pub fn level_chunk(c: usize, t: usize) -> usize {
+    assert!(c.is_power_of_two(), "log-linear attention: chunk {c} must be a power of two");
+    c.min(t.next_power_of_two())
+}
+
 /// Checks that token position `t` fits the `levels` (positions < 2^(levels − 1)) and a state
 /// holding `held` levels (allocated for `capacity`).
 pub fn check_position(t: usize, levels: usize, held: usize, capacity: usize) {
@@ -190,11 +203,11 @@ impl LogLinearAttention {
         apply(&self.base.out, merge_heads(rms_norm(norm, o)))
     }
 
-    /// The masked form with given level weights `λ [b, h, t, L]` (the forward passes
-    /// [`Self::lambda`]; tests pass one-hot weights).
+    /// The dense O(T²) masked form with given level weights `λ [b, h, t, L]` (the tests'
+    /// second path; they pass [`Self::lambda`] or one-hot weights).
     pub fn forward_dense(&self, x: Tensor<3>, lambda: Tensor<4>) -> Tensor<3> {
         let t = x.dims()[1];
-        assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
+        check_length(t, self.levels);
         let (q, k, v) = self.qkv(x);
         let scale = 1.0 / (self.base.feature_dim() as f64).sqrt();
         let weights = level_mask(lambda.cast(q.dtype()), t);
@@ -211,11 +224,8 @@ impl LogLinearAttention {
     /// The chunked form with chunk `c` (a power of two) and level weights `λ [b, h, t, L]`.
     pub fn forward_chunked(&self, x: Tensor<3>, lambda: Tensor<4>, c: usize) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        assert!(c.is_power_of_two(), "chunk {c} must be a power of two");
-        // No chunk longer than the sequence needs: its padded rows would read levels up to
-        // log₂C, beyond the L that cover `t` positions.
-        let c = c.min(t.next_power_of_two());
-        assert!(t <= self.max_positions(), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
+        let c = level_chunk(c, t);
+        check_length(t, self.levels);
         let (h, d, dphi) = (self.base.heads, self.base.head_dim, self.base.feature_dim());
         let n = t.div_ceil(c);
         let (q, k, v) = self.qkv(x);

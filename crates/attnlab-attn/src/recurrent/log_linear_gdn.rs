@@ -17,7 +17,7 @@
 //! level `log₂C + bit-length(i XOR j)`: the chunks of one bucket are carried to chunk i's start
 //! as one `d_k × d_v` state, by decode's binary carry run over chunks (the chunk's WY carry `M_i`
 //! as the transition, its writes `F_i(β ⊙ V_i)` as level 0), and read through the chunk's
-//! `R_i`. Cost per head O(T·C·(d_k + d_v + C log₂C) + T/C·log₂(T/C)·d_k²·d_v).
+//! `R_i`. Cost per head O(T·C·(d_k + d_v + C·log₂C) + T·log₂(T/C)·d_k·d_v·(1 + d_k/C)).
 //! The dense form (`O = (E ⊙ M)(β ⊙ V)` over the whole `E [T, T]`, [`super::chunk::delta_attention`],
 //! O(T²)) is kept as the tests' second path. `attnlab bench train`, 2-core AMD EPYC, ms per training
 //! step, MQAR at T = 64 (d_model 64, batch 32): the dense form 135 (Gated DeltaNet's fused op 47,
@@ -32,8 +32,8 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{DType, Device, Tensor};
 
 use super::gated_deltanet::{GatedDeltaNet, GdnOptions};
-use super::chunk::split_chunks;
-use super::log_linear::{carry, check_position, chunk_level_mask, level, level_mask, level_weights, levels_for, max_positions, set_level0, weigh_cross, weigh_levels};
+use super::chunk::{chunk_at, split_chunks};
+use super::log_linear::{carry, check_length, check_position, chunk_level_mask, level, level_chunk, level_mask, level_weights, levels_for, set_level0, weigh_cross, weigh_levels};
 use super::{chunk, conv_silu, gates, l2_normalize, merge_heads, split_heads, Recurrent};
 use crate::config::{ConvInit, DELTA_CHUNK};
 use crate::linear::{apply, linear, Columns};
@@ -64,21 +64,21 @@ struct TrainingInputs {
 
 /// The states of chunk i's cross-chunk buckets at its start, `[b, h, n, cross, d_k, d_v]`
 /// (bucket ℓ' ≥ 1: the chunks j < i with bit-length(i XOR j) = ℓ', carried to chunk i): decode's
-/// binary carry ([`carry`]) at the granularity of chunks, with each chunk's carry `M_i` as the
-/// transition and its writes `F_i (β ⊙ V_i)` as the new level 0. `bv` `[b, h, n, C, d_v]`.
-fn bucket_states(across: &chunk::Across, bv: Tensor<5>) -> Tensor<6> {
-    let [b, h, n, dk, _] = across.carry.dims();
+/// binary carry ([`carry`]) at the granularity of chunks, with each chunk's WY carry `M_i`
+/// (`moves` `[b, h, n, d_k, d_k]`) as the transition of every level and its writes
+/// `F_i (β ⊙ V_i)` (`writes` `[b, h, n, d_k, C]`, `bv` `[b, h, n, C, d_v]`) as the new level 0.
+fn bucket_states(moves: Tensor<5>, writes: Tensor<5>, bv: Tensor<5>) -> Tensor<6> {
+    let [b, h, n, dk, _] = moves.dims();
     let dv = bv.dims()[4];
     let cross = level(n - 1, 0);
-    let at = |x: &Tensor<5>, i: usize| x.clone().narrow(2, i, 1).squeeze_dim::<4>(2);
-    let mut s = Tensor::<5>::zeros([b, cross + 1, h, dk, dv], &bv.device()); // [b, levels, h, d_k, d_v]
+    let mut s = Tensor::<5>::zeros([b, cross + 1, h, dk, dv], (&bv.device(), bv.dtype())); // [b, levels, h, d_k, d_v]
     let mut reads = Vec::with_capacity(n);
     for i in 0..n {
         s = carry(s, i);
         reads.push(s.clone().narrow(1, 1, cross));
         if i + 1 < n {
-            let moved = at(&across.carry, i).unsqueeze_dim::<5>(1).matmul(s);
-            s = set_level0(moved, at(&across.writes, i).matmul(at(&bv, i)).unsqueeze_dim::<5>(1));
+            let moved = chunk_at(&moves, i).unsqueeze_dim::<5>(1).matmul(s);
+            s = set_level0(moved, chunk_at(&writes, i).matmul(chunk_at(&bv, i)).unsqueeze_dim::<5>(1));
         }
     }
     Tensor::stack::<6>(reads, 1).permute([0, 3, 1, 2, 4, 5])
@@ -130,21 +130,20 @@ impl LogLinearGdn {
     /// The chunked training form with chunks of `c` (a power of two) and level weights
     /// `λ [b, h, t, L]`: inside chunk i GDN's `E_ii` weighed per pair, `(E_ii ⊙ M_ii)(β ⊙ V_i)`;
     /// across chunks the buckets' states at the chunk's start ([`bucket_states`]) read through
-    /// `R_i` and weighed by `λ_t^{log₂c + ℓ'}` ([`chunk::delta_chunks`]). O(T·C) per head for
-    /// the chunks plus `O(T/C·log₂(T/C)·d_k²·d_v)` for the buckets.
+    /// `R_i` and weighed by `λ_t^{log₂c + ℓ'}` ([`chunk::delta_chunks`]). Per head
+    /// O(T·C·(d_k + d_v + C·log₂C)) for the chunks, O(T·log₂(T/C)·d_k·d_v·(1 + d_k/C)) for the
+    /// buckets' carries and reads.
     pub fn forward_chunked(&self, x: Tensor<3>, lambda: Tensor<4>, c: usize) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        assert!(c.is_power_of_two(), "log-linear Gated DeltaNet: chunk {c} must be a power of two");
-        // A chunk longer than the sequence would read levels beyond those `t` positions need.
-        let c = c.min(t.next_power_of_two());
+        let c = level_chunk(c, t);
         let TrainingInputs { q, k, beta, g, bv, gate } = self.rule(x);
         let parts = chunk::delta_chunks(q, k, beta, g, c);
         let lambda = split_chunks(lambda.cast(DType::F32), c); // [b, h, n, C, L]
         let bv = split_chunks(bv, c); // [b, h, n, C, d_v]
         let [_, h, n, _, dv] = bv.dims();
         let mut o = (parts.diagonal * chunk_level_mask(lambda.clone())).matmul(bv.clone());
-        if let Some(across) = parts.across {
-            let read = across.read.clone().unsqueeze_dim::<6>(3).matmul(bucket_states(&across, bv)); // [b, h, n, cross, C, d_v]
+        if let Some(chunk::Across { read, carry, writes }) = parts.across {
+            let read = read.unsqueeze_dim::<6>(3).matmul(bucket_states(carry, writes, bv)); // [b, h, n, cross, C, d_v]
             o = o + weigh_cross(read, lambda);
         }
         self.output(o.reshape([b, h, n * c, dv]).narrow(2, 0, t), gate)
@@ -165,7 +164,7 @@ impl LogLinearGdn {
     /// whatever the training precision (as GDN's `run_rule`).
     fn rule(&self, x: Tensor<3>) -> TrainingInputs {
         let [b, t, _] = x.dims();
-        assert!(t <= max_positions(self.levels), "log-linear attention: {t} positions exceed the {} levels' 2^{} (set model.attention.levels)", self.levels, self.levels - 1);
+        check_length(t, self.levels);
         // Only the conv reads the state here: GDN's (one level of S), not the levels' stack.
         let mut state = self.base.init_state(b, t, &x.device());
         let i = self.inputs(x, &mut state, true);
@@ -244,8 +243,8 @@ impl LogLinearGdn {
         (m.heads * m.key_dim * m.value_dim * levels_for(context.max(1)).min(self.levels) + tail) * crate::F32_BYTES
     }
 
-    /// Projections (2 per weight), the conv, and the chunked training form per token and head over
-    /// `context` positions, as computed ([`chunk::delta_chunks`]): in a chunk the pair products,
+    /// Projections (2 per weight), the conv, and the chunked training form per (padded) position
+    /// and head over `context` positions, as computed ([`chunk::delta_chunks`]): in a chunk the pair products,
     /// inverse, diagonal block and its masked product with `β ⊙ V`; across chunks W, R, M, F, the
     /// chunk's write `F(β ⊙ V)`, the carry of every bucket level and one read per level.
     pub fn flops_per_token(&self, context: usize) -> u64 {
@@ -253,7 +252,7 @@ impl LogLinearGdn {
         let proj = m.proj.weight.shape().num_elements() + m.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
         let conv = m.conv.as_ref().map_or(0, |c| c.weight.shape().num_elements());
         let (t, dk, dv) = (context.max(1), m.key_dim, m.value_dim);
-        let c = m.chunk.min(t.next_power_of_two()).max(1);
+        let c = level_chunk(m.chunk, t);
         let n = t.div_ceil(c);
         let squarings = (c.max(2) as f64).log2().ceil() as usize - 1;
         let mut chunked = 4 * c * dk + 4 * c * c * squarings + 2 * c * c + 2 * c * dv;
