@@ -20,9 +20,8 @@
 //! `R_i`. Cost per head O(T·C·(d_k + d_v + C·log₂C) + T·log₂(T/C)·d_k·d_v·(1 + d_k/C)).
 //! The dense form (`O = (E ⊙ M)(β ⊙ V)` over the whole `E [T, T]`, [`super::chunk::delta_attention`],
 //! O(T²)) is kept as the tests' second path. `cargo bench -p attnlab-attn -- log_linear_gdn` (one
-//! layer, d_model 128, 4 heads, batch 4, forward + backward, medians; 2-core AMD EPYC shared with
-//! two trainings, so ratios only): chunked vs dense 125 vs 212 ms at T = 256, 0.64 vs 2.85 s at
-//! T = 1024. (Earlier, `attnlab bench train`, MQAR at T = 64, d_model 64, batch 32, ms per step:
+//! layer, d_model 128, 4 heads, batch 4, forward + backward, medians; idle 2-core AMD EPYC):
+//! chunked vs dense 68 vs 79 ms at T = 256, 0.33 vs 1.22 s at T = 1024. (Earlier, `attnlab bench train`, MQAR at T = 64, d_model 64, batch 32, ms per step:
 //! the dense form 135, GDN's fused op 47, MHA 25; the first, token-by-token training form 858.)
 //! Decode runs the per-level recurrence above, token by token (the tests hold all three forms to
 //! one reference).
