@@ -252,19 +252,18 @@ pub fn delta_attention(q: Tensor<4>, k: Tensor<4>, beta: Tensor<3>, g: Tensor<4>
     let t = q.dims()[2];
     let DeltaChunks { diagonal, across } = delta_chunks(q, k, beta, g, chunk.clamp(1, t.max(1)));
     let [b, h, n, c, _] = diagonal.dims();
-    let at = chunk_at;
     let zero = Tensor::<4>::zeros([b, h, c, c], &diagonal.device());
     let mut blocks: Vec<Vec<Tensor<4>>> = vec![vec![zero; n]; n];
     for (i, row) in blocks.iter_mut().enumerate() {
-        row[i] = at(&diagonal, i);
+        row[i] = chunk_at(&diagonal, i);
     }
     if let Some(Across { read, carry, writes }) = across {
         for j in 0..n - 1 {
-            let mut state = at(&writes, j);
+            let mut state = chunk_at(&writes, j);
             for i in j + 1..n {
-                blocks[i][j] = at(&read, i).matmul(state.clone());
+                blocks[i][j] = chunk_at(&read, i).matmul(state.clone());
                 if i + 1 < n {
-                    state = at(&carry, i).matmul(state);
+                    state = chunk_at(&carry, i).matmul(state);
                 }
             }
         }

@@ -21,8 +21,9 @@
 //! The dense form (`O = (E ⊙ M)(β ⊙ V)` over the whole `E [T, T]`, [`super::chunk::delta_attention`],
 //! O(T²)) is kept as the tests' second path. `cargo bench -p attnlab-attn -- log_linear_gdn` (one
 //! layer, d_model 128, 4 heads, batch 4, forward + backward, medians; idle 2-core AMD EPYC):
-//! chunked vs dense 68 vs 79 ms at T = 256, 0.33 vs 1.22 s at T = 1024. (Earlier, `attnlab bench train`, MQAR at T = 64, d_model 64, batch 32, ms per step:
-//! the dense form 135, GDN's fused op 47, MHA 25; the first, token-by-token training form 858.)
+//! chunked vs dense 68 vs 79 ms at T = 256, 0.33 vs 1.22 s at T = 1024. (Earlier, `attnlab bench
+//! train`, MQAR at T = 64, d_model 64, batch 32, ms per step: the dense form 135, GDN's fused op
+//! 47, MHA 25; the first, token-by-token training form 858.)
 //! Decode runs the per-level recurrence above, token by token (the tests hold all three forms to
 //! one reference).
 //! Decode state: the levels (`bit-length(t) + 1` of them at position t) plus the conv tails.
@@ -245,9 +246,10 @@ impl LogLinearGdn {
     }
 
     /// Projections (2 per weight), the conv, and the chunked training form per (padded) position
-    /// and head over `context` positions, as computed ([`chunk::delta_chunks`]): in a chunk the pair products,
-    /// inverse, diagonal block and its masked product with `β ⊙ V`; across chunks W, R, M, F, the
-    /// chunk's write `F(β ⊙ V)`, the carry of every bucket level and one read per level.
+    /// and head over `context` positions, as computed ([`chunk::delta_chunks`]): in a chunk the
+    /// pair products, inverse, diagonal block and its masked product with `β ⊙ V`; across chunks
+    /// W, R, M, F, the chunk's write `F(β ⊙ V)`, the carry of every bucket level and one read per
+    /// level.
     pub fn flops_per_token(&self, context: usize) -> u64 {
         let m = &self.base;
         let proj = m.proj.weight.shape().num_elements() + m.out.weight.shape().num_elements() + self.level_proj.weight.shape().num_elements();
