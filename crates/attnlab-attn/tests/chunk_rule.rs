@@ -9,7 +9,10 @@
 //! recompute from S = 0 (caught only by the 37-token gradient check here); the fused op's
 //! token-major packing with batch and head swapped (`the_chunked_form_matches_the_token_loop`);
 //! its backward writing dk into q's columns (the gradient check); per-channel g read at the
-//! per-head offset (both), dg written there (the gradient check).
+//! per-head offset (both), dg written there (the gradient check); in the fused backward's
+//! one-pass recompute and reordered row passes: the write without the decay, the residual saved
+//! as v instead of v − p, dg without k·(S_prev dp), dk from S_prev·dp instead of Ŝ·dp (all four
+//! caught by the 37-token gradient check).
 
 mod common;
 

@@ -11,9 +11,12 @@
 //! ≈ 4·C·(d_k + d_v) + 6·d_k·d_v + 4·C²·log₂C, and there is nothing to gain from matrix units.
 //! Heads run in parallel. The backward sweeps the tokens in reverse with
 //! `dS ← Diag(e^g)(dS + q dOᵀ + k dpᵀ)`, recomputing S segment by segment from checkpoints
-//! saved every [`SEGMENT`] tokens (memory T/SEGMENT·d_k·d_v per head instead of T·d_k·d_v):
-//! `dq = S dO`, `dk = dS_tot u + Ŝ dp`, `du = dS_totᵀ k`, `dβ = du·(v − p)`, `dv = β du`,
-//! `dp = −β du`, `dg_c = e^{g_c} Σ_j dŜ_cj S_cj` (summed over c for a per-head decay).
+//! saved every [`SEGMENT`] tokens (memory T/SEGMENT·d_k·d_v per head instead of T·d_k·d_v) and
+//! the residuals `r = v − p` the forward saved (T·d_v per head), so that the recompute is the
+//! write alone, `S ← Diag(a) S + k (β r)ᵀ`, one pass over S per token:
+//! `dq = S dO`, `dk = dS_tot u + Ŝ dp`, `du = dS_totᵀ k`, `dβ = du·r`, `dv = β du`,
+//! `dp = −β du`, `dg_c = e^{g_c} (dS_tot,c·S_prev,c + k_c (S_prev,c·dp))` (summed over c for a
+//! per-head decay): two passes over the rows of dS per token, five and two row operations.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -88,7 +91,8 @@ impl Head<'_> {
     }
 }
 
-/// `Σ a_i b_i` in 8 independent lanes (a float reduction the compiler can vectorise).
+/// `Σ a_i b_i` in 8 independent lanes (a float reduction the compiler can vectorise; summing
+/// the lanes as a tree, or keeping two vectors of lanes, made LLVM fall back to 128-bit code).
 ///
 /// The kernels use `mul_add` (one FMA instruction in the AVX2+FMA build, and on aarch64; a
 /// library call only in the baseline x86 build for CPUs without FMA).
@@ -124,7 +128,7 @@ fn decays(d: &Dims, x: &Head, t: usize, out: &mut [f32]) {
 /// `out = scale · x / √(Σx² + 1e-6)` (or `scale · x` without `l2`); returns the norm (1 without).
 #[inline(always)]
 fn prepare(x: &[f32], l2: bool, scale: f32, out: &mut [f32]) -> f32 {
-    let n = if l2 { (x.iter().map(|v| v * v).sum::<f32>() + L2_EPS).sqrt() } else { 1.0 };
+    let n = if l2 { (dot(x, x) + L2_EPS).sqrt() } else { 1.0 };
     let f = scale / n;
     out.iter_mut().zip(x).for_each(|(o, v)| *o = v * f);
     n
@@ -138,27 +142,24 @@ fn unprepare(x: &[f32], n: f32, l2: bool, scale: f32, grad: &mut [f32]) {
         grad.iter_mut().for_each(|g| *g *= scale);
         return;
     }
-    let dot: f32 = x.iter().zip(grad.iter()).map(|(x, g)| x * g).sum::<f32>() / n;
-    grad.iter_mut().zip(x).for_each(|(g, x)| *g = scale * (*g - x / n * dot) / n);
+    let proj = dot(x, grad) / n;
+    grad.iter_mut().zip(x).for_each(|(g, x)| *g = scale * (*g - x / n * proj) / n);
 }
 
 /// ε inside fla's L2 norm.
 const L2_EPS: f32 = 1e-6;
 
-/// The first half of a token with the prepared key `k`: S ← Diag(a) S, p = Sᵀk, and the
-/// write's values u = β(v − p) (delta) or v (additive). `s` is `d_k × d_v`.
+/// One token with the prepared key `k` and query `q` (S is `d_k × d_v`): the decays a = e^{g_t},
+/// the prediction `p = (Diag(a) S)ᵀ k` (a read of S), the write's values u = β(v − p) (delta) or
+/// v (additive), then `S ← Diag(a) S + k uᵀ` and the readout `o = Sᵀq` in one pass over S.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
+fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32], o: &mut [f32]) {
     let dv = d.dv;
     decays(d, x, t, a);
     p.iter_mut().for_each(|v| *v = 0.0);
     for c in 0..d.dk {
-        let (ac, kc) = (a[c], k[c]);
-        s[c * dv..(c + 1) * dv].iter_mut().zip(p.iter_mut()).for_each(|(r, p)| {
-            *r *= ac;
-            *p = r.mul_add(kc, *p);
-        });
+        axpy(p, a[c] * k[c], &s[c * dv..(c + 1) * dv]);
     }
     let v = x.v(d, t);
     if d.delta {
@@ -167,39 +168,20 @@ fn decay_predict(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut
     } else {
         u.copy_from_slice(v);
     }
-}
-
-/// One token: [`decay_predict`], then the write `S += k uᵀ`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn advance(d: &Dims, x: &Head, t: usize, k: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32]) {
-    decay_predict(d, x, t, k, s, a, p, u);
-    let dv = d.dv;
-    for c in 0..d.dk {
-        let kc = k[c];
-        s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).for_each(|(r, u)| *r = kc.mul_add(*u, *r));
-    }
-}
-
-/// [`advance`] and the readout `o = Sᵀq` in the same pass over S as the write.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn advance_read(d: &Dims, x: &Head, t: usize, k: &[f32], q: &[f32], s: &mut [f32], a: &mut [f32], p: &mut [f32], u: &mut [f32], o: &mut [f32]) {
-    decay_predict(d, x, t, k, s, a, p, u);
-    let dv = d.dv;
     o.iter_mut().for_each(|v| *v = 0.0);
     for c in 0..d.dk {
-        let (kc, qc) = (k[c], q[c]);
+        let (ac, kc, qc) = (a[c], k[c], q[c]);
         s[c * dv..(c + 1) * dv].iter_mut().zip(u.iter()).zip(o.iter_mut()).for_each(|((r, u), o)| {
-            *r = kc.mul_add(*u, *r);
+            *r = kc.mul_add(*u, *r * ac);
             *o = qc.mul_add(*r, *o);
         });
     }
 }
 
-/// One head forward: o `[t, d_v]` and the states before tokens 0, SEGMENT, 2·SEGMENT, ….
+/// One head forward: o `[t, d_v]`, the states before tokens 0, SEGMENT, 2·SEGMENT, … and (delta
+/// rule) the residuals `v_t − p_t` `[t, d_v]`.
 #[inline(always)]
-fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
+fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32], resid: &mut [f32]) {
     let (dk, dv) = (d.dk, d.dv);
     let mut s = vec![0.0f32; dk * dv];
     let (mut a, mut p, mut u) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv]);
@@ -211,6 +193,9 @@ fn forward_head(d: &Dims, x: &Head, o: &mut [f32], saved: &mut [f32]) {
         prepare(x.k(d, t), d.l2, 1.0, &mut k);
         prepare(x.q(d, t), d.l2, d.scale, &mut q);
         advance_read(d, x, t, &k, &q, &mut s, &mut a, &mut p, &mut u, &mut o[t * dv..(t + 1) * dv]);
+        if d.delta {
+            resid[t * dv..(t + 1) * dv].iter_mut().zip(x.v(d, t)).zip(&p).for_each(|((r, v), p)| *r = v - p);
+        }
     }
 }
 
@@ -218,21 +203,27 @@ fn segments(t: usize) -> usize {
     t.div_ceil(SEGMENT)
 }
 
-/// o (token-major, `[b, t, h·d_v]`) and the saved states (head by head) for all heads.
-fn forward(p: &Packed, d: &Dims, qkv: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Residual values a head saves: `t·d_v` for the delta rule, a placeholder 1 for the additive.
+fn resid_len(d: &Dims) -> usize {
+    if d.delta { d.t * d.dv } else { 1 }
+}
+
+/// o (token-major, `[b, t, h·d_v]`), the saved states and residuals (head by head) for all heads.
+fn forward(p: &Packed, d: &Dims, qkv: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (t, dk, dv) = (d.t, d.dk, d.dv);
     let mut out = vec![0.0f32; d.heads * t * dv];
     let per_head = segments(t) * dk * dv;
     let mut saved = vec![0.0f32; d.heads * per_head];
+    let mut resid = vec![0.0f32; d.heads * resid_len(d)];
     let rows = Rows::new(&mut out);
-    saved.par_chunks_mut(per_head.max(1)).enumerate().for_each(|(i, saved)| {
+    saved.par_chunks_mut(per_head.max(1)).zip(resid.par_chunks_mut(resid_len(d).max(1))).enumerate().for_each(|(i, (saved, resid))| {
         let x = p.head(i, qkv, beta, g);
         let mut o = vec![0.0f32; t * dv];
-        with_avx2!(forward_head(d, &x, &mut o, saved));
+        with_avx2!(forward_head(d, &x, &mut o, saved, resid));
         // SAFETY: head i alone writes its column block of o.
         unsafe { rows.put(p.o_start(i), p.h * dv, dv, &o) };
     });
-    (out, saved)
+    (out, saved, resid)
 }
 
 /// One head's gradients: dq, dk `[t, d_k]`, dv `[t, d_v]`, dβ `[t]`, dg `[t, e]`.
@@ -244,16 +235,27 @@ struct HeadGrads {
     dg: Vec<f32>,
 }
 
+/// `S_next = Diag(a) S_prev + k uᵀ` ([`advance_read`]'s write, bit for bit), `d_k × d_v` rows.
 #[inline(always)]
-/// `d_o`: the head's output gradients, token t's at `d_o[t·o_row..][..d_v]`.
-fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32], o_row: usize) -> HeadGrads {
+fn write_next(prev: &[f32], next: &mut [f32], a: &[f32], k: &[f32], u: &[f32]) {
+    let dv = u.len();
+    for (c, (next, prev)) in next.chunks_exact_mut(dv).zip(prev.chunks_exact(dv)).enumerate() {
+        let (ac, kc) = (a[c], k[c]);
+        next.iter_mut().zip(prev).zip(u).for_each(|((n, p), u)| *n = kc.mul_add(*u, *p * ac));
+    }
+}
+
+/// One head's gradients from its checkpoints `saved` and residuals `resid` (the delta rule's
+/// `v − p`, [`forward_head`]); `d_o`: the head's output gradients, token t's at
+/// `d_o[t·o_row..][..d_v]`.
+#[inline(always)]
+fn backward_head(d: &Dims, x: &Head, saved: &[f32], resid: &[f32], d_o: &[f32], o_row: usize) -> HeadGrads {
     let (t_len, dk, dv, e) = (d.t, d.dk, d.dv, d.e);
     let mut gr = HeadGrads { dq: vec![0.0; t_len * dk], dk: vec![0.0; t_len * dk], dv: vec![0.0; t_len * dv], dbeta: vec![0.0; t_len], dg: vec![0.0; t_len * e] };
     let mut ds = vec![0.0f32; dk * dv];
-    let (mut a, mut p, mut u, mut du, mut dp) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv], vec![0.0; dv], vec![0.0; dv]);
+    let (mut a, mut du, mut dp, mut da) = (vec![0.0; dk], vec![0.0; dv], vec![0.0; dv], vec![0.0; dk]);
     // states[j] = S before token start + j; states[len] = after the segment's last token.
     let mut states = vec![0.0f32; (SEGMENT + 1) * dk * dv];
-    let mut ps = vec![0.0f32; SEGMENT * dv];
     let mut us = vec![0.0f32; SEGMENT * dv];
     let (mut q, mut k) = (vec![0.0f32; dk], vec![0.0f32; dk]);
     for seg in (0..segments(t_len)).rev() {
@@ -261,25 +263,30 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32], o_row: usize) -
         let len = SEGMENT.min(t_len - start);
         states[..dk * dv].copy_from_slice(&saved[seg * dk * dv..(seg + 1) * dk * dv]);
         for j in 0..len {
+            let t = start + j;
+            let u = &mut us[j * dv..(j + 1) * dv];
+            if d.delta {
+                let beta = x.beta(t);
+                u.iter_mut().zip(&resid[t * dv..(t + 1) * dv]).for_each(|(u, r)| *u = beta * r);
+            } else {
+                u.copy_from_slice(x.v(d, t));
+            }
+            prepare(x.k(d, t), d.l2, 1.0, &mut k);
+            decays(d, x, t, &mut a);
             let (before, after) = states.split_at_mut((j + 1) * dk * dv);
-            let s = &mut after[..dk * dv];
-            s.copy_from_slice(&before[j * dk * dv..]);
-            prepare(x.k(d, start + j), d.l2, 1.0, &mut k);
-            advance(d, x, start + j, &k, s, &mut a, &mut p, &mut u);
-            ps[j * dv..(j + 1) * dv].copy_from_slice(&p);
-            us[j * dv..(j + 1) * dv].copy_from_slice(&u);
+            write_next(&before[j * dk * dv..], &mut after[..dk * dv], &a, &k, u);
         }
         for j in (0..len).rev() {
             let t = start + j;
             let s_prev = &states[j * dk * dv..(j + 1) * dk * dv];
             let s_cur = &states[(j + 1) * dk * dv..(j + 2) * dk * dv];
-            let (p, u) = (&ps[j * dv..(j + 1) * dv], &us[j * dv..(j + 1) * dv]);
+            let u = &us[j * dv..(j + 1) * dv];
             let (q_raw, k_raw) = (x.q(d, t), x.k(d, t));
             let n_q = prepare(q_raw, d.l2, d.scale, &mut q);
             let n_k = prepare(k_raw, d.l2, 1.0, &mut k);
             let d_ot = &d_o[t * o_row..][..dv];
             decays(d, x, t, &mut a);
-            // dq = S dO; dS += q dOᵀ; dk = dS u; du = dSᵀ k.
+            // dq = S dO; dS += q dOᵀ (dS_tot); dk = dS_tot u; du = dS_totᵀ k; da = dS_tot·S_prev per row.
             du.iter_mut().for_each(|v| *v = 0.0);
             for c in 0..dk {
                 let row = &mut ds[c * dv..(c + 1) * dv];
@@ -287,29 +294,37 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32], o_row: usize) -
                 axpy(row, q[c], d_ot);
                 gr.dk[t * dk + c] = dot(row, u);
                 axpy(&mut du, k[c], row);
+                da[c] = dot(row, &s_prev[c * dv..(c + 1) * dv]);
             }
-            let v = x.v(d, t);
             if d.delta {
                 let beta = x.beta(t);
-                gr.dbeta[t] = du.iter().zip(v).zip(p).map(|((du, v), p)| du * (v - p)).sum();
+                gr.dbeta[t] = dot(&du, &resid[t * dv..(t + 1) * dv]);
                 for jj in 0..dv {
                     gr.dv[t * dv + jj] = beta * du[jj];
                     dp[jj] = -beta * du[jj];
                 }
+                // Ŝ = Diag(a) S_prev, dŜ = dS_tot + k dpᵀ: dk += Ŝ dp, da += k ⊙ (S_prev dp),
+                // dS ← Diag(a) dŜ.
+                for c in 0..dk {
+                    let row = &mut ds[c * dv..(c + 1) * dv];
+                    let prev_dp = dot(&s_prev[c * dv..(c + 1) * dv], &dp);
+                    let (ac, kc) = (a[c], k[c]);
+                    gr.dk[t * dk + c] += ac * prev_dp;
+                    da[c] += kc * prev_dp;
+                    row.iter_mut().zip(&dp).for_each(|(r, dp)| *r = ac * kc.mul_add(*dp, *r));
+                }
             } else {
                 gr.dv[t * dv..(t + 1) * dv].copy_from_slice(&du);
-                dp.iter_mut().for_each(|v| *v = 0.0);
+                for c in 0..dk {
+                    let ac = a[c];
+                    ds[c * dv..(c + 1) * dv].iter_mut().for_each(|r| *r *= ac);
+                }
             }
-            // dŜ = dS + k dpᵀ; dk += Ŝ dp; dg = a ⊙ Σ_j dŜ ⊙ S_prev; dS ← Diag(a) dŜ.
-            for c in 0..dk {
-                let row = &mut ds[c * dv..(c + 1) * dv];
-                let prev = &s_prev[c * dv..(c + 1) * dv];
-                axpy(row, k[c], &dp);
-                gr.dk[t * dk + c] += a[c] * dot(prev, &dp);
-                let da = dot(row, prev);
-                let ac = a[c];
-                row.iter_mut().for_each(|r| *r *= ac);
-                gr.dg[t * e + if e == 1 { 0 } else { c }] += da * ac;
+            let dg = &mut gr.dg[t * e..(t + 1) * e];
+            if e == 1 {
+                dg[0] = a[0] * da.iter().sum::<f32>();
+            } else {
+                dg.iter_mut().zip(&da).zip(&a).for_each(|((dg, da), a)| *dg = da * a);
             }
             unprepare(q_raw, n_q, d.l2, d.scale, &mut gr.dq[t * dk..(t + 1) * dk]);
             unprepare(k_raw, n_k, d.l2, 1.0, &mut gr.dk[t * dk..(t + 1) * dk]);
@@ -319,7 +334,7 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], d_o: &[f32], o_row: usize) -
 }
 
 /// d(qkv), dβ, dg for all heads, token-major like the inputs; `d_o` is `[b, t, h·d_v]`.
-fn backward(p: &Packed, d: &Dims, (qkv, beta, g): (&[f32], &[f32], &[f32]), saved: &[f32], d_o: &[f32]) -> [Vec<f32>; 3] {
+fn backward(p: &Packed, d: &Dims, (qkv, beta, g): (&[f32], &[f32], &[f32]), (saved, resid): (&[f32], &[f32]), d_o: &[f32]) -> [Vec<f32>; 3] {
     let (t, dk, dv, e, h, w) = (d.t, d.dk, d.dv, d.e, p.h, p.width());
     let per_head = segments(t) * dk * dv;
     let (mut dqkv, mut dbeta, mut dg) = (vec![0.0f32; qkv.len()], vec![0.0f32; beta.len()], vec![0.0f32; g.len()]);
@@ -329,7 +344,8 @@ fn backward(p: &Packed, d: &Dims, (qkv, beta, g): (&[f32], &[f32], &[f32]), save
     let (to_qkv, to_beta, to_g) = (Rows::new(&mut dqkv), Rows::new(&mut dbeta), Rows::new(&mut dg));
     (0..d.heads).into_par_iter().for_each(|i| {
         let x = p.head(i, qkv, beta, g);
-        let gr = with_avx2!(backward_head(d, &x, &saved[i * per_head..(i + 1) * per_head], &d_o[p.o_start(i)..], h * dv));
+        let rl = resid_len(d);
+        let gr = with_avx2!(backward_head(d, &x, &saved[i * per_head..(i + 1) * per_head], &resid[i * rl..(i + 1) * rl], &d_o[p.o_start(i)..], h * dv));
         let [q, k, v] = p.qkv_starts(i);
         // SAFETY: head i alone writes its column blocks of d(qkv), dβ and dg.
         unsafe {
@@ -427,13 +443,14 @@ impl Packed {
     }
 }
 
-/// What the backward keeps: the (contiguous) inputs, the saved states and the shapes.
+/// What the backward keeps: the (contiguous) inputs, the saved states and residuals, the shapes.
 #[derive(Clone, Debug)]
 struct Saved {
     qkv: FlexTensor,
     beta: FlexTensor,
     g: FlexTensor,
     states: Vec<f32>,
+    resid: Vec<f32>,
     packed: Packed,
     dims: Dims,
 }
@@ -457,8 +474,8 @@ fn run(qkv: FlexTensor, beta: FlexTensor, g: FlexTensor, h: usize, dk: usize, op
     let p = Packed::of(&qkv.shape(), &beta.shape(), &g.shape(), h, dk);
     let (qkv, beta, g) = (contiguous(qkv), contiguous(beta), contiguous(g));
     let dims = p.dims(options);
-    let (o, states) = forward(&p, &dims, slice(&qkv), slice(&beta), slice(&g));
-    (from_vec(o, Shape::new([p.b, p.t, h * p.dv])), Saved { qkv, beta, g, states, packed: p, dims })
+    let (o, states, resid) = forward(&p, &dims, slice(&qkv), slice(&beta), slice(&g));
+    (from_vec(o, Shape::new([p.b, p.t, h * p.dv])), Saved { qkv, beta, g, states, resid, packed: p, dims })
 }
 
 impl DeltaRuleBackend for Flex {
@@ -474,9 +491,9 @@ impl Backward<Flex, 3> for DeltaRuleBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Saved { qkv, beta, g, states, packed: p, dims } = ops.state;
+        let Saved { qkv, beta, g, states, resid, packed: p, dims } = ops.state;
         let d_out = contiguous(grads.consume::<Flex>(&ops.node));
-        let grads_in = backward(&p, &dims, (slice(&qkv), slice(&beta), slice(&g)), &states, slice(&d_out));
+        let grads_in = backward(&p, &dims, (slice(&qkv), slice(&beta), slice(&g)), (&states, &resid), slice(&d_out));
         let outs = grads_in.into_iter().zip([p.width(), p.h, p.h * p.e]);
         for (node, (grad, width)) in ops.parents.into_iter().zip(outs) {
             if let Some(node) = node {
