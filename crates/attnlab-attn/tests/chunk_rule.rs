@@ -12,7 +12,9 @@
 //! per-head offset (both), dg written there (the gradient check); in the fused backward's
 //! one-pass recompute and reordered row passes: the write without the decay, the residual saved
 //! as v instead of v − p, dg without k·(S_prev dp), dk from S_prev·dp instead of Ŝ·dp (all four
-//! caught by the 37-token gradient check).
+//! caught by the 37-token gradient check); the residuals read at the head's offset within its
+//! sequence instead of the batch (caught since that check runs 2 sequences), the additive rule's
+//! backward decaying every row of dS by channel 0's α (caught by its per-channel case).
 
 mod common;
 
@@ -165,12 +167,16 @@ fn one_token_at_a_time_matches_the_token_loop_and_hands_the_state_over() {
 
 /// The gradients of `Σ o ⊙ r + Σ S ⊙ r'` with respect to q, k, v, β and g against central
 /// differences of the f64 loop, 4 entries and the largest of each: the chunked form, and the
-/// fused CPU op ([`Rule::forward`], output only) over 37 tokens (three recompute segments).
+/// fused CPU op ([`Rule::forward`], output only) over 37 tokens (three recompute segments), for
+/// 2 sequences of 2 heads with d_k = 12, d_v = 10 (the kernel's 8-lane blocks and a scalar tail
+/// in every dot product), also the additive rule with a per-channel decay.
 #[test]
 fn gradients_match_finite_differences_of_the_token_loop() {
     let dev = cpu().autodiff();
-    let (b, h, dk, dv, chunk) = (1, 2, 4, 3, 4);
-    for ((delta, decay), fused) in CASES.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+    let chunk = 4;
+    let cases = CASES.into_iter().flat_map(|c| [(c, false), (c, true)]).chain([((false, Decay::Channel), true)]);
+    for ((delta, decay), fused) in cases {
+        let (b, h, dk, dv) = if fused { (2, 2, 12, 10) } else { (1, 2, 4, 3) };
         let t = if fused { 37 } else { 11 };
         let seqs = heads(b * h, t, dk, dv, delta, decay, 23);
         let r = rule(&seqs, b, decay, &dev);

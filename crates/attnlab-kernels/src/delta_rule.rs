@@ -16,7 +16,8 @@
 //! write alone, `S ← Diag(a) S + k (β r)ᵀ`, one pass over S per token:
 //! `dq = S dO`, `dk = dS_tot u + Ŝ dp`, `du = dS_totᵀ k`, `dβ = du·r`, `dv = β du`,
 //! `dp = −β du`, `dg_c = e^{g_c} (dS_tot,c·S_prev,c + k_c (S_prev,c·dp))` (summed over c for a
-//! per-head decay): two passes over the rows of dS per token, five and two row operations.
+//! per-head decay): two passes over the rows of dS per token, of five and two row operations (one
+//! for the additive rule).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -322,7 +323,7 @@ fn backward_head(d: &Dims, x: &Head, saved: &[f32], resid: &[f32], d_o: &[f32], 
             }
             let dg = &mut gr.dg[t * e..(t + 1) * e];
             if e == 1 {
-                dg[0] = a[0] * da.iter().sum::<f32>();
+                dg[0] = a.first().map_or(0.0, |a| a * da.iter().sum::<f32>());
             } else {
                 dg.iter_mut().zip(&da).zip(&a).for_each(|((dg, da), a)| *dg = da * a);
             }
