@@ -39,7 +39,8 @@ fn relative_error(reference: &[f64], other: &[f64]) -> f64 {
 /// For every kind, one step's loss and gradients in f16 and bf16 (parameters cast to the half
 /// type inside the graph, f16 with its loss scale undone) against f32 from the same weights and
 /// batch: loss within 0.1%, the whole gradient vector within 1% (bf16 6%) relative L2 error,
-/// every gradient f32; and the forward really runs in the half type (its logits are). Seen here
+/// every gradient f32; and the forward really runs in the half type (its logits are); log-linear
+/// attention over Gated DeltaNet as well. Seen here
 /// (2026-12-04): f16 errors 0.0008–0.0032 (KDA largest), bf16 0.006–0.035.
 ///
 /// Planted, and seen to fail: the loss scale not undone (gradient error 1023); RoPE's f32
@@ -69,11 +70,13 @@ fn a_half_precision_step_matches_f32_for_every_kind() {
     ];
     let covered: Vec<&str> = configs.iter().map(|c| c.split('"').nth(1).unwrap()).collect();
     assert_eq!(covered, KINDS, "one config per kind");
-    for (kind, config) in KINDS.iter().zip(configs) {
+    // Log-linear attention over Gated DeltaNet too (its dense training form, not the base's).
+    let variants = [("log_linear", "{kind = \"log_linear\", base = \"gated_deltanet\"}")];
+    for (kind, config) in KINDS.iter().copied().zip(configs).chain(variants) {
         let kind_set = format!("model.attention={config}");
         // DSA's indexer trains on its own loss only: a stage with its KL, so it has gradients.
         let stage = "train.stages=[{name = \"sparse\", steps = 12, lr = 1e-3, aux = { indexer_kl = 1.0 }}]";
-        let kind_sets: Vec<&str> = if *kind == "dsa" { vec![&kind_set, stage] } else { vec![&kind_set] };
+        let kind_sets: Vec<&str> = if kind == "dsa" { vec![&kind_set, stage] } else { vec![&kind_set] };
         let reference = tiny_run("precision", &kind_sets);
         let model = seeded_model(&reference.spec.model, 0, &device);
         let (g32, l32) = accumulated_grads(&model, &reference, &mut Rng::new(3), 0, &device);

@@ -289,7 +289,9 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                  (it equals the formula: MHA 2·h·d_h·l, GQA 2·g·d_h·l, MQA 2·d_h·l, MLA (d_c + d_R)·l, × 4 bytes; \
                  a sliding window's state stops growing at the window, and a recurrent state (linear, gated_deltanet, kda) never grows, \
                  so their bytes are averaged over a full `model.max_seq` context).\n\n\
-                 MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured matmul peak in the run's compute type (`attnlab bench peak`: best over sizes since 2026-12-04, 1024³ only before), never above 100%.\n\n\
+                 MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured matmul peak in the run's compute type (`attnlab bench peak`: best over sizes since 2026-12-04, 1024³ only before), never above 100%. \
+                 For linear, gated_deltanet and kda the forward FLOPs are those of the chunked training form (C × C scores and, for the delta rules, the Gram matrix and its inverse), \
+                 which the fused recurrence they train with on CPU does not compute: there their MFU overstates the work done; compare tokens/s.\n\n\
                  ¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
     if sparse {
         md.push_str("⁴ Keys attended: the fraction of the causal (query, key) pairs that enter the attention softmax at the training block length, averaged over heads and over the layers that attend key by key \
