@@ -116,9 +116,11 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
         flat.entry(key.to_string()).or_insert_with(|| default.to_string());
     }
     // An extension (`train --extend`) has the config of a run trained from scratch to the same
-    // steps; it is another run, grouped apart.
-    if let Some(from) = summary.get("extended_from").and_then(Json::as_str) {
-        flat.insert("extended_from".into(), from.to_string());
+    // steps; it is another run, grouped apart by the step it restarted from (so the seeds of
+    // one extended point pool together; the parent run's id is in its summary).
+    if summary.get("extended_from").and_then(Json::as_str).is_some() {
+        let step = summary.get("extended_from_step").and_then(Json::as_u64).map_or("yes".to_string(), |s| s.to_string());
+        flat.insert("extended_from_step".into(), step);
     }
     let metrics: Vec<Json> = std::fs::read(root.join("metrics.jsonl"))
         .map(|b| String::from_utf8_lossy(&b).into_owned())

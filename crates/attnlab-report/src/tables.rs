@@ -85,8 +85,9 @@ const MIXER_FIELDS: [&str; 3] = ["model.attention", "model.pattern", "model.over
 
 /// Groups runs by the config fields (other than the seed) whose values differ between runs.
 pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
-    // A key some runs lack (an extension's `extended_from`, a field newer than a run) counts
-    // as the value "–" for them, so its presence alone separates groups.
+    // A key some runs lack (an extension's `extended_from_step`, a field newer than a run)
+    // counts as the value "–" for them, so its presence alone separates groups; labels leave
+    // such an absent key out.
     let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.config.keys().map(String::as_str)).collect();
     let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for r in runs {
@@ -118,7 +119,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
             None => {
                 let mut label = r.text("attention");
                 for (k, v) in &fields {
-                    if k != "model.attention" {
+                    if k != "model.attention" && v != "–" {
                         label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
                     }
                 }

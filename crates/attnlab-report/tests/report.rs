@@ -283,9 +283,11 @@ fn two_stores_side_by_side() {
 /// An extension (`train --extend`, same config as a from-scratch run), a run with dropout (a
 /// field its config omits at 0) and a run whose best val loss is null each stay apart from the
 /// plain runs, and nothing panics on the null.
+/// Two extensions of different runs from the same step (two seeds of one extended point) pool
+/// into one group, labelled `extended_from_step=…`, and no label shows an absent key as `=–`.
 /// Planted, and seen to fail: `extended_from` not read into the config (the extension
 /// deduplicated away as a copy of the from-scratch run); no default for `model.positions` (the
-/// plain runs labelled `positions=–`).
+/// plain runs labelled `positions=–`); the extensions grouped by their parent's id (two groups); labels keeping an absent key as `=–`.
 #[test]
 fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -294,7 +296,13 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     fixture_run(&store, "ext", "mha", 4096, 0, 1.9);
     let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("ext/summary.json")).unwrap()).unwrap();
     s["extended_from"] = serde_json::json!("plain");
+    s["extended_from_step"] = serde_json::json!(20);
     std::fs::write(store.join("ext/summary.json"), s.to_string()).unwrap();
+    fixture_run(&store, "ext2", "mha", 4096, 1, 1.8);
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("ext2/summary.json")).unwrap()).unwrap();
+    s["extended_from"] = serde_json::json!("plain_seed_1");
+    s["extended_from_step"] = serde_json::json!(20);
+    std::fs::write(store.join("ext2/summary.json"), s.to_string()).unwrap();
     fixture_run(&store, "drop", "mha", 4096, 0, 2.1);
     let config = std::fs::read_to_string(store.join("drop/config.toml")).unwrap().replace("[model]\n", "[model]\ndropout = 0.1\n");
     std::fs::write(store.join("drop/config.toml"), config).unwrap();
@@ -303,9 +311,13 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     s["best_val_loss"] = serde_json::Value::Null;
     std::fs::write(store.join("nan/summary.json"), s.to_string()).unwrap();
     let (runs, skipped) = attnlab_report::load_store(&store).unwrap();
-    assert_eq!(runs.len(), 4, "{skipped:?}");
+    assert_eq!(runs.len(), 5, "{skipped:?}");
     let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
-    assert_eq!(groups.len(), 3, "{:?}", groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+    let labels: Vec<&String> = groups.iter().map(|g| &g.label).collect();
+    assert_eq!(groups.len(), 3, "{labels:?}");
+    let extended = groups.iter().find(|g| g.label.contains("extended_from_step=20")).unwrap_or_else(|| panic!("{labels:?}"));
+    assert_eq!(extended.runs.len(), 2, "{labels:?}");
+    assert!(labels.iter().all(|l| !l.contains("=–")), "{labels:?}");
     // Learned positions (omitted from a config at "none"): apart, and the plain runs' label
     // names the default rather than "–".
     fixture_run(&store, "pos", "mha", 4096, 0, 2.2);
