@@ -291,7 +291,7 @@ pub fn markdown(runs: &[RunRecord], groups: &[Group], notes: Option<&str>) -> St
                  a sliding window's state stops growing at the window, and a recurrent state (linear, gated_deltanet, kda) never grows, \
                  so their bytes are averaged over a full `model.max_seq` context).\n\n\
                  MFU: 3 · forward FLOPs/token · train tokens/s / the device's measured matmul peak in the run's compute type (`attnlab bench peak`: best over sizes since 2026-12-04, 1024³ only before), never above 100%. \
-                 For linear, gated_deltanet and kda the forward FLOPs are those of the chunked training form (C × C scores and, for the delta rules, the Gram matrix and its inverse), \
+                 For gated_deltanet and kda the forward FLOPs are those of the chunked training form (C × C scores and, for the delta rules, the Gram matrix and its inverse), \
                  which the fused recurrence they train with on CPU does not compute: there their MFU overstates the work done; compare tokens/s.\n\n\
                  ¹ Peak resident memory of the process that ran the run (a `sweep` process runs several runs, so this is an upper bound for one run).\n\n");
     if sparse {
