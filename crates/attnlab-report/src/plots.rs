@@ -331,7 +331,7 @@ pub fn accuracy_svg(groups: &[Group], field: &str, path: &Path) -> Result<()> {
         let name: Vec<String> = g
             .fields
             .iter()
-            .filter(|(k, _)| k.as_str() != field)
+            .filter(|(k, v)| k.as_str() != field && v.as_str() != "–")
             .map(|(k, v)| if k == "model.attention" { attention_name(g) } else { format!("{}={v}", k.rsplit('.').next().unwrap_or(k)) })
             .collect();
         let name = name.join(" ");

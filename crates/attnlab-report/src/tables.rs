@@ -443,7 +443,7 @@ fn accuracy_pivot(groups: &[Group]) -> Option<String> {
         return None;
     }
     let column = |g: &Group| -> String {
-        g.fields.iter().filter(|(k, _)| k.as_str() != "model.attention").map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k))).collect::<Vec<_>>().join(" ")
+        g.fields.iter().filter(|(k, v)| k.as_str() != "model.attention" && v.as_str() != "–").map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k))).collect::<Vec<_>>().join(" ")
     };
     let row = |g: &Group| g.label.split(' ').next().unwrap_or(&g.label).to_string();
     let mut columns: Vec<String> = Vec::new();
