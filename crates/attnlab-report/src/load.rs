@@ -92,6 +92,26 @@ fn short(v: &Json) -> String {
     if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
 }
 
+/// For an extension, the steps it and its ancestors restarted from, oldest first: "8000", or
+/// "8000+12000" for an extension of an extension (followed through the store's run folders as
+/// far as they are there), so that two runs reaching the same steps by different restarts stay
+/// apart. `None` for a run trained from scratch.
+fn restart_chain(root: &Path, summary: &Json) -> Option<String> {
+    summary.get("extended_from").and_then(Json::as_str)?;
+    let mut steps = Vec::new();
+    let mut current = summary.clone();
+    while let Some(parent) = current.get("extended_from").and_then(Json::as_str).map(str::to_string) {
+        steps.push(current.get("extended_from_step").and_then(Json::as_u64).map_or("?".to_string(), |s| s.to_string()));
+        let parent_summary = root.parent().and_then(|store| std::fs::read(store.join(&parent).join("summary.json")).ok());
+        match parent_summary.and_then(|b| serde_json::from_slice::<Json>(&b).ok()) {
+            Some(s) if steps.len() < 64 => current = s,
+            _ => break,
+        }
+    }
+    steps.reverse();
+    Some(steps.join("+"))
+}
+
 /// One run folder: `Ok(None)` when it has no summary (not finished), `Err(reason)` when its
 /// files cannot be used.
 fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
@@ -116,11 +136,10 @@ fn load_run(root: &Path) -> std::result::Result<Option<RunRecord>, String> {
         flat.entry(key.to_string()).or_insert_with(|| default.to_string());
     }
     // An extension (`train --extend`) has the config of a run trained from scratch to the same
-    // steps; it is another run, grouped apart by the step it restarted from (so the seeds of
+    // steps; it is another run, grouped apart by the steps it restarted from (so the seeds of
     // one extended point pool together; the parent run's id is in its summary).
-    if summary.get("extended_from").and_then(Json::as_str).is_some() {
-        let step = summary.get("extended_from_step").and_then(Json::as_u64).map_or("yes".to_string(), |s| s.to_string());
-        flat.insert("extended_from_step".into(), step);
+    if let Some(chain) = restart_chain(root, &summary) {
+        flat.insert("extended_from_step".into(), chain);
     }
     let metrics: Vec<Json> = std::fs::read(root.join("metrics.jsonl"))
         .map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -284,10 +284,13 @@ fn two_stores_side_by_side() {
 /// field its config omits at 0) and a run whose best val loss is null each stay apart from the
 /// plain runs, and nothing panics on the null.
 /// Two extensions of different runs from the same step (two seeds of one extended point) pool
-/// into one group, labelled `extended_from_step=…`, and no label shows an absent key as `=–`.
+/// into one group, labelled `extended_from_step=…`; an extension of an extension stays apart
+/// from a single extension at the same step (`20+30` against `30`), and no label shows an absent
+/// key as `=–`.
 /// Planted, and seen to fail: `extended_from` not read into the config (the extension
 /// deduplicated away as a copy of the from-scratch run); no default for `model.positions` (the
-/// plain runs labelled `positions=–`); the extensions grouped by their parent's id (two groups); labels keeping an absent key as `=–`.
+/// plain runs labelled `positions=–`); the extensions grouped by their parent's id (two groups); labels keeping an absent key as `=–`;
+/// the restart chain not followed (the extension of an extension dropped as a duplicate).
 #[test]
 fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -303,6 +306,15 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     s["extended_from"] = serde_json::json!("plain_seed_1");
     s["extended_from_step"] = serde_json::json!(20);
     std::fs::write(store.join("ext2/summary.json"), s.to_string()).unwrap();
+    // Same config and seed, both restarted at step 30: one extends the extension `ext` (chain
+    // 20+30), one extends a run trained from scratch (30). Two runs, not a duplicate.
+    for (id, parent) in [("ext3", "ext"), ("ext4", "plain")] {
+        fixture_run(&store, id, "mha", 4096, 0, 1.7);
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join(id).join("summary.json")).unwrap()).unwrap();
+        s["extended_from"] = serde_json::json!(parent);
+        s["extended_from_step"] = serde_json::json!(30);
+        std::fs::write(store.join(id).join("summary.json"), s.to_string()).unwrap();
+    }
     fixture_run(&store, "drop", "mha", 4096, 0, 2.1);
     let config = std::fs::read_to_string(store.join("drop/config.toml")).unwrap().replace("[model]\n", "[model]\ndropout = 0.1\n");
     std::fs::write(store.join("drop/config.toml"), config).unwrap();
@@ -311,10 +323,11 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     s["best_val_loss"] = serde_json::Value::Null;
     std::fs::write(store.join("nan/summary.json"), s.to_string()).unwrap();
     let (runs, skipped) = attnlab_report::load_store(&store).unwrap();
-    assert_eq!(runs.len(), 5, "{skipped:?}");
+    assert_eq!(runs.len(), 7, "{skipped:?}");
     let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
     let labels: Vec<&String> = groups.iter().map(|g| &g.label).collect();
-    assert_eq!(groups.len(), 3, "{labels:?}");
+    assert_eq!(groups.len(), 5, "{labels:?}");
+    assert!(labels.iter().any(|l| l.contains("extended_from_step=20+30")), "{labels:?}");
     let extended = groups.iter().find(|g| g.label.contains("extended_from_step=20")).unwrap_or_else(|| panic!("{labels:?}"));
     assert_eq!(extended.runs.len(), 2, "{labels:?}");
     assert!(labels.iter().all(|l| !l.contains("=–")), "{labels:?}");
@@ -325,7 +338,7 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     std::fs::write(store.join("pos/config.toml"), config).unwrap();
     let groups = attnlab_report::write_report(&store, &tmp.path().join("out"), None).unwrap();
     let labels: Vec<&String> = groups.iter().map(|g| &g.label).collect();
-    assert_eq!(groups.len(), 4, "{labels:?}");
+    assert_eq!(groups.len(), 6, "{labels:?}");
     assert!(labels.iter().any(|l| l.contains("positions=\"learned\"")) && labels.iter().any(|l| l.contains("positions=\"none\"")), "{labels:?}");
 }
 
