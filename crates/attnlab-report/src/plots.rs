@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::stats::std;
-use crate::tables::Group;
+use crate::tables::{field_text, Group};
 
 const COLORS: &[RGBColor] = &[
     RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40),
@@ -331,8 +331,8 @@ pub fn accuracy_svg(groups: &[Group], field: &str, path: &Path) -> Result<()> {
         let name: Vec<String> = g
             .fields
             .iter()
-            .filter(|(k, v)| k.as_str() != field && v.as_str() != "–")
-            .map(|(k, v)| if k == "model.attention" { attention_name(g) } else { format!("{}={v}", k.rsplit('.').next().unwrap_or(k)) })
+            .filter(|(k, _)| k.as_str() != field)
+            .filter_map(|(k, v)| if k == "model.attention" { Some(attention_name(g)) } else { field_text(k, v) })
             .collect();
         let name = name.join(" ");
         match series.iter_mut().find(|(n, _)| *n == name) {

@@ -83,16 +83,25 @@ pub fn has_accuracy(groups: &[Group]) -> bool {
 /// Config fields that together say which mixer each layer uses.
 const MIXER_FIELDS: [&str; 3] = ["model.attention", "model.pattern", "model.overrides"];
 
+/// The value of a varying field that a run's config lacks.
+pub const ABSENT: &str = "–";
+
+/// `name=value` for a group's field in labels, column headers and legends (the last part of the
+/// dotted key); `None` for a field the group's runs lack ([`ABSENT`]).
+pub fn field_text(key: &str, value: &str) -> Option<String> {
+    (value != ABSENT).then(|| format!("{}={value}", key.rsplit('.').next().unwrap_or(key)))
+}
+
 /// Groups runs by the config fields (other than the seed) whose values differ between runs.
 pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
     // A key some runs lack (an extension's `extended_from_step`, a field newer than a run)
-    // counts as the value "–" for them, so its presence alone separates groups; labels leave
-    // such an absent key out.
+    // counts as the value [`ABSENT`] for them, so its presence alone separates groups; labels
+    // leave such an absent key out.
     let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.config.keys().map(String::as_str)).collect();
     let mut values: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for r in runs {
         for k in &keys {
-            values.entry(k).or_default().insert(r.config.get(*k).map_or("–", String::as_str));
+            values.entry(k).or_default().insert(r.config.get(*k).map_or(ABSENT, String::as_str));
         }
     }
     let mut varying: Vec<&str> = values.iter().filter(|(k, v)| v.len() > 1 && !IGNORED.contains(k)).map(|(k, _)| *k).collect();
@@ -110,7 +119,7 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let mut fields: BTreeMap<String, String> =
-            varying.iter().map(|k| (k.to_string(), r.config.get(*k).cloned().unwrap_or_else(|| "–".into()))).collect();
+            varying.iter().map(|k| (k.to_string(), r.config.get(*k).cloned().unwrap_or_else(|| ABSENT.into()))).collect();
         if mixer_varies {
             fields.insert("model.attention".into(), r.text("attention"));
         }
@@ -118,10 +127,8 @@ pub fn group_runs(runs: &[RunRecord]) -> Vec<Group> {
             Some(g) => g.runs.push(i),
             None => {
                 let mut label = r.text("attention");
-                for (k, v) in &fields {
-                    if k != "model.attention" && v != "–" {
-                        label.push_str(&format!(" {}={v}", k.rsplit('.').next().unwrap_or(k)));
-                    }
+                for text in fields.iter().filter(|(k, _)| *k != "model.attention").filter_map(|(k, v)| field_text(k, v)) {
+                    label.push_str(&format!(" {text}"));
                 }
                 groups.push(Group { label, fields, runs: vec![i], best_val: vec![], accuracy: vec![], accuracy_at_best_val: vec![], val_accuracy: vec![], task_runs: 0, kv_bytes: 0.0, curve: vec![], train_curve: vec![] });
             }
@@ -443,7 +450,7 @@ fn accuracy_pivot(groups: &[Group]) -> Option<String> {
         return None;
     }
     let column = |g: &Group| -> String {
-        g.fields.iter().filter(|(k, v)| k.as_str() != "model.attention" && v.as_str() != "–").map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k))).collect::<Vec<_>>().join(" ")
+        g.fields.iter().filter(|(k, _)| k.as_str() != "model.attention").filter_map(|(k, v)| field_text(k, v)).collect::<Vec<_>>().join(" ")
     };
     let row = |g: &Group| g.label.split(' ').next().unwrap_or(&g.label).to_string();
     let mut columns: Vec<String> = Vec::new();

@@ -289,32 +289,29 @@ fn two_stores_side_by_side() {
 /// key as `=–`.
 /// Planted, and seen to fail: `extended_from` not read into the config (the extension
 /// deduplicated away as a copy of the from-scratch run); no default for `model.positions` (the
-/// plain runs labelled `positions=–`); the extensions grouped by their parent's id (two groups); labels keeping an absent key as `=–`;
-/// the restart chain not followed (the extension of an extension dropped as a duplicate).
+/// plain runs labelled `positions=–`); the extensions grouped by their parent's id (two
+/// groups); labels keeping an absent key as `=–`; the restart chain not followed (the extension
+/// of an extension dropped as a duplicate).
 #[test]
 fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("fx");
     fixture_run(&store, "plain", "mha", 4096, 0, 2.0);
-    fixture_run(&store, "ext", "mha", 4096, 0, 1.9);
-    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("ext/summary.json")).unwrap()).unwrap();
-    s["extended_from"] = serde_json::json!("plain");
-    s["extended_from_step"] = serde_json::json!(20);
-    std::fs::write(store.join("ext/summary.json"), s.to_string()).unwrap();
-    fixture_run(&store, "ext2", "mha", 4096, 1, 1.8);
-    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("ext2/summary.json")).unwrap()).unwrap();
-    s["extended_from"] = serde_json::json!("plain_seed_1");
-    s["extended_from_step"] = serde_json::json!(20);
-    std::fs::write(store.join("ext2/summary.json"), s.to_string()).unwrap();
+    // An extension's fixture: a run whose summary names its parent and restart step.
+    let extension = |id: &str, seed: u64, best: f64, parent: &str, step: u64| {
+        fixture_run(&store, id, "mha", 4096, seed, best);
+        let path = store.join(id).join("summary.json");
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        s["extended_from"] = serde_json::json!(parent);
+        s["extended_from_step"] = serde_json::json!(step);
+        std::fs::write(&path, s.to_string()).unwrap();
+    };
+    extension("ext", 0, 1.9, "plain", 20);
+    extension("ext2", 1, 1.8, "plain_seed_1", 20);
     // Same config and seed, both restarted at step 30: one extends the extension `ext` (chain
     // 20+30), one extends a run trained from scratch (30). Two runs, not a duplicate.
-    for (id, parent) in [("ext3", "ext"), ("ext4", "plain")] {
-        fixture_run(&store, id, "mha", 4096, 0, 1.7);
-        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join(id).join("summary.json")).unwrap()).unwrap();
-        s["extended_from"] = serde_json::json!(parent);
-        s["extended_from_step"] = serde_json::json!(30);
-        std::fs::write(store.join(id).join("summary.json"), s.to_string()).unwrap();
-    }
+    extension("ext3", 0, 1.7, "ext", 30);
+    extension("ext4", 0, 1.7, "plain", 30);
     fixture_run(&store, "drop", "mha", 4096, 0, 2.1);
     let config = std::fs::read_to_string(store.join("drop/config.toml")).unwrap().replace("[model]\n", "[model]\ndropout = 0.1\n");
     std::fs::write(store.join("drop/config.toml"), config).unwrap();
@@ -328,7 +325,7 @@ fn extensions_and_dropout_runs_are_not_pooled_and_nan_losses_do_not_panic() {
     let labels: Vec<&String> = groups.iter().map(|g| &g.label).collect();
     assert_eq!(groups.len(), 5, "{labels:?}");
     assert!(labels.iter().any(|l| l.contains("extended_from_step=20+30")), "{labels:?}");
-    let extended = groups.iter().find(|g| g.label.contains("extended_from_step=20")).unwrap_or_else(|| panic!("{labels:?}"));
+    let extended = groups.iter().find(|g| g.fields.get("extended_from_step").map(String::as_str) == Some("20")).unwrap_or_else(|| panic!("{labels:?}"));
     assert_eq!(extended.runs.len(), 2, "{labels:?}");
     assert!(labels.iter().all(|l| !l.contains("=–")), "{labels:?}");
     // Learned positions (omitted from a config at "none"): apart, and the plain runs' label
